@@ -1,0 +1,119 @@
+"""Engine and session factory; the only place that turns a database URL into connections.
+
+Connection problems become one-line ``DatabaseUnavailableError``s that never show a password.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import URL, Engine, create_engine, event, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from schema.config import Settings
+from schema.errors import ConfigurationError, DatabaseUnavailableError
+
+SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+
+
+def parse_database_url(raw: str) -> URL:
+    """Validate a URL for a backend we support, with a message that says how to fix it."""
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ConfigurationError(
+            "ACCUTE_DATABASE_URL is not a database URL; use sqlite:///path/to/file.db or "
+            "postgresql+psycopg://user@host:5432/dbname"
+        ) from None
+    if url.get_backend_name() not in SUPPORTED_BACKENDS:
+        raise ConfigurationError(
+            f"ACCUTE_DATABASE_URL uses unsupported backend '{url.get_backend_name()}'; "
+            "use sqlite:/// or postgresql+psycopg://"
+        )
+    if url.get_backend_name() == "postgresql" and url.drivername not in ("postgresql", "postgresql+psycopg"):
+        raise ConfigurationError(
+            f"ACCUTE_DATABASE_URL driver '{url.drivername}' is not installed; use postgresql+psycopg://"
+        )
+    if url.get_backend_name() == "postgresql" and url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    return url
+
+
+def describe_url(url: URL) -> str:
+    """The URL as it may appear in logs and errors: password hidden."""
+    return url.render_as_string(hide_password=True)
+
+
+def _enable_sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+    # SQLite enforces foreign keys only when asked, per connection.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def make_engine(settings: Settings | str) -> Engine:
+    """Build an engine for the configured URL; nothing connects until first use."""
+    raw = settings if isinstance(settings, str) else settings.database_url
+    timeout = 5 if isinstance(settings, str) else settings.database_connect_timeout_s
+    url = parse_database_url(raw)
+    try:
+        if url.get_backend_name() == "sqlite":
+            database = url.database or ""
+            if database and database != ":memory:" and not database.startswith("file:"):
+                parent = Path(database).expanduser().resolve().parent
+                if not parent.is_dir():
+                    raise ConfigurationError(
+                        f"the SQLite file's folder {parent} does not exist; create it or change "
+                        "ACCUTE_DATABASE_URL"
+                    )
+            engine = create_engine(url, connect_args={"timeout": 10})
+            event.listen(engine, "connect", _enable_sqlite_pragmas)
+        else:
+            engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": timeout})
+    except NoSuchModuleError:
+        raise ConfigurationError(
+            f"no driver for '{url.drivername}'; use sqlite:/// or postgresql+psycopg://"
+        ) from None
+    return engine
+
+
+def check_connection(engine: Engine) -> None:
+    """Connect once, turning failure into a one-line error."""
+    try:
+        with engine.connect():
+            pass
+    except OperationalError as exc:
+        raise unavailable(engine, exc) from None
+
+
+def unavailable(engine: Engine, exc: BaseException) -> DatabaseUnavailableError:
+    """The one-line error for a database we cannot use; the driver's first line says why."""
+    original = getattr(exc, "orig", exc)
+    reason = str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
+    if isinstance(original, sqlite3.Error):
+        reason = f"sqlite: {reason}"
+    return DatabaseUnavailableError(
+        f"cannot use the database at {describe_url(engine.url)} ({reason}); "
+        "check ACCUTE_DATABASE_URL and that the server is running"
+    )
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any error, connection errors made readable."""
+    factory = session_factory(engine)
+    try:
+        with factory.begin() as session:
+            yield session
+    except OperationalError as exc:
+        raise unavailable(engine, exc) from None

@@ -1,0 +1,85 @@
+"""One typed error tree for the whole product.
+
+Each error knows its HTTP status and CLI exit code, so the edges (FastAPI handlers, the CLI) map
+errors in one place and the core never formats a response itself. Messages are one line that says
+what is wrong and what to do; they never contain secrets.
+"""
+
+from __future__ import annotations
+
+
+class AccuteError(Exception):
+    """Base of every error the product raises on purpose."""
+
+    code: str = "error"
+    http_status: int = 500
+    exit_code: int = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidInputError(AccuteError):
+    """The caller gave a value we cannot use."""
+
+    code = "invalid_input"
+    http_status = 422
+    exit_code = 2
+
+
+class ConfigurationError(AccuteError):
+    """A setting (environment variable, config file) is wrong."""
+
+    code = "configuration_error"
+    http_status = 500
+    exit_code = 2
+
+
+class NotFoundError(AccuteError):
+    """The named record does not exist (or is not visible to this tenant)."""
+
+    code = "not_found"
+    http_status = 404
+    exit_code = 3
+
+
+class ConflictError(AccuteError):
+    """The change would break a uniqueness rule or the current state forbids it."""
+
+    code = "conflict"
+    http_status = 409
+    exit_code = 4
+
+
+class DatabaseUnavailableError(AccuteError):
+    """The database cannot be reached or is not migrated."""
+
+    code = "database_unavailable"
+    http_status = 503
+    exit_code = 5
+
+
+class SchemaNotReadyError(DatabaseUnavailableError):
+    """The database is reachable but its schema is missing or behind the code."""
+
+    code = "schema_not_ready"
+
+
+class AuthenticationError(AccuteError):
+    """No valid credentials were presented."""
+
+    code = "unauthenticated"
+    http_status = 401
+    exit_code = 6
+
+
+class PermissionDeniedError(AccuteError):
+    """The credentials are valid but do not allow this action."""
+
+    code = "forbidden"
+    http_status = 403
+    exit_code = 6

@@ -1,0 +1,203 @@
+"""Security tables (spec §3.2): keys, biometrics, audit chain, anomalies, zero trust, threats, DMS."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    func,
+    text,
+    true,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from schema.base import Base, created_at, in_list, ordered_index, updated_at, uuid_pk
+from schema.types import InetType, JSONBType, TextArrayType, TimestampTZ, UUIDType
+from schema.vocab import ACCESS_DECISIONS, ANOMALY_TYPES, INDICATOR_TYPES, KEY_PURPOSES, SEVERITIES
+
+
+class HsmKeyRegistry(Base):
+    """The current version of each key, per organization (NULL = system-wide) and purpose."""
+
+    __tablename__ = "hsm_key_registry"
+    __table_args__ = (
+        CheckConstraint(in_list("key_purpose", KEY_PURPOSES), name="key_purpose"),
+        UniqueConstraint("organization_id", "key_purpose"),
+        Index("idx_hsm_org", "organization_id", "is_active"),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    organization_id: Mapped[uuid.UUID | None] = mapped_column(UUIDType, ForeignKey("organizations.id"))
+    key_name: Mapped[str] = mapped_column(String(100))
+    key_vault_uri: Mapped[str] = mapped_column(String(500))
+    key_version: Mapped[str] = mapped_column(String(100))
+    key_purpose: Mapped[str] = mapped_column(String(100))
+    algorithm: Mapped[str] = mapped_column(
+        String(50), default="RSA-OAEP-256", server_default=text("'RSA-OAEP-256'")
+    )
+    is_active: Mapped[bool | None] = mapped_column(Boolean, server_default=true())
+    rotation_due_at: Mapped[datetime | None] = mapped_column(TimestampTZ)
+    last_rotated_at: Mapped[datetime | None] = mapped_column(TimestampTZ)
+    created_at: Mapped[datetime | None] = created_at()
+
+
+class BehavioralBiometrics(Base):
+    """Per-session behaviour hashes and the risk score derived from them."""
+
+    __tablename__ = "behavioral_biometrics"
+    __table_args__ = (
+        Index(
+            "idx_biometrics_anomaly",
+            "anomaly_detected",
+            postgresql_where=text("anomaly_detected = true"),
+            sqlite_where=text("anomaly_detected = 1"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    user_id: Mapped[uuid.UUID] = mapped_column(UUIDType, ForeignKey("users.id"))
+    session_id: Mapped[uuid.UUID] = mapped_column(UUIDType, ForeignKey("sessions.id"))
+    typing_pattern_hash: Mapped[str | None] = mapped_column(String(128))
+    mouse_dynamics_hash: Mapped[str | None] = mapped_column(String(128))
+    navigation_pattern_hash: Mapped[str | None] = mapped_column(String(128))
+    device_fingerprint: Mapped[str | None] = mapped_column(String(256))
+    risk_score: Mapped[Decimal] = mapped_column(Numeric(5, 2), default=Decimal(0), server_default=text("0"))
+    anomaly_detected: Mapped[bool | None] = mapped_column(Boolean, server_default=false())
+    anomaly_reasons: Mapped[list[str] | None] = mapped_column(TextArrayType)
+    created_at: Mapped[datetime | None] = created_at()
+
+
+class ImmutableAuditLog(Base):
+    """Append-only, hash-chained record of every state change (invariant 8)."""
+
+    __tablename__ = "immutable_audit_log"
+    __table_args__ = (Index("idx_audit_hash", "record_hash"),)
+
+    # BIGSERIAL on PostgreSQL; SQLite only auto-increments an INTEGER PRIMARY KEY.
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    organization_id: Mapped[uuid.UUID] = mapped_column(UUIDType)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(UUIDType)
+    action: Mapped[str] = mapped_column(String(100))
+    resource_type: Mapped[str] = mapped_column(String(100))
+    resource_id: Mapped[uuid.UUID | None] = mapped_column(UUIDType)
+    action_data: Mapped[dict[str, Any]] = mapped_column(JSONBType)
+    ip_address: Mapped[str | None] = mapped_column(InetType)
+    user_agent: Mapped[str | None] = mapped_column(Text)
+    previous_hash: Mapped[str] = mapped_column(String(128))
+    record_hash: Mapped[str] = mapped_column(String(128))
+    blockchain_tx_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime | None] = created_at()
+
+
+class SecurityAnomaly(Base):
+    """A detected anomaly and its review."""
+
+    __tablename__ = "security_anomalies"
+    __table_args__ = (
+        CheckConstraint(in_list("anomaly_type", ANOMALY_TYPES), name="anomaly_type"),
+        CheckConstraint(in_list("severity", SEVERITIES), name="severity"),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    organization_id: Mapped[uuid.UUID] = mapped_column(UUIDType)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(UUIDType)
+    anomaly_type: Mapped[str] = mapped_column(String(100))
+    severity: Mapped[str] = mapped_column(String(20))
+    details: Mapped[dict[str, Any]] = mapped_column(JSONBType)
+    ml_confidence: Mapped[Decimal | None] = mapped_column(Numeric(5, 4))
+    auto_blocked: Mapped[bool | None] = mapped_column(Boolean, server_default=false())
+    reviewed_by: Mapped[uuid.UUID | None] = mapped_column(UUIDType, ForeignKey("users.id"))
+    reviewed_at: Mapped[datetime | None] = mapped_column(TimestampTZ)
+    resolution: Mapped[str | None] = mapped_column(String(50))
+    created_at: Mapped[datetime | None] = created_at()
+
+
+class ZeroTrustAccessLog(Base):
+    """One access decision with the trust factors behind it."""
+
+    __tablename__ = "zero_trust_access_log"
+    __table_args__ = (CheckConstraint(in_list("access_decision", ACCESS_DECISIONS), name="access_decision"),)
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    organization_id: Mapped[uuid.UUID] = mapped_column(UUIDType)
+    user_id: Mapped[uuid.UUID] = mapped_column(UUIDType)
+    device_id: Mapped[uuid.UUID | None] = mapped_column(UUIDType, ForeignKey("trustedDevices.id"))
+    resource_requested: Mapped[str] = mapped_column(String(500))
+    access_decision: Mapped[str] = mapped_column(String(20))
+    trust_score: Mapped[Decimal] = mapped_column(Numeric(5, 2))
+    factors_evaluated: Mapped[dict[str, Any]] = mapped_column(JSONBType)
+    challenge_type: Mapped[str | None] = mapped_column(String(50))
+    challenge_passed: Mapped[bool | None] = mapped_column(Boolean)
+    created_at: Mapped[datetime | None] = created_at()
+
+
+class ThreatIntelligence(Base):
+    """An indicator of compromise from a feed."""
+
+    __tablename__ = "threat_intelligence"
+    __table_args__ = (
+        CheckConstraint(in_list("indicator_type", INDICATOR_TYPES), name="indicator_type"),
+        Index("idx_threat_indicator", "indicator_type", "indicator_value"),
+        Index("idx_threat_active", "is_active", "indicator_type"),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    indicator_type: Mapped[str] = mapped_column(String(50))
+    indicator_value: Mapped[str] = mapped_column(String(500))
+    threat_type: Mapped[str] = mapped_column(String(100))
+    severity: Mapped[str] = mapped_column(String(20))
+    source: Mapped[str] = mapped_column(String(100))
+    confidence: Mapped[Decimal] = mapped_column(Numeric(5, 2))
+    first_seen: Mapped[datetime] = mapped_column(TimestampTZ)
+    last_seen: Mapped[datetime] = mapped_column(TimestampTZ)
+    is_active: Mapped[bool | None] = mapped_column(Boolean, server_default=true())
+    # "metadata" is reserved on declarative classes; the column keeps the spec's name.
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column(
+        "metadata", JSONBType, server_default=text("'{}'")
+    )
+    created_at: Mapped[datetime | None] = created_at()
+    updated_at: Mapped[datetime | None] = updated_at()
+
+
+class DeadManSwitchConfig(Base):
+    """Heartbeat and escalation settings for an organization's admin."""
+
+    __tablename__ = "dead_man_switch_config"
+    __table_args__ = (Index("idx_dms_org", "organization_id", "is_active"),)
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    organization_id: Mapped[uuid.UUID] = mapped_column(UUIDType, ForeignKey("organizations.id"))
+    admin_user_id: Mapped[uuid.UUID] = mapped_column(UUIDType, ForeignKey("users.id"))
+    heartbeat_interval_hours: Mapped[int] = mapped_column(Integer, default=24, server_default=text("24"))
+    grace_period_hours: Mapped[int] = mapped_column(Integer, default=48, server_default=text("48"))
+    last_heartbeat: Mapped[datetime] = mapped_column(TimestampTZ, server_default=func.now())
+    doom_timer_started_at: Mapped[datetime | None] = mapped_column(TimestampTZ)
+    is_active: Mapped[bool | None] = mapped_column(Boolean, server_default=true())
+    escalation_contacts: Mapped[Any] = mapped_column(JSONBType)
+    recovery_instructions: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime | None] = created_at()
+    updated_at: Mapped[datetime | None] = updated_at()
+
+
+# Indexes with a descending column are built on the mapped columns (see ordered_index).
+ordered_index("idx_biometrics_user", BehavioralBiometrics, "user_id", "created_at DESC")
+ordered_index("idx_audit_org", ImmutableAuditLog, "organization_id", "created_at DESC")
+ordered_index("idx_anomaly_org", SecurityAnomaly, "organization_id", "created_at DESC")
+ordered_index("idx_anomaly_severity", SecurityAnomaly, "severity", "created_at DESC")
+ordered_index("idx_zt_access_user", ZeroTrustAccessLog, "user_id", "created_at DESC")
