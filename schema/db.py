@@ -104,6 +104,17 @@ def unavailable(engine: Engine, exc: BaseException) -> DatabaseUnavailableError:
     )
 
 
+def sqlite_file_missing(engine: Engine) -> Path | None:
+    """The path of an SQLite database file that does not exist yet, else None."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database or ""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    path = Path(database).expanduser().resolve()
+    return None if path.exists() else path
+
+
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 

@@ -12,8 +12,8 @@ from alembic.util.exc import CommandError
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from schema.db import unavailable
-from schema.errors import InvalidInputError
+from schema.db import describe_url, unavailable
+from schema.errors import InvalidInputError, SchemaNotReadyError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -61,3 +61,13 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 def downgrade(engine: Engine, revision: str = "-1") -> None:
     _run(engine, "downgrade", revision)
+
+
+def require_current_schema(engine: Engine) -> None:
+    """Refuse to work on a database that is not migrated to the code's head revision."""
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        raise SchemaNotReadyError(
+            f"the database at {describe_url(engine.url)} is at revision {current or 'none'}, "
+            f"the code needs {head}; run `accute-fl db upgrade`"
+        )

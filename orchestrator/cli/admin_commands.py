@@ -1,0 +1,62 @@
+"""`accute-fl org ...` and `accute-fl user ...`: the minimal admin of tenants and their people."""
+
+from __future__ import annotations
+
+import typer
+
+from orchestrator.cli.context import ready_engine
+from orchestrator.cli.output import emit
+from schema import directory
+from schema.db import transaction
+
+org_app = typer.Typer(help="Organizations (tenants).", no_args_is_help=True)
+user_app = typer.Typer(help="Users of an organization.", no_args_is_help=True)
+
+ORG_COLUMNS = ("id", "name", "billing_model", "created_at")
+USER_COLUMNS = ("id", "organization_id", "email", "created_at")
+JSON_OPTION = typer.Option(False, "--json", help="Print JSON.")
+
+
+@org_app.command("create")
+def org_create(
+    name: str = typer.Option(..., "--name", help="Display name of the firm (unique)."),
+    billing_model: str = typer.Option(
+        "pay_as_you_go", "--billing-model", help="How fallback usage is billed."
+    ),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Create an organization."""
+    with transaction(ready_engine()) as session:
+        record = directory.organization_as_dict(directory.create_organization(session, name, billing_model))
+    emit(record, as_json, "Organization created", ORG_COLUMNS)
+
+
+@org_app.command("list")
+def org_list(as_json: bool = JSON_OPTION) -> None:
+    """List organizations."""
+    with transaction(ready_engine()) as session:
+        rows = [directory.organization_as_dict(o) for o in directory.list_organizations(session)]
+    emit(rows, as_json, "Organizations", ORG_COLUMNS)
+
+
+@user_app.command("create")
+def user_create(
+    org: str = typer.Option(..., "--org", help="Organization id."),
+    email: str = typer.Option(..., "--email", help="Email address (unique within the organization)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Create a user in an organization."""
+    with transaction(ready_engine()) as session:
+        record = directory.user_as_dict(directory.create_user(session, org, email))
+    emit(record, as_json, "User created", USER_COLUMNS)
+
+
+@user_app.command("list")
+def user_list(
+    org: str = typer.Option(..., "--org", help="Organization id."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """List the users of an organization."""
+    with transaction(ready_engine()) as session:
+        rows = [directory.user_as_dict(u) for u in directory.list_users(session, org)]
+    emit(rows, as_json, "Users", USER_COLUMNS)

@@ -1,0 +1,49 @@
+"""What every command needs: settings read once, and an engine built from them."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import ValidationError
+from sqlalchemy import Engine
+
+from schema.config import Settings
+from schema.db import make_engine, sqlite_file_missing
+from schema.errors import ConfigurationError, SchemaNotReadyError
+from schema.migrate import require_current_schema
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = "ACCUTE_" + str(first["loc"][0]).upper() if first.get("loc") else "an ACCUTE_ setting"
+        raise ConfigurationError(f"{field} is invalid: {first['msg']}") from None
+
+
+@lru_cache(maxsize=1)
+def _engine_for(url: str, timeout: int) -> Engine:
+    settings = Settings(database_url=url, database_connect_timeout_s=timeout)
+    return make_engine(settings)
+
+
+def engine(create: bool = False) -> Engine:
+    """The engine for the configured database, whatever its schema revision.
+
+    Only ``create=True`` (``db upgrade``) may bring a new SQLite file into being; every other
+    command refuses a missing file rather than leave an empty one behind.
+    """
+    settings = load_settings()
+    bound = _engine_for(settings.database_url, settings.database_connect_timeout_s)
+    missing = sqlite_file_missing(bound)
+    if missing is not None and not create:
+        raise SchemaNotReadyError(f"there is no database file at {missing}; run `accute-fl db upgrade` first")
+    return bound
+
+
+def ready_engine() -> Engine:
+    """The engine, after checking the schema is migrated to head (commands that read or write rows)."""
+    bound = engine()
+    require_current_schema(bound)
+    return bound

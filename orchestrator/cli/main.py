@@ -1,0 +1,74 @@
+"""The `accute-fl` console script.
+
+Every failure ends as one line on stderr and a non-zero exit code (the error's ``exit_code``):
+usage mistakes from click, and ``AccuteError``s from the core. Unexpected exceptions also end
+in one line unless ``ACCUTE_DEBUG=1`` asks for the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+import click
+import typer
+from typer.main import get_command
+
+from orchestrator.cli import admin_commands, db_commands, status_command
+from schema.errors import AccuteError
+
+app = typer.Typer(
+    name="accute-fl",
+    help="Accute FL: a governed federated learning coordinator with differential privacy.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(db_commands.app, name="db")
+app.add_typer(admin_commands.org_app, name="org")
+app.add_typer(admin_commands.user_app, name="user")
+app.command("status")(status_command.status)
+
+EXIT_USAGE = 2
+EXIT_INTERNAL = 70
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"error: {message}\n")
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    command = get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        result = command.main(args=args, prog_name="accute-fl", standalone_mode=False)
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "accute-fl"
+        return _fail(f"{exc.format_message()} (see `{where} --help`)", EXIT_USAGE)
+    except click.exceptions.Abort:
+        return _fail("aborted; nothing was changed", 1)
+    except click.ClickException as exc:
+        return _fail(exc.format_message(), exc.exit_code)
+    except AccuteError as exc:
+        return _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except Exception as exc:
+        if os.environ.get("ACCUTE_DEBUG", "").lower() in ("1", "true", "yes"):
+            raise
+        first_line = (str(exc).splitlines() or [""])[0]
+        return _fail(
+            f"unexpected {type(exc).__name__}: {first_line} (set ACCUTE_DEBUG=1 for the traceback)",
+            EXIT_INTERNAL,
+        )
+    return result if isinstance(result, int) else 0
+
+
+def entrypoint() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

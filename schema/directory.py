@@ -1,0 +1,85 @@
+"""Organizations and users: the minimal admin that later features and their users stand on."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from schema.errors import ConflictError, NotFoundError
+from schema.models import Organization, User
+from schema.timeutil import iso
+from schema.validation import clean_email, clean_name, one_of, parse_uuid
+from schema.vocab import BILLING_MODELS
+
+
+def create_organization(session: Session, name: str, billing_model: str = "pay_as_you_go") -> Organization:
+    name = clean_name(name, "organization name")
+    one_of(billing_model, BILLING_MODELS, "billing model")
+    if session.scalar(select(Organization.id).where(Organization.name == name)) is not None:
+        raise ConflictError(f"an organization named '{name}' already exists; pick another name")
+    organization = Organization(name=name, billing_model=billing_model)
+    session.add(organization)
+    try:
+        session.flush()
+    except IntegrityError:  # a concurrent writer took the name between our check and insert
+        raise ConflictError(f"an organization named '{name}' already exists; pick another name") from None
+    return organization
+
+
+def list_organizations(session: Session) -> list[Organization]:
+    return list(session.scalars(select(Organization).order_by(Organization.created_at, Organization.name)))
+
+
+def get_organization(session: Session, organization_id: str | uuid.UUID) -> Organization:
+    org_id = parse_uuid(organization_id, "organization id")
+    organization = session.get(Organization, org_id)
+    if organization is None:
+        raise NotFoundError(f"organization {org_id} does not exist; see `accute-fl org list`")
+    return organization
+
+
+def create_user(session: Session, organization_id: str | uuid.UUID, email: str) -> User:
+    organization = get_organization(session, organization_id)
+    address = clean_email(email)
+    taken = select(User.id).where(User.organization_id == organization.id, User.email == address)
+    if session.scalar(taken) is not None:
+        raise ConflictError(f"user {address} already exists in organization {organization.id}")
+    user = User(organization_id=organization.id, email=address)
+    session.add(user)
+    try:
+        session.flush()
+    except IntegrityError:
+        raise ConflictError(f"user {address} already exists in organization {organization.id}") from None
+    return user
+
+
+def list_users(session: Session, organization_id: str | uuid.UUID) -> list[User]:
+    organization = get_organization(session, organization_id)
+    query = select(User).where(User.organization_id == organization.id).order_by(User.created_at, User.email)
+    return list(session.scalars(query))
+
+
+def count_rows(session: Session, model: type[Organization] | type[User]) -> int:
+    return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def organization_as_dict(organization: Organization) -> dict[str, Any]:
+    return {
+        "id": str(organization.id),
+        "name": organization.name,
+        "billing_model": organization.billing_model,
+        "created_at": iso(organization.created_at),
+    }
+
+
+def user_as_dict(user: User) -> dict[str, Any]:
+    return {
+        "id": str(user.id),
+        "organization_id": str(user.organization_id),
+        "email": user.email,
+        "created_at": iso(user.created_at),
+    }
