@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from schema import audit
 from schema.errors import ConflictError, NotFoundError
 from schema.models import Organization, User
 from schema.timeutil import iso
@@ -27,6 +28,14 @@ def create_organization(session: Session, name: str, billing_model: str = "pay_a
         session.flush()
     except IntegrityError:  # a concurrent writer took the name between our check and insert
         raise ConflictError(f"an organization named '{name}' already exists; pick another name") from None
+    audit.append(
+        session,
+        organization_id=organization.id,
+        action="organization.created",
+        resource_type="organization",
+        resource_id=organization.id,
+        data={"name": name, "billing_model": billing_model},
+    )
     return organization
 
 
@@ -54,6 +63,14 @@ def create_user(session: Session, organization_id: str | uuid.UUID, email: str) 
         session.flush()
     except IntegrityError:
         raise ConflictError(f"user {address} already exists in organization {organization.id}") from None
+    audit.append(
+        session,
+        organization_id=organization.id,
+        action="user.created",
+        resource_type="user",
+        resource_id=user.id,
+        data={"email": address},
+    )
     return user
 
 

@@ -71,3 +71,23 @@ def require_current_schema(engine: Engine) -> None:
             f"the database at {describe_url(engine.url)} is at revision {current or 'none'}, "
             f"the code needs {head}; run `accute-fl db upgrade`"
         )
+
+
+def new_revision(message: str) -> None:
+    """Write a draft revision for the model changes since head (developers only; review it).
+
+    Autogenerates against a throwaway SQLite database at head. Review the draft: replace
+    SQLite-rendered server defaults with portable ones, as in revision 0001.
+    """
+    import tempfile
+
+    from schema.db import make_engine
+
+    with tempfile.TemporaryDirectory() as folder:
+        engine = make_engine(f"sqlite:///{folder}/draft.db")
+        upgrade(engine)
+        config = alembic_config()
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.revision(config, message=message, autogenerate=True)
+        engine.dispose()

@@ -83,3 +83,13 @@ def engine(empty_engine: Engine) -> Engine:
     """A database of each backend migrated to head."""
     migrate.upgrade(empty_engine)
     return empty_engine
+
+
+@pytest.fixture
+def pg_engine() -> Iterator[Engine]:
+    """A migrated PostgreSQL database alone, for tests of row locks and concurrency."""
+    for url in _postgres_schema_url():
+        engine = make_engine(url)
+        migrate.upgrade(engine)
+        yield engine
+        engine.dispose()

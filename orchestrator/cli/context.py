@@ -25,7 +25,9 @@ def load_settings() -> Settings:
 @lru_cache(maxsize=1)
 def _engine_for(url: str, timeout: int) -> Engine:
     settings = Settings(database_url=url, database_connect_timeout_s=timeout)
-    return make_engine(settings)
+    built = make_engine(settings)
+    _opened.append(built)
+    return built
 
 
 def engine(create: bool = False) -> Engine:
@@ -47,3 +49,13 @@ def ready_engine() -> Engine:
     bound = engine()
     require_current_schema(bound)
     return bound
+
+
+_opened: list[Engine] = []
+
+
+def reset() -> None:
+    """Close and forget cached engines (tests switch databases between commands)."""
+    while _opened:
+        _opened.pop().dispose()
+    _engine_for.cache_clear()

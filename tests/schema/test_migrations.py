@@ -18,7 +18,15 @@ from schema.errors import SchemaNotReadyError
 from schema.models import SPEC_TABLES
 from schema.vocab import AGENT_ROUTING_SEED
 
-REFERENCED_TABLES = {"organizations", "users", "workspaces", "sessions", "agentSessions", "trustedDevices", "invoices"}
+REFERENCED_TABLES = {
+    "organizations",
+    "users",
+    "workspaces",
+    "sessions",
+    "agentSessions",
+    "trustedDevices",
+    "invoices",
+}
 
 
 def _drift(engine: Engine) -> list[object]:
@@ -96,7 +104,9 @@ def test_agent_routing_is_seeded_with_the_twelve_agents(engine: Engine) -> None:
             sa.select(
                 sa.column("agent_slug"),
                 sa.column("primary_head"),
-                sa.column("secondary_heads", Base.metadata.tables["agent_vamn_routing"].c.secondary_heads.type),
+                sa.column(
+                    "secondary_heads", Base.metadata.tables["agent_vamn_routing"].c.secondary_heads.type
+                ),
                 sa.column("routing_rules", Base.metadata.tables["agent_vamn_routing"].c.routing_rules.type),
             ).select_from(sa.table("agent_vamn_routing"))
         ).all()

@@ -96,7 +96,9 @@ def test_table_matches_spec(engine: Engine, table_name: str) -> None:
     assert fks == {(c.name,): c.references for c in spec.columns if c.references}
 
     # Assert: the same UNIQUE column sets.
-    spec_uniques = {frozenset(u) for u in spec.uniques} | {frozenset([c.name]) for c in spec.columns if c.unique}
+    spec_uniques = {frozenset(u) for u in spec.uniques} | {
+        frozenset([c.name]) for c in spec.columns if c.unique
+    }
     assert {frozenset(u["column_names"]) for u in actual["uniques"]} == spec_uniques
 
     # Assert: each CHECK allows exactly the spec's values, in the spec's order.
@@ -122,7 +124,9 @@ def test_index_matches_spec(engine: Engine, index_name: str) -> None:
                 (index_name,),
             ).scalar()
     assert ddl is not None, f"{index_name} is missing"
-    match = re.search(r"ON\s+(?:\w+\.)?\"?(\w+)\"?\s*(?:USING btree\s*)?\((.*?)\)(?:\s+WHERE\s+(.*))?$", ddl, re.S)
+    match = re.search(
+        r"ON\s+(?:\w+\.)?\"?(\w+)\"?\s*(?:USING btree\s*)?\((.*?)\)(?:\s+WHERE\s+(.*))?$", ddl, re.S
+    )
     assert match is not None, ddl
     assert match.group(1) == spec.table
     assert [" ".join(c.split()).lower() for c in match.group(2).split(",")] == spec.columns

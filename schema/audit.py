@@ -1,0 +1,135 @@
+"""The hash-chained audit log (invariant 8): append a record, verify a chain end to end.
+
+Each organization has its own chain, ordered by id: a record's ``record_hash`` is the SHA-256 of
+its canonical content including the previous record's hash, so editing, deleting or reordering
+any record breaks every hash after it. System-wide events use the nil UUID as organization.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import groupby
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from schema.models import ImmutableAuditLog
+from schema.timeutil import iso, utcnow
+
+GENESIS_HASH = "0" * 64
+SYSTEM_ORGANIZATION = uuid.UUID(int=0)
+
+
+def _canonical(record: ImmutableAuditLog) -> bytes:
+    content = {
+        "organization_id": str(record.organization_id),
+        "user_id": str(record.user_id) if record.user_id else None,
+        "action": record.action,
+        "resource_type": record.resource_type,
+        "resource_id": str(record.resource_id) if record.resource_id else None,
+        "action_data": record.action_data,
+        "ip_address": record.ip_address,
+        "user_agent": record.user_agent,
+        "previous_hash": record.previous_hash,
+        "created_at": iso(record.created_at),
+    }
+    return json.dumps(content, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def compute_hash(record: ImmutableAuditLog) -> str:
+    return hashlib.sha256(_canonical(record)).hexdigest()
+
+
+def _lock_chain(session: Session, organization_id: uuid.UUID) -> None:
+    # Two writers must not both read the same tail; SQLite serializes writers by itself.
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+            {"key": f"audit:{organization_id}"},
+        )
+
+
+def _tail_hash(session: Session, organization_id: uuid.UUID) -> str:
+    query = (
+        select(ImmutableAuditLog.record_hash)
+        .where(ImmutableAuditLog.organization_id == organization_id)
+        .order_by(ImmutableAuditLog.id.desc())
+        .limit(1)
+    )
+    return session.scalar(query) or GENESIS_HASH
+
+
+def append(
+    session: Session,
+    *,
+    organization_id: uuid.UUID | None,
+    action: str,
+    resource_type: str,
+    resource_id: uuid.UUID | None = None,
+    data: dict[str, Any] | None = None,
+    user_id: uuid.UUID | None = None,
+    ip_address: str | None = None,
+    user_agent: str | None = None,
+) -> ImmutableAuditLog:
+    """Append one record to the organization's chain, in the caller's transaction.
+
+    ``data`` must never hold secrets: the audit log is readable by the organization's admins.
+    """
+    org = organization_id or SYSTEM_ORGANIZATION
+    _lock_chain(session, org)
+    # Microseconds kept: both backends store them, so the hash survives the round trip.
+    created: datetime = utcnow()
+    record = ImmutableAuditLog(
+        organization_id=org,
+        user_id=user_id,
+        action=action,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        action_data=json.loads(json.dumps(data or {}, default=str)),
+        ip_address=ip_address,
+        user_agent=user_agent,
+        previous_hash=_tail_hash(session, org),
+        created_at=created,
+    )
+    record.record_hash = compute_hash(record)
+    session.add(record)
+    session.flush()
+    return record
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    organization_id: str
+    records: int
+    ok: bool
+    first_bad_id: int | None
+    reason: str | None
+
+
+def verify(session: Session, organization_id: uuid.UUID | None = None) -> list[ChainReport]:
+    """Re-hash every record of each chain (or of one organization's) and report the first break."""
+    query = select(ImmutableAuditLog).order_by(ImmutableAuditLog.organization_id, ImmutableAuditLog.id)
+    if organization_id is not None:
+        query = query.where(ImmutableAuditLog.organization_id == organization_id)
+    records = session.scalars(query)
+    return [
+        _verify_chain(org, list(chain)) for org, chain in groupby(records, key=lambda r: r.organization_id)
+    ]
+
+
+def _verify_chain(organization_id: uuid.UUID, chain: list[ImmutableAuditLog]) -> ChainReport:
+    expected_previous = GENESIS_HASH
+    for record in chain:
+        if record.previous_hash != expected_previous:
+            reason = "previous_hash does not match the record before it"
+            return ChainReport(str(organization_id), len(chain), False, record.id, reason)
+        if compute_hash(record) != record.record_hash:
+            reason = "record_hash does not match the record's content"
+            return ChainReport(str(organization_id), len(chain), False, record.id, reason)
+        expected_previous = record.record_hash
+    return ChainReport(str(organization_id), len(chain), True, None, None)

@@ -1,0 +1,105 @@
+"""The audit chain detects any edit, deletion or reordering, per organization, on both backends."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from schema import audit, directory
+from schema.db import transaction
+
+
+def _org(engine: Engine, name: str) -> uuid.UUID:
+    with transaction(engine) as session:
+        return directory.create_organization(session, name).id
+
+
+def _append(engine: Engine, org: uuid.UUID, n: int) -> None:
+    for i in range(n):
+        with transaction(engine) as session:
+            audit.append(
+                session, organization_id=org, action="test.step", resource_type="test", data={"i": i}
+            )
+
+
+def _report(engine: Engine, org: uuid.UUID) -> audit.ChainReport:
+    with transaction(engine) as session:
+        (report,) = audit.verify(session, org)
+    return report
+
+
+def test_intact_chain_verifies(engine: Engine) -> None:
+    org = _org(engine, "Chain Co")
+    _append(engine, org, 4)
+    report = _report(engine, org)
+    assert report.ok
+    assert report.records == 5  # organization.created + 4
+
+
+def test_edited_record_breaks_the_chain_at_that_record(engine: Engine) -> None:
+    # Prepare
+    org = _org(engine, "Edit Co")
+    _append(engine, org, 3)
+    with engine.connect() as connection:
+        ids = [r[0] for r in connection.exec_driver_sql("SELECT id FROM immutable_audit_log ORDER BY id")]
+    table = sa.table("immutable_audit_log", sa.column("id"), sa.column("action"))
+
+    # Execute: someone rewrites history.
+    with engine.begin() as connection:
+        connection.execute(table.update().where(table.c.id == ids[2]).values(action="test.forged"))
+
+    # Assert
+    report = _report(engine, org)
+    assert not report.ok
+    assert report.first_bad_id == ids[2]
+    assert "record_hash" in (report.reason or "")
+
+
+def test_deleted_record_breaks_the_chain_after_it(engine: Engine) -> None:
+    org = _org(engine, "Delete Co")
+    _append(engine, org, 3)
+    with engine.connect() as connection:
+        ids = [r[0] for r in connection.exec_driver_sql("SELECT id FROM immutable_audit_log ORDER BY id")]
+    with engine.begin() as connection:
+        connection.execute(sa.text("DELETE FROM immutable_audit_log WHERE id = :id"), {"id": ids[1]})
+    report = _report(engine, org)
+    assert not report.ok
+    assert report.first_bad_id == ids[2]
+
+
+def test_chains_are_per_organization(engine: Engine) -> None:
+    org_a, org_b = _org(engine, "A"), _org(engine, "B")
+    _append(engine, org_a, 2)
+    _append(engine, org_b, 1)
+    with transaction(engine) as session:
+        reports = {r.organization_id: r for r in audit.verify(session)}
+    assert reports[str(org_a)].records == 3
+    assert reports[str(org_b)].records == 2
+    assert all(r.ok for r in reports.values())
+
+
+@pytest.mark.postgres
+def test_concurrent_writers_keep_one_chain(pg_engine: Engine) -> None:
+    engine = pg_engine
+    org = _org(engine, "Busy Co")
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            _append(engine, org, 10)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    report = _report(engine, org)
+    assert report.ok
+    assert report.records == 41
