@@ -33,3 +33,21 @@ class Settings(BaseSettings):
         description="Content-addressed store of published model weights (files named by SHA-256).",
     )
     debug: bool = Field(default=False, description="Show full tracebacks for unexpected errors.")
+
+    # Privacy (privacy/): the platform default cap for a tenant and model type without its own.
+    default_epsilon_cap: float = Field(
+        default=8.0,
+        gt=0,
+        description="Platform default privacy budget cap (epsilon) per tenant and model type.",
+    )
+    default_delta: float = Field(
+        default=1e-5, gt=0, lt=1, description="Platform default delta for the privacy budget."
+    )
+    accountant: str = Field(
+        default="rdp", pattern="^(rdp|prv)$", description="Privacy accountant for the ledger: rdp or prv."
+    )
+
+    # Consent gate (consent_gate/): a tenant joins a round only with at least this many consenting users.
+    min_consenting_users: int = Field(
+        default=1, ge=1, description="Minimum users with every required consent for a tenant to be eligible."
+    )
