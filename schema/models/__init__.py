@@ -4,6 +4,12 @@ Importing this package registers all models on ``Base.metadata``.
 """
 
 from schema.models.consent import DataSubjectRequest, UserConsent
+from schema.models.consent_lineage import (
+    ConsentEvent,
+    ConsentSnapshot,
+    ConsentSnapshotMember,
+    ConsentSnapshotUse,
+)
 from schema.models.llm import FallbackBilling, FineTunedModelConfig, LlmUsageLog, TenantLlmConfig
 from schema.models.security import (
     BehavioralBiometrics,
@@ -56,6 +62,10 @@ __all__ = [
     "AgentSession",
     "AgentVamnRouting",
     "BehavioralBiometrics",
+    "ConsentEvent",
+    "ConsentSnapshot",
+    "ConsentSnapshotMember",
+    "ConsentSnapshotUse",
     "DataSubjectRequest",
     "DeadManSwitchConfig",
     "FallbackBilling",
