@@ -1,0 +1,50 @@
+"""The consent gate: consents, data subject requests, and the consented-user snapshot.
+
+Modules, one job each:
+    policy   which consent types a model type needs (pure; ``ConsentPolicy``)
+    records  grant / withdraw / read consents, with their history
+    gate     eligibility, snapshot + digest, re-check on arrival
+    lineage  which rounds and model versions trained on which snapshots
+    dsr      data subject requests: file, list, process (export, erasure)
+
+The federated-training server calls (each in its own session/transaction)::
+
+    eligibility(session, organization_id, model_type, settings, policy=None)
+        -> Eligibility(eligible, reason, consenting_users, code)
+    take_snapshot(session, organization_id, model_type, policy=None)
+        -> Snapshot(organization_id, model_type, required_consents, user_ids, digest, id, taken_at)
+    record_snapshot_use(session, snapshot_id_or_digest, aggregation_round, run_id=None,
+                        model_name=None, model_version=None, organization_id=None)
+    recheck(session, organization_id, model_type, digest, policy=None) -> bool
+    require_current(session, organization_id, model_type, digest, policy=None)
+        # raises ConsentChangedError; its code, REJECTED_CONSENT_CHANGED, is the contribution status
+    link_model_version(session, run_id, model_name, model_version) -> int
+"""
+
+from consent_gate.gate import (
+    REJECTED_CONSENT_CHANGED,
+    Eligibility,
+    Snapshot,
+    compute_snapshot,
+    eligibility,
+    recheck,
+    require_current,
+    take_snapshot,
+)
+from consent_gate.lineage import link_model_version, record_snapshot_use, user_lineage
+from consent_gate.policy import ConsentPolicy
+
+__all__ = [
+    "REJECTED_CONSENT_CHANGED",
+    "ConsentPolicy",
+    "Eligibility",
+    "Snapshot",
+    "compute_snapshot",
+    "eligibility",
+    "link_model_version",
+    "recheck",
+    "record_snapshot_use",
+    "require_current",
+    "take_snapshot",
+    "user_lineage",
+]

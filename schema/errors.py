@@ -83,3 +83,15 @@ class PermissionDeniedError(AccuteError):
     code = "forbidden"
     http_status = 403
     exit_code = 6
+
+
+class ConsentChangedError(ConflictError):
+    """The consent snapshot a contribution was trained on is no longer current (consent gate)."""
+
+    code = "rejected_consent_changed"
+
+
+class BudgetExceededError(ConflictError):
+    """Charging this DP event would push a tenant's epsilon over its cap; nothing was charged."""
+
+    code = "budget_exceeded"

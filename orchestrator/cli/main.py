@@ -15,7 +15,7 @@ import click
 import typer
 from typer.main import get_command
 
-from orchestrator.cli import admin_commands, audit_commands, db_commands, status_command
+from orchestrator.cli import admin_commands, audit_commands, consent_commands, db_commands, status_command
 from schema.errors import AccuteError
 
 app = typer.Typer(
@@ -29,6 +29,8 @@ app.add_typer(db_commands.app, name="db")
 app.add_typer(admin_commands.org_app, name="org")
 app.add_typer(admin_commands.user_app, name="user")
 app.add_typer(audit_commands.app, name="audit")
+app.add_typer(consent_commands.consent_app, name="consent")
+app.add_typer(consent_commands.dsr_app, name="dsr")
 app.command("status")(status_command.status)
 
 EXIT_USAGE = 2

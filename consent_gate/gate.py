@@ -1,0 +1,285 @@
+"""The consent gate: is a tenant eligible for a round, which of its users may train, and is that
+still true when the contribution arrives.
+
+A user is in the **snapshot** for (organization, model type) when they hold every consent the
+policy requires for the model type and no data subject request restricts them: an ``erasure``,
+``restriction`` or ``objection`` that is filed and not yet completed or rejected, or an ``erasure``
+that was completed (an erased user never comes back). The snapshot is computed in SQL (one GROUP
+BY over the partial index ``idx_consents_granted``), never by loading consent rows into Python.
+
+The **digest** is SHA-256 over the organization, the model type, the required consent types and,
+per user in id order, the user id, the consent version of each required consent and the latest
+grant time; so a withdrawal, a new consent version, a withdraw-then-regrant, or a restricting
+request all change it.
+
+API for the federated-training server (all in the caller's session/transaction):
+    eligibility(session, organization_id, model_type, settings, policy=None) -> Eligibility
+    compute_snapshot(session, organization_id, model_type, policy=None) -> Snapshot   # not stored
+    take_snapshot(session, organization_id, model_type, policy=None) -> Snapshot      # stored, audited
+    current_digest(session, organization_id, model_type, policy=None) -> str
+    recheck(session, organization_id, model_type, digest, policy=None) -> bool
+    require_current(session, organization_id, model_type, digest, policy=None) -> None
+        # raises ConsentChangedError (code "rejected_consent_changed") when the digest is stale
+Lineage (``record_snapshot_use``, ``link_model_version``) lives in consent_gate.lineage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, and_, case, exists, func, or_, select, true
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from consent_gate import scope
+from consent_gate.bulk import insert_rows
+from consent_gate.policy import ConsentPolicy
+from schema import audit
+from schema.config import Settings
+from schema.errors import ConsentChangedError, NotFoundError
+from schema.models import ConsentSnapshot, ConsentSnapshotMember, DataSubjectRequest, UserConsent
+from schema.timeutil import iso, utcnow
+from schema.validation import parse_uuid
+
+#: The contribution status the FL server records when ``require_current`` refuses an update.
+REJECTED_CONSENT_CHANGED = ConsentChangedError.code
+
+#: Requests that exclude a user from every snapshot from the moment they are filed.
+RESTRICTING_REQUEST_TYPES: tuple[str, ...] = ("erasure", "restriction", "objection")
+OPEN_REQUEST_STATUSES: tuple[str, ...] = ("pending", "in_progress")
+
+DIGEST_FORMAT = "accute-consent-snapshot/1"
+_SEPARATOR = "\x1f"  # never inside an id, an ISO time or a consent version (they refuse control characters)
+
+
+@dataclass(frozen=True)
+class Eligibility:
+    eligible: bool
+    reason: str | None
+    consenting_users: int
+    #: "eligible", "organization_not_found" or "too_few_consenting_users"
+    code: str = "eligible"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    organization_id: uuid.UUID
+    model_type: str
+    required_consents: tuple[str, ...]
+    user_ids: tuple[uuid.UUID, ...]
+    digest: str
+    #: Set once stored (``take_snapshot``); None for ``compute_snapshot``.
+    id: uuid.UUID | None = None
+    taken_at: datetime | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "organization_id": str(self.organization_id),
+            "model_type": self.model_type,
+            "user_ids": [str(u) for u in self.user_ids],
+            "digest": self.digest,
+            "id": None if self.id is None else str(self.id),
+            "required_consents": list(self.required_consents),
+            "user_count": len(self.user_ids),
+            "taken_at": iso(self.taken_at),
+        }
+
+
+def restricted_by_request(organization_id: uuid.UUID, user_id: Any) -> Any:
+    """SQL: an open erasure/restriction/objection, or a completed erasure, names this user."""
+    dsr = DataSubjectRequest
+    return exists().where(
+        dsr.organization_id == organization_id,
+        dsr.user_id == user_id,
+        dsr.request_type.in_(RESTRICTING_REQUEST_TYPES),
+        or_(
+            dsr.status.in_(OPEN_REQUEST_STATUSES),
+            and_(dsr.request_type == "erasure", dsr.status == "completed"),
+        ),
+    )
+
+
+def consenting_users_query(
+    organization_id: uuid.UUID, required: Sequence[str]
+) -> Select[uuid.UUID, *tuple[Any, ...]]:
+    """One row per user who may train: user_id, latest grant time, then one version per consent."""
+    consent = UserConsent
+    versions = [
+        func.max(case((consent.consent_type == name, consent.consent_version))).label(f"v_{name}")
+        for name in required
+    ]
+    return (
+        select(consent.user_id, func.max(consent.given_at).label("given_at"), *versions)
+        .where(
+            consent.organization_id == organization_id,
+            consent.consent_type.in_(required),
+            consent.consent_given == true(),  # "= true" so PostgreSQL matches the partial index
+            ~restricted_by_request(organization_id, consent.user_id),
+        )
+        .group_by(consent.user_id)
+        .having(func.count() == len(required))
+    )
+
+
+def _digest(
+    organization_id: uuid.UUID, model_type: str, required: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> tuple[tuple[uuid.UUID, ...], str]:
+    header = {
+        "format": DIGEST_FORMAT,
+        "organization_id": str(organization_id),
+        "model_type": model_type,
+        "required_consents": list(required),
+    }
+    hasher = hashlib.sha256(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
+    entries = sorted((str(row[0]), row) for row in rows)
+    for text_id, row in entries:
+        line = _SEPARATOR.join((text_id, iso(row[1]) or "", *(str(v) for v in row[2:])))
+        hasher.update(b"\n" + line.encode())
+    return tuple(row[0] for _, row in entries), hasher.hexdigest()
+
+
+def compute_snapshot(
+    session: Session,
+    organization_id: str | uuid.UUID,
+    model_type: str,
+    policy: ConsentPolicy | None = None,
+) -> Snapshot:
+    """The snapshot as of now, without storing it."""
+    required = (policy or ConsentPolicy.default()).required_consents(model_type)
+    org_id = scope.organization(session, organization_id).id
+    rows = session.execute(consenting_users_query(org_id, required)).all()
+    user_ids, digest = _digest(org_id, model_type, required, rows)
+    return Snapshot(org_id, model_type, required, user_ids, digest)
+
+
+def take_snapshot(
+    session: Session,
+    organization_id: str | uuid.UUID,
+    model_type: str,
+    policy: ConsentPolicy | None = None,
+) -> Snapshot:
+    """The snapshot as of now, stored with its members so its lineage can be recorded.
+
+    Snapshots are content-addressed: an unchanged population returns the stored one (same id).
+    """
+    computed = compute_snapshot(session, organization_id, model_type, policy)
+    stored = session.scalar(select(ConsentSnapshot).where(ConsentSnapshot.digest == computed.digest))
+    if stored is None:
+        stored = ConsentSnapshot(
+            organization_id=computed.organization_id,
+            model_type=model_type,
+            digest=computed.digest,
+            required_consents=list(computed.required_consents),
+            user_count=len(computed.user_ids),
+            created_at=utcnow(),
+        )
+        try:
+            with session.begin_nested():
+                session.add(stored)
+                session.flush()
+        except IntegrityError:  # a concurrent caller stored the same snapshot first
+            stored = session.scalars(
+                select(ConsentSnapshot).where(ConsentSnapshot.digest == computed.digest)
+            ).one()
+        else:
+            snapshot_id = stored.id
+            insert_rows(
+                session,
+                ConsentSnapshotMember.__table__,  # type: ignore[arg-type]
+                ("snapshot_id", "user_id"),
+                ((snapshot_id, user_id) for user_id in computed.user_ids),
+            )
+            audit.append(
+                session,
+                organization_id=computed.organization_id,
+                action="consent.snapshot_taken",
+                resource_type="consent_snapshot",
+                resource_id=snapshot_id,
+                data={
+                    "model_type": model_type,
+                    "digest": computed.digest,
+                    "user_count": len(computed.user_ids),
+                    "required_consents": list(computed.required_consents),
+                },
+            )
+    return Snapshot(
+        computed.organization_id,
+        model_type,
+        computed.required_consents,
+        computed.user_ids,
+        computed.digest,
+        id=stored.id,
+        taken_at=stored.created_at,
+    )
+
+
+def count_consenting_users(
+    session: Session, organization_id: uuid.UUID, model_type: str, policy: ConsentPolicy | None = None
+) -> int:
+    required = (policy or ConsentPolicy.default()).required_consents(model_type)
+    subquery = consenting_users_query(organization_id, required).subquery()
+    return int(session.scalar(select(func.count()).select_from(subquery)) or 0)
+
+
+def eligibility(
+    session: Session,
+    organization_id: str | uuid.UUID,
+    model_type: str,
+    settings: Settings,
+    policy: ConsentPolicy | None = None,
+) -> Eligibility:
+    """Whether the tenant may take part in a round of ``model_type``, and if not, why."""
+    policy = policy or ConsentPolicy.default()
+    required = policy.required_consents(model_type)
+    try:
+        org_id = scope.organization(session, organization_id).id
+    except NotFoundError as exc:
+        return Eligibility(False, str(exc), 0, "organization_not_found")
+    count = count_consenting_users(session, org_id, model_type, policy)
+    needed = settings.min_consenting_users
+    if count < needed:
+        reason = (
+            f"organization {org_id} has {count} user(s) holding every consent {model_type} needs "
+            f"({', '.join(required)}) and not restricted by a data subject request; at least {needed} required"
+        )
+        return Eligibility(False, reason, count, "too_few_consenting_users")
+    return Eligibility(True, None, count, "eligible")
+
+
+def current_digest(
+    session: Session, organization_id: str | uuid.UUID, model_type: str, policy: ConsentPolicy | None = None
+) -> str:
+    return compute_snapshot(session, organization_id, model_type, policy).digest
+
+
+def recheck(
+    session: Session,
+    organization_id: str | uuid.UUID,
+    model_type: str,
+    digest: str,
+    policy: ConsentPolicy | None = None,
+) -> bool:
+    """True when ``digest`` (the snapshot the node trained on) is still the current one."""
+    return current_digest(session, organization_id, model_type, policy) == digest
+
+
+def require_current(
+    session: Session,
+    organization_id: str | uuid.UUID,
+    model_type: str,
+    digest: str,
+    policy: ConsentPolicy | None = None,
+) -> None:
+    """Raise ConsentChangedError unless ``digest`` is still current (the re-check on arrival)."""
+    org_id = parse_uuid(organization_id, "organization id")
+    if not recheck(session, org_id, model_type, digest, policy):
+        raise ConsentChangedError(
+            f"consent of organization {org_id} for {model_type} changed since snapshot {digest[:12]}…; "
+            "the contribution is rejected (rejected_consent_changed)"
+        )
