@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from fl_client.tasks.common import ACCURACY, cross_entropy, mean_absolute_error, mlp, squared_error
+from fl_client.tasks.common import classification_task, mean_absolute_error, mlp, squared_error
 from fl_client.tasks.features import (
     ClassLabel,
     Cyclic,
@@ -110,26 +110,18 @@ TIME_ESTIMATION = TaskSpec(
     defaults=TrainingDefaults(lr=0.1, sample_rate=0.1, steps=300, clip_norm=1.0),
 )
 
-DOCUMENT_TEMPLATES = TaskSpec(
-    name="document_templates",
-    head_type="semantic",
-    contribution_type="document_templates",
-    description="Document-type classification from the document's text (hashed bag of words).",
-    encoder=DOCUMENT_TEMPLATES_ENCODER,
-    model_factory=mlp(DOCUMENT_TEMPLATES_ENCODER.dim, 32, len(DOCUMENT_TYPES)),
-    loss=cross_entropy,
-    metric=ACCURACY,
-    defaults=TrainingDefaults(lr=0.5, sample_rate=0.1, steps=300, clip_norm=1.0),
+DOCUMENT_TEMPLATES = classification_task(
+    "document_templates",
+    "semantic",
+    "document_templates",
+    "Document-type classification from the document's text (hashed bag of words).",
+    DOCUMENT_TEMPLATES_ENCODER,
 )
 
-COMPLIANCE_CHECKS = TaskSpec(
-    name="compliance_checks",
-    head_type="citation",
-    contribution_type="compliance_checks",
-    description="Which compliance rule a finding cites, from its text, entity type, jurisdiction and amount.",
-    encoder=COMPLIANCE_CHECKS_ENCODER,
-    model_factory=mlp(COMPLIANCE_CHECKS_ENCODER.dim, 32, len(COMPLIANCE_RULES)),
-    loss=cross_entropy,
-    metric=ACCURACY,
-    defaults=TrainingDefaults(lr=0.5, sample_rate=0.1, steps=300, clip_norm=1.0),
+COMPLIANCE_CHECKS = classification_task(
+    "compliance_checks",
+    "citation",
+    "compliance_checks",
+    "Which compliance rule a finding cites, from its text, entity type, jurisdiction and amount.",
+    COMPLIANCE_CHECKS_ENCODER,
 )
