@@ -10,7 +10,16 @@ from schema.models.consent_lineage import (
     ConsentSnapshotMember,
     ConsentSnapshotUse,
 )
+from schema.models.federation import (
+    FlNodeBinding,
+    FlPublishedModel,
+    FlRoundOutcome,
+    FlRoundSummary,
+    FlRun,
+)
 from schema.models.llm import FallbackBilling, FineTunedModelConfig, LlmUsageLog, TenantLlmConfig
+from schema.models.orchestrator import LlmRequest, OrganizationDataKey, ServiceSigningKey
+from schema.models.privacy import PrivacyBudget, PrivacyLedgerEvent
 from schema.models.security import (
     BehavioralBiometrics,
     DeadManSwitchConfig,
@@ -71,12 +80,22 @@ __all__ = [
     "FallbackBilling",
     "FederatedLearningContribution",
     "FineTunedModelConfig",
+    "FlNodeBinding",
+    "FlPublishedModel",
+    "FlRoundOutcome",
+    "FlRoundSummary",
+    "FlRun",
     "HsmKeyRegistry",
     "ImmutableAuditLog",
     "Invoice",
+    "LlmRequest",
     "LlmUsageLog",
     "Organization",
+    "OrganizationDataKey",
+    "PrivacyBudget",
+    "PrivacyLedgerEvent",
     "SecurityAnomaly",
+    "ServiceSigningKey",
     "TenantLlmConfig",
     "ThreatIntelligence",
     "TrustedDevice",
