@@ -5,14 +5,17 @@ The server-side flow per round::
     spec = ModelSpec.from_arrays(global_weights)                     # once per run
     validator = UpdateValidator(spec, max_norm=B, seen=seen)         # seen: restored SeenChecksums
     agg = make_aggregator("fedavg", spec)                            # or CentralDPSum for central DP
-    for reply in replies:                                            # as they arrive
+    for reply in replies:                                            # as they arrive (grid.pull_messages)
+        update, num_examples = update_from_content(reply.content)   # aggregation.flwr_adapter
         verdict = validator.validate(update, reference=global_weights,
                                      claimed_checksum=sent_sha256, weight=num_examples)
         if isinstance(verdict, Rejected): record(verdict.reason, verdict.message); continue
         agg.add(update, weight=num_examples)
+        del reply, update                                            # keep memory O(model)
     new_global = agg.result()
 
-Flower conversion lives in `aggregation.flwr_adapter` (not imported here).
+Flower conversion lives in `aggregation.flwr_adapter` (not imported here, so the rest of the
+package needs numpy only).
 """
 
 from aggregation.central_dp import CentralDPSum, NoiseSource
