@@ -1,0 +1,94 @@
+"""The Flower ServerApp: one governed run from the run config, published to the VAMN registry.
+
+``flwr run`` (simulation or deployment) reaches ``app``; ``accute-fl`` and the tests build their
+own with ``make_server_app(config)``. The database and the weights store come from the ACCUTE_
+settings of the process that runs the ServerApp.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, Strategy
+
+from aggregation.flwr_adapter import record_from_arrays
+from aggregation.weights_store import WeightsStore
+from fl_client import protocol
+from fl_client.tasks import get_task
+from fl_server.config import RunConfig
+from fl_server.governance import Governor
+from fl_server.publish import Publication, publish_run
+from fl_server.strategy import GovernedResult, GovernedStrategy, RoundRecord
+from schema.config import Settings
+from schema.db import make_engine
+from schema.migrate import require_current_schema
+
+log = logging.getLogger("accute.fl_server")
+
+
+def inner_strategy(config: RunConfig) -> Strategy:
+    """The Flower strategy the governed wrapper drives; it samples among admitted nodes only."""
+    common = {
+        "fraction_train": config.fraction,
+        "fraction_evaluate": 1.0,
+        "min_train_nodes": 1,
+        "min_evaluate_nodes": 1,
+        "min_available_nodes": 1,
+        "weighted_by_key": protocol.NUM_EXAMPLES,
+    }
+    if config.aggregator == "fedmedian":
+        return FedMedian(**common)
+    if config.aggregator == "fedtrimmedavg":
+        return FedTrimmedAvg(**common)
+    if config.aggregator == "krum":
+        return Krum(**common)
+    return FedAvg(**common)
+
+
+def run_governed(
+    grid: Grid,
+    config: RunConfig,
+    settings: Settings,
+    on_round: Callable[[RoundRecord], None] | None = None,
+) -> tuple[GovernedResult, Publication]:
+    engine = make_engine(settings)
+    try:
+        require_current_schema(engine)
+        governor = Governor(engine, config, settings)
+        store = WeightsStore(settings.weights_dir)
+        strategy = GovernedStrategy(inner_strategy(config), governor, store, on_round=on_round)
+        task = get_task(config.task)
+        initial = {k: v.detach().numpy() for k, v in task.initial_state(config.seed).items()}
+        result = strategy.start(grid, record_from_arrays(initial))
+        final_metric = result.rounds[-1].metric if result.rounds else None
+        publication = publish_run(engine, config, final_metric)
+        return result, publication
+    finally:
+        engine.dispose()
+
+
+def make_server_app(
+    config: RunConfig | None = None,
+    settings: Settings | None = None,
+    on_round: Callable[[RoundRecord], None] | None = None,
+) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_config = config or RunConfig.parse(dict(context.run_config))
+        _, publication = run_governed(grid, run_config, settings or Settings(), on_round)
+        log.info(
+            "published %s %s (%s)",
+            publication.model_name,
+            publication.model_version,
+            publication.deployment_status,
+        )
+
+    return app
+
+
+app = make_server_app()

@@ -1,0 +1,102 @@
+"""The run configuration of a governed federated training run, validated once at the edge.
+
+It arrives as Flower's flat run config (``[tool.flwr.app.config]`` or ``--run-config``), as TOML
+from ``accute-fl simulate``, or as keyword arguments in tests; all go through ``RunConfig``.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from aggregation import AGGREGATOR_KINDS
+from schema.errors import InvalidInputError
+
+
+class DpMode(StrEnum):
+    OFF = "off"
+    LOCAL = "local"
+    CENTRAL = "central"
+    BOTH = "both"
+
+    @property
+    def local(self) -> bool:
+        return self in (DpMode.LOCAL, DpMode.BOTH)
+
+    @property
+    def central(self) -> bool:
+        return self in (DpMode.CENTRAL, DpMode.BOTH)
+
+
+class RunConfig(BaseModel):
+    """Everything a run needs besides the database; frozen so every round sees the same values."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_name: str = Field(min_length=1, max_length=100)
+    task: str
+    rounds: int = Field(default=3, ge=1, le=10_000)
+    fraction: float = Field(default=1.0, gt=0, le=1)
+    #: A round's aggregate is used only if at least this many updates were accepted.
+    min_accepted: int = Field(default=1, ge=1)
+    #: Nodes the run waits for before its first round.
+    min_nodes: int = Field(default=1, ge=1)
+    aggregator: str = "fedavg"
+    dp: DpMode = DpMode.LOCAL
+    noise_multiplier: float = Field(default=1.0, ge=0)
+    clip_norm: float = Field(default=1.0, gt=0)
+    sample_rate: float = Field(default=0.05, gt=0, le=1)
+    steps: int = Field(default=50, ge=1)
+    lr: float = Field(default=0.1, gt=0)
+    central_noise_multiplier: float = Field(default=1.0, ge=0)
+    central_clip_norm: float = Field(default=1.0, gt=0)
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    #: Bound on ||update - global||; None accepts any finite update (DP bounds it anyway).
+    max_update_norm: float | None = Field(default=None, gt=0)
+    #: 0: nodes and the server draw secure randomness; otherwise runs are reproducible.
+    seed: int = Field(default=0, ge=0)
+    round_timeout_s: float = Field(default=600.0, gt=0)
+    model_name: str | None = Field(default=None, max_length=100)
+
+    @field_validator("aggregator")
+    @classmethod
+    def _known_aggregator(cls, value: str) -> str:
+        if value not in AGGREGATOR_KINDS:
+            raise ValueError(f"unknown aggregator '{value}'; use one of {', '.join(AGGREGATOR_KINDS)}")
+        return value
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        from fl_client.tasks import get_task
+
+        return get_task(value).name
+
+    @property
+    def published_model_name(self) -> str:
+        return self.model_name or self.task
+
+    @classmethod
+    def parse(cls, values: dict[str, Any]) -> RunConfig:
+        """Build from a flat mapping (Flower run config uses dashes; both spellings accepted)."""
+        cleaned = {str(k).replace("-", "_"): v for k, v in values.items()}
+        if cleaned.get("max_update_norm") in (0, 0.0, "", None):
+            cleaned.pop("max_update_norm", None)
+        try:
+            return cls(**cleaned)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "run config"
+            raise InvalidInputError(f"run config '{where}': {first['msg']}") from None
+
+    def as_flower(self) -> dict[str, bool | int | float | str]:
+        """The flat form Flower's run config carries (no None values)."""
+        out: dict[str, bool | int | float | str] = {}
+        for key, value in self.model_dump(mode="json").items():
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            out[key] = value
+        return out
