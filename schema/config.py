@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_FILE = "accute.db"
@@ -50,4 +50,92 @@ class Settings(BaseSettings):
     # Consent gate (consent_gate/): a tenant joins a round only with at least this many consenting users.
     min_consenting_users: int = Field(
         default=1, ge=1, description="Minimum users with every required consent for a tenant to be eligible."
+    )
+
+    # Inference cascade (orchestrator/): platform fallback, prices, keys, auth, cache, resilience.
+    fallback_provider: str = Field(
+        default="openai",
+        description="Provider wire format of the billed platform fallback (any tenant provider name).",
+    )
+    fallback_api_endpoint: str | None = Field(
+        default=None, description="Base URL of the fallback provider; the provider's public URL when unset."
+    )
+    fallback_api_key: SecretStr | None = Field(
+        default=None, description="API key of the fallback provider; never logged or returned."
+    )
+    fallback_model: str = Field(default="gpt-4o-mini", description="Model the fallback provider serves.")
+    price_table: dict[str, dict[str, float]] = Field(
+        default={
+            "gpt-4o-mini": {"input": 0.15, "output": 0.6},
+            "gpt-4o": {"input": 2.5, "output": 10.0},
+            "gpt-4-turbo": {"input": 10.0, "output": 30.0},
+            "gpt-4": {"input": 30.0, "output": 60.0},
+            "claude-3-opus": {"input": 15.0, "output": 75.0},
+            "claude-3-sonnet": {"input": 3.0, "output": 15.0},
+            "default": {"input": 5.0, "output": 15.0},
+        },
+        description="USD per 1M input/output tokens by model (JSON); 'default' prices unlisted models.",
+    )
+    token_bundle_tokens: int = Field(
+        default=1_000_000,
+        ge=0,
+        description="Tokens per billing month included for token_bundle/hybrid organizations.",
+    )
+    key_provider: str = Field(
+        default="local",
+        pattern="^(local|pkcs11)$",
+        description="Key-encryption key provider: local or pkcs11.",
+    )
+    kek_file: Path = Field(
+        default=Path("state/kek.json"),
+        description="Local KEK file (created 0600 on first use, with its folder 0700).",
+    )
+    pkcs11_module: str = Field(
+        default="/usr/lib/softhsm/libsofthsm2.so", description="PKCS#11 module (shared library) path."
+    )
+    pkcs11_token_label: str = Field(
+        default="accute", description="Label of the PKCS#11 token holding the KEK."
+    )
+    pkcs11_pin: SecretStr | None = Field(default=None, description="User PIN of the PKCS#11 token.")
+    pkcs11_key_label: str = Field(
+        default="accute-kek", description="Label prefix of the KEK objects (versions: <label>-v<N>)."
+    )
+    jwt_issuer: str = Field(default="accute-fl", description="JWT 'iss' claim issued and required.")
+    jwt_audience: str = Field(default="accute-api", description="JWT 'aud' claim issued and required.")
+    jwt_ttl_s: int = Field(default=900, ge=30, description="Default lifetime of an issued token (seconds).")
+    jwt_max_ttl_s: int = Field(
+        default=86_400, ge=60, description="Longest lifetime a token may be issued with (seconds)."
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis URL for the response cache; in-memory LRU when unset."
+    )
+    cache_enabled: bool = Field(default=False, description="Cache responses per organization.")
+    cache_max_entries: int = Field(default=10_000, ge=1, description="Entries of the in-memory LRU cache.")
+    cache_ttl_s: int = Field(default=3600, ge=1, description="Lifetime of a cached response (seconds).")
+    provider_timeout_s: float = Field(
+        default=30.0, gt=0, description="Timeout of one provider HTTP attempt (seconds)."
+    )
+    retry_max_attempts: int = Field(
+        default=3, ge=1, le=10, description="Attempts per provider on 429, 5xx and timeouts."
+    )
+    retry_backoff_s: float = Field(
+        default=0.25, ge=0, description="First backoff (seconds), doubled per retry, with jitter."
+    )
+    retry_backoff_max_s: float = Field(
+        default=8.0, ge=0, description="Longest wait between attempts, Retry-After included (seconds)."
+    )
+    circuit_failure_threshold: int = Field(
+        default=3, ge=1, description="Consecutive failed requests that open a provider's circuit."
+    )
+    circuit_cooldown_s: float = Field(
+        default=30.0, gt=0, description="Seconds an open circuit waits before one trial request."
+    )
+    cascade_deadline_s: float = Field(
+        default=60.0, gt=0, description="Overall deadline of one chat request across all tiers (seconds)."
+    )
+    config_cache_ttl_s: float = Field(
+        default=5.0, ge=0, description="Seconds a server reuses an organization's provider configs."
+    )
+    max_message_chars: int = Field(
+        default=32_000, ge=1, description="Longest chat message accepted (characters)."
     )

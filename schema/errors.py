@@ -95,3 +95,18 @@ class BudgetExceededError(ConflictError):
     """Charging this DP event would push a tenant's epsilon over its cap; nothing was charged."""
 
     code = "budget_exceeded"
+
+
+class UpstreamUnavailableError(AccuteError):
+    """Every tier of the inference cascade failed (tenant providers, VAMN, fallback)."""
+
+    code = "upstream_unavailable"
+    http_status = 502
+    exit_code = 7
+
+
+class DeadlineExceededError(UpstreamUnavailableError):
+    """The cascade's overall deadline passed before any tier answered."""
+
+    code = "deadline_exceeded"
+    http_status = 504

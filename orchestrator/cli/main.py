@@ -15,7 +15,14 @@ import click
 import typer
 from typer.main import get_command
 
-from orchestrator.cli import admin_commands, audit_commands, consent_commands, db_commands, status_command
+from orchestrator.cli import (
+    admin_commands,
+    audit_commands,
+    consent_commands,
+    db_commands,
+    service_commands,
+    status_command,
+)
 from schema.errors import AccuteError
 
 app = typer.Typer(
@@ -32,6 +39,9 @@ app.add_typer(audit_commands.app, name="audit")
 app.add_typer(consent_commands.consent_app, name="consent")
 app.add_typer(consent_commands.dsr_app, name="dsr")
 app.command("status")(status_command.status)
+app.command("serve")(service_commands.serve)
+app.add_typer(service_commands.token_app, name="token")
+app.add_typer(service_commands.keys_app, name="keys")
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 70

@@ -1,0 +1,300 @@
+"""Usage and billing: one transaction per chat request writes everything it used, exactly once.
+
+``record`` inserts the request's ``llm_requests`` row first (ON CONFLICT DO NOTHING on its
+(organization, request id)); if the row already existed the request was already accounted for and
+the whole transaction is rolled back — a repeated or concurrent duplicate is never counted twice.
+Otherwise it writes an ``llm_usage_log`` row per attempt (errors included), the
+``vamn_inference_log`` rows, and for a successful fallback answer an atomic upsert of the month's
+``fallback_billing`` row (INSERT … ON CONFLICT … DO UPDATE with increments, on PostgreSQL and
+SQLite alike), so concurrent requests never lose an update.
+
+Charges by ``organizations.billing_model``: ``pay_as_you_go`` pays the list price;
+``unlimited_tier`` pays nothing per request (tokens still counted); ``token_bundle`` and ``hybrid``
+draw the month's ``bundle_tokens_remaining`` (starting at ``ACCUTE_TOKEN_BUNDLE_TOKENS``) and pay
+the list price for the share of a request beyond it. Per-request charges are stored with the
+4 decimals of ``fallback_billing.total_cost_usd``; ``llm_usage_log.estimated_cost_usd`` keeps the
+list price with 6 decimals.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from sqlalchemy import case, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from schema.config import Settings
+from schema.models import FallbackBilling, LlmRequest, LlmUsageLog, Organization, VamnInferenceLog
+from schema.timeutil import iso, utcnow
+
+MILLION = Decimal(1_000_000)
+USAGE_PLACES = Decimal("0.000001")
+BILLING_PLACES = Decimal("0.0001")
+
+
+def price(settings: Settings, model_id: str, input_tokens: int, output_tokens: int) -> Decimal:
+    """List price in USD of a call, from the price table (per 1M input/output tokens)."""
+    table = settings.price_table
+    entry = table.get(model_id) or table.get("default") or {"input": 0.0, "output": 0.0}
+    cost = (
+        Decimal(input_tokens) * Decimal(str(entry.get("input", 0.0)))
+        + Decimal(output_tokens) * Decimal(str(entry.get("output", 0.0)))
+    ) / MILLION
+    return cost.quantize(USAGE_PLACES, rounding=ROUND_HALF_UP)
+
+
+def billing_period(today: date) -> tuple[date, date]:
+    start = today.replace(day=1)
+    end = date(start.year + 1, 1, 1) if start.month == 12 else date(start.year, start.month + 1, 1)
+    return start, end
+
+
+@dataclass
+class UsageRow:
+    """One attempt (``llm_usage_log`` row)."""
+
+    provider: str
+    model_id: str
+    status: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    latency_ms: int = 0
+    is_fallback: bool = False
+    estimated_cost_usd: Decimal | None = None
+    error_code: str | None = None
+    cache_hit: bool = False
+    llm_config_id: uuid.UUID | None = None
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass
+class VamnRow:
+    head_type: str
+    input_tokens: int
+    output_tokens: int
+    latency_ms: int
+    status: str
+    error_message: str | None = None
+
+
+@dataclass
+class Outcome:
+    organization_id: uuid.UUID
+    request_id: str
+    agent_slug: str
+    session_id: uuid.UUID | None
+    user_id: uuid.UUID | None
+    status: str
+    response: dict[str, Any] | None
+    usage: list[UsageRow]
+    vamn: list[VamnRow]
+    billed_tokens: int = 0
+    billed_cost: Decimal | None = None
+
+
+class DuplicateRequest(Exception):
+    """The request id was already accounted for; the caller rolls back and answers from storage."""
+
+
+def _insert(session: Session) -> Any:
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def record(session: Session, settings: Settings, outcome: Outcome) -> None:
+    """Write the outcome of one request (raises ``DuplicateRequest`` if it was already written)."""
+    claim = (
+        _insert(session)(LlmRequest)
+        .values(
+            id=uuid.uuid4(),
+            organization_id=outcome.organization_id,
+            request_id=outcome.request_id,
+            agent_slug=outcome.agent_slug,
+            status=outcome.status,
+            response_json=outcome.response,
+        )
+        .on_conflict_do_nothing(index_elements=["organization_id", "request_id"])
+        .returning(LlmRequest.id)
+    )
+    if session.execute(claim).first() is None:
+        raise DuplicateRequest(outcome.request_id)
+    if outcome.usage:
+        session.execute(
+            insert(LlmUsageLog),
+            [
+                {
+                    "id": uuid.uuid4(),
+                    "organization_id": outcome.organization_id,
+                    "user_id": outcome.user_id,
+                    "agent_slug": outcome.agent_slug,
+                    "session_id": outcome.session_id,
+                    "llm_config_id": row.llm_config_id,
+                    "provider": row.provider,
+                    "model_id": row.model_id,
+                    "is_fallback": row.is_fallback,
+                    "input_tokens": row.input_tokens,
+                    "output_tokens": row.output_tokens,
+                    "latency_ms": row.latency_ms,
+                    "estimated_cost_usd": row.estimated_cost_usd,
+                    "request_type": "agent_chat",
+                    "cache_hit": row.cache_hit,
+                    "status": row.status,
+                    "error_code": row.error_code,
+                    "created_at": row.created_at,
+                }
+                for row in outcome.usage
+            ],
+        )
+    if outcome.vamn:
+        session.execute(
+            insert(VamnInferenceLog),
+            [
+                {
+                    "id": uuid.uuid4(),
+                    "organization_id": outcome.organization_id,
+                    "agent_slug": outcome.agent_slug,
+                    "session_id": outcome.session_id,
+                    "head_type": row.head_type,
+                    "input_tokens": row.input_tokens,
+                    "output_tokens": row.output_tokens,
+                    "latency_ms": row.latency_ms,
+                    "cache_hit": False,
+                    "status": row.status,
+                    "error_message": row.error_message,
+                }
+                for row in outcome.vamn
+            ],
+        )
+    if outcome.billed_cost is not None:
+        charge_fallback(
+            session, settings, outcome.organization_id, outcome.billed_tokens, outcome.billed_cost
+        )
+
+
+def charge_fallback(
+    session: Session, settings: Settings, organization_id: uuid.UUID, tokens: int, cost: Decimal
+) -> None:
+    """Add one fallback request to the organization's row for this month, atomically."""
+    billing_model = session.scalar(
+        select(Organization.billing_model).where(Organization.id == organization_id)
+    )
+    billing_model = billing_model or "pay_as_you_go"
+    start, end = billing_period(utcnow().date())
+    table = FallbackBilling.__table__
+    bundle = billing_model in ("token_bundle", "hybrid")
+    if billing_model == "unlimited_tier":
+        first_charge: Decimal = Decimal(0)
+        later_charge: Any = Decimal(0)
+    elif bundle and tokens > 0:
+        first_charge = _overage(cost, tokens, Decimal(settings.token_bundle_tokens))
+        remaining = func.coalesce(table.c.bundle_tokens_remaining, 0)
+        later_charge = case(
+            (remaining >= tokens, Decimal(0)),
+            (remaining <= 0, cost.quantize(BILLING_PLACES, rounding=ROUND_HALF_UP)),
+            else_=func.round(cost * (tokens - remaining) / tokens, 4),
+        )
+    else:
+        first_charge = cost.quantize(BILLING_PLACES, rounding=ROUND_HALF_UP)
+        later_charge = first_charge
+    values: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "organization_id": organization_id,
+        "billing_period_start": start,
+        "billing_period_end": end,
+        "total_fallback_tokens": tokens,
+        "total_fallback_requests": 1,
+        "total_cost_usd": first_charge,
+        "billing_model": billing_model,
+        "bundle_tokens_remaining": max(settings.token_bundle_tokens - tokens, 0) if bundle else None,
+    }
+    updates: dict[str, Any] = {
+        "total_fallback_tokens": table.c.total_fallback_tokens + tokens,
+        "total_fallback_requests": table.c.total_fallback_requests + 1,
+        "total_cost_usd": table.c.total_cost_usd + later_charge,
+        "updated_at": func.now(),
+    }
+    if bundle:
+        remaining_after = func.coalesce(table.c.bundle_tokens_remaining, 0) - tokens
+        updates["bundle_tokens_remaining"] = case((remaining_after < 0, 0), else_=remaining_after)
+    statement = (
+        _insert(session)(FallbackBilling)
+        .values(**values)
+        .on_conflict_do_update(
+            index_elements=["organization_id", "billing_period_start", "billing_period_end"], set_=updates
+        )
+    )
+    session.execute(statement)
+
+
+def _overage(cost: Decimal, tokens: int, remaining: Decimal) -> Decimal:
+    if remaining >= tokens:
+        return Decimal(0)
+    if remaining <= 0:
+        return cost.quantize(BILLING_PLACES, rounding=ROUND_HALF_UP)
+    return (cost * (Decimal(tokens) - remaining) / Decimal(tokens)).quantize(
+        BILLING_PLACES, rounding=ROUND_HALF_UP
+    )
+
+
+def stored_response(session: Session, organization_id: uuid.UUID, request_id: str) -> LlmRequest | None:
+    return session.scalars(
+        select(LlmRequest).where(
+            LlmRequest.organization_id == organization_id, LlmRequest.request_id == request_id
+        )
+    ).first()
+
+
+def usage_rows(session: Session, organization_id: uuid.UUID, limit: int) -> list[dict[str, Any]]:
+    rows = session.scalars(
+        select(LlmUsageLog)
+        .where(LlmUsageLog.organization_id == organization_id)
+        .order_by(LlmUsageLog.created_at.desc(), LlmUsageLog.id)
+        .limit(limit)
+    ).all()
+    return [
+        {
+            "id": str(r.id),
+            "agent_slug": r.agent_slug,
+            "session_id": str(r.session_id) if r.session_id else None,
+            "llm_config_id": str(r.llm_config_id) if r.llm_config_id else None,
+            "provider": r.provider,
+            "model_id": r.model_id,
+            "is_fallback": r.is_fallback,
+            "input_tokens": r.input_tokens,
+            "output_tokens": r.output_tokens,
+            "total_tokens": r.input_tokens + r.output_tokens,
+            "latency_ms": r.latency_ms,
+            "estimated_cost_usd": str(r.estimated_cost_usd) if r.estimated_cost_usd is not None else None,
+            "request_type": r.request_type,
+            "cache_hit": bool(r.cache_hit),
+            "status": r.status,
+            "error_code": r.error_code,
+            "created_at": iso(r.created_at),
+        }
+        for r in rows
+    ]
+
+
+def billing_rows(session: Session, organization_id: uuid.UUID) -> list[dict[str, Any]]:
+    rows = session.scalars(
+        select(FallbackBilling)
+        .where(FallbackBilling.organization_id == organization_id)
+        .order_by(FallbackBilling.billing_period_start.desc())
+    ).all()
+    return [
+        {
+            "billing_period_start": r.billing_period_start.isoformat(),
+            "billing_period_end": r.billing_period_end.isoformat(),
+            "total_fallback_requests": r.total_fallback_requests,
+            "total_fallback_tokens": r.total_fallback_tokens,
+            "total_cost_usd": str(Decimal(r.total_cost_usd).quantize(BILLING_PLACES)),
+            "billing_model": r.billing_model,
+            "bundle_tokens_remaining": r.bundle_tokens_remaining,
+            "invoice_status": r.invoice_status,
+        }
+        for r in rows
+    ]

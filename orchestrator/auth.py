@@ -1,0 +1,193 @@
+"""RS256 bearer tokens: issue, verify, rotate the signing key.
+
+The signing keys live in ``service_signing_keys``, private halves wrapped by the KEK of the key
+provider. Each token names its key in the ``kid`` header; rotation makes a new key active and
+keeps the old public keys, so tokens signed before a rotation verify until they expire.
+Claims: ``sub``, ``organization_id`` (absent for a platform admin without an organization),
+``roles``, ``iat``, ``exp``, ``iss``, ``aud``, ``jti``.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session
+
+from orchestrator.keys import KeyRing, record_key_version, signing_aad
+from schema import audit
+from schema.config import Settings
+from schema.db import transaction
+from schema.errors import AuthenticationError, InvalidInputError, PermissionDeniedError
+from schema.models import ServiceSigningKey
+from schema.timeutil import utcnow
+from schema.validation import one_of, parse_uuid
+
+ROLES: tuple[str, ...] = ("platform_admin", "org_admin", "org_user", "node")
+_TTL = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_ttl(text: str) -> int:
+    """Seconds of a lifetime written like ``900``, ``15m``, ``2h`` or ``1d``."""
+    match = _TTL.match(text)
+    if match is None or int(match.group(1)) <= 0:
+        raise InvalidInputError(f"ttl '{text}' is not a duration; write e.g. 900, 15m, 2h or 1d")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who called: the token's subject, organization and roles."""
+
+    subject: str
+    organization_id: uuid.UUID | None
+    roles: frozenset[str]
+
+    def require_org(self, organization_id: uuid.UUID, roles: tuple[str, ...]) -> None:
+        """The caller may act on ``organization_id`` with one of ``roles`` (platform admins may always)."""
+        if "platform_admin" in self.roles:
+            return
+        if self.organization_id != organization_id or not self.roles.intersection(roles):
+            raise PermissionDeniedError("forbidden")
+
+
+class TokenService:
+    def __init__(self, engine: Engine, keyring: KeyRing, settings: Settings) -> None:
+        self.engine = engine
+        self.keyring = keyring
+        self.settings = settings
+        self._public: dict[str, Any] = {}
+        self._signing: tuple[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    # -- signing keys ------------------------------------------------------------------------------
+    def _create_key(self, session: Session) -> ServiceSigningKey:
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        kid = uuid.uuid4().hex
+        der = private.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        kek_version, wrapped = self.keyring.kek.wrap(der, signing_aad(kid))
+        public_pem = (
+            private.public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode()
+        )
+        row = ServiceSigningKey(
+            kid=kid, public_pem=public_pem, private_wrapped=wrapped, kek_version=kek_version
+        )
+        session.add(row)
+        session.flush()
+        record_key_version(session, None, "signing", "accute-jwt-signing", kid, self.keyring.kek.uri)
+        return row
+
+    def _active_signing_key(self) -> tuple[str, Any]:
+        if self._signing is not None:
+            return self._signing
+        with self._lock, transaction(self.engine) as session:
+            row = session.scalars(
+                select(ServiceSigningKey)
+                .where(ServiceSigningKey.is_active.is_(True))
+                .order_by(ServiceSigningKey.created_at.desc())
+                .limit(1)
+            ).first()
+            if row is None:
+                row = self._create_key(session)
+            der = self.keyring.kek.unwrap(row.kek_version, row.private_wrapped, signing_aad(row.kid))
+            self._signing = (row.kid, serialization.load_der_private_key(der, password=None))
+        return self._signing
+
+    def rotate_signing_key(self, session: Session) -> str:
+        """Retire the active key (it still verifies) and make a new one active."""
+        session.execute(
+            update(ServiceSigningKey)
+            .where(ServiceSigningKey.is_active.is_(True))
+            .values(is_active=False, retired_at=utcnow())
+        )
+        row = self._create_key(session)
+        audit.append(
+            session,
+            organization_id=None,
+            action="keys.signing_key_rotated",
+            resource_type="signing",
+            data={"kid": row.kid},
+        )
+        self._signing = None
+        return row.kid
+
+    def _public_key(self, kid: str) -> Any:
+        key = self._public.get(kid)
+        if key is None:
+            with transaction(self.engine) as session:
+                row = session.get(ServiceSigningKey, kid)
+                if row is None:
+                    raise AuthenticationError("unauthenticated")
+                key = serialization.load_pem_public_key(row.public_pem.encode())
+            self._public[kid] = key
+        return key
+
+    # -- tokens ------------------------------------------------------------------------------------
+    def issue(
+        self,
+        *,
+        role: str,
+        organization_id: str | uuid.UUID | None,
+        subject: str | None = None,
+        ttl_s: int | None = None,
+    ) -> str:
+        one_of(role, ROLES, "role")
+        org = parse_uuid(organization_id, "organization id") if organization_id else None
+        if org is None and role != "platform_admin":
+            raise InvalidInputError(f"role {role} needs an organization; pass --org")
+        ttl = ttl_s or self.settings.jwt_ttl_s
+        if ttl > self.settings.jwt_max_ttl_s:
+            raise InvalidInputError(
+                f"ttl {ttl}s exceeds ACCUTE_JWT_MAX_TTL_S ({self.settings.jwt_max_ttl_s}s)"
+            )
+        kid, private = self._active_signing_key()
+        now = utcnow()
+        claims: dict[str, Any] = {
+            "sub": subject or f"{role}:{org or 'platform'}",
+            "roles": [role],
+            "iat": now,
+            "exp": now + timedelta(seconds=ttl),
+            "iss": self.settings.jwt_issuer,
+            "aud": self.settings.jwt_audience,
+            "jti": uuid.uuid4().hex,
+        }
+        if org is not None:
+            claims["organization_id"] = str(org)
+        return jwt.encode(claims, private, algorithm="RS256", headers={"kid": kid})
+
+    def verify(self, token: str) -> Principal:
+        """The principal of a valid token; every failure is the same bare 401."""
+        try:
+            header = jwt.get_unverified_header(token)
+            kid = header.get("kid")
+            if not isinstance(kid, str) or header.get("alg") != "RS256":
+                raise AuthenticationError("unauthenticated")
+            claims = jwt.decode(
+                token,
+                self._public_key(kid),
+                algorithms=["RS256"],
+                audience=self.settings.jwt_audience,
+                issuer=self.settings.jwt_issuer,
+                options={"require": ["exp", "iat", "sub", "iss", "aud"]},
+            )
+            roles = frozenset(r for r in claims.get("roles", []) if r in ROLES)
+            raw_org = claims.get("organization_id")
+            org = uuid.UUID(raw_org) if raw_org else None
+        except (jwt.PyJWTError, ValueError, TypeError, AttributeError):
+            raise AuthenticationError("unauthenticated") from None
+        if not roles or (org is None and "platform_admin" not in roles):
+            raise AuthenticationError("unauthenticated")
+        return Principal(subject=str(claims["sub"]), organization_id=org, roles=roles)

@@ -1,0 +1,503 @@
+"""The inference cascade: the tenant's own providers → VAMN → the billed platform fallback.
+
+One chat request runs under one overall deadline (``ACCUTE_CASCADE_DEADLINE_S``):
+
+1. Tenant configs, by priority: active, for the organization (or the request's workspace),
+   circuit closed (or due a half-open trial), within their rpm/tpm. Each provider gets up to
+   ``ACCUTE_RETRY_MAX_ATTEMPTS`` attempts on 429, 5xx, timeouts and connection errors, with
+   exponential backoff and jitter, honouring ``Retry-After`` (a wait longer than
+   ``ACCUTE_RETRY_BACKOFF_MAX_S`` moves on to the next provider instead). Other 4xx replies and
+   unreadable bodies fail the provider at once.
+2. VAMN: the agent's primary head (``agent_vamn_routing``) served by ``orchestrator.vamn``.
+3. The fallback from settings, billed.
+
+Every attempt that was sent becomes an ``llm_usage_log`` row (errors with zero tokens), written
+with the request's other rows in one transaction by ``orchestrator.accounting.record``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import anyio
+import httpx
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session
+
+from orchestrator import accounting, adapters, configs
+from orchestrator.accounting import Outcome, UsageRow, VamnRow
+from orchestrator.cache import ResponseCache, cache_key
+from orchestrator.keys import KeyRing
+from orchestrator.limits import CircuitBreakers, RateLimiter
+from orchestrator.vamn import VamnServer, count_tokens
+from schema.config import Settings
+from schema.db import transaction
+from schema.errors import (
+    ConflictError,
+    DeadlineExceededError,
+    InvalidInputError,
+    NotFoundError,
+    UpstreamUnavailableError,
+)
+from schema.models import AgentSession, AgentVamnRouting, Organization, TenantLlmConfig
+from schema.timeutil import utcnow
+
+log = logging.getLogger("accute.orchestrator")
+
+FALLBACK_PROVIDER_NAME = "finaceverse_fallback"
+DEFAULT_MAX_TOKENS = 4096
+DEFAULT_TEMPERATURE = 0.7
+
+
+@dataclass
+class ChatRequest:
+    organization_id: uuid.UUID
+    agent_slug: str
+    message: str
+    request_id: str
+    max_tokens: int | None = None
+    temperature: float | None = None
+    session_id: uuid.UUID | None = None
+    workspace_id: uuid.UUID | None = None
+    user_id: uuid.UUID | None = None
+    client_request_id: bool = False
+
+
+@dataclass
+class _OrgState:
+    loaded_at: float
+    billing_model: str
+    configs: list[configs.ConfigView]
+
+
+class _Failed(Exception):
+    def __init__(self, code: str, retryable: bool, wait_s: float | None = None) -> None:
+        super().__init__(code)
+        self.code, self.retryable, self.wait_s = code, retryable, wait_s
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return None if parsed is None else max(parsed.timestamp() - time.time(), 0.0)
+
+
+class Cascade:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        keyring: KeyRing,
+        vamn: VamnServer,
+        cache: ResponseCache | None,
+        client: httpx.AsyncClient,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.keyring = keyring
+        self.vamn = vamn
+        self.cache = cache
+        self.client = client
+        self.limiter = RateLimiter()
+        self.breakers = CircuitBreakers(settings.circuit_failure_threshold, settings.circuit_cooldown_s)
+        self._orgs: dict[uuid.UUID, _OrgState] = {}
+        self._routing: dict[str, str] | None = None
+
+    # -- cached reads ------------------------------------------------------------------------------
+    def invalidate(self, organization_id: uuid.UUID) -> None:
+        self._orgs.pop(organization_id, None)
+
+    def _load_org(self, organization_id: uuid.UUID) -> _OrgState:
+        with transaction(self.engine) as session:
+            billing_model = session.scalar(
+                select(Organization.billing_model).where(Organization.id == organization_id)
+            )
+            if billing_model is None:
+                raise NotFoundError(f"organization {organization_id} does not exist")
+            views = configs.views(session, self.keyring, organization_id, time.time())
+            if self._routing is None:
+                rows = session.execute(select(AgentVamnRouting.agent_slug, AgentVamnRouting.primary_head))
+                self._routing = {slug: head for slug, head in rows.tuples()}
+        return _OrgState(time.monotonic(), billing_model, views)
+
+    async def _org(self, organization_id: uuid.UUID) -> _OrgState:
+        state = self._orgs.get(organization_id)
+        if state is None or time.monotonic() - state.loaded_at > self.settings.config_cache_ttl_s:
+            state = await anyio.to_thread.run_sync(self._load_org, organization_id)
+            self._orgs[organization_id] = state
+        return state
+
+    def _check_session(self, request: ChatRequest) -> None:
+        with transaction(self.engine) as session:
+            row = session.get(AgentSession, request.session_id)
+            if row is None or row.organization_id != request.organization_id:
+                raise NotFoundError(f"agent session {request.session_id} does not exist in this organization")
+
+    # -- the request -------------------------------------------------------------------------------
+    def validate(self, request: ChatRequest) -> None:
+        if not request.message.strip():
+            raise InvalidInputError("message is empty; send the text the agent should answer")
+        if len(request.message) > self.settings.max_message_chars:
+            raise InvalidInputError(
+                f"message is {len(request.message)} characters long; the limit is {self.settings.max_message_chars}"
+            )
+
+    async def chat(self, request: ChatRequest) -> dict[str, Any]:
+        self.validate(request)
+        state = await self._org(request.organization_id)
+        head = (self._routing or {}).get(request.agent_slug)
+        if head is None:
+            raise NotFoundError(
+                f"agent '{request.agent_slug}' does not exist; use one of: {', '.join(sorted(self._routing or {}))}"
+            )
+        if request.session_id is not None:
+            await anyio.to_thread.run_sync(self._check_session, request)
+        if request.client_request_id:
+            stored = await anyio.to_thread.run_sync(self._stored, request)
+            if stored is not None:
+                return stored
+        eligible = [
+            c for c in state.configs if c.workspace_id is None or c.workspace_id == request.workspace_id
+        ]
+        key = None
+        if self.cache is not None:
+            chain = [f"{c.target.provider}/{c.target.model_id}" for c in eligible]
+            chain.append(f"vamn/{head}")
+            chain.append(f"{self.settings.fallback_provider}/{self.settings.fallback_model}")
+            key = cache_key(
+                request.organization_id,
+                request.agent_slug,
+                chain,
+                request.message,
+                request.max_tokens or 0,
+                request.temperature if request.temperature is not None else -1.0,
+            )
+            hit = await self.cache.get(key)
+            if hit is not None:
+                return await self._answer_from_cache(request, hit)
+        outcome = Outcome(
+            organization_id=request.organization_id,
+            request_id=request.request_id,
+            agent_slug=request.agent_slug,
+            session_id=request.session_id,
+            user_id=request.user_id,
+            status="failed",
+            response=None,
+            usage=[],
+            vamn=[],
+        )
+        deadline = time.monotonic() + self.settings.cascade_deadline_s
+        health: dict[uuid.UUID, str] = {}
+        response = await self._tenant_tier(request, eligible, outcome, deadline, health)
+        if response is None:
+            response = await self._vamn_tier(request, head, outcome)
+        if response is None:
+            response = await self._fallback_tier(request, outcome, deadline)
+        if response is not None:
+            outcome.status, outcome.response = "success", response
+        try:
+            await anyio.to_thread.run_sync(self._record, outcome, health)
+        except accounting.DuplicateRequest:
+            stored = await anyio.to_thread.run_sync(self._stored, request)
+            if stored is not None:
+                return stored
+            raise UpstreamUnavailableError(
+                "the request id was already used by a request that failed"
+            ) from None
+        if health:
+            self.invalidate(request.organization_id)
+        if response is None:
+            if time.monotonic() >= deadline:
+                raise DeadlineExceededError(
+                    f"no provider answered within ACCUTE_CASCADE_DEADLINE_S ({self.settings.cascade_deadline_s}s)"
+                )
+            raise UpstreamUnavailableError(
+                "no provider could answer (tenant providers, VAMN and the fallback failed)"
+            )
+        if self.cache is not None and key is not None:
+            await self.cache.set(key, response)
+        return response
+
+    def _stored(self, request: ChatRequest) -> dict[str, Any] | None:
+        with transaction(self.engine) as session:
+            row = accounting.stored_response(session, request.organization_id, request.request_id)
+            if row is None:
+                return None
+            if row.agent_slug != request.agent_slug:
+                raise ConflictError(f"request id {request.request_id} was used for another agent")
+            if row.response_json is None:
+                raise UpstreamUnavailableError(
+                    f"request {request.request_id} failed earlier; retry with a new request id"
+                )
+            return dict(row.response_json)
+
+    def _record(self, outcome: Outcome, health: dict[uuid.UUID, str]) -> None:
+        with transaction(self.engine) as session:
+            accounting.record(session, self.settings, outcome)
+            self._write_health(session, health)
+
+    def _write_health(self, session: Session, health: dict[uuid.UUID, str]) -> None:
+        for config_id, status in health.items():
+            session.execute(
+                update(TenantLlmConfig)
+                .where(TenantLlmConfig.id == config_id)
+                .values(health_status=status, last_health_check=utcnow())
+            )
+
+    async def _answer_from_cache(self, request: ChatRequest, hit: dict[str, Any]) -> dict[str, Any]:
+        response = {
+            **hit,
+            "cache_hit": True,
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "estimated_cost": 0.0,
+            "latency_ms": 0,
+        }
+        outcome = Outcome(
+            organization_id=request.organization_id,
+            request_id=request.request_id,
+            agent_slug=request.agent_slug,
+            session_id=request.session_id,
+            user_id=request.user_id,
+            status="success",
+            response=response,
+            usage=[
+                UsageRow(
+                    provider=str(hit["provider"]),
+                    model_id=str(hit["model_id"]),
+                    status="success",
+                    cache_hit=True,
+                )
+            ],
+            vamn=[],
+        )
+        try:
+            await anyio.to_thread.run_sync(self._record, outcome, {})
+        except accounting.DuplicateRequest:
+            stored = await anyio.to_thread.run_sync(self._stored, request)
+            return stored if stored is not None else response
+        return response
+
+    # -- tiers -------------------------------------------------------------------------------------
+    async def _tenant_tier(
+        self,
+        request: ChatRequest,
+        eligible: list[configs.ConfigView],
+        outcome: Outcome,
+        deadline: float,
+        health: dict[uuid.UUID, str],
+    ) -> dict[str, Any] | None:
+        estimate = count_tokens(request.message)
+        for config in eligible:
+            if time.monotonic() >= deadline:
+                return None
+            if not self.breakers.allow(config.id, config.unhealthy_for_s):
+                continue
+            if not self.limiter.try_acquire(config.id, config.rpm, config.tpm, estimate):
+                self.breakers.release(config.id)
+                log.info("skip config=%s reason=rate_limited", config.id)
+                continue
+            max_tokens = min(
+                request.max_tokens or config.max_tokens or DEFAULT_MAX_TOKENS,
+                config.max_tokens or DEFAULT_MAX_TOKENS,
+            )
+            temperature = (
+                request.temperature
+                if request.temperature is not None
+                else (config.temperature if config.temperature is not None else DEFAULT_TEMPERATURE)
+            )
+            reply, rows = await self._call(config.target, request.message, max_tokens, temperature, deadline)
+            for row in rows:
+                row.llm_config_id = config.id
+            outcome.usage.extend(rows)
+            if reply is None:
+                if not rows:
+                    self.breakers.release(config.id)
+                    continue
+                if self.breakers.failure(config.id):
+                    health[config.id] = "unhealthy"
+                    log.warning("circuit opened config=%s", config.id)
+                continue
+            self.limiter.record_tokens(config.id, reply.input_tokens + reply.output_tokens)
+            if self.breakers.success(config.id) or config.health_status != "healthy":
+                health[config.id] = "healthy"
+                config.health_status = "healthy"
+            return self._response(
+                reply, config.target.provider, config.target.model_id, rows[-1], False, None
+            )
+        return None
+
+    async def _vamn_tier(self, request: ChatRequest, head: str, outcome: Outcome) -> dict[str, Any] | None:
+        started = time.perf_counter()
+
+        def serve() -> tuple[str, str] | None:
+            with transaction(self.engine) as session:
+                model = self.vamn.model_for(session, head)
+            if model is None:
+                return None
+            return model.model_id, model.answer(request.message)
+
+        try:
+            served = await anyio.to_thread.run_sync(serve)
+        except Exception as exc:  # a broken model must not break the cascade: log it, fall through
+            latency = int((time.perf_counter() - started) * 1000)
+            outcome.vamn.append(
+                VamnRow(head, count_tokens(request.message), 0, latency, "error", type(exc).__name__)
+            )
+            log.warning("vamn head=%s error=%s", head, type(exc).__name__)
+            return None
+        if served is None:
+            return None
+        model_id, content = served
+        latency = int((time.perf_counter() - started) * 1000)
+        input_tokens, output_tokens = count_tokens(request.message), count_tokens(content)
+        outcome.vamn.append(VamnRow(head, input_tokens, output_tokens, latency, "success"))
+        row = UsageRow("vamn", model_id, "success", input_tokens, output_tokens, latency)
+        outcome.usage.append(row)
+        return self._response(
+            adapters.Reply(content, input_tokens, output_tokens), "vamn", model_id, row, False, None
+        )
+
+    def fallback_target(self) -> adapters.Target | None:
+        key = self.settings.fallback_api_key.get_secret_value() if self.settings.fallback_api_key else None
+        provider = self.settings.fallback_provider
+        if key is None and provider not in adapters.KEY_OPTIONAL:
+            return None
+        if self.settings.fallback_api_endpoint is None and provider not in adapters.DEFAULT_ENDPOINTS:
+            return None
+        return adapters.Target(
+            provider, self.settings.fallback_model, self.settings.fallback_api_endpoint, key, {}
+        )
+
+    async def _fallback_tier(
+        self, request: ChatRequest, outcome: Outcome, deadline: float
+    ) -> dict[str, Any] | None:
+        target = self.fallback_target()
+        if target is None:
+            return None
+        max_tokens = request.max_tokens or DEFAULT_MAX_TOKENS
+        temperature = request.temperature if request.temperature is not None else DEFAULT_TEMPERATURE
+        reply, rows = await self._call(target, request.message, max_tokens, temperature, deadline)
+        for row in rows:
+            row.provider, row.is_fallback = FALLBACK_PROVIDER_NAME, True
+        outcome.usage.extend(rows)
+        if reply is None:
+            return None
+        cost = accounting.price(self.settings, target.model_id, reply.input_tokens, reply.output_tokens)
+        rows[-1].estimated_cost_usd = cost
+        outcome.billed_tokens = reply.input_tokens + reply.output_tokens
+        outcome.billed_cost = cost
+        return self._response(reply, FALLBACK_PROVIDER_NAME, target.model_id, rows[-1], True, cost)
+
+    @staticmethod
+    def _response(
+        reply: adapters.Reply,
+        provider: str,
+        model_id: str,
+        row: UsageRow,
+        is_fallback: bool,
+        cost: Decimal | None,
+    ) -> dict[str, Any]:
+        return {
+            "content": reply.content,
+            "provider": provider,
+            "model_id": model_id,
+            "is_fallback": is_fallback,
+            "input_tokens": reply.input_tokens,
+            "output_tokens": reply.output_tokens,
+            "latency_ms": row.latency_ms,
+            "estimated_cost": float(cost) if cost is not None else 0.0,
+            "cache_hit": False,
+        }
+
+    # -- one provider, with retries ----------------------------------------------------------------
+    async def _call(
+        self, target: adapters.Target, message: str, max_tokens: int, temperature: float, deadline: float
+    ) -> tuple[adapters.Reply | None, list[UsageRow]]:
+        rows: list[UsageRow] = []
+        call = adapters.build(target, message, max_tokens, temperature)
+        for attempt in range(self.settings.retry_max_attempts):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            started = time.perf_counter()
+            sent_at = utcnow()
+            try:
+                reply = await self._send(
+                    target.provider, call, min(self.settings.provider_timeout_s, remaining)
+                )
+            except _Failed as failed:
+                latency = int((time.perf_counter() - started) * 1000)
+                rows.append(
+                    UsageRow(
+                        target.provider,
+                        target.model_id,
+                        "error",
+                        latency_ms=latency,
+                        error_code=failed.code,
+                        created_at=sent_at,
+                    )
+                )
+                log.info(
+                    "attempt provider=%s model=%s status=error code=%s",
+                    target.provider,
+                    target.model_id,
+                    failed.code,
+                )
+                if not failed.retryable or attempt + 1 >= self.settings.retry_max_attempts:
+                    break
+                backoff = self.settings.retry_backoff_s * (2**attempt) * (0.5 + random.random() / 2)
+                wait = failed.wait_s if failed.wait_s is not None else backoff
+                if wait > self.settings.retry_backoff_max_s or time.monotonic() + wait >= deadline:
+                    break
+                await asyncio.sleep(wait)
+                continue
+            latency = int((time.perf_counter() - started) * 1000)
+            rows.append(
+                UsageRow(
+                    target.provider,
+                    target.model_id,
+                    "success",
+                    reply.input_tokens,
+                    reply.output_tokens,
+                    latency,
+                    created_at=sent_at,
+                )
+            )
+            log.info(
+                "attempt provider=%s model=%s status=success latency_ms=%d",
+                target.provider,
+                target.model_id,
+                latency,
+            )
+            return reply, rows
+        return None, rows
+
+    async def _send(self, provider: str, call: adapters.HttpCall, timeout: float) -> adapters.Reply:
+        try:
+            response = await self.client.post(call.url, json=call.body, headers=call.headers, timeout=timeout)
+        except httpx.TimeoutException:
+            raise _Failed("timeout", True) from None
+        except httpx.HTTPError:
+            raise _Failed("connect_error", True) from None
+        status = response.status_code
+        if status == 429 or status >= 500:
+            raise _Failed(f"http_{status}", True, _retry_after(response.headers.get("retry-after")))
+        if status >= 300:
+            raise _Failed(f"http_{status}", False)
+        try:
+            return adapters.parse(provider, response.json())
+        except (ValueError, adapters.MalformedReplyError):
+            raise _Failed("bad_response", False) from None

@@ -1,0 +1,86 @@
+"""`accute-fl serve`, `accute-fl token issue` and `accute-fl keys rotate-*`: the inference service."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from orchestrator.auth import parse_ttl
+from orchestrator.cli.context import load_settings, ready_engine
+from orchestrator.cli.output import emit
+from orchestrator.service import build_services
+from schema.db import transaction
+from schema.validation import parse_uuid
+
+token_app = typer.Typer(help="Bearer tokens for the HTTP service.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Key rotation (KEK, organization data keys, token signing key).", no_args_is_help=True
+)
+JSON_OPTION = typer.Option(False, "--json", help="Print JSON.")
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes."),
+) -> None:
+    """Run the HTTP service (OpenAPI at /docs and /openapi.json)."""
+    import uvicorn
+
+    ready_engine()  # fail fast, in one line, when the database is unusable
+    uvicorn.run(
+        "orchestrator.service:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+    )
+
+
+@token_app.command("issue")
+def token_issue(
+    role: str = typer.Option(..., "--role", help="platform_admin, org_admin, org_user or node."),
+    org: str | None = typer.Option(None, "--org", help="Organization id (every role but platform_admin)."),
+    ttl: str = typer.Option("15m", "--ttl", help="Lifetime: seconds or 15m, 2h, 1d."),
+    subject: str | None = typer.Option(None, "--subject", help="The token's 'sub' claim."),
+) -> None:
+    """Print a signed token (the last line of stdout)."""
+    services = build_services(load_settings(), ready_engine())
+    token = services.tokens.issue(role=role, organization_id=org, subject=subject, ttl_s=parse_ttl(ttl))
+    sys.stdout.write(token + "\n")
+
+
+@keys_app.command("rotate-kek")
+def rotate_kek(as_json: bool = JSON_OPTION) -> None:
+    """New key-encryption key version; every data key and signing key is re-wrapped under it."""
+    services = build_services(load_settings(), ready_engine())
+    with transaction(services.engine) as session:
+        version = services.keyring.rotate_kek(session)
+    emit({"kek_version": version}, as_json, "KEK rotated", ("kek_version",))
+
+
+@keys_app.command("rotate-org")
+def rotate_org(
+    org: str = typer.Option(..., "--org", help="Organization id."), as_json: bool = JSON_OPTION
+) -> None:
+    """New data key for one organization; its provider API keys are re-encrypted under it."""
+    services = build_services(load_settings(), ready_engine())
+    with transaction(services.engine) as session:
+        version = services.keyring.rotate_data_key(session, parse_uuid(org, "organization id"))
+    emit(
+        {"organization_id": org, "data_key_version": version},
+        as_json,
+        "Data key rotated",
+        ("organization_id", "data_key_version"),
+    )
+
+
+@keys_app.command("rotate-signing")
+def rotate_signing(as_json: bool = JSON_OPTION) -> None:
+    """New token signing key; tokens signed by the old one stay valid until they expire."""
+    services = build_services(load_settings(), ready_engine())
+    with transaction(services.engine) as session:
+        kid = services.tokens.rotate_signing_key(session)
+    emit({"kid": kid}, as_json, "Signing key rotated", ("kid",))

@@ -1,0 +1,251 @@
+"""The HTTP service (FastAPI): health, provider configs, the chat cascade, usage and billing.
+
+Every ``/v1/orgs/{org}/...`` route needs a bearer token (``orchestrator.auth``) whose organization
+is ``{org}`` (platform admins may act on any organization). Errors of the ``schema.errors`` tree
+become responses in one handler here: ``{"error": code, "message": ...}`` with the error's HTTP
+status; 401 and 403 carry the code only.
+"""
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import anyio
+import httpx
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Engine
+
+from aggregation.weights_store import WeightsStore
+from orchestrator import accounting, configs
+from orchestrator.auth import Principal, TokenService
+from orchestrator.cache import make_cache
+from orchestrator.cascade import Cascade, ChatRequest
+from orchestrator.keys import KeyRing, kek_provider
+from orchestrator.vamn import VamnServer
+from schema.config import Settings
+from schema.db import check_connection, make_engine, transaction
+from schema.errors import AccuteError, AuthenticationError, InvalidInputError
+from schema.migrate import require_current_schema
+
+log = logging.getLogger("accute.orchestrator")
+
+CHAT_ROLES = ("org_admin", "org_user")
+ADMIN_ROLES = ("org_admin",)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    keyring: KeyRing
+    tokens: TokenService
+    cascade: Cascade | None = None
+
+
+def build_services(settings: Settings, engine: Engine | None = None) -> Services:
+    bound = engine or make_engine(settings)
+    keyring = KeyRing(kek_provider(settings))
+    return Services(settings, bound, keyring, TokenService(bound, keyring, settings))
+
+
+class ChatBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message: str
+    session_id: uuid.UUID | None = None
+    workspace_id: uuid.UUID | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    request_id: str | None = Field(default=None, min_length=1, max_length=100)
+
+
+class ChatResponse(BaseModel):
+    content: str
+    provider: str
+    model_id: str
+    is_fallback: bool
+    input_tokens: int
+    output_tokens: int
+    latency_ms: int
+    estimated_cost: float
+    cache_hit: bool
+
+
+class BillingRow(BaseModel):
+    billing_period_start: str
+    billing_period_end: str
+    total_fallback_requests: int
+    total_fallback_tokens: int
+    total_cost_usd: str
+    billing_model: str
+    bundle_tokens_remaining: int | None
+    invoice_status: str | None
+
+
+def _error_body(exc: AccuteError) -> dict[str, Any]:
+    if exc.http_status in (401, 403):
+        return {"error": exc.code}
+    return {"error": exc.code, "message": exc.message}
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    """The service; ``engine`` lets tests and the benchmark share a database."""
+    settings = settings or Settings()
+    services = build_services(settings, engine)
+    bearer = HTTPBearer(auto_error=False)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=500, max_keepalive_connections=200), trust_env=False
+        )
+        cache = make_cache(settings)
+        vamn = VamnServer(WeightsStore(settings.weights_dir), settings.config_cache_ttl_s)
+        services.cascade = Cascade(services.engine, settings, services.keyring, vamn, cache, client)
+        try:
+            yield
+        finally:
+            await client.aclose()
+            if cache is not None:
+                await cache.close()
+
+    app = FastAPI(
+        title="Accute FL inference cascade",
+        version="0.1.0",
+        description="Tenant LLMs → VAMN → billed fallback, with encrypted keys, exact usage and billing.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+
+    @app.exception_handler(AccuteError)
+    async def accute_error(request: Request, exc: AccuteError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+        return JSONResponse(_error_body(exc), status_code=exc.http_status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        # Only the location and pydantic's message: never the submitted value (it may be a key).
+        message = f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg", "invalid"))
+        return JSONResponse({"error": InvalidInputError.code, "message": message}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
+        return JSONResponse({"error": "internal"}, status_code=500)
+
+    def principal(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> Principal:
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise AuthenticationError("unauthenticated")
+        return services.tokens.verify(credentials.credentials)
+
+    def org_scope(roles: tuple[str, ...]) -> Any:
+        def check(org: uuid.UUID, who: Annotated[Principal, Depends(principal)]) -> uuid.UUID:
+            who.require_org(org, roles)
+            return org
+
+        return check
+
+    ChatOrg = Annotated[uuid.UUID, Depends(org_scope(CHAT_ROLES))]
+    AdminOrg = Annotated[uuid.UUID, Depends(org_scope(ADMIN_ROLES))]
+
+    @app.get("/healthz", tags=["health"], summary="The process is up")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="The database is reachable and migrated")
+    def readyz() -> dict[str, str]:
+        check_connection(services.engine)
+        require_current_schema(services.engine)
+        return {"status": "ready"}
+
+    @app.post("/v1/orgs/{org}/llm-configs", status_code=201, tags=["llm-configs"])
+    def create_config(org: AdminOrg, body: configs.ConfigCreate) -> dict[str, Any]:
+        """Add a provider config; ``api_key`` is stored encrypted and never returned."""
+        with transaction(services.engine) as session:
+            result = configs.as_dict(configs.create(session, services.keyring, org, body))
+        _invalidate(org)
+        return result
+
+    @app.get("/v1/orgs/{org}/llm-configs", tags=["llm-configs"])
+    def list_configs(org: AdminOrg) -> list[dict[str, Any]]:
+        with transaction(services.engine) as session:
+            return [configs.as_dict(r) for r in configs.list_for(session, org)]
+
+    @app.get("/v1/orgs/{org}/llm-configs/{config_id}", tags=["llm-configs"])
+    def get_config(org: AdminOrg, config_id: str) -> dict[str, Any]:
+        with transaction(services.engine) as session:
+            return configs.as_dict(configs.get(session, org, config_id))
+
+    @app.patch("/v1/orgs/{org}/llm-configs/{config_id}", tags=["llm-configs"])
+    def update_config(org: AdminOrg, config_id: str, body: configs.ConfigUpdate) -> dict[str, Any]:
+        with transaction(services.engine) as session:
+            result = configs.as_dict(configs.update(session, services.keyring, org, config_id, body))
+        _invalidate(org)
+        return result
+
+    @app.delete("/v1/orgs/{org}/llm-configs/{config_id}", status_code=204, tags=["llm-configs"])
+    def delete_config(org: AdminOrg, config_id: str) -> Response:
+        with transaction(services.engine) as session:
+            configs.delete(session, org, config_id)
+        _invalidate(org)
+        return Response(status_code=204)
+
+    @app.post("/v1/orgs/{org}/agents/{agent_slug}/chat", tags=["chat"], response_model=ChatResponse)
+    async def chat(
+        org: ChatOrg,
+        agent_slug: str,
+        body: ChatBody,
+        x_request_id: Annotated[str | None, Header(max_length=100)] = None,
+    ) -> dict[str, Any]:
+        """Answer through the cascade; a repeated ``request_id`` (or X-Request-Id) is answered once."""
+        assert services.cascade is not None
+        client_id = body.request_id or x_request_id
+        request = ChatRequest(
+            organization_id=org,
+            agent_slug=agent_slug,
+            message=body.message,
+            request_id=client_id or uuid.uuid4().hex,
+            max_tokens=body.max_tokens,
+            temperature=body.temperature,
+            session_id=body.session_id,
+            workspace_id=body.workspace_id,
+            client_request_id=client_id is not None,
+        )
+        return await services.cascade.chat(request)
+
+    @app.get("/v1/orgs/{org}/usage", tags=["accounting"])
+    async def usage(org: AdminOrg, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+        """The organization's most recent ``llm_usage_log`` rows (every attempt, cache hits included)."""
+
+        def read() -> list[dict[str, Any]]:
+            with transaction(services.engine) as session:
+                return accounting.usage_rows(session, org, limit)
+
+        return await anyio.to_thread.run_sync(read)
+
+    @app.get("/v1/orgs/{org}/billing", tags=["accounting"], response_model=list[BillingRow])
+    async def billing(org: AdminOrg) -> list[dict[str, Any]]:
+        """The organization's ``fallback_billing`` rows, newest period first."""
+
+        def read() -> list[dict[str, Any]]:
+            with transaction(services.engine) as session:
+                return accounting.billing_rows(session, org)
+
+        return await anyio.to_thread.run_sync(read)
+
+    def _invalidate(org: uuid.UUID) -> None:
+        if services.cascade is not None:
+            services.cascade.invalidate(org)
+
+    return app

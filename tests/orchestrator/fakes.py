@@ -1,0 +1,180 @@
+"""A real HTTP server on loopback that speaks each provider's wire format (tests and the benchmark).
+
+It answers by path: ``/chat/completions`` (OpenAI family), ``/openai/deployments/<d>/chat/completions``
+(Azure OpenAI), ``/v1/messages`` (Anthropic), ``/v1beta/models/<m>:generateContent`` (Gemini),
+``/v2/chat`` (Cohere v2); it checks the provider's auth header against ``api_key`` (401 otherwise)
+and records every request. ``script`` queues replies (status, headers) served before normal ones.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+
+@dataclass
+class Received:
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass
+class FakeProvider:
+    api_key: str | None = None
+    reply: str = "hello from the fake provider"
+    input_tokens: int = 10
+    output_tokens: int = 20
+    cached_tokens: int = 0
+    delay_s: float = 0.0
+    url: str = ""
+    received: list[Received] = field(default_factory=list)
+    _script: deque[tuple[int, dict[str, str]]] = field(default_factory=deque)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    always_status: int | None = None
+
+    def script(self, *replies: tuple[int, dict[str, str]]) -> None:
+        with self._lock:
+            self._script.extend(replies)
+
+    def next_scripted(self) -> tuple[int, dict[str, str]] | None:
+        with self._lock:
+            return self._script.popleft() if self._script else None
+
+    def record(self, item: Received) -> None:
+        with self._lock:
+            self.received.append(item)
+
+    # -- wire formats ------------------------------------------------------------------------------
+    def answer(self, path: str, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        if path.endswith("/chat/completions"):
+            key = headers.get("api-key") if "/openai/deployments/" in path else _bearer(headers)
+            if self.api_key is not None and key != self.api_key:
+                return 401, {"error": {"message": "invalid api key"}}
+            usage: dict[str, Any] = {
+                "prompt_tokens": self.input_tokens,
+                "completion_tokens": self.output_tokens,
+                "total_tokens": self.input_tokens + self.output_tokens,
+            }
+            if self.cached_tokens:
+                usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+            return 200, {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": self.reply},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": usage,
+            }
+        if path.endswith("/v1/messages"):
+            if self.api_key is not None and headers.get("x-api-key") != self.api_key:
+                return 401, {"type": "error", "error": {"type": "authentication_error"}}
+            return 200, {
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "text", "text": self.reply}],
+                "usage": {
+                    "input_tokens": self.input_tokens - self.cached_tokens,
+                    "cache_read_input_tokens": self.cached_tokens,
+                    "cache_creation_input_tokens": 0,
+                    "output_tokens": self.output_tokens,
+                },
+            }
+        if path.endswith(":generateContent"):
+            if self.api_key is not None and headers.get("x-goog-api-key") != self.api_key:
+                return 403, {"error": {"code": 403, "status": "PERMISSION_DENIED"}}
+            return 200, {
+                "candidates": [{"content": {"role": "model", "parts": [{"text": self.reply}]}}],
+                "usageMetadata": {
+                    "promptTokenCount": self.input_tokens,
+                    "cachedContentTokenCount": self.cached_tokens,
+                    "candidatesTokenCount": self.output_tokens,
+                    "totalTokenCount": self.input_tokens + self.output_tokens,
+                },
+            }
+        if path.endswith("/v2/chat"):
+            if self.api_key is not None and _bearer(headers) != self.api_key:
+                return 401, {"message": "invalid api token"}
+            return 200, {
+                "id": "c1",
+                "finish_reason": "COMPLETE",
+                "message": {"role": "assistant", "content": [{"type": "text", "text": self.reply}]},
+                "usage": {
+                    "billed_units": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
+                    "tokens": {"input_tokens": self.input_tokens + 5, "output_tokens": self.output_tokens},
+                },
+            }
+        return 404, {"error": "unknown path"}
+
+
+def _bearer(headers: dict[str, str]) -> str | None:
+    value = headers.get("authorization", "")
+    return value[7:] if value.lower().startswith("bearer ") else None
+
+
+def _handler(provider: FakeProvider) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            parts = urlsplit(self.path)
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            provider.record(Received(parts.path, parse_qs(parts.query), headers, json.loads(raw or b"{}")))
+            if provider.delay_s:
+                threading.Event().wait(provider.delay_s)
+            scripted = provider.next_scripted()
+            extra: dict[str, str] = {}
+            if scripted is not None:
+                status, extra = scripted
+                body: dict[str, Any] = {"error": {"message": f"scripted {status}"}}
+            elif provider.always_status is not None:
+                status, body = provider.always_status, {"error": {"message": "down"}}
+            else:
+                status, body = provider.answer(parts.path, headers)
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(payload)))
+            for name, value in extra.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+
+    return Handler
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024
+
+
+@contextmanager
+def running(provider: FakeProvider) -> Iterator[FakeProvider]:
+    """Serve ``provider`` on 127.0.0.1 (ephemeral port) until the block ends; ``provider.url`` is set."""
+    server = _Server(("127.0.0.1", 0), _handler(provider))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    provider.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield provider
+    finally:
+        server.shutdown()
+        server.server_close()
