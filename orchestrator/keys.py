@@ -179,7 +179,10 @@ class Pkcs11Kek:
 
     def _open_session(self) -> Any:
         if self._session is None:
-            self._session = self._token.open(user_pin=self._pin, rw=True)
+            try:
+                self._session = self._token.open(user_pin=self._pin, rw=True)
+            except self._pkcs11.UserAlreadyLoggedIn:  # the login is per application, not per session
+                self._session = self._token.open(rw=True)
         return self._session
 
     def _versions(self) -> dict[str, Any]:
@@ -215,7 +218,9 @@ class Pkcs11Kek:
         nonce = os.urandom(NONCE_BYTES)
         with self._lock:
             sealed = self._key(version).encrypt(
-                plaintext, mechanism=self._pkcs11.Mechanism.AES_GCM, mechanism_param=(nonce, aad, 128)
+                plaintext,
+                mechanism=self._pkcs11.Mechanism.AES_GCM,
+                mechanism_param=self._pkcs11.GCMParams(nonce, aad, 128),
             )
         return version, nonce + bytes(sealed)
 
@@ -226,7 +231,7 @@ class Pkcs11Kek:
                     self._key(version).decrypt(
                         blob[NONCE_BYTES:],
                         mechanism=self._pkcs11.Mechanism.AES_GCM,
-                        mechanism_param=(blob[:NONCE_BYTES], aad, 128),
+                        mechanism_param=self._pkcs11.GCMParams(blob[:NONCE_BYTES], aad, 128),
                     )
                 )
             except self._pkcs11.PKCS11Error:
