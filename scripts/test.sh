@@ -4,6 +4,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 
+# SoftHSM for the PKCS#11 key-provider tests: installed in CI when missing (outside CI they skip).
+if [ "${CI:-}" = "true" ] && ! command -v softhsm2-util >/dev/null 2>&1; then
+  echo "test: installing softhsm2 for the PKCS#11 tests" >&2
+  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq softhsm2 >/dev/null
+fi
+
 export ACCUTE_TEST_POSTGRES_URL=${ACCUTE_TEST_POSTGRES_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/test}
 if ! scripts/ensure-postgres.sh; then
   if [ "${CI:-}" = "true" ]; then
