@@ -64,15 +64,18 @@ class ConsentSnapshot(Base):
 
 
 class ConsentSnapshotMember(Base):
-    """One user contained in one snapshot (kept after erasure: the lineage the admin must see)."""
+    """One user contained in one snapshot (kept after erasure: the lineage the admin must see).
+
+    Written in bulk (one row per consenting user, up to 100,000 per snapshot), so it carries no
+    foreign keys (per-row RI checks would double the cost of storing a snapshot; the rows are built
+    from the snapshot query itself, users are never deleted and snapshots never are) and one index:
+    the primary key, user first, which answers "which snapshots contained user X".
+    """
 
     __tablename__ = "consent_snapshot_members"
-    __table_args__ = (Index("idx_snapshot_members_user", "user_id"),)
 
-    snapshot_id: Mapped[uuid.UUID] = mapped_column(
-        UUIDType, ForeignKey("consent_snapshots.id", ondelete="CASCADE"), primary_key=True
-    )
-    user_id: Mapped[uuid.UUID] = mapped_column(UUIDType, ForeignKey("users.id"), primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(UUIDType, primary_key=True)
+    snapshot_id: Mapped[uuid.UUID] = mapped_column(UUIDType, primary_key=True)
 
 
 class ConsentSnapshotUse(Base):

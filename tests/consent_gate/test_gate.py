@@ -245,3 +245,18 @@ def test_users_of_other_tenants_never_enter_a_snapshot(engine: Engine, make_tena
         assert compute_snapshot(session, b.id, "digits").user_ids == ()
         assert eligibility(session, b.id, "digits", SETTINGS).eligible is False
     assert len(snapshot_of(engine, a.id).user_ids) == 3
+
+
+def test_single_consent_policy_still_detects_a_regrant(engine: Engine, make_tenant: TenantFactory) -> None:
+    tenant = make_tenant("Single", users=2, consents=("federated_learning",))
+    one = ConsentPolicy.from_dict({"base": ["federated_learning"], "vamn": []})
+    with transaction(engine) as session:
+        before = compute_snapshot(session, tenant.id, "digits", one)
+    with transaction(engine) as session:
+        records.withdraw(session, tenant.id, tenant.users[0], "federated_learning")
+        records.grant(session, tenant.id, tenant.users[0], "federated_learning")
+    with transaction(engine) as session:
+        after = compute_snapshot(session, tenant.id, "digits", one)
+    assert before.required_consents == ("federated_learning",)
+    assert after.user_ids == before.user_ids and len(after.user_ids) == 2
+    assert after.digest != before.digest

@@ -77,20 +77,13 @@ def upgrade() -> None:
         "idx_consent_snapshots_org", "consent_snapshots", ["organization_id", "model_type"], unique=False
     )
 
+    # Bulk-written (one row per consenting user): no foreign keys, the primary key is the one index.
     op.create_table(
         "consent_snapshot_members",
-        sa.Column("snapshot_id", sa.Uuid(), nullable=False),
         sa.Column("user_id", sa.Uuid(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["snapshot_id"],
-            ["consent_snapshots.id"],
-            name=op.f("fk_consent_snapshot_members_snapshot_id"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_consent_snapshot_members_user_id")),
-        sa.PrimaryKeyConstraint("snapshot_id", "user_id", name=op.f("pk_consent_snapshot_members")),
+        sa.Column("snapshot_id", sa.Uuid(), nullable=False),
+        sa.PrimaryKeyConstraint("user_id", "snapshot_id", name=op.f("pk_consent_snapshot_members")),
     )
-    op.create_index("idx_snapshot_members_user", "consent_snapshot_members", ["user_id"], unique=False)
 
     op.create_table(
         "consent_snapshot_uses",
@@ -131,7 +124,6 @@ def downgrade() -> None:
     op.drop_index("idx_snapshot_uses_snapshot", table_name="consent_snapshot_uses")
     op.drop_index("idx_snapshot_uses_run", table_name="consent_snapshot_uses")
     op.drop_table("consent_snapshot_uses")
-    op.drop_index("idx_snapshot_members_user", table_name="consent_snapshot_members")
     op.drop_table("consent_snapshot_members")
     op.drop_index("idx_consent_snapshots_org", table_name="consent_snapshots")
     op.drop_table("consent_snapshots")
