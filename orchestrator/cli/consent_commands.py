@@ -105,7 +105,8 @@ def consent_snapshot(
     if as_json:
         emit_json(record)
         return
-    emit(record, False, "Consent snapshot", ("id", "model_type", "required_consents", "user_count", "digest"))
+    shown = {**record, "required_consents": ", ".join(record["required_consents"])}
+    emit(shown, False, "Consent snapshot", ("id", "model_type", "required_consents", "user_count", "digest"))
 
 
 @dsr_app.command("file")
