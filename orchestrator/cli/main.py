@@ -20,6 +20,7 @@ from orchestrator.cli import (
     audit_commands,
     consent_commands,
     db_commands,
+    privacy_commands,
     service_commands,
     status_command,
 )
@@ -38,6 +39,8 @@ app.add_typer(admin_commands.user_app, name="user")
 app.add_typer(audit_commands.app, name="audit")
 app.add_typer(consent_commands.consent_app, name="consent")
 app.add_typer(consent_commands.dsr_app, name="dsr")
+app.add_typer(privacy_commands.privacy_app, name="privacy")
+app.add_typer(privacy_commands.budget_app, name="budget")
 app.command("status")(status_command.status)
 app.command("serve")(service_commands.serve)
 app.add_typer(service_commands.token_app, name="token")

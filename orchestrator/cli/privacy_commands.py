@@ -1,0 +1,155 @@
+"""`accute-fl privacy ...` (DP math) and `accute-fl budget ...` (tenants' privacy budgets)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import typer
+
+from orchestrator.cli.context import load_settings, ready_engine
+from orchestrator.cli.output import emit
+from privacy import accounting, ledger
+from schema.db import transaction
+from schema.errors import InvalidInputError
+
+privacy_app = typer.Typer(help="Differential privacy math: epsilon and noise.", no_args_is_help=True)
+budget_app = typer.Typer(help="Privacy budgets of tenants: caps, spending, history.", no_args_is_help=True)
+
+JSON_OPTION = typer.Option(False, "--json", help="Print JSON.")
+ACCOUNTANT_OPTION = typer.Option(
+    None, "--accountant", help="rdp or prv (default: ACCUTE_ACCOUNTANT, rdp unless set)."
+)
+SAMPLE_RATE_OPTION = typer.Option(..., "--sample-rate", help="Poisson sampling rate q in (0, 1].")
+STEPS_OPTION = typer.Option(..., "--steps", help="Number of steps (or rounds) T >= 0.")
+DELTA_OPTION = typer.Option(..., "--delta", help="Target delta in (0, 1).")
+ORG_OPTION = typer.Option(..., "--org", help="Organization id.")
+MODEL_TYPE_OPTION = typer.Option(..., "--model-type", help="Model type (task) the budget is for.")
+
+BUDGET_COLUMNS = (
+    "organization_id",
+    "model_type",
+    "epsilon_cap",
+    "delta",
+    "epsilon_spent",
+    "epsilon_remaining",
+    "events",
+    "last_round",
+    "status",
+)
+HISTORY_COLUMNS = (
+    "id",
+    "mechanism",
+    "noise_multiplier",
+    "sample_rate",
+    "steps",
+    "aggregation_round",
+    "epsilon_after",
+    "created_at",
+)
+
+
+def _accountant(name: str | None) -> str:
+    return accounting.check_accountant(name if name is not None else load_settings().accountant)
+
+
+def _policy() -> ledger.LedgerPolicy:
+    return ledger.LedgerPolicy.from_settings(load_settings())
+
+
+def _readable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Floats to 4 significant digits for the table; JSON keeps full precision."""
+    return [{k: f"{v:.4g}" if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+
+
+def _show(
+    payload: dict[str, Any] | list[dict[str, Any]], as_json: bool, title: str, columns: tuple[str, ...]
+) -> None:
+    if as_json:
+        emit(payload, True, title, columns)
+    else:
+        emit(_readable(payload if isinstance(payload, list) else [payload]), False, title, columns)
+
+
+@privacy_app.command("epsilon")
+def epsilon(
+    noise_multiplier: float = typer.Option(..., "--noise-multiplier", help="Noise multiplier z > 0."),
+    sample_rate: float = SAMPLE_RATE_OPTION,
+    steps: int = STEPS_OPTION,
+    delta: float = DELTA_OPTION,
+    accountant: str | None = ACCOUNTANT_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Epsilon of T steps of the Poisson-subsampled Gaussian (DP-SGD) at delta."""
+    name = _accountant(accountant)
+    eps = accounting.mechanism_epsilon(noise_multiplier, sample_rate, steps, delta, name)
+    if not math.isfinite(eps):
+        raise InvalidInputError("epsilon is unbounded for these values; use a larger noise multiplier")
+    _show(
+        {"epsilon": eps, "delta": delta, "accountant": name},
+        as_json,
+        "Epsilon",
+        ("epsilon", "delta", "accountant"),
+    )
+
+
+@privacy_app.command("noise")
+def noise(
+    target_epsilon: float = typer.Option(..., "--target-epsilon", help="Epsilon to meet, > 0."),
+    sample_rate: float = SAMPLE_RATE_OPTION,
+    steps: int = STEPS_OPTION,
+    delta: float = DELTA_OPTION,
+    accountant: str | None = ACCOUNTANT_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """The smallest noise multiplier whose epsilon after T steps is at most the target."""
+    name = _accountant(accountant)
+    z = accounting.noise_multiplier_for(target_epsilon, sample_rate, steps, delta, name)
+    record = {
+        "noise_multiplier": z,
+        "epsilon": accounting.mechanism_epsilon(z, sample_rate, steps, delta, name),
+        "target_epsilon": target_epsilon,
+        "sample_rate": sample_rate,
+        "steps": steps,
+        "delta": delta,
+        "accountant": name,
+    }
+    _show(record, as_json, "Noise multiplier", tuple(record))
+
+
+@budget_app.command("set")
+def budget_set(
+    org: str = ORG_OPTION,
+    model_type: str = MODEL_TYPE_OPTION,
+    epsilon_cap: float = typer.Option(..., "--epsilon", help="Epsilon cap > 0."),
+    delta: float = DELTA_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Set the privacy budget cap (epsilon, delta) of a tenant for a model type."""
+    policy = _policy()
+    with transaction(ready_engine()) as session:
+        status = ledger.set_budget(session, org, model_type, epsilon_cap, delta, policy=policy)
+    _show(status.as_dict(), as_json, "Privacy budget set", BUDGET_COLUMNS)
+
+
+@budget_app.command("show")
+def budget_show(
+    org: str | None = typer.Option(None, "--org", help="Only this organization."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Every budget with epsilon spent and remaining; status ok, near_cap (>= 80 %) or exhausted."""
+    policy = _policy()
+    with transaction(ready_engine()) as session:
+        rows = [s.as_dict() for s in ledger.budget_rows(session, org, policy=policy)]
+    _show(rows, as_json, "Privacy budgets", BUDGET_COLUMNS)
+
+
+@budget_app.command("history")
+def budget_history(
+    org: str = ORG_OPTION, model_type: str = MODEL_TYPE_OPTION, as_json: bool = JSON_OPTION
+) -> None:
+    """A tenant's DP events for a model type, in order, with epsilon after each."""
+    policy = _policy()
+    with transaction(ready_engine()) as session:
+        rows = [e.as_dict() for e in ledger.history(session, org, model_type, policy=policy)]
+    _show(rows, as_json, "Privacy ledger", HISTORY_COLUMNS)

@@ -1,0 +1,621 @@
+"""The privacy ledger and budget caps: the only place that reads or writes epsilon state.
+
+Per (organization, model type) the ledger is an append-only list of DP events
+(``privacy_ledger_events``) and a budget row (``privacy_budgets``) with the cap (epsilon, delta)
+and the cumulative RDP curve of the events. Epsilon is always recomputed from the events with an
+accountant (invariant 2): the stored curve is the ``rdp`` accountant's composition of the same
+events in the same order, bit-identical to a replay, and it is rebuilt by replay whenever it is
+missing or was computed on another order grid. ``prv`` replays the events every time.
+
+The API the federated server calls, each inside the caller's transaction
+(``schema.db.transaction``):
+
+- ``project`` / ``would_exceed``: the filter, before a tenant takes part; reads only.
+- ``charge``: check and charge one event in one transaction, never over the cap (invariant 3).
+  The budget row is created if missing and locked in one statement (``INSERT ... ON CONFLICT DO
+  UPDATE ... RETURNING``): a row lock on PostgreSQL; on SQLite the statement is a write, so the
+  database's write lock is held before anything is read. Refused, it raises ``BudgetExceededError`` and leaves nothing behind.
+- ``spent``, ``history``, ``budget_rows``, ``set_budget``: review and admin.
+
+Call ``charge`` before other audited writes of the same transaction: it locks the budget row and
+then the organization's audit chain, and the opposite order in a concurrent transaction could
+deadlock (PostgreSQL would abort one of them; nothing is overspent either way).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import asdict, dataclass, replace
+from decimal import ROUND_UP, Decimal
+from functools import cache
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Table, bindparam, delete, func, select, update
+from sqlalchemy import insert as insert_into
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from privacy import accounting
+from privacy.accounting import FloatArray
+from privacy.events import (
+    CentralDpEvent,
+    DpEvent,
+    DpSgdEvent,
+    check_delta,
+    check_epsilon,
+    check_steps,
+    event_from_row,
+)
+from schema import audit
+from schema.base import Base
+from schema.config import Settings
+from schema.directory import get_organization
+from schema.errors import BudgetExceededError, ConflictError, InvalidInputError, NotFoundError
+from schema.models import FederatedLearningContribution, PrivacyBudget, PrivacyLedgerEvent
+from schema.timeutil import iso
+from schema.validation import clean_name, parse_uuid
+
+#: A ledger whose epsilon reaches this share of its cap is reported ``near_cap``.
+NEAR_CAP_SHARE = 0.8
+
+#: ``federated_learning_contributions.privacy_budget_consumed`` is NUMERIC(10, 6).
+_CONSUMED_MAX = Decimal("9999.999999")
+_CONSUMED_STEP = Decimal("0.000001")
+
+
+@dataclass(frozen=True)
+class LedgerPolicy:
+    """The platform defaults a ledger falls back on: the cap and delta without a budget row's own,
+    and the accountant that enforces caps."""
+
+    default_epsilon_cap: float = 8.0
+    default_delta: float = 1e-5
+    accountant: str = "rdp"
+
+    def __post_init__(self) -> None:
+        check_epsilon(self.default_epsilon_cap, "default epsilon cap")
+        check_delta(self.default_delta)
+        accounting.check_accountant(self.accountant)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LedgerPolicy:
+        return cls(settings.default_epsilon_cap, settings.default_delta, settings.accountant)
+
+
+@dataclass(frozen=True)
+class Projection:
+    """What charging an event would do: the filter's answer, computed before the event happens."""
+
+    organization_id: uuid.UUID
+    model_type: str
+    epsilon_cap: float
+    delta: float
+    accountant: str
+    epsilon_before: float
+    epsilon_after: float
+
+    @property
+    def increment(self) -> float:
+        return self.epsilon_after - self.epsilon_before
+
+    @property
+    def exceeds(self) -> bool:
+        return not self.epsilon_after <= self.epsilon_cap
+
+
+@dataclass(frozen=True)
+class ChargeResult:
+    """A committed-with-the-transaction charge."""
+
+    event_id: int
+    organization_id: uuid.UUID
+    model_type: str
+    epsilon_cap: float
+    delta: float
+    accountant: str
+    epsilon_before: float
+    epsilon_after: float
+    contribution_id: uuid.UUID | None
+    aggregation_round: int | None
+
+    @property
+    def increment(self) -> float:
+        return self.epsilon_after - self.epsilon_before
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    """One row of ``budget show``."""
+
+    organization_id: str
+    model_type: str
+    epsilon_cap: float
+    delta: float
+    epsilon_spent: float
+    epsilon_remaining: float
+    events: int
+    last_round: int | None
+    status: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One event of ``budget history`` with the ledger's epsilon right after it."""
+
+    id: int
+    mechanism: str
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    clip_norm: float | None
+    contribution_id: str | None
+    aggregation_round: int | None
+    epsilon_after: float
+    created_at: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- edge validation -------------------------------------------------------------------------
+
+
+def clean_model_type(value: str) -> str:
+    return clean_name(value, "model type", max_length=100)
+
+
+def _check_event(event: object) -> DpEvent:
+    if not isinstance(event, DpSgdEvent | CentralDpEvent):
+        raise InvalidInputError(f"{type(event).__name__} is not a DP event; use DpSgdEvent or CentralDpEvent")
+    return event
+
+
+def _check_round(value: int | None) -> int | None:
+    return None if value is None else check_steps(value, "aggregation round")
+
+
+# --- reading a ledger ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """A budget row's state, read with plain columns (the ledger holds no ORM budget objects)."""
+
+    id: uuid.UUID
+    organization_id: uuid.UUID
+    model_type: str
+    epsilon_cap: float | None
+    delta: float | None
+    rdp_curve: bytes | None
+    rdp_orders_key: str | None
+    event_count: int
+    last_round: int | None
+
+    @property
+    def blank(self) -> bool:
+        """No events and no cap of its own: the row holds nothing."""
+        return not self.event_count and self.epsilon_cap is None and self.delta is None
+
+
+_BUDGETS: Table = Base.metadata.tables[PrivacyBudget.__tablename__]
+_EVENTS: Table = Base.metadata.tables[PrivacyLedgerEvent.__tablename__]
+_BUDGET_COLUMNS = tuple(_BUDGETS.c[name] for name in _Budget.__dataclass_fields__)
+_EVENT_COLUMNS = (
+    "organization_id",
+    "model_type",
+    "mechanism",
+    "noise_multiplier",
+    "sample_rate",
+    "steps",
+    "clip_norm",
+    "contribution_id",
+    "aggregation_round",
+)
+
+
+def _budget(session: Session, organization_id: uuid.UUID, model_type: str) -> _Budget | None:
+    query = select(*_BUDGET_COLUMNS).where(
+        PrivacyBudget.organization_id == organization_id, PrivacyBudget.model_type == model_type
+    )
+    row = session.execute(query).one_or_none()
+    return None if row is None else _Budget(*row)
+
+
+def _events(session: Session, organization_id: uuid.UUID, model_type: str) -> list[PrivacyLedgerEvent]:
+    query = (
+        select(PrivacyLedgerEvent)
+        .where(
+            PrivacyLedgerEvent.organization_id == organization_id, PrivacyLedgerEvent.model_type == model_type
+        )
+        .order_by(PrivacyLedgerEvent.id)
+    )
+    return list(session.scalars(query))
+
+
+def _as_event(row: PrivacyLedgerEvent) -> DpEvent:
+    return event_from_row(row.mechanism, row.noise_multiplier, row.sample_rate, row.steps, row.clip_norm)
+
+
+def replay_curve(session: Session, organization_id: uuid.UUID, model_type: str) -> FloatArray:
+    """The cumulative RDP curve rebuilt from every committed event, in ledger order."""
+    query = (
+        select(_EVENTS.c.noise_multiplier, _EVENTS.c.sample_rate, _EVENTS.c.steps)
+        .where(_EVENTS.c.organization_id == organization_id, _EVENTS.c.model_type == model_type)
+        .order_by(_EVENTS.c.id)
+    )
+    return accounting.compose(session.execute(query))
+
+
+def _curve(session: Session, budget: _Budget | None) -> FloatArray:
+    """The budget row's stored curve when it is on the current order grid, else a replay."""
+    if budget is None:
+        return accounting.empty_curve()
+    if budget.rdp_curve is not None and budget.rdp_orders_key == accounting.ORDERS_KEY:
+        return np.frombuffer(budget.rdp_curve, dtype=np.float64).copy()
+    return replay_curve(session, budget.organization_id, budget.model_type)
+
+
+def _cap(budget: _Budget | None, policy: LedgerPolicy) -> tuple[float, float]:
+    cap = budget.epsilon_cap if budget is not None and budget.epsilon_cap is not None else None
+    delta = budget.delta if budget is not None and budget.delta is not None else None
+    return (
+        policy.default_epsilon_cap if cap is None else cap,
+        policy.default_delta if delta is None else delta,
+    )
+
+
+def _epsilon(
+    session: Session,
+    organization_id: uuid.UUID,
+    model_type: str,
+    curve: FloatArray,
+    delta: float,
+    policy: LedgerPolicy,
+    extra: DpEvent | None = None,
+) -> float:
+    if policy.accountant == "rdp":
+        return accounting.epsilon_from_rdp(curve, delta)
+    events = [_as_event(row) for row in _events(session, organization_id, model_type)]
+    return accounting.prv_epsilon([*events, extra] if extra is not None else events, delta)
+
+
+def project(
+    session: Session,
+    organization_id: str | uuid.UUID,
+    model_type: str,
+    event: DpEvent,
+    *,
+    policy: LedgerPolicy,
+) -> Projection:
+    """The filter: epsilon before and after ``event`` against the cap, without charging anything.
+
+    Advisory (it takes no lock): ``charge`` checks again under the lock.
+    """
+    event = _check_event(event)
+    organization = get_organization(session, organization_id)
+    model_type = clean_model_type(model_type)
+    budget = _budget(session, organization.id, model_type)
+    cap, delta = _cap(budget, policy)
+    before_curve = _curve(session, budget)
+    after_curve = before_curve + accounting.event_rdp(event)
+    return Projection(
+        organization_id=organization.id,
+        model_type=model_type,
+        epsilon_cap=cap,
+        delta=delta,
+        accountant=policy.accountant,
+        epsilon_before=_epsilon(session, organization.id, model_type, before_curve, delta, policy),
+        epsilon_after=_epsilon(session, organization.id, model_type, after_curve, delta, policy, event),
+    )
+
+
+def would_exceed(
+    session: Session,
+    organization_id: str | uuid.UUID,
+    model_type: str,
+    event: DpEvent,
+    *,
+    policy: LedgerPolicy,
+) -> bool:
+    """Would charging ``event`` push the tenant's epsilon for ``model_type`` over its cap?"""
+    return project(session, organization_id, model_type, event, policy=policy).exceeds
+
+
+def spent(
+    session: Session, organization_id: str | uuid.UUID, model_type: str, *, policy: LedgerPolicy
+) -> float:
+    """The tenant's cumulative epsilon for ``model_type`` at its budget's delta (0 without events)."""
+    organization = get_organization(session, organization_id)
+    model_type = clean_model_type(model_type)
+    budget = _budget(session, organization.id, model_type)
+    _, delta = _cap(budget, policy)
+    return _epsilon(session, organization.id, model_type, _curve(session, budget), delta, policy)
+
+
+# --- writing a ledger ------------------------------------------------------------------------
+
+
+# Statements built once (with bind parameters) and reused: a charge is on the server's hot path.
+_INSERT_EVENT = insert_into(_EVENTS).values({c: bindparam(c) for c in _EVENT_COLUMNS}).returning(_EVENTS.c.id)
+_UPDATE_CURVE = (
+    update(_BUDGETS)
+    .where(_BUDGETS.c.id == bindparam("budget_id"))
+    .values(
+        rdp_curve=bindparam("rdp_curve"),
+        rdp_orders_key=bindparam("rdp_orders_key"),
+        event_count=bindparam("event_count"),
+        last_round=bindparam("last_round"),
+        updated_at=func.now(),
+    )
+)
+
+
+@cache
+def _upsert_budget(dialect: str) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    values = insert(_BUDGETS).values(
+        id=bindparam("id"), organization_id=bindparam("organization_id"), model_type=bindparam("model_type")
+    )
+    return values.on_conflict_do_update(
+        index_elements=["organization_id", "model_type"], set_={"model_type": values.excluded.model_type}
+    ).returning(*_BUDGET_COLUMNS)
+
+
+def _locked_budget(session: Session, organization_id: uuid.UUID, model_type: str) -> _Budget:
+    """The budget row, created if missing, locked until the end of the transaction.
+
+    One statement, ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING``: on PostgreSQL it inserts
+    the row or locks the existing one (waiting for a concurrent holder, then seeing its commit);
+    on SQLite, being a write, it takes the database's write lock before anything is read.
+    """
+    statement = _upsert_budget(session.get_bind().dialect.name)
+    params = {"id": uuid.uuid4(), "organization_id": organization_id, "model_type": model_type}
+    return _Budget(*session.execute(statement, params).one())
+
+
+def _contribution(
+    session: Session, contribution_id: str | uuid.UUID, organization_id: uuid.UUID, model_type: str
+) -> FederatedLearningContribution:
+    cid = parse_uuid(contribution_id, "contribution id")
+    contribution = session.get(FederatedLearningContribution, cid)
+    if contribution is None or contribution.organization_id != organization_id:
+        raise NotFoundError(f"contribution {cid} does not exist in organization {organization_id}")
+    if contribution.model_type != model_type:
+        raise InvalidInputError(
+            f"contribution {cid} is for model type '{contribution.model_type}', not '{model_type}'"
+        )
+    charged = select(PrivacyLedgerEvent.id).where(PrivacyLedgerEvent.contribution_id == cid)
+    if session.scalar(charged) is not None:
+        raise ConflictError(f"contribution {cid} is already charged to the privacy ledger; charge it once")
+    return contribution
+
+
+def _consumed(increment: float) -> Decimal:
+    """The increment as NUMERIC(10, 6) for display: rounded up, so it never understates."""
+    if not math.isfinite(increment) or increment >= float(_CONSUMED_MAX):
+        return _CONSUMED_MAX
+    return min(_CONSUMED_MAX, Decimal(repr(max(increment, 0.0))).quantize(_CONSUMED_STEP, rounding=ROUND_UP))
+
+
+def charge(
+    session: Session,
+    organization_id: str | uuid.UUID,
+    model_type: str,
+    event: DpEvent,
+    contribution_id: str | uuid.UUID | None = None,
+    aggregation_round: int | None = None,
+    *,
+    policy: LedgerPolicy,
+) -> ChargeResult:
+    """Check and charge one DP event to the tenant's ledger, in the caller's transaction.
+
+    Raises ``BudgetExceededError`` (nothing written) if epsilon after the event would exceed the
+    cap; otherwise appends the event, updates the stored curve, sets the contribution's
+    ``privacy_budget_consumed`` to the increment and appends an audit record.
+    """
+    event = _check_event(event)
+    organization = get_organization(session, organization_id)
+    model_type = clean_model_type(model_type)
+    aggregation_round = _check_round(aggregation_round)
+
+    budget = _locked_budget(session, organization.id, model_type)
+    contribution = (
+        _contribution(session, contribution_id, organization.id, model_type)
+        if contribution_id is not None
+        else None
+    )
+    cap, delta = _cap(budget, policy)
+    before_curve = _curve(session, budget)
+    after_curve = before_curve + accounting.event_rdp(event)
+    before = _epsilon(session, organization.id, model_type, before_curve, delta, policy)
+    after = _epsilon(session, organization.id, model_type, after_curve, delta, policy, event)
+    if not after <= cap:
+        if budget.blank:  # leave nothing behind, even if the caller commits after catching the error
+            session.execute(delete(_BUDGETS).where(_BUDGETS.c.id == budget.id))
+        raise BudgetExceededError(
+            f"charging this event to organization {organization.id} / '{model_type}' would raise epsilon "
+            f"from {before:.4g} to {after:.4g}, over its cap {cap:g} (delta {delta:g}); nothing was charged. "
+            "Use more noise or fewer steps, or raise the cap with `accute-fl budget set`"
+        )
+
+    contribution_ref = contribution.id if contribution is not None else None
+    event_id = session.execute(
+        _INSERT_EVENT,
+        {
+            "organization_id": organization.id,
+            "model_type": model_type,
+            "mechanism": event.mechanism,
+            "noise_multiplier": event.noise_multiplier,
+            "sample_rate": event.sample_rate,
+            "steps": event.steps,
+            "clip_norm": event.clip_norm,
+            "contribution_id": contribution_ref,
+            "aggregation_round": aggregation_round,
+        },
+    ).scalar_one()
+    last_round = budget.last_round
+    if aggregation_round is not None:
+        last_round = max(aggregation_round, last_round or 0)
+    session.execute(
+        _UPDATE_CURVE,
+        {
+            "budget_id": budget.id,
+            "rdp_curve": after_curve.tobytes(),
+            "rdp_orders_key": accounting.ORDERS_KEY,
+            "event_count": budget.event_count + 1,
+            "last_round": last_round,
+        },
+    )
+    if contribution is not None:
+        contribution.privacy_budget_consumed = _consumed(after - before)
+    result = ChargeResult(
+        event_id=event_id,
+        organization_id=organization.id,
+        model_type=model_type,
+        epsilon_cap=cap,
+        delta=delta,
+        accountant=policy.accountant,
+        epsilon_before=before,
+        epsilon_after=after,
+        contribution_id=contribution_ref,
+        aggregation_round=aggregation_round,
+    )
+    audit.append(
+        session,
+        organization_id=organization.id,
+        action="privacy.charged",
+        resource_type="privacy_budget",
+        resource_id=budget.id,
+        data={
+            "model_type": model_type,
+            "event_id": event_id,
+            "mechanism": event.mechanism,
+            "noise_multiplier": event.noise_multiplier,
+            "sample_rate": event.sample_rate,
+            "steps": event.steps,
+            "clip_norm": event.clip_norm,
+            "contribution_id": str(contribution_ref) if contribution_ref else None,
+            "aggregation_round": aggregation_round,
+            "epsilon_before": before,
+            "epsilon_after": after,
+            "epsilon_cap": cap,
+            "delta": delta,
+            "accountant": policy.accountant,
+        },
+    )
+    return result
+
+
+def set_budget(
+    session: Session,
+    organization_id: str | uuid.UUID,
+    model_type: str,
+    epsilon_cap: float,
+    delta: float,
+    *,
+    policy: LedgerPolicy,
+) -> BudgetStatus:
+    """Set the cap (epsilon, delta) of one tenant and model type; audited.
+
+    A cap below what is already spent is allowed (it stops further charges: status ``exhausted``).
+    """
+    epsilon_cap = check_epsilon(epsilon_cap, "epsilon cap")
+    delta = check_delta(delta)
+    organization = get_organization(session, organization_id)
+    model_type = clean_model_type(model_type)
+    budget = _locked_budget(session, organization.id, model_type)
+    previous = {"epsilon_cap": budget.epsilon_cap, "delta": budget.delta}
+    session.execute(
+        update(_BUDGETS)
+        .where(_BUDGETS.c.id == budget.id)
+        .values(epsilon_cap=epsilon_cap, delta=delta, updated_at=func.now())
+    )
+    budget = replace(budget, epsilon_cap=epsilon_cap, delta=delta)
+    audit.append(
+        session,
+        organization_id=organization.id,
+        action="privacy_budget.set",
+        resource_type="privacy_budget",
+        resource_id=budget.id,
+        data={"model_type": model_type, "previous": previous, "epsilon_cap": epsilon_cap, "delta": delta},
+    )
+    return _status(session, budget, policy)
+
+
+# --- review ----------------------------------------------------------------------------------
+
+
+def _status(session: Session, budget: _Budget, policy: LedgerPolicy) -> BudgetStatus:
+    cap, delta = _cap(budget, policy)
+    spent_eps = _epsilon(
+        session, budget.organization_id, budget.model_type, _curve(session, budget), delta, policy
+    )
+    if spent_eps >= cap:
+        status = "exhausted"
+    elif spent_eps >= NEAR_CAP_SHARE * cap:
+        status = "near_cap"
+    else:
+        status = "ok"
+    return BudgetStatus(
+        organization_id=str(budget.organization_id),
+        model_type=budget.model_type,
+        epsilon_cap=cap,
+        delta=delta,
+        epsilon_spent=spent_eps,
+        epsilon_remaining=max(0.0, cap - spent_eps),
+        events=budget.event_count,
+        last_round=budget.last_round,
+        status=status,
+    )
+
+
+def budget_rows(
+    session: Session, organization_id: str | uuid.UUID | None = None, *, policy: LedgerPolicy
+) -> list[BudgetStatus]:
+    """Every budget (or one organization's) with epsilon spent and remaining; [] on a fresh database."""
+    query = select(*_BUDGET_COLUMNS).order_by(PrivacyBudget.organization_id, PrivacyBudget.model_type)
+    if organization_id is not None:
+        query = query.where(PrivacyBudget.organization_id == get_organization(session, organization_id).id)
+    return [_status(session, _Budget(*row), policy) for row in session.execute(query)]
+
+
+def history(
+    session: Session, organization_id: str | uuid.UUID, model_type: str, *, policy: LedgerPolicy
+) -> list[HistoryEntry]:
+    """The tenant's events for ``model_type`` in order, each with the ledger's epsilon after it.
+
+    With ``prv`` every prefix is replayed (slow for long ledgers); ``rdp`` adds curves.
+    """
+    organization = get_organization(session, organization_id)
+    model_type = clean_model_type(model_type)
+    _, delta = _cap(_budget(session, organization.id, model_type), policy)
+    rows = _events(session, organization.id, model_type)
+    entries: list[HistoryEntry] = []
+    curve = accounting.empty_curve()
+    for index, row in enumerate(rows):
+        event = _as_event(row)
+        curve = curve + accounting.event_rdp(event)
+        if policy.accountant == "rdp":
+            eps = accounting.epsilon_from_rdp(curve, delta)
+        else:
+            eps = accounting.prv_epsilon([_as_event(r) for r in rows[: index + 1]], delta)
+        entries.append(
+            HistoryEntry(
+                id=row.id,
+                mechanism=row.mechanism,
+                noise_multiplier=row.noise_multiplier,
+                sample_rate=row.sample_rate,
+                steps=row.steps,
+                clip_norm=row.clip_norm,
+                contribution_id=str(row.contribution_id) if row.contribution_id else None,
+                aggregation_round=row.aggregation_round,
+                epsilon_after=eps,
+                created_at=iso(row.created_at),
+            )
+        )
+    return entries

@@ -1,0 +1,95 @@
+"""Privacy ledger (issue 3): budget caps and the append-only DP events per tenant and model type.
+
+The events are the only truth about epsilon (invariant 2): a budget row caches the cumulative RDP
+curve of its events so a charge costs O(orders), and the curve is rebuilt by replay whenever it
+is missing or on another order grid. ``privacy/ledger.py`` is the only writer.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from schema.base import Base, created_at, in_list, updated_at, uuid_pk
+from schema.types import UUIDType
+
+#: The mechanisms a ledger event may record (privacy/events.py builds the events).
+PRIVACY_MECHANISMS: tuple[str, ...] = ("dp_sgd", "central_gaussian")
+
+
+class PrivacyBudget(Base):
+    """The cap (epsilon, delta) of one tenant and model type, and the state its ledger keeps.
+
+    A NULL cap or delta means the platform default from settings. The row also serves as the lock
+    that serializes charges to the ledger (locked by an upsert, see ``privacy/ledger.py``).
+    """
+
+    __tablename__ = "privacy_budgets"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "model_type"),
+        CheckConstraint("epsilon_cap IS NULL OR epsilon_cap > 0", name="epsilon_cap"),
+        CheckConstraint("delta IS NULL OR (delta > 0 AND delta < 1)", name="delta"),
+        CheckConstraint("event_count >= 0", name="event_count"),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    organization_id: Mapped[uuid.UUID] = mapped_column(UUIDType, ForeignKey("organizations.id"))
+    model_type: Mapped[str] = mapped_column(String(100))
+    epsilon_cap: Mapped[float | None] = mapped_column(Double)
+    delta: Mapped[float | None] = mapped_column(Double)
+    #: Cumulative RDP of the ledger's events at each order of ``rdp_orders_key``'s grid (float64 bytes).
+    rdp_curve: Mapped[bytes | None] = mapped_column(LargeBinary)
+    rdp_orders_key: Mapped[str | None] = mapped_column(String(32))
+    event_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    last_round: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime | None] = created_at()
+    updated_at: Mapped[datetime | None] = updated_at()
+
+
+class PrivacyLedgerEvent(Base):
+    """One DP event charged to a tenant's ledger: never updated, never deleted."""
+
+    __tablename__ = "privacy_ledger_events"
+    __table_args__ = (
+        CheckConstraint(in_list("mechanism", PRIVACY_MECHANISMS), name="mechanism"),
+        CheckConstraint("noise_multiplier > 0", name="noise_multiplier"),
+        CheckConstraint("sample_rate > 0 AND sample_rate <= 1", name="sample_rate"),
+        CheckConstraint("steps >= 0", name="steps"),
+        CheckConstraint(
+            "(mechanism = 'central_gaussian') = (clip_norm IS NOT NULL) AND (clip_norm IS NULL OR clip_norm > 0)",
+            name="clip_norm",
+        ),
+        CheckConstraint("aggregation_round IS NULL OR aggregation_round >= 0", name="aggregation_round"),
+        Index("idx_privacy_ledger_tenant", "organization_id", "model_type", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    organization_id: Mapped[uuid.UUID] = mapped_column(UUIDType, ForeignKey("organizations.id"))
+    model_type: Mapped[str] = mapped_column(String(100))
+    mechanism: Mapped[str] = mapped_column(String(50))
+    noise_multiplier: Mapped[float] = mapped_column(Double)
+    sample_rate: Mapped[float] = mapped_column(Double)
+    steps: Mapped[int] = mapped_column(Integer)
+    clip_norm: Mapped[float | None] = mapped_column(Double)
+    #: The contribution this event paid for; one event per contribution at most.
+    contribution_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUIDType, ForeignKey("federated_learning_contributions.id"), unique=True
+    )
+    aggregation_round: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime | None] = created_at()
