@@ -97,7 +97,7 @@ def node_events(context: Context, setup: NodeSetup, task: str) -> list[DpSgdEven
     if path is not None and path.exists():
         rows = json.loads(path.read_text())
     elif LEDGER_KEY in context.state and task in context.state[LEDGER_KEY]:
-        rows = json.loads(str(context.state[LEDGER_KEY][task]))
+        rows = json.loads(str(protocol.config_of(context.state, LEDGER_KEY)[task]))
     else:
         rows = []
     return [DpSgdEvent(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in rows]
@@ -110,7 +110,7 @@ def _save_events(context: Context, setup: NodeSetup, task: str, events: list[DpS
             for e in events
         ]
     )
-    record = context.state[LEDGER_KEY] if LEDGER_KEY in context.state else ConfigRecord()
+    record = protocol.config_of(context.state, LEDGER_KEY) if LEDGER_KEY in context.state else ConfigRecord()
     record[task] = rows
     context.state[LEDGER_KEY] = record
     path = _ledger_file(setup, task)
@@ -125,7 +125,7 @@ def budget_guard_mod(msg: Message, context: Context, call_next: ClientAppCallabl
     """Refuse to train when the node's own epsilon would exceed its own cap; record what was spent."""
     if protocol.INSTRUCTION not in msg.content:
         return call_next(msg, context)
-    instruction = TrainInstruction.from_record(msg.content[protocol.INSTRUCTION])
+    instruction = TrainInstruction.from_record(protocol.config_of(msg.content, protocol.INSTRUCTION))
     setup = resolve_node(context)
     if not instruction.dp:
         return call_next(msg, context)
@@ -140,7 +140,7 @@ def budget_guard_mod(msg: Message, context: Context, call_next: ClientAppCallabl
         )
     reply = call_next(msg, context)
     if not reply.has_error() and protocol.REPORT in reply.content:
-        report = TrainReport.from_record(reply.content[protocol.REPORT])
+        report = TrainReport.from_record(protocol.config_of(reply.content, protocol.REPORT))
         if report.trained:
             used = DpSgdEvent(report.noise_multiplier, report.sample_rate, report.steps)
             _save_events(context, setup, instruction.task, [*history, used])
@@ -152,8 +152,8 @@ def checksum_mod(msg: Message, context: Context, call_next: ClientAppCallable) -
     reply = call_next(msg, context)
     if reply.has_error() or protocol.ARRAYS not in reply.content or protocol.REPORT not in reply.content:
         return reply
-    arrays = {name: array.numpy() for name, array in reply.content[protocol.ARRAYS].items()}
-    report = reply.content[protocol.REPORT]
+    arrays = {name: array.numpy() for name, array in protocol.arrays_of(reply.content).items()}
+    report = protocol.config_of(reply.content, protocol.REPORT)
     report["update_checksum"] = update_checksum(arrays)
     return reply
 
@@ -202,16 +202,18 @@ def make_client_app() -> ClientApp:
     @app.train(mods=[checksum_mod, budget_guard_mod])
     def train_handler(msg: Message, context: Context) -> Message:
         setup = resolve_node(context)
-        instruction = TrainInstruction.from_record(msg.content[protocol.INSTRUCTION])
+        instruction = TrainInstruction.from_record(protocol.config_of(msg.content, protocol.INSTRUCTION))
         if instruction.organization_id != setup.identity.organization_id:
             return _refusal(msg, instruction, "instruction addressed to another organization")
         task = get_task(instruction.task)
-        remembered = context.state[CONSENT_KEY] if CONSENT_KEY in context.state else ConfigRecord()
+        remembered = (
+            protocol.config_of(context.state, CONSENT_KEY) if CONSENT_KEY in context.state else ConfigRecord()
+        )
         remembered[task.name] = list(instruction.user_ids)
         context.state[CONSENT_KEY] = remembered
         result = train(
             task,
-            _state(msg.content[protocol.ARRAYS]),
+            _state(protocol.arrays_of(msg.content)),
             _records(setup, task.name),
             consented_user_ids=instruction.user_ids,
             noise_multiplier=instruction.noise_multiplier,
@@ -248,11 +250,11 @@ def make_client_app() -> ClientApp:
     @app.evaluate()
     def evaluate_handler(msg: Message, context: Context) -> Message:
         setup = resolve_node(context)
-        config = msg.content[protocol.INSTRUCTION]
+        config = protocol.config_of(msg.content, protocol.INSTRUCTION)
         task = get_task(str(config["task"]))
         records = _records(setup, task.name)
         user_ids = {str(r["user_id"]) for r in records}
-        result = evaluate(task, _state(msg.content[protocol.ARRAYS]), records, consented_user_ids=user_ids)
+        result = evaluate(task, _state(protocol.arrays_of(msg.content)), records, consented_user_ids=user_ids)
         value = result.value if not math.isnan(result.value) else 0.0
         metrics = MetricRecord(
             {protocol.NUM_EXAMPLES: max(result.num_examples, 0), task.metric.name: float(value)}

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar
 
-from flwr.app import ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 ARRAYS = "arrays"
 INSTRUCTION = "instruction"
@@ -128,3 +128,25 @@ class TrainReport:
     @classmethod
     def from_record(cls, record: ConfigRecord) -> TrainReport:
         return _from_record(cls, record)
+
+
+def config_of(content: RecordDict, key: str) -> ConfigRecord:
+    """The ConfigRecord under ``key``; a missing or mistyped record fails here, not deep inside."""
+    record = content[key]
+    if not isinstance(record, ConfigRecord):
+        raise ValueError(f"record '{key}' is a {type(record).__name__}, not a ConfigRecord")
+    return record
+
+
+def arrays_of(content: RecordDict, key: str = ARRAYS) -> ArrayRecord:
+    record = content[key]
+    if not isinstance(record, ArrayRecord):
+        raise ValueError(f"record '{key}' is a {type(record).__name__}, not an ArrayRecord")
+    return record
+
+
+def metrics_of(content: RecordDict, key: str = METRICS) -> MetricRecord:
+    record = content[key]
+    if not isinstance(record, MetricRecord):
+        raise ValueError(f"record '{key}' is a {type(record).__name__}, not a MetricRecord")
+    return record

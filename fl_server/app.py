@@ -31,21 +31,15 @@ log = logging.getLogger("accute.fl_server")
 
 def inner_strategy(config: RunConfig) -> Strategy:
     """The Flower strategy the governed wrapper drives; it samples among admitted nodes only."""
-    common = {
-        "fraction_train": config.fraction,
-        "fraction_evaluate": 1.0,
-        "min_train_nodes": 1,
-        "min_evaluate_nodes": 1,
-        "min_available_nodes": 1,
-        "weighted_by_key": protocol.NUM_EXAMPLES,
-    }
-    if config.aggregator == "fedmedian":
-        return FedMedian(**common)
-    if config.aggregator == "fedtrimmedavg":
-        return FedTrimmedAvg(**common)
-    if config.aggregator == "krum":
-        return Krum(**common)
-    return FedAvg(**common)
+    kinds: dict[str, type[FedAvg]] = {"fedmedian": FedMedian, "fedtrimmedavg": FedTrimmedAvg, "krum": Krum}
+    return kinds.get(config.aggregator, FedAvg)(
+        fraction_train=config.fraction,
+        fraction_evaluate=1.0,
+        min_train_nodes=1,
+        min_evaluate_nodes=1,
+        min_available_nodes=1,
+        weighted_by_key=protocol.NUM_EXAMPLES,
+    )
 
 
 def run_governed(

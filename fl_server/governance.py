@@ -63,9 +63,9 @@ class Tenant:
 
 @dataclass
 class Admission:
-    """One round's plan: who may take part (with their instruction) and who sits out, and why."""
+    """One round's plan: who may take part and who sits out, and why."""
 
-    admitted: dict[int, tuple[Tenant, TrainInstruction, uuid.UUID]] = field(default_factory=dict)
+    admitted: dict[int, Tenant] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
 
 
@@ -207,25 +207,30 @@ class Governor:
                     self._skip(session, server_round, tenant, REJECTED_BUDGET, reason)
                     admission.skipped[tenant.name] = REJECTED_BUDGET
                     continue
-                snapshot = consent_gate.take_snapshot(session, tenant.organization_id, self.config.task)
-                assert snapshot.id is not None
-                instruction = TrainInstruction(
-                    run_id=self.config.run_name,
-                    server_round=server_round,
-                    task=self.config.task,
-                    organization_id=str(tenant.organization_id),
-                    consent_digest=snapshot.digest,
-                    user_ids=tuple(str(u) for u in snapshot.user_ids),
-                    dp=self.config.dp.local,
-                    noise_multiplier=self.config.noise_multiplier,
-                    clip_norm=self.config.clip_norm,
-                    sample_rate=self.config.sample_rate,
-                    steps=self.config.steps,
-                    lr=self.config.lr,
-                    seed=self._node_seed(server_round, tenant),
-                )
-                admission.admitted[tenant.node_id] = (tenant, instruction, snapshot.id)
+                admission.admitted[tenant.node_id] = tenant
         return admission
+
+    def instruct(self, server_round: int, tenant: Tenant) -> tuple[TrainInstruction, uuid.UUID]:
+        """A sampled tenant's instruction, with the consent snapshot taken now (only for sampled ones)."""
+        with transaction(self.engine) as session:
+            snapshot = consent_gate.take_snapshot(session, tenant.organization_id, self.config.task)
+            assert snapshot.id is not None
+            instruction = TrainInstruction(
+                run_id=self.config.run_name,
+                server_round=server_round,
+                task=self.config.task,
+                organization_id=str(tenant.organization_id),
+                consent_digest=snapshot.digest,
+                user_ids=tuple(str(u) for u in snapshot.user_ids),
+                dp=self.config.dp.local,
+                noise_multiplier=self.config.noise_multiplier,
+                clip_norm=self.config.clip_norm,
+                sample_rate=self.config.sample_rate,
+                steps=self.config.steps,
+                lr=self.config.lr,
+                seed=self._node_seed(server_round, tenant),
+            )
+            return instruction, snapshot.id
 
     def _node_seed(self, server_round: int, tenant: Tenant) -> int:
         if self.config.seed == 0:

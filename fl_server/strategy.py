@@ -51,7 +51,7 @@ class AdmittedGrid(Grid):
     def run(self) -> Any:
         return self._grid.run
 
-    def create_message(self, *args: Any, **kwargs: Any) -> Message:  # type: ignore[override]
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:
         return self._grid.create_message(*args, **kwargs)
 
     def get_node_ids(self) -> Iterable[int]:
@@ -141,11 +141,12 @@ class GovernedStrategy(Strategy):
         if self.config.seed:
             random.seed(self.config.seed)  # Flower's node sampling uses the module-level RNG
         state = self.governor.start_run()
-        arrays = (
-            self.weights.get(state.weights_checksum)
-            if state.weights_checksum
-            else arrays_from_record(initial_arrays, copy=True)
-        )
+        arrays = arrays_from_record(initial_arrays, copy=True)
+        if state.weights_checksum:
+            # Resume from the committed weights, in the model's own parameter order (the store's
+            # file sorts names; nodes and checksums use the model's order).
+            stored = self.weights.get(state.weights_checksum)
+            arrays = {name: stored[name] for name in arrays}
         spec = ModelSpec.from_arrays(arrays)
         history: list[RoundRecord] = []
         for server_round in range(state.last_completed_round + 1, rounds + 1):
@@ -178,7 +179,7 @@ class GovernedStrategy(Strategy):
             if reply.has_error():
                 log.warning("node %s did not identify: %s", reply.metadata.src_node_id, reply.error.reason)
                 continue
-            identity = NodeIdentity.from_record(reply.content[protocol.IDENTITY])
+            identity = NodeIdentity.from_record(protocol.config_of(reply.content, protocol.IDENTITY))
             self.tenants[reply.metadata.src_node_id] = self.governor.bind(
                 reply.metadata.src_node_id, identity
             )
@@ -197,11 +198,17 @@ class GovernedStrategy(Strategy):
         record.skipped.update(admission.skipped)
         admitted_grid = AdmittedGrid(grid, admission.admitted)
         global_record = record_from_arrays(arrays, spec)
-        messages = list(
-            self.inner.configure_train(server_round, global_record, ConfigRecord(), admitted_grid)
+        # With nobody admitted the wrapped strategy would wait forever for nodes to sample.
+        messages = (
+            list(self.inner.configure_train(server_round, global_record, ConfigRecord(), admitted_grid))
+            if admission.admitted
+            else []
         )
+        sampled: dict[int, tuple[Tenant, Any, Any]] = {}
         for message in messages:
-            _, instruction, _ = admission.admitted[message.metadata.dst_node_id]
+            tenant = admission.admitted[message.metadata.dst_node_id]
+            instruction, snapshot_id = self.governor.instruct(server_round, tenant)
+            sampled[tenant.node_id] = (tenant, instruction, snapshot_id)
             _attach(message, protocol.INSTRUCTION, instruction.to_record())
 
         validator = UpdateValidator(spec, max_norm=self.config.max_update_norm, seen=seen)
@@ -221,7 +228,7 @@ class GovernedStrategy(Strategy):
         for reply in _collect(grid, messages, timeout):
             node_id = reply.metadata.src_node_id
             pending.discard(node_id)
-            tenant, instruction, snapshot_id = admission.admitted[node_id]
+            tenant, instruction, snapshot_id = sampled[node_id]
             verdict, update, report = self._judge(
                 server_round, tenant, instruction, snapshot_id, reply, validator, arrays
             )
@@ -235,7 +242,7 @@ class GovernedStrategy(Strategy):
                 aggregator.add(update, weight=float(report.num_examples))
             weights[tenant.organization_id] = float(report.num_examples)
         for node_id in pending:  # timed out
-            tenant, instruction, snapshot_id = admission.admitted[node_id]
+            tenant, instruction, snapshot_id = sampled[node_id]
             self.governor.judge(
                 server_round,
                 tenant,
@@ -265,9 +272,7 @@ class GovernedStrategy(Strategy):
                 self.config.min_accepted,
             )
         checksum = self.weights.put(new_arrays, {"run": self.config.run_name, "round": str(server_round)})
-        central_tenants = (
-            [admission.admitted[n][0] for n in admission.admitted] if central is not None else []
-        )
+        central_tenants = list(admission.admitted.values()) if central is not None else []
         self.governor.commit_round(
             server_round,
             weights_checksum=checksum,
@@ -295,9 +300,9 @@ class GovernedStrategy(Strategy):
             error = f"node error: {reply.error.reason}"
         else:
             try:
-                report = TrainReport.from_record(reply.content[protocol.REPORT])
+                report = TrainReport.from_record(protocol.config_of(reply.content, protocol.REPORT))
                 if protocol.ARRAYS in reply.content:
-                    update = arrays_from_record(reply.content[protocol.ARRAYS])
+                    update = arrays_from_record(protocol.arrays_of(reply.content))
             except (KeyError, ValueError, TypeError) as exc:
                 error = f"malformed reply: {exc}"
         verdict = self.governor.judge(
@@ -331,11 +336,7 @@ class GovernedStrategy(Strategy):
                 }
             )
             _attach(message, protocol.INSTRUCTION, instruction)
-        replies = [
-            r
-            for r in _collect(grid, messages, timeout)
-            if not r.has_error() and int(r.content[protocol.METRICS][protocol.NUM_EXAMPLES]) > 0  # type: ignore[call-overload]
-        ]
+        replies = [r for r in _collect(grid, messages, timeout) if not r.has_error() and _examples(r) > 0]
         if not replies:
             return None
         aggregated = self.inner.aggregate_evaluate(server_round, replies)
@@ -343,6 +344,11 @@ class GovernedStrategy(Strategy):
             return None
         value = aggregated.get(self.governor.task.metric.name)
         return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)  # type: ignore[arg-type]
+
+
+def _examples(reply: Message) -> int:
+    value = protocol.metrics_of(reply.content).get(protocol.NUM_EXAMPLES, 0)
+    return int(value) if isinstance(value, int | float) else 0
 
 
 def _attach(message: Message, key: str, record: ConfigRecord) -> None:
