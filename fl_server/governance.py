@@ -433,6 +433,7 @@ class Governor:
                 organization_id=tenant.organization_id,
                 tenant=tenant.name,
                 status=status,
+                sampled=False,
                 reason=reason,
                 contribution_id=contribution.id,
             )

@@ -10,7 +10,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from schema.base import Base, created_at, updated_at, uuid_pk
@@ -63,6 +63,8 @@ class FlRoundOutcome(Base):
     organization_id: Mapped[uuid.UUID] = mapped_column(UUIDType, ForeignKey("organizations.id"))
     tenant: Mapped[str] = mapped_column(String(100))
     status: Mapped[str] = mapped_column(String(50))
+    #: False when the tenant sat the round out (consent gate or budget filter) before sampling.
+    sampled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     reason: Mapped[str | None] = mapped_column(Text)
     contribution_id: Mapped[uuid.UUID | None] = mapped_column(
         UUIDType, ForeignKey("federated_learning_contributions.id")

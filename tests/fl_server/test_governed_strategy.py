@@ -306,3 +306,31 @@ def test_round_where_every_tenant_is_over_budget_skips_everyone_without_waiting(
     assert {statuses[(1, f"tenant-{i}")] for i in range(3)} == {"rejected_budget"}
     with transaction(fed.engine) as session:
         assert session.scalar(select(func.count()).select_from(PrivacyLedgerEvent)) == 0
+
+
+def test_report_accounts_for_every_round_and_matches_an_independent_accountant(make_federation) -> None:  # type: ignore[no-untyped-def]
+    from fl_server.report import build_report
+    from privacy.ledger import LedgerPolicy
+
+    fed = make_federation()
+    with transaction(fed.engine) as session:
+        org = uuid.UUID(fed.tenants[2].organization_id)
+        for user in session.scalars(select(User).where(User.organization_id == org)):
+            withdraw(session, org, user.id, "vamn_contribution")
+    fed.run(fed.config(rounds=2))
+    report = build_report(fed.engine, "test-run", fed.weights.root, LedgerPolicy(default_delta=1e-5))
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    first = report["rounds"][0]
+    assert first["participants"] == ["tenant-0", "tenant-1"]
+    assert first["skipped"] == {"tenant-2": "rejected_consent"}
+    assert first["statuses"] == {"accepted": 2, "rejected_consent": 1}
+    assert report["rounds"][1]["epsilon"]["tenant-0"] > first["epsilon"]["tenant-0"] > 0
+    assert report["rounds"][1]["epsilon"]["tenant-2"] == 0.0
+    for name in ("tenant-0", "tenant-1"):
+        tenant = report["tenants"][name]
+        events = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in tenant["dp_events"]]
+        assert len(events) == 2
+        assert tenant["epsilon_spent"] == pytest.approx(independent_epsilon(events, 1e-5), rel=0.01)
+        assert tenant["epsilon_spent"] <= tenant["epsilon_cap"]
+    assert report["config"]["delta"] == 1e-5
+    assert report["final"]["weights_checksum"]

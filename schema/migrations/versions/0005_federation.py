@@ -70,6 +70,7 @@ def upgrade() -> None:
         sa.Column("organization_id", sa.Uuid(), nullable=False),
         sa.Column("tenant", sa.String(length=100), nullable=False),
         sa.Column("status", sa.String(length=50), nullable=False),
+        sa.Column("sampled", sa.Boolean(), server_default=sa.true(), nullable=False),
         sa.Column("reason", sa.Text(), nullable=True),
         sa.Column("contribution_id", sa.Uuid(), nullable=True),
         sa.Column("dp_event", JSONB, nullable=True),

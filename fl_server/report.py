@@ -1,0 +1,146 @@
+"""report.json of a run, built from the database alone (so a resumed run reports every round).
+
+Shape (shared by ``run-local`` and ``simulate``)::
+
+    {"config": {..., "delta": D},
+     "rounds": [{"round", "participants": [names], "skipped": {name: reason}, "statuses": {status: n},
+                 "metric", "epsilon": {name: eps}}],
+     "tenants": {name: {"organization_id", "epsilon_cap", "epsilon_spent",
+                        "dp_events": [{"mechanism", "noise_multiplier", "sample_rate", "steps"}]}},
+     "final": {"metric", "model_name", "model_version", "weights_checksum", "weights_path"}}
+
+``dp_events`` are the tenant's whole ledger for the model type, in order, so an independent
+accountant replaying them must find ``epsilon_spent``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from fl_server.config import RunConfig
+from privacy import ledger
+from schema.db import transaction
+from schema.errors import NotFoundError
+from schema.models import (
+    FlNodeBinding,
+    FlPublishedModel,
+    FlRoundOutcome,
+    FlRoundSummary,
+    FlRun,
+    VamnModelRegistry,
+)
+from schema.timeutil import iso
+
+
+def build_report(
+    engine: Engine, run_name: str, weights_dir: Path, policy: ledger.LedgerPolicy
+) -> dict[str, Any]:
+    with transaction(engine) as session:
+        run = session.scalar(select(FlRun).where(FlRun.name == run_name))
+        if run is None:
+            raise NotFoundError(f"run '{run_name}' does not exist")
+        config = RunConfig.parse(dict(run.config))
+        tenants = {
+            b.tenant: b.organization_id
+            for b in session.scalars(select(FlNodeBinding).where(FlNodeBinding.run_id == run.id))
+        }
+        outcomes = list(
+            session.scalars(
+                select(FlRoundOutcome)
+                .where(FlRoundOutcome.run_id == run.id)
+                .order_by(FlRoundOutcome.aggregation_round, FlRoundOutcome.tenant)
+            )
+        )
+        summaries = {
+            s.aggregation_round: s
+            for s in session.scalars(select(FlRoundSummary).where(FlRoundSummary.run_id == run.id))
+        }
+        histories = {
+            name: ledger.history(session, org, config.task, policy=policy)
+            for name, org in sorted(tenants.items())
+        }
+        statuses = {
+            name: ledger.budget_rows(session, org, policy=policy) for name, org in sorted(tenants.items())
+        }
+        published = session.execute(
+            select(VamnModelRegistry, FlPublishedModel)
+            .join(FlPublishedModel, FlPublishedModel.registry_id == VamnModelRegistry.id)
+            .where(FlPublishedModel.run_id == run.id)
+        ).first()
+        started = iso(run.created_at)
+
+        by_round: dict[int, list[FlRoundOutcome]] = defaultdict(list)
+        for outcome in outcomes:
+            by_round[outcome.aggregation_round].append(outcome)
+        rounds = []
+        for number in range(1, run.last_completed_round + 1):
+            rows = by_round.get(number, [])
+            epsilon = {name: _epsilon_at(entries, number, started) for name, entries in histories.items()}
+            summary = summaries.get(number)
+            rounds.append(
+                {
+                    "round": number,
+                    "participants": sorted(r.tenant for r in rows if r.sampled),
+                    "skipped": {r.tenant: r.status for r in rows if not r.sampled},
+                    "skip_reasons": {r.tenant: r.reason for r in rows if not r.sampled},
+                    "statuses": dict(Counter(r.status for r in rows)),
+                    "metric": summary.metric_value if summary else None,
+                    "epsilon": epsilon,
+                }
+            )
+        tenant_report = {}
+        for name, org in sorted(tenants.items()):
+            rows_for_task = [row for row in statuses[name] if row.model_type == config.task]
+            status = rows_for_task[0] if rows_for_task else None
+            tenant_report[name] = {
+                "organization_id": str(org),
+                "epsilon_cap": status.epsilon_cap if status else policy.default_epsilon_cap,
+                "epsilon_spent": status.epsilon_spent if status else 0.0,
+                "dp_events": [
+                    {
+                        "mechanism": e.mechanism,
+                        "noise_multiplier": e.noise_multiplier,
+                        "sample_rate": e.sample_rate,
+                        "steps": e.steps,
+                    }
+                    for e in histories[name]
+                ],
+            }
+        final: dict[str, Any] = {
+            "metric": rounds[-1]["metric"] if rounds else None,
+            "weights_checksum": run.weights_checksum,
+            "weights_path": str(Path(weights_dir) / f"{run.weights_checksum}.safetensors")
+            if run.weights_checksum
+            else None,
+            "model_name": None,
+            "model_version": None,
+            "deployment_status": None,
+        }
+        if published is not None:
+            model, _ = published
+            final |= {
+                "model_name": model.model_name,
+                "model_version": model.model_version,
+                "deployment_status": model.deployment_status,
+            }
+        return {
+            "config": config.model_dump(mode="json") | {"delta": config.delta},
+            "rounds": rounds,
+            "tenants": tenant_report,
+            "final": final,
+        }
+
+
+def _epsilon_at(entries: list[ledger.HistoryEntry], server_round: int, run_started: str | None) -> float:
+    """The tenant's epsilon once round ``server_round`` of this run was charged (earlier runs included)."""
+    value = 0.0
+    for entry in entries:
+        in_this_run = run_started is None or (entry.created_at or "") >= run_started
+        if in_this_run and (entry.aggregation_round or 0) > server_round:
+            break
+        value = entry.epsilon_after
+    return value
