@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from decimal import ROUND_UP, Decimal
 from functools import cache
@@ -276,33 +277,34 @@ def _epsilon(
     curve: FloatArray,
     delta: float,
     policy: LedgerPolicy,
-    extra: DpEvent | None = None,
+    extra: Sequence[DpEvent] = (),
 ) -> float:
     if policy.accountant == "rdp":
         return accounting.epsilon_from_rdp(curve, delta)
     events = [_as_event(row) for row in _events(session, organization_id, model_type)]
-    return accounting.prv_epsilon([*events, extra] if extra is not None else events, delta)
+    return accounting.prv_epsilon([*events, *extra], delta)
 
 
 def project(
     session: Session,
     organization_id: str | uuid.UUID,
     model_type: str,
-    event: DpEvent,
+    event: DpEvent | Sequence[DpEvent],
     *,
     policy: LedgerPolicy,
 ) -> Projection:
-    """The filter: epsilon before and after ``event`` against the cap, without charging anything.
+    """The filter: epsilon before and after ``event`` (or several, e.g. a round's planned events)
+    against the cap, without charging anything.
 
     Advisory (it takes no lock): ``charge`` checks again under the lock.
     """
-    event = _check_event(event)
+    events = [_check_event(e) for e in (event if isinstance(event, Sequence) else [event])]
     organization = get_organization(session, organization_id)
     model_type = clean_model_type(model_type)
     budget = _budget(session, organization.id, model_type)
     cap, delta = _cap(budget, policy)
     before_curve = _curve(session, budget)
-    after_curve = before_curve + accounting.event_rdp(event)
+    after_curve = accounting.compose(events, start=before_curve)
     return Projection(
         organization_id=organization.id,
         model_type=model_type,
@@ -310,7 +312,7 @@ def project(
         delta=delta,
         accountant=policy.accountant,
         epsilon_before=_epsilon(session, organization.id, model_type, before_curve, delta, policy),
-        epsilon_after=_epsilon(session, organization.id, model_type, after_curve, delta, policy, event),
+        epsilon_after=_epsilon(session, organization.id, model_type, after_curve, delta, policy, events),
     )
 
 
@@ -318,11 +320,12 @@ def would_exceed(
     session: Session,
     organization_id: str | uuid.UUID,
     model_type: str,
-    event: DpEvent,
+    event: DpEvent | Sequence[DpEvent],
     *,
     policy: LedgerPolicy,
 ) -> bool:
-    """Would charging ``event`` push the tenant's epsilon for ``model_type`` over its cap?"""
+    """Would charging ``event`` (or all of several) push the tenant's epsilon for ``model_type``
+    over its cap?"""
     return project(session, organization_id, model_type, event, policy=policy).exceeds
 
 
@@ -433,7 +436,7 @@ def charge(
     before_curve = _curve(session, budget)
     after_curve = before_curve + accounting.event_rdp(event)
     before = _epsilon(session, organization.id, model_type, before_curve, delta, policy)
-    after = _epsilon(session, organization.id, model_type, after_curve, delta, policy, event)
+    after = _epsilon(session, organization.id, model_type, after_curve, delta, policy, [event])
     if not after <= cap:
         if budget.blank:  # leave nothing behind, even if the caller commits after catching the error
             session.execute(delete(_BUDGETS).where(_BUDGETS.c.id == budget.id))

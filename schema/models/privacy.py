@@ -25,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from schema.base import Base, created_at, in_list, updated_at, uuid_pk
+from schema.models.security import ImmutableAuditLog
 from schema.types import UUIDType
 
 #: The mechanisms a ledger event may record (privacy/events.py builds the events).
@@ -93,3 +94,10 @@ class PrivacyLedgerEvent(Base):
     )
     aggregation_round: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime | None] = created_at()
+
+
+# Every charge appends an audit record, and ``schema/audit.py`` finds a chain's tail as the newest
+# record of the organization by id. Without this index both backends read every record of the
+# organization to find it (3 ms at 10,000 records on PostgreSQL here, growing linearly); with it,
+# one index probe. Added by the privacy migration (0002) because the ledger is what makes chains long.
+Index("idx_audit_org_id", ImmutableAuditLog.organization_id, ImmutableAuditLog.id)

@@ -198,7 +198,11 @@ def test_the_filter_answers_before_the_event_and_changes_nothing(
         refuses_small = ledger.would_exceed(session, org, MODEL, small, policy=policy)
         refuses_huge = ledger.would_exceed(session, org, MODEL, huge, policy=policy)
 
+    with transaction(engine) as session:
+        round_of_three = ledger.project(session, org, MODEL, [small] * 3, policy=policy)
+
     # Assert
+    assert round_of_three.epsilon_after == pytest.approx(accounting.mechanism_epsilon(5.0, 0.01, 300, 1e-5))
     assert (refuses_small, refuses_huge) == (False, True)
     assert projection.epsilon_before == 0.0
     assert projection.epsilon_after == pytest.approx(accounting.mechanism_epsilon(5.0, 0.01, 100, 1e-5))

@@ -16,9 +16,11 @@ from schema.base import Base
 from schema.models import SPEC_TABLES
 from tests.schema.rows import VALID_ROWS, insert, make_refs, table
 
+# The spec's CHECK lists (tables added beyond the spec test their own CHECKs with their features).
 CHECKED_COLUMNS = [
     (t.name, constraint.name.removeprefix(f"ck_{t.name}_"))
     for t in Base.metadata.sorted_tables
+    if t.name in SPEC_TABLES or t.name == "organizations"
     for constraint in t.constraints
     if isinstance(constraint, sa.CheckConstraint)
 ]

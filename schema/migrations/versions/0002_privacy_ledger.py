@@ -95,9 +95,12 @@ def upgrade() -> None:
         ["organization_id", "model_type", "id"],
         unique=False,
     )
+    # The audit chain's tail lookup (newest record of an organization by id): one probe, not a scan.
+    op.create_index("idx_audit_org_id", "immutable_audit_log", ["organization_id", "id"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index("idx_audit_org_id", table_name="immutable_audit_log")
     op.drop_index("idx_privacy_ledger_tenant", table_name="privacy_ledger_events")
     op.drop_table("privacy_ledger_events")
     op.drop_table("privacy_budgets")
