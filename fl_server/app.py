@@ -73,7 +73,9 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_config = config or RunConfig.parse(dict(context.run_config))
+        # The simulation manifest is the ClientApp's (``manifest``), not a RunConfig field.
+        values = {k: v for k, v in context.run_config.items() if k != protocol.RUN_MANIFEST}
+        run_config = config or RunConfig.parse(values)
         _, publication = run_governed(grid, run_config, settings or Settings(), on_round)
         log.info(
             "published %s %s (%s)",

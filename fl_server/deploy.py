@@ -1,0 +1,447 @@
+"""A real Flower deployment on loopback: one SuperLink, N SuperNodes (one per tenant), one governed run.
+
+``accute-fl run-local`` uses this; so do the tests with real processes. The processes are the same
+ones a multi-machine deployment runs (README "Deployment"), started with ``--insecure`` because
+they only listen on 127.0.0.1:
+
+- ``flower-superlink`` with the ACCUTE_ settings of the ServerApp in its environment (the ServerApp
+  runs in a ``flwr-serverapp`` subprocess the SuperLink starts, and inherits them);
+- one ``flower-supernode`` per tenant with its tenant's ``--node-config`` (from ``prepare_federation``)
+  and its own ``state-dir`` (the node's own privacy ledger survives restarts);
+- ``flwr run <project> <connection> --run-config …`` against a SuperLink connection written to
+  ``$FLWR_HOME/config.toml`` inside the output folder (the user's ~/.flwr is never touched).
+
+Every process starts in its own session and is stopped with its whole process tree (SuperLink and
+SuperNode start detached ``flower-superexec`` children) on success, error and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+from sqlalchemy import Engine, select
+
+from fl_client import protocol
+from fl_server.config import DpMode, RunConfig
+from fl_server.report import build_report
+from privacy import ledger
+from schema.config import Settings
+from schema.db import make_engine, transaction
+from schema.errors import AccuteError, InvalidInputError
+from schema.migrate import require_current_schema, upgrade
+from schema.models import FlRun
+from simulations.federation import prepare_federation
+
+log = logging.getLogger("accute.fl_server.deploy")
+
+CONNECTION = "accute-local"
+LOOPBACK = "127.0.0.1"
+
+
+class DeploymentError(AccuteError):
+    """A Flower process failed to start, the run failed, or it did not finish in time."""
+
+    exit_code = 1
+
+
+def project_root() -> Path:
+    """The folder whose pyproject.toml carries ``[tool.flwr.app]`` (``flwr run`` builds the FAB there)."""
+    root = Path(__file__).resolve().parent.parent
+    pyproject = root / "pyproject.toml"
+    if not pyproject.exists() or "[tool.flwr.app]" not in pyproject.read_text():
+        raise DeploymentError(
+            f"no Flower app config at {pyproject}; run-local needs the source checkout (pip install -e .)"
+        )
+    return root
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def node_config_arg(node: Mapping[str, Any]) -> str:
+    """A node config mapping as SuperNode's ``--node-config`` (space-separated TOML ``key=value``)."""
+    parts = []
+    for key, value in node.items():
+        if isinstance(value, str) and any(c in value for c in '"\\\n'):
+            raise InvalidInputError(f"node config value of '{key}' has quotes, backslashes or newlines")
+        parts.append(f"{key}={json.dumps(value)}")
+    return " ".join(parts)
+
+
+def run_config_arg(values: Mapping[str, Any]) -> str:
+    """Run config overrides as ``flwr run --run-config`` (dashed keys, TOML values)."""
+    return " ".join(f"{key.replace('_', '-')}={json.dumps(value)}" for key, value in values.items())
+
+
+# --- process trees --------------------------------------------------------------------------------
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...; comm may contain spaces and parentheses.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (Linux /proc; just ``pid`` elsewhere)."""
+    if not Path("/proc").is_dir():
+        return [pid]
+    children = _children_map()
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo.extend(children.get(current, []))
+    return out
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return not Path("/proc").is_dir()
+
+
+def stop_tree(process: subprocess.Popen[bytes], grace_s: float = 8.0) -> None:
+    """SIGTERM a process and its descendants, SIGKILL whatever is left after ``grace_s``."""
+    pids = process_tree(process.pid)
+    _signal_all(pids, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        process.poll()
+        if not any(_alive(p) for p in pids):
+            break
+        time.sleep(0.1)
+    # Children started after the first sweep (a ServerApp being launched) are caught here.
+    leftovers = [p for p in {*pids, *process_tree(process.pid)} if _alive(p)]
+    _signal_all(leftovers, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
+
+
+@dataclass
+class Managed:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes]
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def tree(self) -> list[int]:
+        return process_tree(self.process.pid)
+
+
+# --- the deployment -------------------------------------------------------------------------------
+
+
+@dataclass
+class LocalDeployment:
+    """SuperLink + one SuperNode per tenant on loopback, and the governed runs submitted to them."""
+
+    out: Path
+    task: str
+    nodes: int
+    seed: int = 0
+    settings: Settings | None = None
+    run_timeout_s: float = 1800.0
+    processes: list[Managed] = field(default_factory=list)
+    superlink_port: int = 0
+    tenants: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1:
+            raise InvalidInputError("--nodes must be at least 1")
+        RunConfig(run_name="check", task=self.task)  # an unknown task fails here, before any process
+        self.out = self.out.resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.logs = self.out / "logs"
+        self.logs.mkdir(exist_ok=True)
+        self.flwr_home = self.out / "flwr"
+        if self.settings is None:
+            self.settings = Settings(
+                database_url=os.environ.get("ACCUTE_DATABASE_URL") or f"sqlite:///{self.out / 'accute.db'}",
+                weights_dir=Path(os.environ.get("ACCUTE_WEIGHTS_DIR") or self.out / "weights").resolve(),
+            )
+        self.engine: Engine = make_engine(self.settings)
+        self.bin_dir = Path(sys.executable).parent
+
+    # -- setup
+
+    @property
+    def _settings(self) -> Settings:
+        assert self.settings is not None
+        return self.settings
+
+    def prepare(self) -> None:
+        """Migrate an output-folder SQLite database (others must be current), create the tenants."""
+        url = self._settings.database_url
+        if url.startswith("sqlite") and str(self.out) in url:
+            upgrade(self.engine)
+        else:
+            require_current_schema(self.engine)
+        manifest = self.out / "manifest.json"
+        prepare_federation(
+            self.engine, task=self.task, tenants=self.nodes, seed=self.seed, manifest_path=manifest
+        )
+        self.tenants = json.loads(manifest.read_text())["tenants"]
+        for node in self.tenants:
+            node[protocol.NODE_STATE_DIR] = str(self.out / "nodes" / str(node[protocol.NODE_TENANT]))
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}"
+        env["FLWR_HOME"] = str(self.flwr_home)
+        env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+        env["ACCUTE_DATABASE_URL"] = self._settings.database_url
+        env["ACCUTE_WEIGHTS_DIR"] = str(Path(self._settings.weights_dir).resolve())
+        env.pop(protocol.RUN_MANIFEST, None)
+        env.pop("ACCUTE_FL_MANIFEST", None)
+        return env
+
+    def _spawn(self, name: str, args: list[str]) -> Managed:
+        log_path = self.logs / f"{name}.log"
+        log_file = log_path.open("ab")
+        process = subprocess.Popen(
+            [str(self.bin_dir / args[0]), *args[1:]],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self._env(),
+            cwd=self.out,
+            start_new_session=True,  # Ctrl-C reaches us; we stop the trees in order
+        )
+        managed = Managed(name, process, log_path, log_file)
+        self.processes.append(managed)
+        return managed
+
+    def start_superlink(self, startup_timeout_s: float = 60.0) -> None:
+        self.superlink_port = free_port()
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        (self.flwr_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+            f'[superlink.{CONNECTION}]\naddress = "{LOOPBACK}:{self.superlink_port}"\ninsecure = true\n'
+        )
+        link = self._spawn(
+            "superlink",
+            [
+                "flower-superlink",
+                "--insecure",
+                "--disable-runtime-dependency-installation",
+                "--host",
+                LOOPBACK,
+                "--port",
+                str(self.superlink_port),
+            ],
+        )
+        deadline = time.monotonic() + startup_timeout_s
+        while time.monotonic() < deadline:
+            if not link.running():
+                raise DeploymentError(
+                    f"flower-superlink exited with code {link.process.returncode}; see {link.log_path}"
+                )
+            try:
+                if httpx.get(f"http://{LOOPBACK}:{self.superlink_port}/health", timeout=1.0).is_success:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise DeploymentError(
+            f"flower-superlink did not answer within {startup_timeout_s:g}s; see {link.log_path}"
+        )
+
+    def start_supernode(self, index: int) -> Managed:
+        node = self.tenants[index]
+        return self._spawn(
+            str(node[protocol.NODE_TENANT]),
+            [
+                "flower-supernode",
+                "--insecure",
+                "--superlink",
+                f"{LOOPBACK}:{self.superlink_port}",
+                "--host",
+                LOOPBACK,
+                "--port",
+                str(free_port()),
+                "--node-config",
+                node_config_arg(node),
+            ],
+        )
+
+    def start(self) -> None:
+        self.prepare()
+        self.start_superlink()
+        for index in range(self.nodes):
+            self.start_supernode(index)
+
+    # -- runs
+
+    def _flwr(self, *args: str, timeout_s: float = 120.0) -> str:
+        result = subprocess.run(
+            [str(self.bin_dir / "flwr"), *args],
+            capture_output=True,
+            env=self._env(),
+            timeout=timeout_s,
+            check=False,
+            text=True,
+        )
+        if result.returncode != 0:
+            detail = (result.stderr.strip() or result.stdout.strip()).splitlines()
+            raise DeploymentError(f"flwr {args[0]} failed: {detail[-1] if detail else result.returncode}")
+        return result.stdout
+
+    def submit(self, overrides: Mapping[str, Any]) -> str:
+        """``flwr run`` with run config overrides; returns Flower's run id."""
+        out = self._flwr(
+            "run",
+            str(project_root()),
+            CONNECTION,
+            "--format",
+            "json",
+            "--run-config",
+            run_config_arg(overrides),
+        )
+        payload = json.loads(out[out.index("{") :])
+        if not payload.get("success"):
+            raise DeploymentError(f"flwr run did not start the run: {payload}")
+        return str(payload["run-id"])
+
+    def flower_status(self, run_id: str) -> str:
+        out = self._flwr("ls", CONNECTION, "--run-id", run_id, "--format", "json", timeout_s=60)
+        runs = json.loads(out[out.index("{") :]).get("runs", [])
+        return str(runs[0]["status"]) if runs else "unknown"
+
+    def db_run(self, run_name: str) -> tuple[str, int] | None:
+        with transaction(self.engine) as session:
+            run = session.scalar(select(FlRun).where(FlRun.name == run_name))
+            return None if run is None else (run.status, run.last_completed_round)
+
+    def wait(
+        self,
+        run_id: str,
+        timeout_s: float | None = None,
+        on_poll: Callable[[], None] | None = None,
+        poll_s: float = 3.0,
+    ) -> str:
+        """Wait until Flower reports the run finished; returns its final status (``finished:…``)."""
+        deadline = time.monotonic() + (timeout_s or self.run_timeout_s)
+        while time.monotonic() < deadline:
+            link = self.processes[0]
+            if not link.running():
+                raise DeploymentError(
+                    f"flower-superlink stopped (code {link.process.returncode}); see {link.log_path}"
+                )
+            status = self.flower_status(run_id)
+            if status.startswith("finished"):
+                return status
+            if on_poll is not None:
+                on_poll()
+            time.sleep(poll_s)
+        raise DeploymentError(f"run {run_id} did not finish within {timeout_s or self.run_timeout_s:g}s")
+
+    def report(self, run_name: str) -> Path:
+        policy = ledger.LedgerPolicy.from_settings(self._settings)
+        report = build_report(self.engine, run_name, Path(self._settings.weights_dir), policy)
+        path = self.out / "report.json"
+        path.write_text(json.dumps(report, indent=2, default=str))
+        return path
+
+    # -- teardown
+
+    def stop_process(self, managed: Managed) -> None:
+        stop_tree(managed.process)
+        managed.log_file.close()
+
+    def stop(self) -> None:
+        # Nodes first (they would otherwise retry against a gone SuperLink), the SuperLink last.
+        for managed in reversed(self.processes):
+            if not managed.log_file.closed:
+                self.stop_process(managed)
+        self.engine.dispose()
+
+    def __enter__(self) -> LocalDeployment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_overrides(
+    run_name: str, task: str, rounds: int, dp: DpMode, seed: int, nodes: int, **extra: Any
+) -> dict[str, Any]:
+    """The run config for ``flwr run``, validated here so a bad value fails before any process."""
+    values: dict[str, Any] = {
+        "run_name": run_name,
+        "task": task,
+        "rounds": rounds,
+        "dp": dp.value,
+        "seed": seed,
+        "min_nodes": nodes,
+        **extra,
+    }
+    RunConfig.parse(values)
+    return values
+
+
+def run_local(
+    out: Path,
+    *,
+    task: str,
+    nodes: int,
+    rounds: int,
+    dp: DpMode = DpMode.LOCAL,
+    seed: int = 0,
+    run_name: str | None = None,
+    timeout_s: float = 1800.0,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Start the deployment, run one governed run to the end, stop everything, write report.json."""
+    name = run_name or f"local-{task}-{nodes}n-{rounds}r-s{seed}"
+    overrides = run_overrides(name, task, rounds, dp, seed, nodes, **dict(extra or {}))
+    with LocalDeployment(out, task, nodes, seed, run_timeout_s=timeout_s) as deployment:
+        deployment.start()
+        run_id = deployment.submit(overrides)
+        status = deployment.wait(run_id)
+        if status != "finished:completed":
+            raise DeploymentError(
+                f"run '{name}' ended {status}; see {deployment.logs / 'superlink.log'} "
+                "(run again with the same --run-name to resume)"
+            )
+        return deployment.report(name)
