@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
 from consent_gate.policy import ConsentPolicy
 from consent_gate.records import grant
@@ -28,9 +29,9 @@ from fl_server.app import make_server_app
 from fl_server.config import RunConfig
 from fl_server.strategy import RoundRecord
 from privacy import ledger
+from schema import audit
 from schema.config import Settings
 from schema.db import transaction
-from schema.directory import create_organization
 from schema.models import Organization, User
 from simulations.synthetic import firm_user_ids
 
@@ -44,8 +45,33 @@ class TenantSetup:
     epsilon_cap: float | None
 
 
+SIMULATION_NAMESPACE = uuid.UUID("5d0c3f4e-6a7b-4c1d-9e2f-a1b2c3d4e5f6")
+
+
 def tenant_name(index: int) -> str:
     return f"tenant-{index}"
+
+
+def _create_organization(session: Session, name: str) -> Organization:
+    """``create_organization`` with an id derived from the (unique) name.
+
+    Nodes draw their DP noise from a seed that mixes in the organization id, so the same
+    simulation seed gives the same run in a fresh database only if the ids are the same too.
+    """
+    organization = Organization(
+        id=uuid.uuid5(SIMULATION_NAMESPACE, name), name=name, billing_model="pay_as_you_go"
+    )
+    session.add(organization)
+    session.flush()
+    audit.append(
+        session,
+        organization_id=organization.id,
+        action="organization.created",
+        resource_type="organization",
+        resource_id=organization.id,
+        data={"name": name, "billing_model": "pay_as_you_go", "source": "simulation"},
+    )
+    return organization
 
 
 def prepare_federation(
@@ -73,7 +99,7 @@ def prepare_federation(
             org_name = f"{name_prefix}{name}"
             organization = session.scalar(select(Organization).where(Organization.name == org_name))
             if organization is None:
-                organization = create_organization(session, org_name)
+                organization = _create_organization(session, org_name)
             existing = set(session.scalars(select(User.id).where(User.organization_id == organization.id)))
             for user_id in user_ids:
                 uid = uuid.UUID(user_id)

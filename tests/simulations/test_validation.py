@@ -1,0 +1,161 @@
+"""Validation of the simulation: accuracy against the centralized baseline, epsilon, budgets, consent, seeds."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dp_accounting
+import pytest
+from sqlalchemy import select
+
+from schema.config import Settings
+from schema.db import make_engine, transaction
+from schema.migrate import upgrade
+from schema.models import ConsentSnapshotMember, ConsentSnapshotUse, FlRun
+from simulations.baseline import centralized
+from simulations.runner import SimulationResult, simulate, write_result
+from simulations.scenario import SimulationSpec
+from tests.simulations.conftest import in_process
+
+Run = Callable[..., SimulationResult]
+
+
+def independent_epsilon(events: list[dict[str, Any]], delta: float) -> float:
+    accountant = dp_accounting.rdp.RdpAccountant()
+    for e in events:
+        inner = dp_accounting.GaussianDpEvent(e["noise_multiplier"])
+        accountant.compose(dp_accounting.PoissonSampledDpEvent(e["sample_rate"], inner), e["steps"])
+    return float(accountant.get_epsilon(delta))
+
+
+def test_without_dp_federated_digits_is_within_two_points_of_centralized(run_sim: Run) -> None:
+    # Execute: 3 iid tenants, every one every round, no DP.
+    result = run_sim(dp="off", rounds=4, steps=40, lr=0.5)
+
+    # Assert
+    federated = result.main.report["final"]["metric"]
+    central = centralized(result.spec, result.config)
+    assert central > 0.9
+    assert federated >= central - 0.02, (federated, central)
+
+
+def test_with_dp_every_epsilon_is_capped_and_equals_ledger_and_an_independent_accountant(
+    run_sim: Run,
+) -> None:
+    result = run_sim(dp="local", rounds=3, noise_multiplier=1.2, epsilon_cap=6.0, caps=["tenant-2=2.5"])
+    report = result.main.report
+    delta = report["config"]["delta"]
+    for name, tenant in report["tenants"].items():
+        assert tenant["epsilon_spent"] <= tenant["epsilon_cap"]
+        assert tenant["dp_events"], name
+        assert tenant["epsilon_spent"] == pytest.approx(
+            independent_epsilon(tenant["dp_events"], delta), rel=1e-3
+        )
+        # The per-round series ends at the ledger's value.
+        assert report["rounds"][-1]["epsilon"][name] == pytest.approx(tenant["epsilon_spent"])
+    assert report["tenants"]["tenant-2"]["epsilon_cap"] == 2.5
+
+
+def test_small_cap_tenant_is_skipped_for_budget_and_never_selected_again(run_sim: Run) -> None:
+    # One round costs ~1.1 epsilon at z=1.2; tenant-1's cap lets it train once.
+    result = run_sim(dp="local", rounds=4, noise_multiplier=1.2, caps=["tenant-1=1.5"])
+    rounds = result.main.report["rounds"]
+    first_skip = next(r["round"] for r in rounds if r["skipped"].get("tenant-1") == "rejected_budget")
+    for r in rounds:
+        if r["round"] < first_skip:
+            assert "tenant-1" in r["participants"]
+        else:
+            assert "tenant-1" not in r["participants"]
+            assert r["skipped"]["tenant-1"] == "rejected_budget"
+    assert result.main.report["tenants"]["tenant-1"]["epsilon_spent"] <= 1.5
+    assert {"tenant-0", "tenant-2"} <= set(rounds[-1]["participants"])
+
+
+def test_withdrawn_and_erased_users_are_left_out_of_later_snapshots(run_sim: Run, engine) -> None:  # type: ignore[no-untyped-def]
+    result = run_sim(dp="local", rounds=3, withdraw=["1:tenant-1:2"], erasure=["2:tenant-1"])
+    log = result.main.report["scenario"]
+    assert [e["event"] for e in log] == ["withdrawal", "erasure"]
+    withdrawn = set(log[0]["user_ids"])
+    erased = set(log[1]["user_ids"])
+    assert len(withdrawn) == 2 and len(erased) == 1 and not withdrawn & erased
+    org = uuid.UUID(result.main.setups[1].organization_id)
+    with transaction(engine) as session:
+        run_name = session.scalar(select(FlRun.name))
+        uses = session.execute(
+            select(ConsentSnapshotUse.aggregation_round, ConsentSnapshotUse.snapshot_id).where(
+                ConsentSnapshotUse.run_id == run_name,
+                ConsentSnapshotUse.organization_id == org,
+            )
+        ).all()
+        members = {
+            rnd: {
+                str(u)
+                for u in session.scalars(
+                    select(ConsentSnapshotMember.user_id).where(ConsentSnapshotMember.snapshot_id == snap)
+                )
+            }
+            for rnd, snap in uses
+        }
+    assert set(members) == {1, 2, 3}
+    assert withdrawn <= members[1] and erased <= members[1]
+    assert not withdrawn & members[2] and erased <= members[2]
+    assert not (withdrawn | erased) & members[3]
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.9g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def _stable(report: dict[str, Any]) -> dict[str, Any]:
+    """The report without paths and checksums, floats to 9 digits (replies are summed in arrival order)."""
+    copy = _rounded(json.loads(json.dumps(report)))
+    for tenant in copy["tenants"].values():
+        tenant.pop("organization_id")
+    copy["final"].pop("weights_path")
+    copy["final"].pop("weights_checksum")
+    for event in copy.get("scenario", []):
+        event.pop("user_ids")
+    return dict(copy)
+
+
+def _fresh(tmp_path: Path, name: str) -> Settings:
+    database = tmp_path / f"{name}.sqlite"
+    engine = make_engine(Settings(database_url=f"sqlite:///{database}"))
+    upgrade(engine)
+    engine.dispose()
+    return Settings(database_url=f"sqlite:///{database}", weights_dir=tmp_path / f"{name}-weights")
+
+
+def test_same_seed_gives_the_same_report(tmp_path: Path) -> None:
+    # Prepare: one scenario, two fresh databases.
+    spec = SimulationSpec(
+        out=str(tmp_path / "out"),
+        tenants=3,
+        rounds=2,
+        steps=10,
+        seed=7,
+        caps=["tenant-0=1.2"],
+        withdraw=["1:tenant-1:1"],
+    )
+    # Execute
+    first = simulate(spec, _fresh(tmp_path, "a"), executor=in_process)
+    second = simulate(spec, _fresh(tmp_path, "b"), executor=in_process)
+    other = simulate(spec.model_copy(update={"seed": 8}), _fresh(tmp_path, "c"), executor=in_process)
+
+    # Assert: identical up to paths and float rounding; another seed differs.
+    assert _stable(first.main.report) == _stable(second.main.report)
+    assert _stable(first.main.report) != _stable(other.main.report)
+    path = write_result(first)
+    assert json.loads(path.read_text())["final"] == first.main.report["final"]
+    for name in ("tenants.csv", "metric.png", "epsilon.png", "report.md"):
+        assert (path.parent / name).stat().st_size > 0
