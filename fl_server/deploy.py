@@ -370,11 +370,21 @@ class LocalDeployment:
                 )
             status = self.flower_status(run_id)
             if status.startswith("finished"):
+                self.save_serverapp_log(run_id)
                 return status
             if on_poll is not None:
                 on_poll()
             time.sleep(poll_s)
         raise DeploymentError(f"run {run_id} did not finish within {timeout_s or self.run_timeout_s:g}s")
+
+    def save_serverapp_log(self, run_id: str) -> Path:
+        """The ServerApp's own log (kept by the SuperLink) as ``logs/serverapp-<run id>.log``."""
+        path = self.logs / f"serverapp-{run_id}.log"
+        try:
+            path.write_text(self._flwr("log", run_id, CONNECTION, "--show", timeout_s=60))
+        except (DeploymentError, subprocess.TimeoutExpired) as exc:
+            path.write_text(f"could not fetch the ServerApp log: {exc}\n")
+        return path
 
     def report(self, run_name: str) -> Path:
         policy = ledger.LedgerPolicy.from_settings(self._settings)
@@ -441,7 +451,7 @@ def run_local(
         status = deployment.wait(run_id)
         if status != "finished:completed":
             raise DeploymentError(
-                f"run '{name}' ended {status}; see {deployment.logs / 'superlink.log'} "
+                f"run '{name}' ended {status}; see {deployment.logs / f'serverapp-{run_id}.log'} "
                 "(run again with the same --run-name to resume)"
             )
         return deployment.report(name)

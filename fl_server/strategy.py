@@ -175,14 +175,12 @@ class GovernedStrategy(Strategy):
             Message(RecordDict({}), dst_node_id=node_id, message_type="query.identify", group_id="identify")
             for node_id in unknown
         ]
-        for reply in _collect(grid, messages, timeout):
+        for node_id, reply in _collect(grid, messages, timeout):
             if reply.has_error():
-                log.warning("node %s did not identify: %s", reply.metadata.src_node_id, reply.error.reason)
+                log.warning("node %s did not identify: %s", node_id, reply.error.reason)
                 continue
             identity = NodeIdentity.from_record(protocol.config_of(reply.content, protocol.IDENTITY))
-            self.tenants[reply.metadata.src_node_id] = self.governor.bind(
-                reply.metadata.src_node_id, identity
-            )
+            self.tenants[node_id] = self.governor.bind(node_id, identity)
 
     def _train_round(
         self,
@@ -225,8 +223,7 @@ class GovernedStrategy(Strategy):
         aggregator = None if central is not None else make_aggregator(self.config.aggregator, spec)
         weights: dict[Any, float] = {}
         pending = {m.metadata.dst_node_id for m in messages}
-        for reply in _collect(grid, messages, timeout):
-            node_id = reply.metadata.src_node_id
+        for node_id, reply in _collect(grid, messages, timeout):
             pending.discard(node_id)
             tenant, instruction, snapshot_id = sampled[node_id]
             verdict, update, report = self._judge(
@@ -336,7 +333,7 @@ class GovernedStrategy(Strategy):
                 }
             )
             _attach(message, protocol.INSTRUCTION, instruction)
-        replies = [r for r in _collect(grid, messages, timeout) if not r.has_error() and _examples(r) > 0]
+        replies = [r for _, r in _collect(grid, messages, timeout) if not r.has_error() and _examples(r) > 0]
         if not replies:
             return None
         aggregated = self.inner.aggregate_evaluate(server_round, replies)
@@ -358,15 +355,24 @@ def _attach(message: Message, key: str, record: ConfigRecord) -> None:
     message.content = content
 
 
-def _collect(grid: Grid, messages: list[Message], timeout: float) -> Iterable[Message]:
-    """Yield replies as they arrive, until all came back or ``timeout`` passed."""
+def _collect(grid: Grid, messages: list[Message], timeout: float) -> Iterable[tuple[int, Message]]:
+    """Yield ``(destination node, reply)`` as replies arrive, until all came back or ``timeout`` passed.
+
+    The node comes from the message the reply answers, not from the reply's source: the SuperLink
+    answers for a node that went offline with an error reply from its own node id.
+    """
     if not messages:
         return
-    pending = set(grid.push_messages(messages))
+    ids = list(grid.push_messages(messages))
+    node_of = {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages, strict=True)}
+    pending = set(ids)
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
         for reply in grid.pull_messages(list(pending)):
-            pending.discard(reply.metadata.reply_to_message_id)
-            yield reply
+            answered = reply.metadata.reply_to_message_id
+            if answered not in pending:
+                continue
+            pending.discard(answered)
+            yield node_of[answered], reply
         if pending:
             time.sleep(0.05)
