@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 #: More tenants than this: the ε plot shows the ones that spent most.
 MAX_PLOTTED_TENANTS = 12
@@ -56,6 +57,7 @@ def plot_metric(path: Path, report: dict[str, Any], metric_name: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
     ax.plot(rounds, values, marker="o")
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(metric_name)
     ax.set_title(f"{report['config']['task']}: {metric_name} per round")
     ax.grid(alpha=0.3)
@@ -77,6 +79,7 @@ def plot_epsilon(path: Path, report: dict[str, Any]) -> None:
         ax.plot(rounds, values, marker=".", color=color, label=name)
         ax.axhline(tenants[name]["epsilon_cap"], color=color, linestyle="--", linewidth=0.9)
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"ε spent (δ={report['config']['delta']:g})")
     title = "ε per tenant (dashed: cap)"
     if len(tenants) > len(shown):

@@ -23,6 +23,7 @@ from orchestrator.cli import (
     privacy_commands,
     run_local_command,
     service_commands,
+    simulate_command,
     status_command,
 )
 from schema.errors import AccuteError
@@ -44,6 +45,7 @@ app.add_typer(privacy_commands.privacy_app, name="privacy")
 app.add_typer(privacy_commands.budget_app, name="budget")
 app.command("status")(status_command.status)
 app.command("serve")(service_commands.serve)
+app.command("simulate")(simulate_command.simulate_cmd)
 app.command("run-local")(run_local_command.run_local)
 app.add_typer(service_commands.token_app, name="token")
 app.add_typer(service_commands.keys_app, name="keys")

@@ -1,0 +1,106 @@
+"""`accute-fl simulate`: bad input is one line and a non-zero exit with nothing written; one real run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import context
+from orchestrator.cli.main import main
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("ACCUTE_DATABASE_URL", f"sqlite:///{tmp_path / 'sim.db'}")
+    monkeypatch.setenv("ACCUTE_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.chdir(tmp_path)
+    context.reset()
+    yield tmp_path
+    context.reset()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tenants", "0"], "tenants"),
+        (["--dp", "sometimes"], "dp"),
+        (["--partition", "zipf"], "partition"),
+        (["--fraction", "1.5"], "fraction"),
+        (["--noise-multiplier", "1", "--target-epsilon", "2"], "not both"),
+        (["--target-epsilon", "2", "--dp", "off"], "target-epsilon"),
+        (["--cap", "tenant-9=1"], "tenant-9"),
+        (["--cap", "tenant-1"], "tenant-K=EPSILON"),
+        (["--cap", "tenant-1=-1"], "positive"),
+        (["--withdraw", "1:tenant-1"], "ROUND:TENANT:COUNT"),
+        (["--withdraw", "9:tenant-1:1"], "ROUND"),
+        (["--withdraw", "1:tenant-1:500"], "consenting users"),
+        (["--erasure", "1:bob"], "tenant-K"),
+        (["--sweep", "eps=1,2"], "epsilon=E1"),
+        (["--sweep", "epsilon=1,x"], "not a number"),
+        (["--task", "poetry"], "poetry"),
+        (["--delta", "2"], "delta"),
+        (["--seed", "0"], "seed"),
+        (["--config", "missing.toml"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(
+    workdir: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    code = main(["simulate", "--out", "rep", *args])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not (workdir / "rep").exists() and not (workdir / "sim.db").exists()
+
+
+def test_bad_toml_is_refused(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / "sim.toml").write_text("[simulation]\ntenants = 3\nrounds = 'many'\n")
+    assert main(["simulate", "--config", "sim.toml"]) != 0
+    assert "rounds" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_simulate_runs_on_flowers_engine_and_writes_the_report(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: a config file overridden by flags.
+    (workdir / "sim.toml").write_text("[simulation]\ntenants = 3\nrounds = 5\nsteps = 20\ndp = 'local'\n")
+
+    # Execute
+    code = main(
+        [
+            "simulate",
+            "--config",
+            "sim.toml",
+            "--rounds",
+            "2",
+            "--cap",
+            "tenant-2=0.5",
+            "--target-epsilon",
+            "3",
+            "--out",
+            "rep",
+            "--quiet",
+            "--run-name",
+            "e2e",
+        ]
+    )
+
+    # Assert
+    out = capsys.readouterr().out.strip()
+    assert code == 0
+    assert out == str((workdir / "rep" / "report.json").resolve())
+    report = json.loads(Path(out).read_text())
+    assert report["config"]["rounds"] == 2 and report["config"]["run_name"] == "e2e"
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    assert all(r["skipped"].get("tenant-2") == "rejected_budget" for r in report["rounds"])
+    for name in ("tenant-0", "tenant-1"):
+        assert 0 < report["tenants"][name]["epsilon_spent"] <= 3.0
+    for name in ("tenants.csv", "metric.png", "epsilon.png", "report.md"):
+        assert (workdir / "rep" / name).stat().st_size > 0
+    # The same run name again is refused before anything runs.
+    assert main(["simulate", "--run-name", "e2e", "--out", "rep2"]) != 0
+    assert "already exists" in capsys.readouterr().err
