@@ -364,8 +364,9 @@ def _collect(grid: Grid, messages: list[Message], timeout: float) -> Iterable[tu
     if not messages:
         return
     ids = list(grid.push_messages(messages))
-    node_of = {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages, strict=True)}
-    pending = set(ids)
+    # A message the SuperLink did not take has id None: it is never answered, so it times out.
+    node_of = {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages, strict=True) if mid is not None}
+    pending = set(node_of)
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
         for reply in grid.pull_messages(list(pending)):
