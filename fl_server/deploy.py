@@ -26,7 +26,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -356,26 +356,34 @@ class LocalDeployment:
     def wait(
         self,
         run_id: str,
+        run_name: str | None = None,
         timeout_s: float | None = None,
-        on_poll: Callable[[], None] | None = None,
-        poll_s: float = 3.0,
+        flower_poll_s: float = 15.0,
     ) -> str:
-        """Wait until Flower reports the run finished; returns its final status (``finished:…``)."""
-        deadline = time.monotonic() + (timeout_s or self.run_timeout_s)
+        """Wait until Flower reports the run finished; returns its final status (``finished:…``).
+
+        Each ``flwr ls`` is a new Python process, so Flower is asked every ``flower_poll_s`` only
+        (a crashed ServerApp shows there); the database is read every second, and once it says the
+        run completed, Flower is asked every second until the model is published.
+        """
+        limit = timeout_s or self.run_timeout_s
+        deadline = time.monotonic() + limit
+        next_flower = time.monotonic() + 2.0
         while time.monotonic() < deadline:
             link = self.processes[0]
             if not link.running():
                 raise DeploymentError(
                     f"flower-superlink stopped (code {link.process.returncode}); see {link.log_path}"
                 )
-            status = self.flower_status(run_id)
-            if status.startswith("finished"):
-                self.save_serverapp_log(run_id)
-                return status
-            if on_poll is not None:
-                on_poll()
-            time.sleep(poll_s)
-        raise DeploymentError(f"run {run_id} did not finish within {timeout_s or self.run_timeout_s:g}s")
+            state = self.db_run(run_name) if run_name else None
+            if (state is not None and state[0] == "completed") or time.monotonic() >= next_flower:
+                status = self.flower_status(run_id)
+                if status.startswith("finished"):
+                    self.save_serverapp_log(run_id)
+                    return status
+                next_flower = time.monotonic() + flower_poll_s
+            time.sleep(1.0)
+        raise DeploymentError(f"run {run_id} did not finish within {limit:g}s")
 
     def save_serverapp_log(self, run_id: str) -> Path:
         """The ServerApp's own log (kept by the SuperLink) as ``logs/serverapp-<run id>.log``."""
@@ -448,7 +456,7 @@ def run_local(
     with LocalDeployment(out, task, nodes, seed, run_timeout_s=timeout_s) as deployment:
         deployment.start()
         run_id = deployment.submit(overrides)
-        status = deployment.wait(run_id)
+        status = deployment.wait(run_id, name)
         if status != "finished:completed":
             raise DeploymentError(
                 f"run '{name}' ended {status}; see {deployment.logs / f'serverapp-{run_id}.log'} "

@@ -1,0 +1,178 @@
+"""run-local with real processes: a flower-superlink and flower-supernodes on loopback, `flwr run`.
+
+Slow (each ClientApp call is a fresh ``flwr-clientapp`` process importing torch), so two tenants.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from fl_server.config import DpMode
+from fl_server.deploy import LocalDeployment, process_tree, run_overrides
+from orchestrator.cli.main import main
+from schema.config import Settings
+from schema.db import transaction
+from schema.models import (
+    FederatedLearningContribution,
+    FlRoundOutcome,
+    FlRun,
+    PrivacyLedgerEvent,
+    VamnModelRegistry,
+)
+
+pytestmark = pytest.mark.slow
+
+TRAIN = {"steps": 5, "sample_rate": 0.1, "noise_multiplier": 1.1}
+
+
+def deployment(out: Path, nodes: int = 2) -> LocalDeployment:
+    settings = Settings(database_url=f"sqlite:///{out / 'accute.db'}", weights_dir=out / "weights")
+    return LocalDeployment(out, "digits", nodes, seed=2, settings=settings, run_timeout_s=240)
+
+
+def wait_for_round(dep: LocalDeployment, run_name: str, round_: int, timeout_s: float = 150) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = dep.db_run(run_name)
+        if state is not None and state[1] >= round_:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"round {round_} of {run_name} not committed within {timeout_s}s")
+
+
+def outcomes(dep: LocalDeployment) -> dict[tuple[int, str], str]:
+    with transaction(dep.engine) as session:
+        return {(o.aggregation_round, o.tenant): o.status for o in session.scalars(select(FlRoundOutcome))}
+
+
+def assert_no_flower_processes_left(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        assert stat.rsplit(")", 1)[1].split()[0] == "Z", f"process {pid} still running"
+
+
+def test_run_local_command_completes_three_rounds_and_publishes(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    # Prepare
+    monkeypatch.delenv("ACCUTE_DATABASE_URL", raising=False)
+    monkeypatch.delenv("ACCUTE_WEIGHTS_DIR", raising=False)
+    out = tmp_path / "out"
+
+    # Execute
+    code = main(
+        ["run-local", "--task", "digits", "--nodes", "2", "--rounds", "3", "--seed", "1", "--out", str(out)]
+    )
+
+    # Assert: report written, one contribution per tenant per round, a published model version.
+    assert code == 0, capsys.readouterr().err
+    assert f"report: {out / 'report.json'}" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert [r["round"] for r in report["rounds"]] == [1, 2, 3]
+    assert all(r["statuses"] == {"accepted": 2} for r in report["rounds"])
+    assert sorted(report["tenants"]) == ["tenant-0", "tenant-1"]
+    assert report["final"]["model_version"] and report["final"]["weights_checksum"]
+    assert Path(report["final"]["weights_path"]).exists()
+    dep = deployment(out)
+    with transaction(dep.engine) as session:
+        assert session.scalar(select(func.count()).select_from(FederatedLearningContribution)) == 6
+        versions = list(session.scalars(select(VamnModelRegistry)))
+        assert [v.weights_checksum for v in versions] == [report["final"]["weights_checksum"]]
+    dep.engine.dispose()
+    # Every Flower process is gone and each one logged to the output folder.
+    logs = {p.name for p in (out / "logs").iterdir()}
+    assert {"superlink.log", "tenant-0.log", "tenant-1.log"} < logs
+    assert any(name.startswith("serverapp-") for name in logs)
+    leftovers = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
+    assert leftovers == []
+
+
+def test_killed_supernode_is_failed_and_the_run_completes(tmp_path: Path) -> None:
+    # Prepare
+    name = "kill-node"
+    with deployment(tmp_path / "out") as dep:
+        dep.start()
+        overrides = run_overrides(name, "digits", 2, DpMode.LOCAL, 2, 2, round_timeout_s=30, **TRAIN)
+        run_id = dep.submit(overrides)
+        wait_for_round(dep, name, 1)
+
+        # Execute: the node of tenant-1 dies without a word.
+        victim = next(p for p in dep.processes if p.name == "tenant-1")
+        tree = victim.tree()
+        for pid in tree:
+            os.kill(pid, signal.SIGKILL)
+        status = dep.wait(run_id, name)
+
+        # Assert
+        assert status == "finished:completed"
+        assert outcomes(dep) == {
+            (1, "tenant-0"): "accepted",
+            (1, "tenant-1"): "accepted",
+            (2, "tenant-0"): "accepted",
+            (2, "tenant-1"): "failed",
+        }
+        assert dep.db_run(name) == ("completed", 2)
+        report = json.loads(dep.report(name).read_text())
+        assert report["rounds"][1]["statuses"] == {"accepted": 1, "failed": 1}
+        all_pids = [pid for p in dep.processes for pid in p.tree()]
+    assert_no_flower_processes_left(all_pids)
+
+
+def test_killed_serverapp_resumes_at_the_next_round_and_charges_nothing_twice(tmp_path: Path) -> None:
+    # Prepare
+    name = "resume"
+    with deployment(tmp_path / "out") as dep:
+        dep.start()
+        overrides = run_overrides(name, "digits", 2, DpMode.LOCAL, 2, 2, round_timeout_s=60, **TRAIN)
+        dep.submit(overrides)
+        wait_for_round(dep, name, 1)
+
+        # Execute: the ServerApp process dies after round 1; the same run is submitted again.
+        link = dep.processes[0]
+        serverapps = [
+            pid for pid in link.tree() if b"flwr-serverapp" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert serverapps
+        for pid in serverapps:
+            os.kill(pid, signal.SIGKILL)
+        assert dep.db_run(name) is not None
+        committed = dep.db_run(name)
+        assert committed is not None and committed[0] == "running"
+        resumed = dep.submit(overrides)
+        status = dep.wait(resumed, name)
+
+        # Assert: the run ended completed; every (round, tenant) judged once; the ledger holds one
+        # event per tenant per round, whatever the killed ServerApp had in flight.
+        assert status == "finished:completed"
+        assert dep.db_run(name) == ("completed", 2)
+        assert outcomes(dep) == {(r, f"tenant-{i}"): "accepted" for r in (1, 2) for i in range(2)}
+        with transaction(dep.engine) as session:
+            run = session.scalar(select(FlRun).where(FlRun.name == name))
+            assert run is not None
+            assert session.scalar(select(func.count()).select_from(PrivacyLedgerEvent)) == 4
+            assert session.scalar(select(func.count()).select_from(FederatedLearningContribution)) == 4
+        report = json.loads(dep.report(name).read_text())
+        assert [r["round"] for r in report["rounds"]] == [1, 2]
+        assert all(len(t["dp_events"]) == 2 for t in report["tenants"].values())
+
+
+def test_process_tree_lists_descendants() -> None:
+    child = subprocess.Popen(["sh", "-c", "sleep 30 & wait"], start_new_session=True)
+    try:
+        time.sleep(0.3)
+        tree = process_tree(child.pid)
+        assert tree[0] == child.pid and len(tree) == 2
+    finally:
+        for pid in reversed(process_tree(child.pid)):
+            os.kill(pid, signal.SIGKILL)
+        child.wait()
