@@ -10,8 +10,10 @@ as rounds would produce), then times, each in its own committed transaction:
 - replay: what a ledger without its stored curve would pay per check: read all N events and
   recompute epsilon from them (warm: per-step curves cached; cold: computed).
 
-It prints the medians and replay / charge ratios, and exits 1 if the warm charge median is 5 ms or
-more. Optionally (--noise) it also times secure Gaussian noise on a 10M-parameter float32 update.
+It prints the medians (wall with and without the commit, and this process's CPU time) and the
+replay / charge ratios, and exits 1 if the SQLite check+charge median (seen configuration, commit
+included) is 5 ms or more. Wall times move with the machine's load (other jobs' CPU and fsyncs):
+the load average is printed before and after. Optionally (--noise) it also times secure Gaussian noise on a 10M-parameter float32 update.
 
     .venv/bin/python bench/privacy_charge.py [--events 10000] [--repeats 300] [--postgres [URL]] [--noise]
 """
@@ -86,21 +88,22 @@ def bench(engine: Engine, label: str, events: int, repeats: int) -> float:
     print(f"[{label}] seeded {events} events through charge() in {time.perf_counter() - t0:.1f} s")
     round_ = [events]
 
-    inside: list[float] = []
-
-    def charge(event: DpSgdEvent) -> None:
+    def charge(event: DpSgdEvent) -> tuple[float, float, float]:
+        """Wall with commit, wall without, CPU with commit (seconds)."""
+        start, start_cpu = time.perf_counter(), time.process_time()
         with transaction(engine) as session:
-            start = time.perf_counter()
             ledger.charge(session, org, MODEL, event, aggregation_round=round_[0], policy=policy)
-            inside.append(time.perf_counter() - start)
+            charged = time.perf_counter()
         round_[0] += 1
+        return time.perf_counter() - start, charged - start, time.process_time() - start_cpu
 
-    warm, warm_cpu = median_ms(lambda: charge(DpSgdEvent(*CONFIGS[0])), repeats)
-    warm_inside = statistics.median(inside) * 1000
-    inside.clear()
-    fresh = iter(np.linspace(20.0, 40.0, repeats))
-    cold, cold_cpu = median_ms(lambda: charge(DpSgdEvent(float(next(fresh)), 0.01, 10)), repeats)
-    cold_inside = statistics.median(inside) * 1000
+    # Seen and new configurations alternate, so both meet the same load.
+    seen_times, new_times = [], []
+    for z_new in np.linspace(20.0, 40.0, repeats):
+        seen_times.append(charge(DpSgdEvent(*CONFIGS[0])))
+        new_times.append(charge(DpSgdEvent(float(z_new), 0.01, 10)))
+    warm, warm_inside, warm_cpu = (statistics.median(t[i] for t in seen_times) * 1000 for i in range(3))
+    cold, cold_inside, cold_cpu = (statistics.median(t[i] for t in new_times) * 1000 for i in range(3))
 
     def replay() -> float:
         with transaction(engine) as session:
@@ -138,14 +141,15 @@ def main() -> int:
     parser.add_argument("--noise", action="store_true", help="also time secure noise on 10M parameters")
     args = parser.parse_args()
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}"
     )
 
-    worst = 0.0
+    sqlite_median = 0.0
     with tempfile.TemporaryDirectory() as folder:
         engine = make_engine(f"sqlite:///{folder}/bench.db")
         try:
-            worst = max(worst, bench(engine, "sqlite", args.events, args.repeats))
+            sqlite_median = bench(engine, "sqlite", args.events, args.repeats)
         finally:
             engine.dispose()
     if args.postgres:
@@ -156,7 +160,7 @@ def main() -> int:
         url = sa.make_url(args.postgres).update_query_dict({"options": f"-csearch_path={schema_name}"})
         engine = make_engine(url.render_as_string(hide_password=False))
         try:
-            worst = max(worst, bench(engine, "postgresql", args.events, args.repeats))
+            bench(engine, "postgresql", args.events, args.repeats)
         finally:
             engine.dispose()
             with admin.begin() as connection:
@@ -170,10 +174,11 @@ def main() -> int:
             f"secure Gaussian noise on 10M float32 parameters: median {noise:.0f} ms wall, {noise_cpu:.0f} ms CPU"
         )
 
-    if worst >= 5.0:
-        print(f"FAIL: warm check+charge median {worst:.2f} ms is not under 5 ms")
+    print(f"load average after the run: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if sqlite_median >= 5.0:
+        print(f"FAIL: SQLite check+charge median {sqlite_median:.2f} ms (commit included) is not under 5 ms")
         return 1
-    print("OK: warm check+charge median under 5 ms")
+    print(f"OK: SQLite check+charge median {sqlite_median:.2f} ms (commit included) is under 5 ms")
     return 0
 
 
