@@ -281,20 +281,8 @@ class Governor:
     ) -> Verdict:
         """Decide one reply's status and write its contribution, charge and outcome in one transaction."""
         with transaction(self.engine) as session:
-            contribution = FederatedLearningContribution(
-                organization_id=tenant.organization_id,
-                model_type=self.config.task,
-                contribution_type=self.task.contribution_type,
-                gradient_checksum=(
-                    report.update_checksum if report and report.update_checksum else NO_UPDATE
-                ),
-                contribution_weight=Decimal(0),
-                privacy_budget_consumed=Decimal(0),
-                aggregation_round=server_round,
-                status="pending",
-            )
-            session.add(contribution)
-            session.flush()
+            checksum = report.update_checksum if report and report.update_checksum else NO_UPDATE
+            contribution = self._new_contribution(session, server_round, tenant, checksum, "pending")
             verdict, charged = self._decide(
                 session,
                 server_round,
@@ -330,19 +318,7 @@ class Governor:
                     run_id=self.config.run_name,
                     organization_id=tenant.organization_id,
                 )
-            audit.append(
-                session,
-                organization_id=tenant.organization_id,
-                action=f"fl.contribution_{verdict.status}",
-                resource_type="federated_learning_contribution",
-                resource_id=contribution.id,
-                data={
-                    "run": self.config.run_name,
-                    "round": server_round,
-                    "tenant": tenant.name,
-                    "reason": verdict.reason,
-                },
-            )
+            self._audit(session, server_round, tenant, contribution.id, verdict.status, verdict.reason)
         return verdict
 
     def _decide(
@@ -416,18 +392,7 @@ class Governor:
         return Verdict(ACCEPTED, None, epsilon_after), charged
 
     def _skip(self, session: Any, server_round: int, tenant: Tenant, status: str, reason: str) -> None:
-        contribution = FederatedLearningContribution(
-            organization_id=tenant.organization_id,
-            model_type=self.config.task,
-            contribution_type=self.task.contribution_type,
-            gradient_checksum=NO_UPDATE,
-            contribution_weight=Decimal(0),
-            privacy_budget_consumed=Decimal(0),
-            aggregation_round=server_round,
-            status=status,
-        )
-        session.add(contribution)
-        session.flush()
+        contribution = self._new_contribution(session, server_round, tenant, NO_UPDATE, status)
         session.add(
             FlRoundOutcome(
                 run_id=self.run_id,
@@ -440,12 +405,40 @@ class Governor:
                 contribution_id=contribution.id,
             )
         )
+        self._audit(session, server_round, tenant, contribution.id, status, reason)
+
+    def _new_contribution(
+        self, session: Any, server_round: int, tenant: Tenant, checksum: str, status: str
+    ) -> FederatedLearningContribution:
+        contribution = FederatedLearningContribution(
+            organization_id=tenant.organization_id,
+            model_type=self.config.task,
+            contribution_type=self.task.contribution_type,
+            gradient_checksum=checksum,
+            contribution_weight=Decimal(0),
+            privacy_budget_consumed=Decimal(0),
+            aggregation_round=server_round,
+            status=status,
+        )
+        session.add(contribution)
+        session.flush()
+        return contribution
+
+    def _audit(
+        self,
+        session: Any,
+        server_round: int,
+        tenant: Tenant,
+        contribution_id: uuid.UUID,
+        status: str,
+        reason: str | None,
+    ) -> None:
         audit.append(
             session,
             organization_id=tenant.organization_id,
             action=f"fl.contribution_{status}",
             resource_type="federated_learning_contribution",
-            resource_id=contribution.id,
+            resource_id=contribution_id,
             data={
                 "run": self.config.run_name,
                 "round": server_round,
