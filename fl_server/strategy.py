@@ -103,6 +103,7 @@ class GovernedStrategy(Strategy):
         self.config = governor.config
         self.on_round = on_round
         self.tenants: dict[int, Tenant] = {}
+        self._participants: list[int] = []
 
     # The Strategy interface: sampling and evaluation are the wrapped strategy's.
     def configure_train(
@@ -203,6 +204,7 @@ class GovernedStrategy(Strategy):
             else []
         )
         sampled: dict[int, tuple[Tenant, Any, Any]] = {}
+        self._participants = [m.metadata.dst_node_id for m in messages]
         for message in messages:
             tenant = admission.admitted[message.metadata.dst_node_id]
             instruction, snapshot_id = self.governor.instruct(server_round, tenant)
@@ -316,10 +318,11 @@ class GovernedStrategy(Strategy):
         return verdict, update, report
 
     def _evaluate_round(self, grid: Grid, server_round: int, arrays: Arrays, timeout: float) -> float | None:
-        admitted = [n for n, t in self.tenants.items()]
-        if not admitted:
+        # The round's participants evaluate the new global model on their consented records: with a
+        # thousand tenants, asking every one (most never trained) dominated the round and told little.
+        if not self._participants:
             return None
-        view = AdmittedGrid(grid, admitted)
+        view = AdmittedGrid(grid, self._participants)
         messages = list(
             self.inner.configure_evaluate(server_round, record_from_arrays(arrays), ConfigRecord(), view)
         )
