@@ -7,7 +7,9 @@ Both run in Flower's simulation engine (``run_simulation``) with the same Client
   filter, consent snapshots, per-reply validation, ledger charges, contribution rows, streaming
   aggregation, weights committed to the store and the round committed to the database;
 - plain: Flower's ``FedAvg.start`` with the same instruction attached to each node's train message
-  (computed once, before round 1: no consent or budget checks, no validation, no database).
+  (computed once, before round 1: no consent or budget checks, no validation, no database), its
+  grid polling for replies every ``PULL_INTERVAL_S`` like the governed strategy (Flower's default
+  0.1 s would quantize the baseline's rounds and hide or inflate the difference).
 
 A round's time is from the end of the previous round (its evaluation) to the end of this one; the
 reported value is the median over rounds 2..R (round 1 includes worker start-up), per repeat, and
@@ -41,7 +43,7 @@ from fl_client.protocol import NodeIdentity, TrainInstruction
 from fl_client.tasks import get_task
 from fl_server.app import make_server_app
 from fl_server.config import RunConfig
-from fl_server.strategy import RoundRecord
+from fl_server.strategy import PULL_INTERVAL_S, RoundRecord
 from schema.config import Settings
 from schema.db import make_engine
 from schema.migrate import upgrade
@@ -103,6 +105,9 @@ def plain_server_app(config: RunConfig, seed: int, marks: list[float]) -> Server
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        # Poll as often as the governed strategy does, so only governance differs between the two.
+        if hasattr(grid, "pull_interval"):
+            grid.pull_interval = PULL_INTERVAL_S
         while len(node_ids := list(grid.get_node_ids())) < config.min_nodes:
             time.sleep(0.2)
         asks = [Message(RecordDict({}), dst_node_id=n, message_type="query.identify") for n in node_ids]

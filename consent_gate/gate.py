@@ -26,6 +26,7 @@ Lineage (``record_snapshot_use``, ``link_model_version``) lives in consent_gate.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import uuid
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, String, and_, exists, func, or_, select, true
+from sqlalchemy import Select, String, and_, bindparam, exists, func, or_, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, aliased
@@ -95,7 +96,7 @@ class Snapshot:
         }
 
 
-def restricted_by_request(organization_id: uuid.UUID, user_id: Any) -> Any:
+def restricted_by_request(organization_id: Any, user_id: Any) -> Any:
     """SQL: an open erasure/restriction/objection, or a completed erasure, names this user."""
     dsr = DataSubjectRequest
     return exists().where(
@@ -109,16 +110,22 @@ def restricted_by_request(organization_id: uuid.UUID, user_id: Any) -> Any:
     )
 
 
-def consenting_users_query(
-    organization_id: uuid.UUID, required: Sequence[str], *, ordered: bool = True
-) -> Select[uuid.UUID, *tuple[Any, ...]]:
+#: The bound parameter the cached statements take the organization through.
+ORGANIZATION_PARAM = "consent_gate_organization_id"
+
+
+@functools.lru_cache(maxsize=64)
+def consenting_users_statement(required: tuple[str, ...], *, ordered: bool = True) -> Select[Any]:
     """One row per user who may train, by user id: the id, the version of each required consent
     (in ``required``'s order), then the latest grant time among them as text (``latest_grant``).
 
-    One alias of ``user_consents`` per required type, joined on the user: on PostgreSQL each alias
-    is an index-only range scan of ``idx_consents_granted`` already in user-id order, so the plan
-    is merge joins with no sort and no aggregate (see bench/consent_snapshot.py).
+    The organization is the bound parameter ``ORGANIZATION_PARAM``. Built once per consent list:
+    constructing the aliased join cost ~2.4 ms, three times per tenant per round, more than running
+    it. One alias of ``user_consents`` per required type, joined on the user: on PostgreSQL each
+    alias is an index-only range scan of ``idx_consents_granted`` already in user-id order, so the
+    plan is merge joins with no sort and no aggregate (see bench/consent_snapshot.py).
     """
+    organization_id = bindparam(ORGANIZATION_PARAM, type_=UserConsent.__table__.c.organization_id.type)
     aliases = [aliased(UserConsent, name=f"c{i}") for i in range(len(required))]
     first = aliases[0]
     columns: list[Any] = [first.user_id, *(alias.consent_version for alias in aliases)]
@@ -136,6 +143,19 @@ def consenting_users_query(
             query = query.join(alias, and_(granted, alias.user_id == first.user_id))
     query = query.where(~restricted_by_request(organization_id, first.user_id))
     return query.order_by(first.user_id) if ordered else query
+
+
+@functools.lru_cache(maxsize=64)
+def _count_statement(required: tuple[str, ...]) -> Select[Any]:
+    return select(func.count()).select_from(consenting_users_statement(required, ordered=False).subquery())
+
+
+def consenting_users_query(
+    organization_id: uuid.UUID, required: Sequence[str], *, ordered: bool = True
+) -> Select[Any]:
+    """``consenting_users_statement`` with the organization bound (for EXPLAIN and one-off use)."""
+    statement = consenting_users_statement(tuple(required), ordered=ordered)
+    return statement.params({ORGANIZATION_PARAM: organization_id})
 
 
 class latest_grant(FunctionElement[str]):
@@ -186,7 +206,8 @@ def compute_snapshot(
     """The snapshot as of now, without storing it."""
     required = (policy or ConsentPolicy.default()).required_consents(model_type)
     org_id = scope.organization(session, organization_id).id
-    rows = session.connection().execute(consenting_users_query(org_id, required)).all()
+    statement = consenting_users_statement(tuple(required))
+    rows = session.connection().execute(statement, {ORGANIZATION_PARAM: org_id}).all()
     user_ids = tuple(row[0] for row in rows)
     return Snapshot(org_id, model_type, required, user_ids, _digest(org_id, model_type, required, rows))
 
@@ -256,8 +277,8 @@ def count_consenting_users(
     session: Session, organization_id: uuid.UUID, model_type: str, policy: ConsentPolicy | None = None
 ) -> int:
     required = (policy or ConsentPolicy.default()).required_consents(model_type)
-    subquery = consenting_users_query(organization_id, required, ordered=False).subquery()
-    return int(session.scalar(select(func.count()).select_from(subquery)) or 0)
+    count = session.scalar(_count_statement(tuple(required)), {ORGANIZATION_PARAM: organization_id})
+    return int(count or 0)
 
 
 def eligibility(

@@ -212,27 +212,35 @@ class Governor:
                 admission.admitted[tenant.node_id] = tenant
         return admission
 
-    def instruct(self, server_round: int, tenant: Tenant) -> tuple[TrainInstruction, uuid.UUID]:
-        """A sampled tenant's instruction, with the consent snapshot taken now (only for sampled ones)."""
+    def instruct(
+        self, server_round: int, tenants: Iterable[Tenant]
+    ) -> dict[int, tuple[TrainInstruction, uuid.UUID]]:
+        """Sampled tenants' instructions by node, with consent snapshots taken now (only for them).
+
+        One transaction for all of them: a commit per tenant delayed every round's start.
+        """
+        instructions: dict[int, tuple[TrainInstruction, uuid.UUID]] = {}
         with transaction(self.engine) as session:
-            snapshot = consent_gate.take_snapshot(session, tenant.organization_id, self.config.task)
-            assert snapshot.id is not None
-            instruction = TrainInstruction(
-                run_id=self.config.run_name,
-                server_round=server_round,
-                task=self.config.task,
-                organization_id=str(tenant.organization_id),
-                consent_digest=snapshot.digest,
-                user_ids=tuple(str(u) for u in snapshot.user_ids),
-                dp=self.config.dp.local,
-                noise_multiplier=self.config.noise_multiplier,
-                clip_norm=self.config.clip_norm,
-                sample_rate=self.config.sample_rate,
-                steps=self.config.steps,
-                lr=self.config.lr,
-                seed=self._node_seed(server_round, tenant),
-            )
-            return instruction, snapshot.id
+            for tenant in tenants:
+                snapshot = consent_gate.take_snapshot(session, tenant.organization_id, self.config.task)
+                assert snapshot.id is not None
+                instruction = TrainInstruction(
+                    run_id=self.config.run_name,
+                    server_round=server_round,
+                    task=self.config.task,
+                    organization_id=str(tenant.organization_id),
+                    consent_digest=snapshot.digest,
+                    user_ids=tuple(str(u) for u in snapshot.user_ids),
+                    dp=self.config.dp.local,
+                    noise_multiplier=self.config.noise_multiplier,
+                    clip_norm=self.config.clip_norm,
+                    sample_rate=self.config.sample_rate,
+                    steps=self.config.steps,
+                    lr=self.config.lr,
+                    seed=self._node_seed(server_round, tenant),
+                )
+                instructions[tenant.node_id] = (instruction, snapshot.id)
+        return instructions
 
     def _node_seed(self, server_round: int, tenant: Tenant) -> int:
         if self.config.seed == 0:

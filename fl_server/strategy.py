@@ -36,6 +36,9 @@ log = logging.getLogger("accute.fl_server")
 
 Arrays = dict[str, np.ndarray]
 
+#: How often ``_collect`` asks the grid for replies (Flower's own grids default to 0.1 s).
+PULL_INTERVAL_S = 0.05
+
 
 class AdmittedGrid(Grid):
     """A view of the grid that shows the wrapped strategy only the admitted nodes."""
@@ -205,9 +208,10 @@ class GovernedStrategy(Strategy):
         )
         sampled: dict[int, tuple[Tenant, Any, Any]] = {}
         self._participants = [m.metadata.dst_node_id for m in messages]
-        for message in messages:
-            tenant = admission.admitted[message.metadata.dst_node_id]
-            instruction, snapshot_id = self.governor.instruct(server_round, tenant)
+        chosen = [admission.admitted[m.metadata.dst_node_id] for m in messages]
+        instructions = self.governor.instruct(server_round, chosen)
+        for message, tenant in zip(messages, chosen, strict=True):
+            instruction, snapshot_id = instructions[tenant.node_id]
             sampled[tenant.node_id] = (tenant, instruction, snapshot_id)
             _attach(message, protocol.INSTRUCTION, instruction.to_record())
 
@@ -379,4 +383,4 @@ def _collect(grid: Grid, messages: list[Message], timeout: float) -> Iterable[tu
             pending.discard(answered)
             yield node_of[answered], reply
         if pending:
-            time.sleep(0.05)
+            time.sleep(PULL_INTERVAL_S)

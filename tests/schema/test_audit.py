@@ -103,3 +103,49 @@ def test_concurrent_writers_keep_one_chain(pg_engine: Engine) -> None:
     report = _report(engine, org)
     assert report.ok
     assert report.records == 41
+
+
+def test_several_appends_in_one_transaction_chain_to_each_other(engine: Engine) -> None:
+    org = _org(engine, "Batch Co")
+    with transaction(engine) as session:
+        records = [
+            audit.append(
+                session, organization_id=org, action="test.step", resource_type="test", data={"i": i}
+            )
+            for i in range(3)
+        ]
+    assert [r.previous_hash for r in records[1:]] == [r.record_hash for r in records[:-1]]
+    assert _report(engine, org).ok
+
+
+def test_an_append_rolled_back_with_its_savepoint_is_not_chained_to(engine: Engine) -> None:
+    # Prepare: an append in the transaction, then one inside a savepoint that rolls back.
+    org = _org(engine, "Savepoint Co")
+    with transaction(engine) as session:
+        kept = audit.append(session, organization_id=org, action="test.kept", resource_type="test")
+        savepoint = session.begin_nested()
+        audit.append(session, organization_id=org, action="test.lost", resource_type="test")
+        savepoint.rollback()
+        # Execute: the next append must chain to the record that survived.
+        after = audit.append(session, organization_id=org, action="test.after", resource_type="test")
+    # Assert
+    assert after.previous_hash == kept.record_hash
+    report = _report(engine, org)
+    assert report.ok
+    assert report.records == 3  # organization.created, kept, after
+
+
+def test_a_session_reused_across_transactions_reads_the_tail_again(engine: Engine) -> None:
+    # Prepare: one Session, two transactions, another writer appending in between.
+    from sqlalchemy.orm import Session
+
+    org = _org(engine, "Reuse Co")
+    with Session(engine) as session:
+        with session.begin():
+            audit.append(session, organization_id=org, action="test.first", resource_type="test")
+        _append(engine, org, 1)  # another session extends the chain meanwhile
+        # Execute
+        with session.begin():
+            audit.append(session, organization_id=org, action="test.second", resource_type="test")
+    # Assert
+    assert _report(engine, org).ok
