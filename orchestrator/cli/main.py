@@ -2,13 +2,17 @@
 
 Every failure ends as one line on stderr and a non-zero exit code (the error's ``exit_code``):
 usage mistakes from click, and ``AccuteError``s from the core. Unexpected exceptions also end
-in one line unless ``ACCUTE_DEBUG=1`` asks for the traceback.
+in one line unless ``ACCUTE_DEBUG=1`` asks for the traceback. Ctrl-C (exit 130) and SIGTERM (exit
+143) unwind the command like an error — ``with`` blocks stop the processes they started and roll
+back open transactions — and end in one line too.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 import click
@@ -52,6 +56,18 @@ app.add_typer(service_commands.keys_app, name="keys")
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
+UNWOUND = "unfinished work was rolled back and the processes it started were stopped"
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so the command unwinds (BaseException: no ``except
+    Exception`` on the way swallows it)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def _fail(message: str, code: int) -> int:
@@ -60,6 +76,16 @@ def _fail(message: str, code: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+    try:
+        return _run(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     command = get_command(app)
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -74,7 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AccuteError as exc:
         return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+        return _fail(f"interrupted; {UNWOUND}", EXIT_INTERRUPTED)
+    except Terminated:
+        return _fail(f"terminated; {UNWOUND}", EXIT_TERMINATED)
     except Exception as exc:
         if os.environ.get("ACCUTE_DEBUG", "").lower() in ("1", "true", "yes"):
             raise
@@ -83,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"unexpected {type(exc).__name__}: {first_line} (set ACCUTE_DEBUG=1 for the traceback)",
             EXIT_INTERNAL,
         )
+    if result == EXIT_INTERRUPTED:
+        # Typer turns Ctrl-C into a silent ``Exit(130)``; no command returns 130 itself.
+        return _fail(f"interrupted; {UNWOUND}", EXIT_INTERRUPTED)
     return result if isinstance(result, int) else 0
 
 

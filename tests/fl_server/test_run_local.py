@@ -176,3 +176,57 @@ def test_process_tree_lists_descendants() -> None:
         for pid in reversed(process_tree(child.pid)):
             os.kill(pid, signal.SIGKILL)
         child.wait()
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(proc / "cwd")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        # SuperNodes name their state dir under the output folder; the SuperLink runs in it.
+        if (text in cmdline or cwd.startswith(text)) and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "word"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_interrupted_run_local_stops_its_processes_and_says_so(
+    tmp_path: Path, sig: signal.Signals, code: int, word: str
+) -> None:
+    # Prepare: a run-local whose SuperNodes are up.
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("ACCUTE_DATABASE_URL", "ACCUTE_WEIGHTS_DIR")}
+    command = [str(Path(".venv/bin/accute-fl").resolve()), "run-local", "--task", "digits", "--nodes", "2"]
+    process = subprocess.Popen(
+        [*command, "--rounds", "20", "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        # A shell's background job ignores SIGINT; give the child the default disposition.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "logs" / "tenant-1.log").exists() and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.2)
+    time.sleep(2)
+    assert len(_processes_mentioning(str(out))) >= 3, "the SuperLink and SuperNodes were not started"
+
+    # Execute
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=90)
+
+    # Assert: the documented exit code, one line saying what happened, no Flower process left.
+    assert process.returncode == code, stderr
+    assert stderr.strip().splitlines()[-1].startswith(f"error: {word}; unfinished work was rolled back")
+    time.sleep(0.5)
+    assert _processes_mentioning(str(out)) == []
