@@ -1,8 +1,11 @@
 """A real Flower deployment on loopback: one SuperLink, N SuperNodes (one per tenant), one governed run.
 
 ``accute-fl run-local`` uses this; so do the tests with real processes. The processes are the same
-ones a multi-machine deployment runs (README "Deployment"), started with ``--insecure`` because
-they only listen on 127.0.0.1:
+ones a multi-machine deployment runs (README "Deployment"), on 127.0.0.1 only. By default they
+run ``--insecure``; with ``secure=True`` (``run-local --secure``) they run the README's secured
+recipe: TLS on the SuperLink (a throwaway CA from ``fl_server.credentials``), SuperNode
+authentication (``--enable-supernode-auth``, each node's ECDSA key registered with
+``flwr supernode register``), and ``flwr`` verifying the SuperLink against the CA:
 
 - ``flower-superlink`` with the ACCUTE_ settings of the ServerApp in its environment (the ServerApp
   runs in a ``flwr-serverapp`` subprocess the SuperLink starts, and inherits them);
@@ -23,6 +26,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -36,6 +40,7 @@ from sqlalchemy import Engine, select
 
 from fl_client import protocol
 from fl_server.config import DpMode, RunConfig
+from fl_server.credentials import NodeKey, TlsFiles, make_node_key, make_tls
 from fl_server.report import build_report
 from privacy import ledger
 from schema.config import Settings
@@ -185,6 +190,9 @@ class LocalDeployment:
     processes: list[Managed] = field(default_factory=list)
     superlink_port: int = 0
     tenants: list[dict[str, Any]] = field(default_factory=list)
+    secure: bool = False
+    tls: TlsFiles | None = None
+    node_keys: dict[str, NodeKey] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -255,15 +263,29 @@ class LocalDeployment:
     def start_superlink(self, startup_timeout_s: float = 60.0) -> None:
         self.superlink_port = free_port()
         self.flwr_home.mkdir(parents=True, exist_ok=True)
+        security = ["--insecure"]
+        connection = "insecure = true"
+        if self.secure:
+            self.tls = make_tls(self.out / "credentials", LOOPBACK)
+            security = [
+                "--ssl-ca-certfile",
+                str(self.tls.ca_cert),
+                "--ssl-certfile",
+                str(self.tls.server_cert),
+                "--ssl-keyfile",
+                str(self.tls.server_key),
+                "--enable-supernode-auth",
+            ]
+            connection = f'root-certificates = "{self.tls.ca_cert}"'
         (self.flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-            f'[superlink.{CONNECTION}]\naddress = "{LOOPBACK}:{self.superlink_port}"\ninsecure = true\n'
+            f'[superlink.{CONNECTION}]\naddress = "{LOOPBACK}:{self.superlink_port}"\n{connection}\n'
         )
         link = self._spawn(
             "superlink",
             [
                 "flower-superlink",
-                "--insecure",
+                *security,
                 "--disable-runtime-dependency-installation",
                 "--host",
                 LOOPBACK,
@@ -277,33 +299,59 @@ class LocalDeployment:
                 raise DeploymentError(
                     f"flower-superlink exited with code {link.process.returncode}; see {link.log_path}"
                 )
-            try:
-                if httpx.get(f"http://{LOOPBACK}:{self.superlink_port}/health", timeout=1.0).is_success:
-                    return
-            except httpx.HTTPError:
-                pass
+            if self.superlink_healthy():
+                return
             time.sleep(0.3)
         raise DeploymentError(
             f"flower-superlink did not answer within {startup_timeout_s:g}s; see {link.log_path}"
         )
 
+    def superlink_healthy(self) -> bool:
+        scheme = "https" if self.tls else "http"
+        verify: Any = ssl.create_default_context(cafile=str(self.tls.ca_cert)) if self.tls else True
+        try:
+            url = f"{scheme}://{LOOPBACK}:{self.superlink_port}/health"
+            return httpx.get(url, timeout=1.0, verify=verify).is_success
+        except httpx.HTTPError:
+            return False
+
+    def register_node(self, name: str) -> NodeKey:
+        """A node key pair, registered with the SuperLink (the operator's ``flwr supernode register``)."""
+        key = make_node_key(self.out / "credentials" / "nodes", name)
+        self._flwr("supernode", "register", str(key.public_key), CONNECTION)
+        self.node_keys[name] = key
+        return key
+
+    def supernode_args(self, node_config: Mapping[str, Any], key: NodeKey | None) -> list[str]:
+        security = ["--insecure"]
+        if self.tls is not None:
+            assert key is not None, "a secured SuperLink admits only nodes with a registered key"
+            security = [
+                "--root-certificates",
+                str(self.tls.ca_cert),
+                "--auth-supernode-private-key",
+                str(key.private_key),
+            ]
+        return [
+            "flower-supernode",
+            *security,
+            "--superlink",
+            f"{LOOPBACK}:{self.superlink_port}",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(free_port()),
+            "--node-config",
+            node_config_arg(node_config),
+        ]
+
     def start_supernode(self, index: int) -> Managed:
         node = self.tenants[index]
-        return self._spawn(
-            str(node[protocol.NODE_TENANT]),
-            [
-                "flower-supernode",
-                "--insecure",
-                "--superlink",
-                f"{LOOPBACK}:{self.superlink_port}",
-                "--host",
-                LOOPBACK,
-                "--port",
-                str(free_port()),
-                "--node-config",
-                node_config_arg(node),
-            ],
-        )
+        name = str(node[protocol.NODE_TENANT])
+        key = None
+        if self.secure:
+            key = self.node_keys.get(name) or self.register_node(name)
+        return self._spawn(name, self.supernode_args(node, key))
 
     def start(self) -> None:
         self.prepare()
@@ -449,11 +497,12 @@ def run_local(
     run_name: str | None = None,
     timeout_s: float = 1800.0,
     extra: Mapping[str, Any] | None = None,
+    secure: bool = False,
 ) -> Path:
     """Start the deployment, run one governed run to the end, stop everything, write report.json."""
     name = run_name or f"local-{task}-{nodes}n-{rounds}r-s{seed}"
     overrides = run_overrides(name, task, rounds, dp, seed, nodes, **dict(extra or {}))
-    with LocalDeployment(out, task, nodes, seed, run_timeout_s=timeout_s) as deployment:
+    with LocalDeployment(out, task, nodes, seed, run_timeout_s=timeout_s, secure=secure) as deployment:
         deployment.start()
         run_id = deployment.submit(overrides)
         status = deployment.wait(run_id, name)

@@ -34,6 +34,11 @@ def run_local(
         600.0, "--round-timeout", help="Seconds to wait for a round's replies."
     ),
     timeout_s: float = typer.Option(1800.0, "--timeout", help="Seconds to wait for the whole run."),
+    secure: bool = typer.Option(
+        False,
+        "--secure",
+        help="TLS (a throwaway CA in OUT/credentials) and SuperNode authentication, as across machines.",
+    ),
 ) -> None:
     """Run a governed federation on real Flower processes on this machine and write report.json."""
     if nodes < 1 or nodes > 64:
@@ -54,6 +59,7 @@ def run_local(
         run_name=run_name,
         timeout_s=timeout_s,
         extra={"round_timeout_s": round_timeout_s},
+        secure=secure,
     )
     typer.echo(f"report: {report}")
     typer.echo(f"logs:   {report.parent / 'logs'}")

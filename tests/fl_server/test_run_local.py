@@ -12,11 +12,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
 from fl_server.config import DpMode
-from fl_server.deploy import LocalDeployment, process_tree, run_overrides
+from fl_server.credentials import make_node_key
+from fl_server.deploy import CONNECTION, LocalDeployment, process_tree, run_overrides
 from orchestrator.cli.main import main
 from schema.config import Settings
 from schema.db import transaction
@@ -33,9 +35,9 @@ pytestmark = pytest.mark.slow
 TRAIN = {"steps": 5, "sample_rate": 0.1, "noise_multiplier": 1.1}
 
 
-def deployment(out: Path, nodes: int = 2) -> LocalDeployment:
+def deployment(out: Path, nodes: int = 2, secure: bool = False) -> LocalDeployment:
     settings = Settings(database_url=f"sqlite:///{out / 'accute.db'}", weights_dir=out / "weights")
-    return LocalDeployment(out, "digits", nodes, seed=2, settings=settings, run_timeout_s=240)
+    return LocalDeployment(out, "digits", nodes, seed=2, settings=settings, run_timeout_s=240, secure=secure)
 
 
 def wait_for_round(dep: LocalDeployment, run_name: str, round_: int, timeout_s: float = 150) -> None:
@@ -164,6 +166,36 @@ def test_killed_serverapp_resumes_at_the_next_round_and_charges_nothing_twice(tm
         report = json.loads(dep.report(name).read_text())
         assert [r["round"] for r in report["rounds"]] == [1, 2]
         assert all(len(t["dp_events"]) == 2 for t in report["tenants"].values())
+
+
+def test_secured_deployment_admits_registered_nodes_only_over_tls(tmp_path: Path) -> None:
+    # Prepare: TLS + SuperNode authentication, two registered tenants and one node whose key the
+    # operator never registered (it names tenant-0's organization: a would-be impersonator).
+    name = "secure"
+    with deployment(tmp_path / "out", secure=True) as dep:
+        dep.start()
+        rogue_key = make_node_key(tmp_path / "rogue", "rogue")
+        rogue = dep._spawn("rogue", dep.supernode_args(dep.tenants[0] | {"tenant": "rogue"}, rogue_key))
+        overrides = run_overrides(name, "digits", 1, DpMode.LOCAL, 2, 2, round_timeout_s=60, **TRAIN)
+
+        # Execute
+        run_id = dep.submit(overrides)
+        status = dep.wait(run_id, name)
+
+        # Assert: the run completed with the two registered tenants; the rogue never got in.
+        assert status == "finished:completed"
+        assert outcomes(dep) == {(1, "tenant-0"): "accepted", (1, "tenant-1"): "accepted"}
+        listed = dep._flwr("supernode", "ls", CONNECTION, "--format", "json")
+        nodes = json.loads(listed[listed.index("{") :])["nodes"]
+        assert len(nodes) == 2 and all(n["status"] == "online" for n in nodes)
+        rogue_log = rogue.log_path.read_text()
+        assert "Connection attempt failed" in rogue_log  # refused, retrying or given up
+        assert rogue.running() or rogue.process.returncode != 0
+        # Only TLS is spoken: plain HTTP to the SuperLink gets no answer, and the config has no way back.
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{dep.superlink_port}/health", timeout=2)
+        assert "insecure" not in (dep.flwr_home / "config.toml").read_text()
+        assert oct((tmp_path / "out" / "credentials" / "server.key").stat().st_mode & 0o777) == "0o600"
 
 
 def test_process_tree_lists_descendants() -> None:
