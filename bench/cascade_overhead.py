@@ -1,12 +1,24 @@
 """Benchmark: latency the inference cascade adds over calling the same provider directly.
 
-Three processes on loopback: a minimal OpenAI-compatible provider (uvicorn, raw ASGI), the
-cascade service (uvicorn, usage logging on PostgreSQL) and this client. The client sends the
-same chat request N times at C concurrent requests, first directly to the provider, then through
-``POST /v1/orgs/{org}/agents/{agent}/chat`` (a tenant config pointing at the provider). It prints
-p50/p99 of both, the added latency, and the cascade's throughput; nothing is cached.
+Three kinds of process on loopback, so that the measuring tools are not the bottleneck:
 
-    .venv/bin/python bench/cascade_overhead.py [--requests 3000] [--concurrency 50]
+- a minimal OpenAI-compatible provider: a raw asyncio protocol on uvloop that answers every
+  HTTP/1.1 request on a keep-alive connection with the same fixed chat completion;
+- the cascade service, as ``accute-fl serve`` runs it (uvicorn, uvloop + httptools, ``--workers``
+  processes of the app factory), usage logging on PostgreSQL, no response cache;
+- this client: a raw asyncio HTTP/1.1 load generator on uvloop with one keep-alive connection per
+  concurrent request (it writes a prebuilt request and reads the status line, the headers and a
+  Content-Length body).
+
+Both targets are measured side by side in one run, after a warm-up: at concurrency 1 (added
+latency without queueing) and at ``--concurrency`` (p50/p99 and requests/s), the provider directly
+(``POST /v1/chat/completions``) and through the cascade (``POST /v1/orgs/{org}/agents/luca/chat``,
+one tenant config pointing at the provider). It also reports the service's own per-request
+overhead as LiteLLM measures it (the ``x-accute-overhead-ms`` response header: time in the service
+minus the time waiting for the provider), the service's CPU time per request, and checks that every
+cascade request wrote its ``llm_usage_log`` row.
+
+    .venv/bin/python bench/cascade_overhead.py [--requests 5000] [--concurrency 50] [--workers 1]
 
 PostgreSQL: ACCUTE_TEST_POSTGRES_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/test);
 the run uses its own schema and drops it at the end.
@@ -25,16 +37,16 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx
 import sqlalchemy as sa
 
 POSTGRES_URL = os.environ.get("ACCUTE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REPLY = json.dumps(
+REPLY_BODY = json.dumps(
     {
         "id": "chatcmpl-bench",
         "object": "chat.completion",
@@ -42,19 +54,158 @@ REPLY = json.dumps(
         "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
     }
 ).encode()
+REPLY = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+    + f"content-length: {len(REPLY_BODY)}\r\n\r\n".encode()
+    + REPLY_BODY
+)
+OVERHEAD_HEADER = b"x-accute-overhead-ms:"
 
 
-async def provider_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] != "http":
-        return
-    more = True
-    while more:
-        message = await receive()
-        more = message.get("more_body", False)
-    await send(
-        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
-    )
-    await send({"type": "http.response.body", "body": REPLY})
+# -- the provider: a raw asyncio HTTP/1.1 protocol ------------------------------------------------------
+class _ProviderProtocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.transport: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.buffer[:end]).lower()
+            length = 0
+            at = head.find(b"\r\ncontent-length:")
+            if at >= 0:
+                stop = head.find(b"\r\n", at + 2)
+                length = int(head[at + 17 : stop if stop >= 0 else None])
+            total = end + 4 + length
+            if len(self.buffer) < total:
+                return
+            del self.buffer[:total]
+            self.transport.write(REPLY)
+
+
+def _run_provider(port: int) -> None:
+    import uvloop
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(_ProviderProtocol, "127.0.0.1", port, backlog=4096)
+        await server.serve_forever()
+
+    uvloop.run(serve())
+
+
+def _run_service(port: int, env: dict[str, str], workers: int) -> None:
+    os.environ.update(env)
+    from orchestrator.cli.service_commands import run_server
+
+    run_server("127.0.0.1", port, workers, log_level="error")
+
+
+# -- the load client: raw asyncio streams, keep-alive ----------------------------------------------------
+@dataclass
+class Run:
+    latencies_ms: list[float] = field(default_factory=list)
+    overhead_ms: list[float] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    cpu_s: float = 0.0
+
+
+def _request_bytes(port: int, path: str, body: dict[str, Any], headers: dict[str, str]) -> bytes:
+    payload = json.dumps(body).encode()
+    lines = [f"POST {path} HTTP/1.1", f"host: 127.0.0.1:{port}", "content-type: application/json"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    lines.append(f"content-length: {len(payload)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + payload
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bytes:
+    """Send one request; the response head (status line and headers, lowercased) after its body is read."""
+    writer.write(request)
+    head = (await reader.readuntil(b"\r\n\r\n")).lower()
+    at = head.find(b"\r\ncontent-length:")
+    if at < 0:
+        raise SystemExit(f"a response without content-length: {head[:200]!r}")
+    length = int(head[at + 17 : head.find(b"\r\n", at + 2)])
+    body = await reader.readexactly(length)
+    if not head.startswith(b"http/1.1 200"):
+        status = head.split(b"\r\n", 1)[0]
+        raise SystemExit(f"answered {status!r}: {body[:300]!r}")
+    return head
+
+
+def _overhead(head: bytes) -> float | None:
+    at = head.find(OVERHEAD_HEADER)
+    if at < 0:
+        return None
+    return float(head[at + len(OVERHEAD_HEADER) : head.find(b"\r\n", at)])
+
+
+async def _load(port: int, request: bytes, total: int, concurrency: int) -> Run:
+    run = Run()
+    remaining = [total]
+    connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(concurrency)]
+
+    async def worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while remaining[0] > 0:
+            remaining[0] -= 1
+            started = time.perf_counter()
+            head = await _exchange(reader, writer, request)
+            run.latencies_ms.append((time.perf_counter() - started) * 1000)
+            overhead = _overhead(head)
+            if overhead is not None:
+                run.overhead_ms.append(overhead)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(r, w) for r, w in connections))
+    run.elapsed_s = time.perf_counter() - started
+    for _, writer in connections:
+        writer.close()
+    return run
+
+
+def _measure(port: int, request: bytes, total: int, concurrency: int, pids: list[int]) -> Run:
+    import uvloop
+
+    cpu_before = _cpu_seconds(pids)
+    run = uvloop.run(_load(port, request, total, concurrency))
+    run.cpu_s = _cpu_seconds(pids) - cpu_before
+    return run
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+def _tree(pid: int) -> list[int]:
+    """The process and its descendants (uvicorn --workers forks its workers)."""
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as handle:
+                    stack.extend(int(p) for p in handle.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:
+            continue
+    return total / ticks
 
 
 def _free_port() -> int:
@@ -63,68 +214,47 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _run_provider(port: int) -> None:
-    import uvicorn
-
-    uvicorn.run(provider_app, host="127.0.0.1", port=port, log_level="error", access_log=False)
-
-
-def _run_service(port: int, env: dict[str, str]) -> None:
-    os.environ.update(env)
-    import uvicorn
-
-    uvicorn.run(
-        "orchestrator.service:create_app",
-        factory=True,
-        host="127.0.0.1",
-        port=port,
-        log_level="error",
-        access_log=False,
-    )
-
-
-def _wait(url: str) -> None:
-    deadline = time.monotonic() + 30
+def _wait(port: int, path: str) -> None:
+    deadline = time.monotonic() + 60
+    request = f"GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n".encode()
     while time.monotonic() < deadline:
         try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise SystemExit(f"{url} did not come up")
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(request)
+                if sock.recv(64).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"127.0.0.1:{port}{path} did not come up")
 
 
-async def _load(
-    url: str, body: dict[str, Any], headers: dict[str, str], total: int, concurrency: int
-) -> tuple[list[float], float]:
-    latencies: list[float] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60, trust_env=False) as client:
-        queue = iter(range(total))
-
-        async def worker() -> None:
-            for _ in queue:
-                started = time.perf_counter()
-                response = await client.post(url, json=body, headers=headers)
-                latencies.append((time.perf_counter() - started) * 1000)
-                if response.status_code != 200:
-                    raise SystemExit(f"{url} answered {response.status_code}: {response.text[:200]}")
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return latencies, elapsed
+def _pct(values: list[float], q: int) -> float:
+    if len(values) < 2:
+        return float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def _pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100)[int(q) - 1]
+def _summary(run: Run, requests: int) -> dict[str, float]:
+    return {
+        "p50_ms": round(_pct(run.latencies_ms, 50), 3),
+        "p99_ms": round(_pct(run.latencies_ms, 99), 3),
+        "rps": round(requests / run.elapsed_s, 1),
+    }
+
+
+def _uptime_load() -> str:
+    with open("/proc/loadavg") as handle:
+        return " ".join(handle.read().split()[:3])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=3000)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--requests", type=int, default=5000, help="requests per target at --concurrency")
     parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--serial-requests", type=int, default=1000, help="requests per target at concurrency 1")
+    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes of the service")
     args = parser.parse_args()
 
     from orchestrator import configs
@@ -148,9 +278,10 @@ def main() -> None:
         "ACCUTE_CONFIG_CACHE_TTL_S": "5",
     }
     provider_port, service_port = _free_port(), _free_port()
+    context = multiprocessing.get_context("spawn")
     processes = [
-        multiprocessing.Process(target=_run_provider, args=(provider_port,), daemon=True),
-        multiprocessing.Process(target=_run_service, args=(service_port, env), daemon=True),
+        context.Process(target=_run_provider, args=(provider_port,), daemon=True),
+        context.Process(target=_run_service, args=(service_port, env, args.workers)),
     ]
     try:
         engine = make_engine(database_url)
@@ -172,54 +303,86 @@ def main() -> None:
         token = services.tokens.issue(role="org_user", organization_id=org, ttl_s=3600)
         for process in processes:
             process.start()
-        _wait(f"http://127.0.0.1:{provider_port}/")
-        _wait(f"http://127.0.0.1:{service_port}/healthz")
+        _wait(provider_port, "/")
+        _wait(service_port, "/healthz")
+        service_pids = _tree(processes[1].pid or 0)
+        provider_pids = [processes[0].pid or 0]
 
-        direct_url = f"http://127.0.0.1:{provider_port}/v1/chat/completions"
-        direct_body = {
-            "model": "bench-model",
-            "messages": [{"role": "user", "content": "What is the VAT rate?"}],
-        }
-        cascade_url = f"http://127.0.0.1:{service_port}/v1/orgs/{org}/agents/luca/chat"
-        cascade_body = {"message": "What is the VAT rate?"}
-        auth = {"Authorization": f"Bearer {token}"}
+        direct = _request_bytes(
+            provider_port,
+            "/v1/chat/completions",
+            {"model": "bench-model", "messages": [{"role": "user", "content": "What is the VAT rate?"}]},
+            {"authorization": "Bearer sk-bench"},
+        )
+        cascade = _request_bytes(
+            service_port,
+            f"/v1/orgs/{org}/agents/luca/chat",
+            {"message": "What is the VAT rate?"},
+            {"authorization": f"Bearer {token}"},
+        )
+        sent = 0
+        for _ in range(2):
+            _measure(provider_port, direct, args.warmup, args.concurrency, provider_pids)
+            _measure(service_port, cascade, args.warmup, args.concurrency, service_pids)
+            sent += args.warmup
+        load_before = _uptime_load()
+        serial_direct = _measure(provider_port, direct, args.serial_requests, 1, provider_pids)
+        serial_cascade = _measure(service_port, cascade, args.serial_requests, 1, service_pids)
+        loaded_direct = _measure(provider_port, direct, args.requests, args.concurrency, provider_pids)
+        loaded_cascade = _measure(service_port, cascade, args.requests, args.concurrency, service_pids)
+        sent += args.serial_requests + args.requests
+        load_after = _uptime_load()
 
-        asyncio.run(
-            _load(
-                direct_url, direct_body, {"authorization": "Bearer sk-bench"}, args.warmup, args.concurrency
-            )
-        )
-        asyncio.run(_load(cascade_url, cascade_body, auth, args.warmup, args.concurrency))
-        direct, direct_s = asyncio.run(
-            _load(
-                direct_url, direct_body, {"authorization": "Bearer sk-bench"}, args.requests, args.concurrency
-            )
-        )
-        cascade, cascade_s = asyncio.run(
-            _load(cascade_url, cascade_body, auth, args.requests, args.concurrency)
-        )
         with engine.connect() as connection:
             logged = connection.execute(sa.text("SELECT count(*) FROM llm_usage_log")).scalar_one()
-        result = {
+            claimed = connection.execute(sa.text("SELECT count(*) FROM llm_requests")).scalar_one()
+        result: dict[str, Any] = {
             "requests": args.requests,
             "concurrency": args.concurrency,
-            "direct_p50_ms": round(_pct(direct, 50), 2),
-            "direct_p99_ms": round(_pct(direct, 99), 2),
-            "direct_rps": round(args.requests / direct_s, 1),
-            "cascade_p50_ms": round(_pct(cascade, 50), 2),
-            "cascade_p99_ms": round(_pct(cascade, 99), 2),
-            "cascade_rps": round(args.requests / cascade_s, 1),
-            "added_p50_ms": round(_pct(cascade, 50) - _pct(direct, 50), 2),
-            "added_p99_ms": round(_pct(cascade, 99) - _pct(direct, 99), 2),
-            "usage_rows_logged": logged,
+            "serial_requests": args.serial_requests,
+            "workers": args.workers,
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+            "c1": {
+                "direct": _summary(serial_direct, args.serial_requests),
+                "cascade": _summary(serial_cascade, args.serial_requests),
+                "added_p50_ms": round(
+                    _pct(serial_cascade.latencies_ms, 50) - _pct(serial_direct.latencies_ms, 50), 3
+                ),
+                "added_p99_ms": round(
+                    _pct(serial_cascade.latencies_ms, 99) - _pct(serial_direct.latencies_ms, 99), 3
+                ),
+                "overhead_header_p50_ms": round(_pct(serial_cascade.overhead_ms, 50), 3),
+                "overhead_header_p99_ms": round(_pct(serial_cascade.overhead_ms, 99), 3),
+                "service_cpu_ms_per_request": round(serial_cascade.cpu_s * 1000 / args.serial_requests, 3),
+            },
+            f"c{args.concurrency}": {
+                "direct": _summary(loaded_direct, args.requests),
+                "cascade": _summary(loaded_cascade, args.requests),
+                "added_p50_ms": round(
+                    _pct(loaded_cascade.latencies_ms, 50) - _pct(loaded_direct.latencies_ms, 50), 3
+                ),
+                "added_p99_ms": round(
+                    _pct(loaded_cascade.latencies_ms, 99) - _pct(loaded_direct.latencies_ms, 99), 3
+                ),
+                "overhead_header_p50_ms": round(_pct(loaded_cascade.overhead_ms, 50), 3),
+                "overhead_header_p99_ms": round(_pct(loaded_cascade.overhead_ms, 99), 3),
+                "service_cpu_ms_per_request": round(loaded_cascade.cpu_s * 1000 / args.requests, 3),
+            },
+            "cascade_requests_sent": sent,
+            "llm_requests_rows": claimed,
+            "llm_usage_log_rows": logged,
+            "every_request_logged": logged == sent == claimed,
         }
         print(json.dumps(result, indent=2))
         engine.dispose()
+        if logged != sent:
+            raise SystemExit(f"{sent} cascade requests but {logged} llm_usage_log rows")
     finally:
         for process in processes:
             if process.is_alive():
                 process.terminate()
-                process.join(timeout=5)
+                process.join(timeout=10)
         with admin.begin() as connection:
             connection.exec_driver_sql(f'DROP SCHEMA "{schema_name}" CASCADE')
         admin.dispose()

@@ -1,12 +1,14 @@
-"""Usage and billing: one transaction per chat request writes everything it used, exactly once.
+"""Usage and billing: every chat request's outcome is written exactly once, in one transaction.
 
-``record`` inserts the request's ``llm_requests`` row first (ON CONFLICT DO NOTHING on its
-(organization, request id)); if the row already existed the request was already accounted for and
-the whole transaction is rolled back — a repeated or concurrent duplicate is never counted twice.
-Otherwise it writes an ``llm_usage_log`` row per attempt (errors included), the
-``vamn_inference_log`` rows, and for a successful fallback answer an atomic upsert of the month's
-``fallback_billing`` row (INSERT … ON CONFLICT … DO UPDATE with increments, on PostgreSQL and
-SQLite alike), so concurrent requests never lose an update.
+``record_batch`` writes the outcomes of many requests in one transaction (the service's group
+commit, ``orchestrator.writer``); ``record`` is the same for one outcome. Each request's
+``llm_requests`` row goes first (ON CONFLICT DO NOTHING on its (organization, request id)); a
+request whose row already existed, or appears twice in the batch, was already accounted for and
+nothing of it is written — a repeated or concurrent duplicate is never counted twice. The others
+get an ``llm_usage_log`` row per attempt (errors included), their ``vamn_inference_log`` rows, and
+for a successful fallback answer an atomic upsert of the month's ``fallback_billing`` row (INSERT …
+ON CONFLICT … DO UPDATE with increments, on PostgreSQL and SQLite alike), so concurrent requests
+and processes never lose an update.
 
 Charges by ``organizations.billing_model``: ``pay_as_you_go`` pays the list price;
 ``unlimited_tier`` pays nothing per request (tokens still counted); ``token_bundle`` and ``hybrid``
@@ -19,17 +21,25 @@ list price with 6 decimals.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from sqlalchemy import case, func, insert, select
+from sqlalchemy import Connection, case, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from schema.config import Settings
-from schema.models import FallbackBilling, LlmRequest, LlmUsageLog, Organization, VamnInferenceLog
+from schema.models import (
+    FallbackBilling,
+    LlmRequest,
+    LlmUsageLog,
+    Organization,
+    TenantLlmConfig,
+    VamnInferenceLog,
+)
 from schema.timeutil import iso, utcnow
 
 MILLION = Decimal(1_000_000)
@@ -98,80 +108,121 @@ class Outcome:
 
 
 class DuplicateRequest(Exception):
-    """The request id was already accounted for; the caller rolls back and answers from storage."""
+    """The request id was already accounted for; the caller answers from storage."""
 
 
-def _insert(session: Session) -> Any:
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+def _insert(bind: Session | Connection) -> Any:
+    dialect = bind.dialect if isinstance(bind, Connection) else bind.get_bind().dialect
+    return postgresql.insert if dialect.name == "postgresql" else sqlite.insert
 
 
 def record(session: Session, settings: Settings, outcome: Outcome) -> None:
     """Write the outcome of one request (raises ``DuplicateRequest`` if it was already written)."""
-    claim = (
-        _insert(session)(LlmRequest)
-        .values(
-            id=uuid.uuid4(),
-            organization_id=outcome.organization_id,
-            request_id=outcome.request_id,
-            agent_slug=outcome.agent_slug,
-            status=outcome.status,
-            response_json=outcome.response,
+    if not record_batch(session.connection(), settings, [outcome])[0]:
+        raise DuplicateRequest(outcome.request_id)
+
+
+def record_batch(connection: Connection, settings: Settings, outcomes: Sequence[Outcome]) -> list[bool]:
+    """Write the outcomes of many requests in the connection's open transaction (group commit).
+
+    Returns, per outcome, whether it was written. ``False``: its (organization, request id) was
+    already accounted for, by an earlier transaction or by an earlier outcome of this batch, and
+    nothing of it was written. The ``llm_requests`` claims go first, in one
+    ``INSERT … ON CONFLICT DO NOTHING RETURNING id``; only the claims that came back get their
+    usage, VAMN and billing rows. Rows that other transactions may also lock (claims, billing rows)
+    are written in a fixed order, so concurrent batches of several processes cannot deadlock.
+    """
+    if not outcomes:
+        return []
+    claims: dict[tuple[uuid.UUID, str], tuple[int, uuid.UUID]] = {}
+    for index, outcome in enumerate(outcomes):
+        claims.setdefault((outcome.organization_id, outcome.request_id), (index, uuid.uuid4()))
+    rows = [
+        {
+            "id": claim_id,
+            "organization_id": org,
+            "request_id": request_id,
+            "agent_slug": outcomes[index].agent_slug,
+            "status": outcomes[index].status,
+            "response_json": outcomes[index].response,
+        }
+        for (org, request_id), (index, claim_id) in sorted(
+            claims.items(), key=lambda c: (str(c[0][0]), c[0][1])
         )
+    ]
+    claim = (
+        _insert(connection)(LlmRequest)
+        .values(rows)
         .on_conflict_do_nothing(index_elements=["organization_id", "request_id"])
         .returning(LlmRequest.id)
     )
-    if session.execute(claim).first() is None:
-        raise DuplicateRequest(outcome.request_id)
-    if outcome.usage:
-        session.execute(
-            insert(LlmUsageLog),
-            [
-                {
-                    "id": uuid.uuid4(),
-                    "organization_id": outcome.organization_id,
-                    "user_id": outcome.user_id,
-                    "agent_slug": outcome.agent_slug,
-                    "session_id": outcome.session_id,
-                    "llm_config_id": row.llm_config_id,
-                    "provider": row.provider,
-                    "model_id": row.model_id,
-                    "is_fallback": row.is_fallback,
-                    "input_tokens": row.input_tokens,
-                    "output_tokens": row.output_tokens,
-                    "latency_ms": row.latency_ms,
-                    "estimated_cost_usd": row.estimated_cost_usd,
-                    "request_type": "agent_chat",
-                    "cache_hit": row.cache_hit,
-                    "status": row.status,
-                    "error_code": row.error_code,
-                    "created_at": row.created_at,
-                }
-                for row in outcome.usage
-            ],
-        )
-    if outcome.vamn:
-        session.execute(
-            insert(VamnInferenceLog),
-            [
-                {
-                    "id": uuid.uuid4(),
-                    "organization_id": outcome.organization_id,
-                    "agent_slug": outcome.agent_slug,
-                    "session_id": outcome.session_id,
-                    "head_type": row.head_type,
-                    "input_tokens": row.input_tokens,
-                    "output_tokens": row.output_tokens,
-                    "latency_ms": row.latency_ms,
-                    "cache_hit": False,
-                    "status": row.status,
-                    "error_message": row.error_message,
-                }
-                for row in outcome.vamn
-            ],
-        )
-    if outcome.billed_cost is not None:
-        charge_fallback(
-            session, settings, outcome.organization_id, outcome.billed_tokens, outcome.billed_cost
+    inserted = set(connection.execute(claim).scalars())
+    written = [False] * len(outcomes)
+    for index, claim_id in claims.values():
+        written[index] = claim_id in inserted
+    accepted = [outcome for outcome, ok in zip(outcomes, written, strict=True) if ok]
+    usage = [_usage_values(outcome, row) for outcome in accepted for row in outcome.usage]
+    if usage:
+        connection.execute(insert(LlmUsageLog), usage)
+    vamn = [_vamn_values(outcome, row) for outcome in accepted for row in outcome.vamn]
+    if vamn:
+        connection.execute(insert(VamnInferenceLog), vamn)
+    charges = [
+        (outcome.organization_id, outcome.billed_tokens, outcome.billed_cost)
+        for outcome in accepted
+        if outcome.billed_cost is not None
+    ]
+    if charges:
+        _charge_all(connection, settings, charges)
+    return written
+
+
+def _usage_values(outcome: Outcome, row: UsageRow) -> dict[str, Any]:
+    return {
+        "id": uuid.uuid4(),
+        "organization_id": outcome.organization_id,
+        "user_id": outcome.user_id,
+        "agent_slug": outcome.agent_slug,
+        "session_id": outcome.session_id,
+        "llm_config_id": row.llm_config_id,
+        "provider": row.provider,
+        "model_id": row.model_id,
+        "is_fallback": row.is_fallback,
+        "input_tokens": row.input_tokens,
+        "output_tokens": row.output_tokens,
+        "latency_ms": row.latency_ms,
+        "estimated_cost_usd": row.estimated_cost_usd,
+        "request_type": "agent_chat",
+        "cache_hit": row.cache_hit,
+        "status": row.status,
+        "error_code": row.error_code,
+        "created_at": row.created_at,
+    }
+
+
+def _vamn_values(outcome: Outcome, row: VamnRow) -> dict[str, Any]:
+    return {
+        "id": uuid.uuid4(),
+        "organization_id": outcome.organization_id,
+        "agent_slug": outcome.agent_slug,
+        "session_id": outcome.session_id,
+        "head_type": row.head_type,
+        "input_tokens": row.input_tokens,
+        "output_tokens": row.output_tokens,
+        "latency_ms": row.latency_ms,
+        "cache_hit": False,
+        "status": row.status,
+        "error_message": row.error_message,
+    }
+
+
+def write_health(connection: Connection, health: Mapping[uuid.UUID, str]) -> None:
+    """Store the circuit state the cascade observed (``healthy``/``unhealthy``) on its configs."""
+    for config_id in sorted(health, key=str):
+        connection.execute(
+            update(TenantLlmConfig)
+            .where(TenantLlmConfig.id == config_id)
+            .values(health_status=health[config_id], last_health_check=utcnow())
         )
 
 
@@ -179,20 +230,55 @@ def charge_fallback(
     session: Session, settings: Settings, organization_id: uuid.UUID, tokens: int, cost: Decimal
 ) -> None:
     """Add one fallback request to the organization's row for this month, atomically."""
-    billing_model = session.scalar(
-        select(Organization.billing_model).where(Organization.id == organization_id)
-    )
-    billing_model = billing_model or "pay_as_you_go"
-    start, end = billing_period(utcnow().date())
+    _charge_all(session.connection(), settings, [(organization_id, tokens, cost)])
+
+
+def _charge_all(
+    connection: Connection, settings: Settings, charges: Sequence[tuple[uuid.UUID, int, Decimal]]
+) -> None:
+    """Add fallback requests to their organizations' rows for this month, organization by organization.
+
+    ``pay_as_you_go`` and ``unlimited_tier`` charges do not depend on each other: one upsert per
+    organization adds their sums (each request's charge rounded to 4 decimals first, as one by one).
+    Bundle charges depend on what the earlier requests left of the bundle: one upsert per request,
+    in order, in this transaction.
+    """
+    organizations = sorted({org for org, _, _ in charges}, key=str)
+    models: dict[uuid.UUID, str] = {
+        org: model
+        for org, model in connection.execute(
+            select(Organization.id, Organization.billing_model).where(Organization.id.in_(organizations))
+        )
+    }
+    for org in organizations:
+        billing_model = models.get(org) or "pay_as_you_go"
+        mine = [(tokens, cost) for o, tokens, cost in charges if o == org]
+        if billing_model in ("token_bundle", "hybrid"):
+            for tokens, cost in mine:
+                _charge_bundle(connection, settings, org, billing_model, tokens, cost)
+            continue
+        total = Decimal(0)
+        if billing_model != "unlimited_tier":
+            total = sum(
+                (cost.quantize(BILLING_PLACES, rounding=ROUND_HALF_UP) for _, cost in mine), Decimal(0)
+            )
+        tokens = sum(t for t, _ in mine)
+        _upsert_billing(connection, settings, org, billing_model, tokens, len(mine), total, total, False)
+
+
+def _charge_bundle(
+    connection: Connection,
+    settings: Settings,
+    organization_id: uuid.UUID,
+    billing_model: str,
+    tokens: int,
+    cost: Decimal,
+) -> None:
     table = FallbackBilling.__table__
-    bundle = billing_model in ("token_bundle", "hybrid")
-    if billing_model == "unlimited_tier":
-        first_charge: Decimal = Decimal(0)
-        later_charge: Any = Decimal(0)
-    elif bundle and tokens > 0:
+    if tokens > 0:
         first_charge = _overage(cost, tokens, Decimal(settings.token_bundle_tokens))
         remaining = func.coalesce(table.c.bundle_tokens_remaining, 0)
-        later_charge = case(
+        later_charge: Any = case(
             (remaining >= tokens, Decimal(0)),
             (remaining <= 0, cost.quantize(BILLING_PLACES, rounding=ROUND_HALF_UP)),
             else_=func.round(cost * (tokens - remaining) / tokens, 4),
@@ -200,20 +286,39 @@ def charge_fallback(
     else:
         first_charge = cost.quantize(BILLING_PLACES, rounding=ROUND_HALF_UP)
         later_charge = first_charge
+    _upsert_billing(
+        connection, settings, organization_id, billing_model, tokens, 1, first_charge, later_charge, True
+    )
+
+
+def _upsert_billing(
+    connection: Connection,
+    settings: Settings,
+    organization_id: uuid.UUID,
+    billing_model: str,
+    tokens: int,
+    requests: int,
+    first_charge: Decimal,
+    later_charge: Any,
+    bundle: bool,
+) -> None:
+    """INSERT the month's row or, when it exists, add to it in the same statement (atomic)."""
+    start, end = billing_period(utcnow().date())
+    table = FallbackBilling.__table__
     values: dict[str, Any] = {
         "id": uuid.uuid4(),
         "organization_id": organization_id,
         "billing_period_start": start,
         "billing_period_end": end,
         "total_fallback_tokens": tokens,
-        "total_fallback_requests": 1,
+        "total_fallback_requests": requests,
         "total_cost_usd": first_charge,
         "billing_model": billing_model,
         "bundle_tokens_remaining": max(settings.token_bundle_tokens - tokens, 0) if bundle else None,
     }
     updates: dict[str, Any] = {
         "total_fallback_tokens": table.c.total_fallback_tokens + tokens,
-        "total_fallback_requests": table.c.total_fallback_requests + 1,
+        "total_fallback_requests": table.c.total_fallback_requests + requests,
         "total_cost_usd": table.c.total_cost_usd + later_charge,
         "updated_at": func.now(),
     }
@@ -221,13 +326,13 @@ def charge_fallback(
         remaining_after = func.coalesce(table.c.bundle_tokens_remaining, 0) - tokens
         updates["bundle_tokens_remaining"] = case((remaining_after < 0, 0), else_=remaining_after)
     statement = (
-        _insert(session)(FallbackBilling)
+        _insert(connection)(FallbackBilling)
         .values(**values)
         .on_conflict_do_update(
             index_elements=["organization_id", "billing_period_start", "billing_period_end"], set_=updates
         )
     )
-    session.execute(statement)
+    connection.execute(statement)
 
 
 def _overage(cost: Decimal, tokens: int, remaining: Decimal) -> Decimal:

@@ -3,15 +3,20 @@
 The signing keys live in ``service_signing_keys``, private halves wrapped by the KEK of the key
 provider. Each token names its key in the ``kid`` header; rotation makes a new key active and
 keeps the old public keys, so tokens signed before a rotation verify until they expire.
-Claims: ``sub``, ``organization_id`` (absent for a platform admin without an organization),
+A verified token is remembered (bounded LRU keyed by the token's SHA-256, ``VERIFIED_CACHE_SIZE``
+entries) until its ``exp``: a repeated token skips the RS256 check, and ``exp`` is still checked on
+every use. Claims: ``sub``, ``organization_id`` (absent for a platform admin without an organization),
 ``roles``, ``iat``, ``exp``, ``iss``, ``aud``, ``jti``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
+import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -32,6 +37,7 @@ from schema.timeutil import utcnow
 from schema.validation import one_of, parse_uuid
 
 ROLES: tuple[str, ...] = ("platform_admin", "org_admin", "org_user", "node")
+VERIFIED_CACHE_SIZE = 10_000
 _TTL = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -68,6 +74,9 @@ class TokenService:
         self._public: dict[str, Any] = {}
         self._signing: tuple[str, Any] | None = None
         self._lock = threading.Lock()
+        self._verified: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
+        self._verified_lock = threading.Lock()
+        self.verified_cache_size = VERIFIED_CACHE_SIZE
 
     # -- signing keys ------------------------------------------------------------------------------
     def _create_key(self, session: Session) -> ServiceSigningKey:
@@ -168,8 +177,35 @@ class TokenService:
             claims["organization_id"] = str(org)
         return jwt.encode(claims, private, algorithm="RS256", headers={"kid": kid})
 
+    def cached(self, token: str) -> Principal | None:
+        """The principal of a token verified before and not yet expired; None otherwise."""
+        key = hashlib.sha256(token.encode()).digest()
+        with self._verified_lock:
+            entry = self._verified.get(key)
+            if entry is None:
+                return None
+            principal, expires_at = entry
+            if time.time() >= expires_at:
+                del self._verified[key]
+                return None
+            self._verified.move_to_end(key)
+            return principal
+
     def verify(self, token: str) -> Principal:
         """The principal of a valid token; every failure is the same bare 401."""
+        principal = self.cached(token)
+        if principal is not None:
+            return principal
+        principal, expires_at = self._verify_signature(token)
+        key = hashlib.sha256(token.encode()).digest()
+        with self._verified_lock:
+            self._verified[key] = (principal, expires_at)
+            self._verified.move_to_end(key)
+            while len(self._verified) > self.verified_cache_size:
+                self._verified.popitem(last=False)
+        return principal
+
+    def _verify_signature(self, token: str) -> tuple[Principal, float]:
         try:
             header = jwt.get_unverified_header(token)
             kid = header.get("kid")
@@ -186,8 +222,9 @@ class TokenService:
             roles = frozenset(r for r in claims.get("roles", []) if r in ROLES)
             raw_org = claims.get("organization_id")
             org = uuid.UUID(raw_org) if raw_org else None
+            expires_at = float(claims["exp"])
         except (jwt.PyJWTError, ValueError, TypeError, AttributeError):
             raise AuthenticationError("unauthenticated") from None
         if not roles or (org is None and "platform_admin" not in roles):
             raise AuthenticationError("unauthenticated")
-        return Principal(subject=str(claims["sub"]), organization_id=org, roles=roles)
+        return Principal(subject=str(claims["sub"]), organization_id=org, roles=roles), expires_at

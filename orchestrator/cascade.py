@@ -12,7 +12,12 @@ One chat request runs under one overall deadline (``ACCUTE_CASCADE_DEADLINE_S``)
 3. The fallback from settings, billed.
 
 Every attempt that was sent becomes an ``llm_usage_log`` row (errors with zero tokens), written
-with the request's other rows in one transaction by ``orchestrator.accounting.record``.
+with the request's other rows by ``orchestrator.writer`` (group commit: the rows of concurrent
+requests share one transaction; each request answers once its transaction committed).
+
+Provider calls go through ``orchestrator.upstream`` (keep-alive HTTP/1.1). ``Timing.upstream_s``
+adds up the time a request spent waiting for models (provider calls, failed attempts included, and
+VAMN inference); the service reports the rest as its own overhead.
 """
 
 from __future__ import annotations
@@ -28,16 +33,16 @@ from decimal import Decimal
 from typing import Any
 
 import anyio
-import httpx
-from sqlalchemy import Engine, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, select
 
 from orchestrator import accounting, adapters, configs
 from orchestrator.accounting import Outcome, UsageRow, VamnRow
 from orchestrator.cache import ResponseCache, cache_key
 from orchestrator.keys import KeyRing
 from orchestrator.limits import CircuitBreakers, RateLimiter
+from orchestrator.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
 from orchestrator.vamn import VamnServer, count_tokens
+from orchestrator.writer import AccountingWriter
 from schema.config import Settings
 from schema.db import transaction
 from schema.errors import (
@@ -47,7 +52,7 @@ from schema.errors import (
     NotFoundError,
     UpstreamUnavailableError,
 )
-from schema.models import AgentSession, AgentVamnRouting, Organization, TenantLlmConfig
+from schema.models import AgentSession, AgentVamnRouting, Organization
 from schema.timeutil import utcnow
 
 log = logging.getLogger("accute.orchestrator")
@@ -69,6 +74,13 @@ class ChatRequest:
     workspace_id: uuid.UUID | None = None
     user_id: uuid.UUID | None = None
     client_request_id: bool = False
+
+
+@dataclass
+class Timing:
+    """Seconds one request spent waiting for models (provider calls and VAMN inference)."""
+
+    upstream_s: float = 0.0
 
 
 @dataclass
@@ -102,7 +114,8 @@ class Cascade:
         keyring: KeyRing,
         vamn: VamnServer,
         cache: ResponseCache | None,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
+        writer: AccountingWriter | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -110,6 +123,7 @@ class Cascade:
         self.vamn = vamn
         self.cache = cache
         self.client = client
+        self.writer = writer or AccountingWriter(engine, settings)
         self.limiter = RateLimiter()
         self.breakers = CircuitBreakers(settings.circuit_failure_threshold, settings.circuit_cooldown_s)
         self._orgs: dict[uuid.UUID, _OrgState] = {}
@@ -129,7 +143,7 @@ class Cascade:
             views = configs.views(session, self.keyring, organization_id, time.time())
             if self._routing is None:
                 rows = session.execute(select(AgentVamnRouting.agent_slug, AgentVamnRouting.primary_head))
-                self._routing = {slug: head for slug, head in rows.tuples()}
+                self._routing = {slug: head for slug, head in rows}
         return _OrgState(time.monotonic(), billing_model, views)
 
     async def _org(self, organization_id: uuid.UUID) -> _OrgState:
@@ -154,7 +168,8 @@ class Cascade:
                 f"message is {len(request.message)} characters long; the limit is {self.settings.max_message_chars}"
             )
 
-    async def chat(self, request: ChatRequest) -> dict[str, Any]:
+    async def chat(self, request: ChatRequest, timing: Timing | None = None) -> dict[str, Any]:
+        timing = timing or Timing()
         self.validate(request)
         state = await self._org(request.organization_id)
         head = (self._routing or {}).get(request.agent_slug)
@@ -200,15 +215,15 @@ class Cascade:
         )
         deadline = time.monotonic() + self.settings.cascade_deadline_s
         health: dict[uuid.UUID, str] = {}
-        response = await self._tenant_tier(request, eligible, outcome, deadline, health)
+        response = await self._tenant_tier(request, eligible, outcome, deadline, health, timing)
         if response is None:
-            response = await self._vamn_tier(request, head, outcome)
+            response = await self._vamn_tier(request, head, outcome, timing)
         if response is None:
-            response = await self._fallback_tier(request, outcome, deadline)
+            response = await self._fallback_tier(request, outcome, deadline, timing)
         if response is not None:
             outcome.status, outcome.response = "success", response
         try:
-            await anyio.to_thread.run_sync(self._record, outcome, health)
+            await self.writer.write(outcome, health)
         except accounting.DuplicateRequest:
             stored = await anyio.to_thread.run_sync(self._stored, request)
             if stored is not None:
@@ -243,18 +258,9 @@ class Cascade:
                 )
             return dict(row.response_json)
 
-    def _record(self, outcome: Outcome, health: dict[uuid.UUID, str]) -> None:
-        with transaction(self.engine) as session:
-            accounting.record(session, self.settings, outcome)
-            self._write_health(session, health)
-
-    def _write_health(self, session: Session, health: dict[uuid.UUID, str]) -> None:
-        for config_id, status in health.items():
-            session.execute(
-                update(TenantLlmConfig)
-                .where(TenantLlmConfig.id == config_id)
-                .values(health_status=status, last_health_check=utcnow())
-            )
+    def close(self) -> None:
+        """Write the accounting still queued and stop the writer (the service's shutdown)."""
+        self.writer.close()
 
     async def _answer_from_cache(self, request: ChatRequest, hit: dict[str, Any]) -> dict[str, Any]:
         response = {
@@ -284,7 +290,7 @@ class Cascade:
             vamn=[],
         )
         try:
-            await anyio.to_thread.run_sync(self._record, outcome, {})
+            await self.writer.write(outcome)
         except accounting.DuplicateRequest:
             stored = await anyio.to_thread.run_sync(self._stored, request)
             return stored if stored is not None else response
@@ -298,6 +304,7 @@ class Cascade:
         outcome: Outcome,
         deadline: float,
         health: dict[uuid.UUID, str],
+        timing: Timing,
     ) -> dict[str, Any] | None:
         estimate = count_tokens(request.message)
         for config in eligible:
@@ -318,7 +325,9 @@ class Cascade:
                 if request.temperature is not None
                 else (config.temperature if config.temperature is not None else DEFAULT_TEMPERATURE)
             )
-            reply, rows = await self._call(config.target, request.message, max_tokens, temperature, deadline)
+            reply, rows = await self._call(
+                config.target, request.message, max_tokens, temperature, deadline, timing
+            )
             for row in rows:
                 row.llm_config_id = config.id
             outcome.usage.extend(rows)
@@ -339,7 +348,9 @@ class Cascade:
             )
         return None
 
-    async def _vamn_tier(self, request: ChatRequest, head: str, outcome: Outcome) -> dict[str, Any] | None:
+    async def _vamn_tier(
+        self, request: ChatRequest, head: str, outcome: Outcome, timing: Timing
+    ) -> dict[str, Any] | None:
         started = time.perf_counter()
 
         def serve() -> tuple[str, str] | None:
@@ -352,12 +363,14 @@ class Cascade:
         try:
             served = await anyio.to_thread.run_sync(serve)
         except Exception as exc:  # a broken model must not break the cascade: log it, fall through
+            timing.upstream_s += time.perf_counter() - started
             latency = int((time.perf_counter() - started) * 1000)
             outcome.vamn.append(
                 VamnRow(head, count_tokens(request.message), 0, latency, "error", type(exc).__name__)
             )
             log.warning("vamn head=%s error=%s", head, type(exc).__name__)
             return None
+        timing.upstream_s += time.perf_counter() - started
         if served is None:
             return None
         model_id, content = served
@@ -382,14 +395,14 @@ class Cascade:
         )
 
     async def _fallback_tier(
-        self, request: ChatRequest, outcome: Outcome, deadline: float
+        self, request: ChatRequest, outcome: Outcome, deadline: float, timing: Timing
     ) -> dict[str, Any] | None:
         target = self.fallback_target()
         if target is None:
             return None
         max_tokens = request.max_tokens or DEFAULT_MAX_TOKENS
         temperature = request.temperature if request.temperature is not None else DEFAULT_TEMPERATURE
-        reply, rows = await self._call(target, request.message, max_tokens, temperature, deadline)
+        reply, rows = await self._call(target, request.message, max_tokens, temperature, deadline, timing)
         for row in rows:
             row.provider, row.is_fallback = FALLBACK_PROVIDER_NAME, True
         outcome.usage.extend(rows)
@@ -424,7 +437,13 @@ class Cascade:
 
     # -- one provider, with retries ----------------------------------------------------------------
     async def _call(
-        self, target: adapters.Target, message: str, max_tokens: int, temperature: float, deadline: float
+        self,
+        target: adapters.Target,
+        message: str,
+        max_tokens: int,
+        temperature: float,
+        deadline: float,
+        timing: Timing,
     ) -> tuple[adapters.Reply | None, list[UsageRow]]:
         rows: list[UsageRow] = []
         call = adapters.build(target, message, max_tokens, temperature)
@@ -439,6 +458,7 @@ class Cascade:
                     target.provider, call, min(self.settings.provider_timeout_s, remaining)
                 )
             except _Failed as failed:
+                timing.upstream_s += time.perf_counter() - started
                 latency = int((time.perf_counter() - started) * 1000)
                 rows.append(
                     UsageRow(
@@ -464,6 +484,7 @@ class Cascade:
                     break
                 await asyncio.sleep(wait)
                 continue
+            timing.upstream_s += time.perf_counter() - started
             latency = int((time.perf_counter() - started) * 1000)
             rows.append(
                 UsageRow(
@@ -487,12 +508,12 @@ class Cascade:
 
     async def _send(self, provider: str, call: adapters.HttpCall, timeout: float) -> adapters.Reply:
         try:
-            response = await self.client.post(call.url, json=call.body, headers=call.headers, timeout=timeout)
-        except httpx.TimeoutException:
+            response = await self.client.post_json(call.url, call.body, call.headers, timeout)
+        except UpstreamTimeout:
             raise _Failed("timeout", True) from None
-        except httpx.HTTPError:
+        except UpstreamError:
             raise _Failed("connect_error", True) from None
-        status = response.status_code
+        status = response.status
         if status == 429 or status >= 500:
             raise _Failed(f"http_{status}", True, _retry_after(response.headers.get("retry-after")))
         if status >= 300:

@@ -20,23 +20,46 @@ keys_app = typer.Typer(
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON.")
 
 
-def serve(
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
-    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes."),
+def run_server(
+    host: str, port: int, workers: int = 1, log_level: str = "info", access_log: bool = False
 ) -> None:
-    """Run the HTTP service (OpenAPI at /docs and /openapi.json)."""
+    """uvicorn on uvloop + httptools, ``workers`` processes each running ``create_app()``.
+
+    Each worker process has its own rate-limit windows, circuit breakers, config and token caches
+    and accounting writer; usage, billing and idempotency are exact across workers (the database
+    decides), but a config's rpm/tpm limit is enforced per process (N workers may send up to N
+    times the limit) and a circuit opens per process.
+    """
     import uvicorn
 
-    ready_engine()  # fail fast, in one line, when the database is unusable
     uvicorn.run(
         "orchestrator.service:create_app",
         factory=True,
         host=host,
         port=port,
         workers=workers,
-        log_level="info",
+        loop="uvloop",
+        http="httptools",
+        log_level=log_level,
+        access_log=access_log,
+        backlog=4096,
     )
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        min=1,
+        help="Worker processes; rate limits and circuit breakers are per process.",
+    ),
+    access_log: bool = typer.Option(False, "--access-log", help="Log one line per HTTP request."),
+) -> None:
+    """Run the HTTP service (OpenAPI at /docs and /openapi.json)."""
+    ready_engine()  # fail fast, in one line, when the database is unusable
+    run_server(host, port, workers, access_log=access_log)
 
 
 @token_app.command("issue")
