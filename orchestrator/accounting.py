@@ -20,6 +20,7 @@ list price with 6 decimals.
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -136,7 +137,7 @@ def record_batch(connection: Connection, settings: Settings, outcomes: Sequence[
         return []
     claims: dict[tuple[uuid.UUID, str], tuple[int, uuid.UUID]] = {}
     for index, outcome in enumerate(outcomes):
-        claims.setdefault((outcome.organization_id, outcome.request_id), (index, uuid.uuid4()))
+        claims.setdefault((outcome.organization_id, outcome.request_id), (index, new_id()))
     rows = [
         {
             "id": claim_id,
@@ -150,13 +151,9 @@ def record_batch(connection: Connection, settings: Settings, outcomes: Sequence[
             claims.items(), key=lambda c: (str(c[0][0]), c[0][1])
         )
     ]
-    claim = (
-        _insert(connection)(LlmRequest)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=["organization_id", "request_id"])
-        .returning(LlmRequest.id)
-    )
-    inserted = set(connection.execute(claim).scalars())
+    # One cached statement run for many rows (SQLAlchemy's "insertmanyvalues" sends them as
+    # multi-row VALUES): no per-batch compilation.
+    inserted = set(connection.execute(_claim_statement(connection), rows).scalars())
     written = [False] * len(outcomes)
     for index, claim_id in claims.values():
         written[index] = claim_id in inserted
@@ -177,9 +174,34 @@ def record_batch(connection: Connection, settings: Settings, outcomes: Sequence[
     return written
 
 
+_CLAIMS: dict[str, Any] = {}
+
+
+def _claim_statement(connection: Connection) -> Any:
+    statement = _CLAIMS.get(connection.dialect.name)
+    if statement is None:
+        statement = (
+            _insert(connection)(LlmRequest)
+            .on_conflict_do_nothing(index_elements=["organization_id", "request_id"])
+            .returning(LlmRequest.id)
+        )
+        _CLAIMS[connection.dialect.name] = statement
+    return statement
+
+
+def new_id() -> uuid.UUID:
+    """A random (version 4) UUID for a row or a request.
+
+    From ``random.getrandbits`` (seeded from the OS in every process, reseeded after fork), not
+    ``uuid4``: ``os.urandom`` releases the GIL, and getting it back between the event loop and the
+    accounting thread cost up to a switch interval each time.
+    """
+    return uuid.UUID(int=random.getrandbits(128), version=4)
+
+
 def _usage_values(outcome: Outcome, row: UsageRow) -> dict[str, Any]:
     return {
-        "id": uuid.uuid4(),
+        "id": new_id(),
         "organization_id": outcome.organization_id,
         "user_id": outcome.user_id,
         "agent_slug": outcome.agent_slug,
@@ -202,7 +224,7 @@ def _usage_values(outcome: Outcome, row: UsageRow) -> dict[str, Any]:
 
 def _vamn_values(outcome: Outcome, row: VamnRow) -> dict[str, Any]:
     return {
-        "id": uuid.uuid4(),
+        "id": new_id(),
         "organization_id": outcome.organization_id,
         "agent_slug": outcome.agent_slug,
         "session_id": outcome.session_id,

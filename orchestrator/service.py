@@ -13,7 +13,6 @@ and waiting for the accounting commit.
 """
 
 import logging
-import random
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -130,16 +129,6 @@ CHAT_OPENAPI: dict[str, Any] = {
     },
     "security": [{"HTTPBearer": []}],
 }
-
-
-def new_request_id() -> str:
-    """A request id for a request that brought none: 128 random bits as a UUID4 in hex.
-
-    ``random.getrandbits`` (reseeded from the OS in every process and after fork) rather than
-    ``uuid4``: ``os.urandom`` releases the GIL, and getting it back from the accounting thread cost
-    the event loop up to a switch interval per request.
-    """
-    return uuid.UUID(int=random.getrandbits(128), version=4).hex
 
 
 def _error_body(exc: AccuteError) -> dict[str, Any]:
@@ -310,7 +299,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             organization_id=org,
             agent_slug=http.path_params["agent_slug"],
             message=body.message,
-            request_id=client_id or new_request_id(),
+            request_id=client_id or accounting.new_id().hex,
             max_tokens=body.max_tokens,
             temperature=body.temperature,
             session_id=body.session_id,

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
+import httpx
 import jwt
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import select
 
+from orchestrator.service import create_app
+from schema import directory
 from schema.db import transaction
-from schema.models import FallbackBilling, LlmUsageLog
-from tests.orchestrator.conftest import FALLBACK_KEY, Service
-from tests.orchestrator.fakes import FakeProvider
+from schema.models import FallbackBilling, LlmRequest, LlmUsageLog
+from tests.orchestrator.conftest import FALLBACK_KEY, Service, make_settings
+from tests.orchestrator.fakes import FakeProvider, running_app
 
 
 def test_health_and_readiness(service: Service) -> None:
@@ -37,8 +43,6 @@ def test_missing_bad_and_expired_tokens_get_a_bare_401(service: Service) -> None
     url = f"/v1/orgs/{org}/llm-configs"
 
     # Execute
-    import time
-
     time.sleep(1.1)
     responses = [
         service.client.get(url),
@@ -314,3 +318,91 @@ def test_usage_and_billing_routes_are_scoped_to_the_organization(
         for r in a_billing
     ] == [(2, 60, "0.0014", "pay_as_you_go")]
     assert b_usage == [] and b_billing == []
+
+
+def test_chat_reports_the_service_overhead_without_the_provider_time(
+    service: Service, provider_factory: Callable[..., FakeProvider]
+) -> None:
+    # Prepare: a provider that takes 300 ms.
+    slow = provider_factory(api_key="k-slow", delay_s=0.3)
+    org = service.org()
+    service.add_config(org, api_endpoint=slow.url, api_key="k-slow")
+
+    # Execute
+    response = service.chat(org)
+
+    # Assert: the header is the service's own time, far below the provider's 300 ms.
+    assert response.status_code == 200, response.text
+    overhead = float(response.headers["x-accute-overhead-ms"])
+    assert 0 <= overhead < 250
+    assert "x-accute-overhead-ms" in str(service.client.get("/openapi.json").json())
+
+
+def test_a_cached_token_is_refused_once_it_expires(service: Service) -> None:
+    # Prepare: a token valid for 2 s, used (and so remembered) while valid.
+    org = service.org()
+    token = service.token(org, role="org_user", ttl_s=2)
+    url = f"/v1/orgs/{org}/agents/nobody/chat"
+    headers = {"Authorization": f"Bearer {token}"}
+    first = service.client.post(url, json={"message": "hi"}, headers=headers)
+    remembered = service.services.tokens.cached(token)
+
+    # Execute
+    time.sleep(2.1)
+    later = service.client.post(url, json={"message": "hi"}, headers=headers)
+
+    # Assert: 404 (the agent) while valid; then the same cached token is a bare 401.
+    assert first.status_code == 404 and remembered is not None and remembered.organization_id == org
+    assert (later.status_code, later.json()) == (401, {"error": "unauthenticated"})
+    assert service.services.tokens.cached(token) is None
+
+
+def test_the_verified_token_cache_is_bounded(service: Service) -> None:
+    # Prepare
+    tokens = service.services.tokens
+    tokens.verified_cache_size = 2
+    org = service.org()
+    issued = [service.token(org, role="org_user") for _ in range(3)]
+
+    # Execute
+    principals = [tokens.verify(t) for t in issued]
+
+    # Assert: the least recently used one was forgotten (and still verifies from scratch).
+    assert [tokens.cached(t) is not None for t in issued] == [False, True, True]
+    assert tokens.verify(issued[0]) == principals[0]
+
+
+def test_concurrent_requests_with_one_request_id_are_answered_alike_and_billed_once(
+    engine: sa.Engine, tmp_path: Path, fallback: FakeProvider
+) -> None:
+    # Prepare
+    app = create_app(make_settings(tmp_path, fallback.url), engine)
+    with transaction(engine) as session:
+        org = directory.create_organization(session, "twice firm").id
+    token = app.state.services.tokens.issue(role="org_user", organization_id=org)
+
+    async def fire(base: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=base, timeout=60, trust_env=False) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        f"/v1/orgs/{org}/agents/luca/chat",
+                        json={"message": "What is the VAT rate?", "request_id": "same-id"},
+                        headers={"Authorization": f"Bearer {token}"},
+                    )
+                    for _ in range(6)
+                )
+            )
+
+    # Execute
+    with running_app(app) as base:
+        responses = asyncio.run(fire(base))
+
+    # Assert: one answer for all, one request row, the winner's usage only, one charge.
+    assert [r.status_code for r in responses] == [200] * 6
+    assert len({r.text for r in responses}) == 1
+    with transaction(engine) as session:
+        requests = session.scalar(sa.select(sa.func.count()).select_from(LlmRequest))
+        usage = session.scalar(sa.select(sa.func.count()).select_from(LlmUsageLog))
+        bill = session.scalars(select(FallbackBilling).where(FallbackBilling.organization_id == org)).one()
+    assert (requests, usage, bill.total_fallback_requests) == (1, 1, 1)
