@@ -10,15 +10,23 @@ Three kinds of process on loopback, so that the measuring tools are not the bott
   concurrent request (it writes a prebuilt request and reads the status line, the headers and a
   Content-Length body).
 
-Both targets are measured side by side in one run, after a warm-up: at concurrency 1 (added
-latency without queueing) and at ``--concurrency`` (p50/p99 and requests/s), the provider directly
+Both targets are measured side by side in one run, after a warm-up, the provider directly
 (``POST /v1/chat/completions``) and through the cascade (``POST /v1/orgs/{org}/agents/luca/chat``,
-one tenant config pointing at the provider). It also reports the service's own per-request
+one tenant config pointing at the provider):
+
+- at concurrency 1: added latency without queueing;
+- at ``--concurrency`` (closed loop: each connection sends its next request as soon as the answer
+  to the previous one arrived): the saturation throughput, and p50/p99 that are mostly queueing
+  (Little's law: latency ≈ concurrency / throughput);
+- open loop at ``--rate`` requests/s (at most ``--concurrency`` in flight): p50/p99 at a given
+  load below saturation, counted from each request's scheduled send time.
+ It also reports the service's own per-request
 overhead as LiteLLM measures it (the ``x-accute-overhead-ms`` response header: time in the service
 minus the time waiting for the provider), the service's CPU time per request, and checks that every
 cascade request wrote its ``llm_usage_log`` row.
 
     .venv/bin/python bench/cascade_overhead.py [--requests 5000] [--concurrency 50] [--workers 1]
+        [--serial-requests 1000] [--rate 300] [--rate-requests 3000] [--warmup 500]
 
 PostgreSQL: ACCUTE_TEST_POSTGRES_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/test);
 the run uses its own schema and drops it at the end.
@@ -170,11 +178,53 @@ async def _load(port: int, request: bytes, total: int, concurrency: int) -> Run:
     return run
 
 
-def _measure(port: int, request: bytes, total: int, concurrency: int, pids: list[int]) -> Run:
+async def _open_loop(port: int, request: bytes, total: int, rate: float, max_in_flight: int) -> Run:
+    """Requests sent on a fixed schedule (``rate`` per second) whatever the answers' pace.
+
+    Latency counts from the scheduled send time, so waiting for a free connection (at most
+    ``max_in_flight``) is included rather than hidden (no coordinated omission).
+    """
+    run = Run()
+    pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for _ in range(max_in_flight):
+        pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+
+    async def one(scheduled: float) -> None:
+        reader, writer = await pool.get()
+        head = await _exchange(reader, writer, request)
+        run.latencies_ms.append((time.perf_counter() - scheduled) * 1000)
+        overhead = _overhead(head)
+        if overhead is not None:
+            run.overhead_ms.append(overhead)
+        pool.put_nowait((reader, writer))
+
+    tasks: list[asyncio.Task[None]] = []
+    started = time.perf_counter()
+    sent = 0
+    while sent < total:
+        now = time.perf_counter()
+        while sent < total and started + sent / rate <= now:
+            tasks.append(asyncio.ensure_future(one(started + sent / rate)))
+            sent += 1
+        if sent < total:
+            await asyncio.sleep(max(started + sent / rate - time.perf_counter(), 0))
+    await asyncio.gather(*tasks)
+    run.elapsed_s = time.perf_counter() - started
+    while not pool.empty():
+        pool.get_nowait()[1].close()
+    return run
+
+
+def _measure(
+    port: int, request: bytes, total: int, concurrency: int, pids: list[int], rate: float | None = None
+) -> Run:
     import uvloop
 
     cpu_before = _cpu_seconds(pids)
-    run = uvloop.run(_load(port, request, total, concurrency))
+    if rate is None:
+        run = uvloop.run(_load(port, request, total, concurrency))
+    else:
+        run = uvloop.run(_open_loop(port, request, total, rate, concurrency))
     run.cpu_s = _cpu_seconds(pids) - cpu_before
     return run
 
@@ -243,6 +293,18 @@ def _summary(run: Run, requests: int) -> dict[str, float]:
     }
 
 
+def _block(direct: Run, cascade: Run, direct_requests: int, cascade_requests: int) -> dict[str, Any]:
+    return {
+        "direct": _summary(direct, direct_requests),
+        "cascade": _summary(cascade, cascade_requests),
+        "added_p50_ms": round(_pct(cascade.latencies_ms, 50) - _pct(direct.latencies_ms, 50), 3),
+        "added_p99_ms": round(_pct(cascade.latencies_ms, 99) - _pct(direct.latencies_ms, 99), 3),
+        "overhead_header_p50_ms": round(_pct(cascade.overhead_ms, 50), 3),
+        "overhead_header_p99_ms": round(_pct(cascade.overhead_ms, 99), 3),
+        "service_cpu_ms_per_request": round(cascade.cpu_s * 1000 / cascade_requests, 3),
+    }
+
+
 def _uptime_load() -> str:
     with open("/proc/loadavg") as handle:
         return " ".join(handle.read().split()[:3])
@@ -252,9 +314,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--requests", type=int, default=5000, help="requests per target at --concurrency")
     parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--serial-requests", type=int, default=1000, help="requests per target at concurrency 1")
+    parser.add_argument(
+        "--serial-requests", type=int, default=1000, help="requests per target at concurrency 1"
+    )
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes of the service")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=300.0,
+        help="requests/s of the open-loop run (at most --concurrency in flight); 0 skips it",
+    )
+    parser.add_argument("--rate-requests", type=int, default=3000, help="requests per target at --rate")
     args = parser.parse_args()
 
     from orchestrator import configs
@@ -331,6 +402,17 @@ def main() -> None:
         loaded_direct = _measure(provider_port, direct, args.requests, args.concurrency, provider_pids)
         loaded_cascade = _measure(service_port, cascade, args.requests, args.concurrency, service_pids)
         sent += args.serial_requests + args.requests
+        paced: tuple[Run, Run] | None = None
+        if args.rate > 0:
+            paced = (
+                _measure(
+                    provider_port, direct, args.rate_requests, args.concurrency, provider_pids, args.rate
+                ),
+                _measure(
+                    service_port, cascade, args.rate_requests, args.concurrency, service_pids, args.rate
+                ),
+            )
+            sent += args.rate_requests
         load_after = _uptime_load()
 
         with engine.connect() as connection:
@@ -343,32 +425,17 @@ def main() -> None:
             "workers": args.workers,
             "load_average_before": load_before,
             "load_average_after": load_after,
-            "c1": {
-                "direct": _summary(serial_direct, args.serial_requests),
-                "cascade": _summary(serial_cascade, args.serial_requests),
-                "added_p50_ms": round(
-                    _pct(serial_cascade.latencies_ms, 50) - _pct(serial_direct.latencies_ms, 50), 3
-                ),
-                "added_p99_ms": round(
-                    _pct(serial_cascade.latencies_ms, 99) - _pct(serial_direct.latencies_ms, 99), 3
-                ),
-                "overhead_header_p50_ms": round(_pct(serial_cascade.overhead_ms, 50), 3),
-                "overhead_header_p99_ms": round(_pct(serial_cascade.overhead_ms, 99), 3),
-                "service_cpu_ms_per_request": round(serial_cascade.cpu_s * 1000 / args.serial_requests, 3),
-            },
-            f"c{args.concurrency}": {
-                "direct": _summary(loaded_direct, args.requests),
-                "cascade": _summary(loaded_cascade, args.requests),
-                "added_p50_ms": round(
-                    _pct(loaded_cascade.latencies_ms, 50) - _pct(loaded_direct.latencies_ms, 50), 3
-                ),
-                "added_p99_ms": round(
-                    _pct(loaded_cascade.latencies_ms, 99) - _pct(loaded_direct.latencies_ms, 99), 3
-                ),
-                "overhead_header_p50_ms": round(_pct(loaded_cascade.overhead_ms, 50), 3),
-                "overhead_header_p99_ms": round(_pct(loaded_cascade.overhead_ms, 99), 3),
-                "service_cpu_ms_per_request": round(loaded_cascade.cpu_s * 1000 / args.requests, 3),
-            },
+            "c1": _block(serial_direct, serial_cascade, args.serial_requests, args.serial_requests),
+            f"c{args.concurrency}": _block(loaded_direct, loaded_cascade, args.requests, args.requests),
+            **(
+                {
+                    f"open_loop_{args.rate:g}_per_s": _block(
+                        paced[0], paced[1], args.rate_requests, args.rate_requests
+                    )
+                }
+                if paced is not None
+                else {}
+            ),
             "cascade_requests_sent": sent,
             "llm_requests_rows": claimed,
             "llm_usage_log_rows": logged,
