@@ -127,11 +127,16 @@ class Cascade:
         self.limiter = RateLimiter()
         self.breakers = CircuitBreakers(settings.circuit_failure_threshold, settings.circuit_cooldown_s)
         self._orgs: dict[uuid.UUID, _OrgState] = {}
+        self._loading: dict[uuid.UUID, asyncio.Future[_OrgState]] = {}
+        self._generation: dict[uuid.UUID, int] = {}
         self._routing: dict[str, str] | None = None
 
     # -- cached reads ------------------------------------------------------------------------------
     def invalidate(self, organization_id: uuid.UUID) -> None:
+        """Forget the organization's configs; a load already under way will not be kept."""
         self._orgs.pop(organization_id, None)
+        self._loading.pop(organization_id, None)
+        self._generation[organization_id] = self._generation.get(organization_id, 0) + 1
 
     def _load_org(self, organization_id: uuid.UUID) -> _OrgState:
         with transaction(self.engine) as session:
@@ -147,9 +152,25 @@ class Cascade:
         return _OrgState(time.monotonic(), billing_model, views)
 
     async def _org(self, organization_id: uuid.UUID) -> _OrgState:
+        """The organization's configs, loaded at most once at a time (concurrent requests share a load)."""
         state = self._orgs.get(organization_id)
-        if state is None or time.monotonic() - state.loaded_at > self.settings.config_cache_ttl_s:
-            state = await anyio.to_thread.run_sync(self._load_org, organization_id)
+        if state is not None and time.monotonic() - state.loaded_at <= self.settings.config_cache_ttl_s:
+            return state
+        generation = self._generation.get(organization_id, 0)
+        pending = self._loading.get(organization_id)
+        if pending is None:
+            pending = asyncio.ensure_future(anyio.to_thread.run_sync(self._load_org, organization_id))
+            self._loading[organization_id] = pending
+
+            def done(future: asyncio.Future[_OrgState]) -> None:
+                if self._loading.get(organization_id) is future:
+                    del self._loading[organization_id]
+                if not future.cancelled():
+                    future.exception()  # retrieved here too: every waiter may have gone
+
+            pending.add_done_callback(done)
+        state = await asyncio.shield(pending)
+        if self._generation.get(organization_id, 0) == generation:
             self._orgs[organization_id] = state
         return state
 

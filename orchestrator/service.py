@@ -340,4 +340,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         if services.cascade is not None:
             services.cascade.invalidate(org)
 
+    # The router tries routes in order (the docs routes come first): the hot route goes first.
+    routes = app.router.routes
+    routes.insert(
+        0, routes.pop(next(i for i, r in enumerate(routes) if getattr(r, "endpoint", None) is chat))
+    )
     return app
