@@ -23,7 +23,7 @@ JSON_OPTION = typer.Option(False, "--json", help="Print JSON.")
 def run_server(
     host: str, port: int, workers: int = 1, log_level: str = "info", access_log: bool = False
 ) -> None:
-    """uvicorn on uvloop + httptools, ``workers`` processes each running ``create_app()``.
+    """uvicorn on uvloop + httptools, ``workers`` processes each running ``create_served_app()``.
 
     Each worker process has its own rate-limit windows, circuit breakers, config and token caches
     and accounting writer; usage, billing and idempotency are exact across workers (the database
@@ -33,7 +33,7 @@ def run_server(
     import uvicorn
 
     uvicorn.run(
-        "orchestrator.service:create_app",
+        "orchestrator.service:create_served_app",
         factory=True,
         host=host,
         port=port,
