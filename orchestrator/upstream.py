@@ -277,7 +277,11 @@ class UpstreamClient:
         if not has_type:
             lines.append("content-type: application/json")
         lines.append(f"content-length: {len(payload)}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
+        try:
+            head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        except UnicodeEncodeError:
+            raise UpstreamError("a request header name or value is not valid") from None
+        return head + payload
 
     # -- connections -------------------------------------------------------------------------------
     async def _connect(self, origin: _Origin) -> _Connection:

@@ -73,7 +73,7 @@ class AccountingWriter:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the accounting writer is closed")
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="accute-accounting", daemon=True)
                 self._thread.start()
             self._queue.put(item)
@@ -117,19 +117,25 @@ class AccountingWriter:
     def _write(self, batch: list[_Item]) -> None:
         self.batches += 1
         try:
-            written = self._write_batch(batch)
-        except Exception as exc:
-            log.warning(
-                "accounting batch of %d failed (%s); writing each request on its own",
-                len(batch),
-                type(exc).__name__,
-            )
+            try:
+                written = self._write_batch(batch)
+            except Exception as exc:
+                log.warning(
+                    "accounting batch of %d failed (%s); writing each request on its own",
+                    len(batch),
+                    type(exc).__name__,
+                )
+                for item in batch:
+                    item.result = self._write_one(item)
+            else:
+                for item, ok in zip(batch, written, strict=True):
+                    item.result = None if ok else DuplicateRequest(item.outcome.request_id)
+        except BaseException as exc:  # never leave a request waiting: it fails with the error
             for item in batch:
-                item.result = self._write_one(item)
-        else:
-            for item, ok in zip(batch, written, strict=True):
-                item.result = None if ok else DuplicateRequest(item.outcome.request_id)
-        self._wake(batch)
+                item.result = item.result or exc
+            raise
+        finally:
+            self._wake(batch)
 
     def _write_batch(self, batch: list[_Item]) -> list[bool]:
         if self._connection is None:

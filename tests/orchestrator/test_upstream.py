@@ -203,6 +203,8 @@ def test_a_header_with_a_line_break_is_refused_before_anything_is_sent() -> None
         async with server:
             with pytest.raises(UpstreamError, match="header"):
                 await client.post_json(state.url, {}, {"authorization": "Bearer k\r\nx-evil: 1"}, 5)
+            with pytest.raises(UpstreamError, match="header"):
+                await client.post_json(state.url, {}, {"authorization": "Bearer ключ"}, 5)
             with pytest.raises(UpstreamError):
                 await client.post_json("ftp://127.0.0.1/x", {}, {}, 5)
         await client.aclose()
