@@ -152,27 +152,43 @@ class Cascade:
         return _OrgState(time.monotonic(), billing_model, views)
 
     async def _org(self, organization_id: uuid.UUID) -> _OrgState:
-        """The organization's configs, loaded at most once at a time (concurrent requests share a load)."""
+        """The organization's configs.
+
+        Loaded at most once at a time (concurrent requests share a load). Once they are older than
+        ``config_cache_ttl_s`` the next request starts a reload in the background and still uses
+        them; requests wait only when there is nothing loaded (first use, after ``invalidate``,
+        after a failed reload) or when the TTL is 0.
+        """
         state = self._orgs.get(organization_id)
-        if state is not None and time.monotonic() - state.loaded_at <= self.settings.config_cache_ttl_s:
-            return state
-        generation = self._generation.get(organization_id, 0)
+        ttl = self.settings.config_cache_ttl_s
+        if state is not None:
+            if time.monotonic() - state.loaded_at <= ttl:
+                return state
+            if ttl > 0:
+                self._load(organization_id)
+                return state
+        return await asyncio.shield(self._load(organization_id))
+
+    def _load(self, organization_id: uuid.UUID) -> asyncio.Future[_OrgState]:
         pending = self._loading.get(organization_id)
-        if pending is None:
-            pending = asyncio.ensure_future(anyio.to_thread.run_sync(self._load_org, organization_id))
-            self._loading[organization_id] = pending
+        if pending is not None:
+            return pending
+        generation = self._generation.get(organization_id, 0)
+        pending = asyncio.ensure_future(anyio.to_thread.run_sync(self._load_org, organization_id))
+        self._loading[organization_id] = pending
 
-            def done(future: asyncio.Future[_OrgState]) -> None:
-                if self._loading.get(organization_id) is future:
-                    del self._loading[organization_id]
-                if not future.cancelled():
-                    future.exception()  # retrieved here too: every waiter may have gone
+        def done(future: asyncio.Future[_OrgState]) -> None:
+            if self._loading.get(organization_id) is future:
+                del self._loading[organization_id]
+            if future.cancelled() or self._generation.get(organization_id, 0) != generation:
+                return  # invalidated meanwhile: what this load read may be stale
+            if future.exception() is None:
+                self._orgs[organization_id] = future.result()
+            else:  # the next request loads again, and sees the error if it persists
+                self._orgs.pop(organization_id, None)
 
-            pending.add_done_callback(done)
-        state = await asyncio.shield(pending)
-        if self._generation.get(organization_id, 0) == generation:
-            self._orgs[organization_id] = state
-        return state
+        pending.add_done_callback(done)
+        return pending
 
     def _check_session(self, request: ChatRequest) -> None:
         with transaction(self.engine) as session:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from aggregation.weights_store import WeightsStore
 from schema import registry
@@ -295,3 +296,34 @@ def test_everything_down_is_502_and_nothing_billed(service: Service, fallback: F
     assert len(rows) == 3 and all(r.status == "error" and r.is_fallback for r in rows)
     with transaction(service.engine) as session:
         assert session.scalar(select(func.count()).select_from(FallbackBilling)) == 0
+
+
+def test_configs_older_than_the_ttl_are_used_once_while_they_reload(
+    service_factory: Callable[..., Service],
+    provider_factory: Callable[..., FakeProvider],
+    fallback: FakeProvider,
+) -> None:
+    # Prepare: configs cached for 1 s; the first answer marks the config healthy (which reloads
+    # them), the second is served from the cache; then another process deactivates the config.
+    service = service_factory(config_cache_ttl_s=1.0)
+    own = provider_factory(api_key="k-own")
+    org = service.org()
+    config = service.add_config(org, api_endpoint=own.url, api_key="k-own")
+    assert [service.chat(org).json()["provider"] for _ in range(2)] == ["openai", "openai"]
+    with transaction(service.engine) as session:
+        session.execute(
+            update(TenantLlmConfig)
+            .where(TenantLlmConfig.id == uuid.UUID(config["id"]))
+            .values(is_active=False)
+        )
+
+    # Execute: within the TTL, just after it (starts the reload), and once the reload landed.
+    fresh = service.chat(org).json()["provider"]
+    time.sleep(1.1)
+    stale = service.chat(org).json()["provider"]
+    time.sleep(0.5)
+    reloaded = service.chat(org).json()["provider"]
+
+    # Assert
+    assert (fresh, stale, reloaded) == ("openai", "openai", "finaceverse_fallback")
+    assert len(own.received) == 4 and len(fallback.received) == 1
