@@ -366,7 +366,7 @@ def main() -> None:
                 display_name="bench",
                 model_id="bench-model",
                 api_endpoint=f"http://127.0.0.1:{provider_port}/v1",
-                api_key="sk-bench",  # type: ignore[arg-type]
+                api_key="sk-bench",
                 rate_limit_rpm=1_000_000,
                 rate_limit_tpm=1_000_000_000,
             )

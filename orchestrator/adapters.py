@@ -1,6 +1,6 @@
 """Provider wire formats: build the HTTP request of a chat, read content and usage from the reply.
 
-Adapters are pure (no I/O): the cascade sends what ``build`` returns with its shared httpx client
+Adapters are pure (no I/O): the cascade sends what ``build`` returns with its shared upstream client
 and hands the JSON body to ``parse``. Usage maps to (input, output) tokens, each token counted once:
 
 - OpenAI family: ``prompt_tokens`` (already includes ``prompt_tokens_details.cached_tokens``),

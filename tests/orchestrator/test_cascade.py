@@ -192,9 +192,8 @@ def test_circuit_opens_marks_unhealthy_then_recovers(
 
     def health() -> str | None:
         with transaction(service.engine) as session:
-            return session.get(
-                TenantLlmConfig, config["id"] and __import__("uuid").UUID(config["id"])
-            ).health_status
+            row = session.get(TenantLlmConfig, uuid.UUID(config["id"]))
+            return None if row is None else row.health_status
 
     # Execute: three failing requests open the circuit.
     for _ in range(3):

@@ -9,9 +9,10 @@ import ipaddress
 import json
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -77,7 +78,7 @@ async def _serve(
     return state, server
 
 
-def _run(test: Callable[[], Awaitable[None]]) -> None:
+def _run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(test())
 
 
