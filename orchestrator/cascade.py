@@ -40,7 +40,7 @@ from orchestrator.accounting import Outcome, UsageRow, VamnRow
 from orchestrator.cache import ResponseCache, cache_key
 from orchestrator.keys import KeyRing
 from orchestrator.limits import CircuitBreakers, RateLimiter
-from orchestrator.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
+from orchestrator.upstream import Upstream, UpstreamError, UpstreamTimeout
 from orchestrator.vamn import VamnServer, count_tokens
 from orchestrator.writer import AccountingWriter
 from schema.config import Settings
@@ -114,7 +114,7 @@ class Cascade:
         keyring: KeyRing,
         vamn: VamnServer,
         cache: ResponseCache | None,
-        client: UpstreamClient,
+        client: Upstream,
         writer: AccountingWriter | None = None,
     ) -> None:
         self.engine = engine

@@ -36,7 +36,7 @@ from orchestrator.auth import Principal, TokenService
 from orchestrator.cache import make_cache
 from orchestrator.cascade import Cascade, ChatRequest, Timing
 from orchestrator.keys import KeyRing, kek_provider
-from orchestrator.upstream import UpstreamClient
+from orchestrator.upstream import make_upstream
 from orchestrator.vamn import VamnServer
 from schema.config import Settings
 from schema.db import check_connection, make_engine, transaction
@@ -146,7 +146,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = UpstreamClient(max_connections=500, max_idle_per_origin=200)
+        client = make_upstream(
+            settings.upstream_client,
+            max_connections=500,
+            max_idle_per_origin=200,
+            **({"trust_env": True} if settings.upstream_client == "httpx" else {}),
+        )
         cache = make_cache(settings)
         vamn = VamnServer(WeightsStore(settings.weights_dir), settings.config_cache_ttl_s)
         cascade = Cascade(services.engine, settings, services.keyring, vamn, cache, client)

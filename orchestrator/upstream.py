@@ -19,6 +19,11 @@ cascade needs, on asyncio (uvloop under ``accute-fl serve``):
 
 Failures raise ``UpstreamTimeout`` (deadline) or ``UpstreamError`` (connection refused or reset,
 TLS failure, an answer that is not HTTP/1.x, a reply over the size limit).
+
+``HttpxUpstream`` is the same interface over httpx (``ACCUTE_UPSTREAM_CLIENT=httpx``): slower, but
+with httpx's HTTP stack for deployments that want it (e.g. an egress proxy from ``HTTPS_PROXY``).
+``make_upstream`` picks one from the settings; tests/orchestrator/test_upstream.py runs the shared
+behaviour against both.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -186,6 +191,16 @@ def _decode(body: bytes, encoding: str) -> bytes:
     except zlib.error:
         raise UpstreamError(f"the {encoding} response body does not decode") from None
     return body  # an encoding we did not ask for: left as is (the JSON parse will refuse it)
+
+
+class Upstream(Protocol):
+    """What the cascade needs from an HTTP client."""
+
+    async def post_json(
+        self, url: str, body: Any, headers: Mapping[str, str], timeout: float
+    ) -> UpstreamResponse: ...
+
+    async def aclose(self) -> None: ...
 
 
 class UpstreamClient:
@@ -438,3 +453,65 @@ def _default_ssl_context() -> ssl.SSLContext:
         except ImportError:  # pragma: no cover - certifi comes with httpx
             _SSL_CONTEXT = ssl.create_default_context()
     return _SSL_CONTEXT
+
+
+class HttpxUpstream:
+    """``Upstream`` over httpx (HTTP/1.1 keep-alive pool; environment proxies when ``trust_env``)."""
+
+    def __init__(
+        self,
+        *,
+        max_connections: int = 500,
+        max_idle_per_origin: int = 200,
+        max_response_bytes: int = 32 * 1024 * 1024,
+        ssl_context: ssl.SSLContext | None = None,
+        trust_env: bool = False,
+    ) -> None:
+        import httpx
+
+        self._httpx = httpx
+        self.max_response_bytes = max_response_bytes
+        self._client = httpx.AsyncClient(
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_idle_per_origin
+            ),
+            verify=ssl_context or _default_ssl_context(),
+            trust_env=trust_env,
+            follow_redirects=False,
+            headers={"user-agent": USER_AGENT},
+        )
+
+    async def post_json(
+        self, url: str, body: Any, headers: Mapping[str, str], timeout: float
+    ) -> UpstreamResponse:
+        httpx = self._httpx
+        for name, value in headers.items():
+            _check_header(name, value)
+        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        sent = {"content-type": "application/json", **headers}
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._client.stream("POST", url, content=payload, headers=sent) as response:
+                    chunks = bytearray()
+                    async for chunk in response.aiter_bytes():
+                        chunks += chunk
+                        if len(chunks) > self.max_response_bytes:
+                            raise UpstreamError(f"the response is over {self.max_response_bytes} bytes")
+                    names = {k.lower(): v for k, v in response.headers.items()}
+                    return UpstreamResponse(response.status_code, names, bytes(chunks))
+        except TimeoutError:
+            raise UpstreamTimeout(f"no complete response within {timeout:.3g}s") from None
+        except httpx.TimeoutException:
+            raise UpstreamTimeout(f"no complete response within {timeout:.3g}s") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"{type(exc).__name__} talking to the provider") from None
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def make_upstream(kind: str, **options: Any) -> Upstream:
+    """The client ``ACCUTE_UPSTREAM_CLIENT`` names: ``builtin`` (default) or ``httpx``."""
+    if kind == "httpx":
+        return HttpxUpstream(**options)
+    return UpstreamClient(**options)

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable
 
 import numpy as np
+import pytest
 from sqlalchemy import func, select, update
 
 from aggregation.weights_store import WeightsStore
@@ -54,10 +55,16 @@ def test_tenant_configs_answer_in_priority_order(
     assert _billing(service, org) is None
 
 
+@pytest.mark.parametrize("upstream", ["builtin", "httpx"])
 def test_failing_tenant_provider_falls_through_to_next_then_fallback(
-    service: Service, provider_factory: Callable[..., FakeProvider], fallback: FakeProvider
+    service_factory: Callable[..., Service],
+    provider_factory: Callable[..., FakeProvider],
+    fallback: FakeProvider,
+    upstream: str,
 ) -> None:
     # Prepare: the first provider rejects the key (401, not retried); the second is down (500).
+    # Run with each HTTP client for provider calls (ACCUTE_UPSTREAM_CLIENT).
+    service = service_factory(upstream_client=upstream)
     broken_auth = provider_factory(api_key="right-key")
     down = provider_factory(api_key="k2")
     down.always_status = 500

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from orchestrator.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
+from orchestrator.upstream import UpstreamClient, UpstreamError, UpstreamTimeout, make_upstream
 
 Reply = Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]
 """Writes the answer to one request (its head); returns False to close the connection after it."""
@@ -260,5 +260,110 @@ def test_https_verifies_the_server_certificate(tmp_path: Path) -> None:
         await client.aclose()
         await default.aclose()
         assert [json.loads(body) for _, body in state.requests] == [{"a": 1}, {"a": 2}]
+
+    _run(test)
+
+
+# --- the behaviour both clients share (ACCUTE_UPSTREAM_CLIENT=builtin | httpx) ------------------------
+
+CLIENTS = ["builtin", "httpx"]
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_shared_json_post_over_one_kept_alive_connection(kind: str) -> None:
+    async def test() -> None:
+        state, server = await _serve()
+        client = make_upstream(kind)
+        async with server:
+            replies = [
+                await client.post_json(state.url, {"n": i}, {"authorization": "Bearer k"}, 5)
+                for i in range(3)
+            ]
+        await client.aclose()
+        assert [r.status for r in replies] == [200] * 3 and replies[0].json() == {"ok": True}
+        assert replies[0].headers["content-type"] == "application/json"
+        assert state.connections == 1 and [json.loads(b) for _, b in state.requests] == [
+            {"n": i} for i in range(3)
+        ]
+        head = state.requests[0][0].lower()
+        assert (
+            b"\r\nauthorization: bearer k\r\n" in head and b"\r\ncontent-type: application/json\r\n" in head
+        )
+
+    _run(test)
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_shared_chunked_gzip_reply_is_decoded(kind: str) -> None:
+    payload = json.dumps({"choices": ["y" * 5000]}).encode()
+
+    async def reply(head: bytes, writer: asyncio.StreamWriter) -> bool:
+        packed = gzip.compress(payload)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-encoding: gzip\r\n\r\n")
+        for start in range(0, len(packed), 700):
+            chunk = packed[start : start + 700]
+            writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        writer.write(b"0\r\n\r\n")
+        return True
+
+    async def test() -> None:
+        state, server = await _serve(reply)
+        client = make_upstream(kind)
+        async with server:
+            response = await client.post_json(state.url, {}, {}, 5)
+        await client.aclose()
+        assert response.body == payload
+
+    _run(test)
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_shared_timeout_refusal_size_limit_and_header_injection_are_upstream_errors(kind: str) -> None:
+    async def silent(head: bytes, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(5)
+        return False
+
+    async def huge(head: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(_json_reply(b"[" + b"1," * 1000 + b"1]"))
+        return True
+
+    async def test() -> None:
+        slow, slow_server = await _serve(silent)
+        big, big_server = await _serve(huge)
+        fine, fine_server = await _serve()
+        client = make_upstream(kind, max_response_bytes=1000)
+        async with slow_server, big_server, fine_server:
+            started = time.monotonic()
+            with pytest.raises(UpstreamTimeout):
+                await client.post_json(slow.url, {}, {}, 0.3)
+            assert time.monotonic() - started < 2
+            with pytest.raises(UpstreamError):
+                await client.post_json(big.url, {}, {}, 5)
+            with pytest.raises(UpstreamError):
+                await client.post_json(fine.url, {}, {"authorization": "Bearer k\r\nx-evil: 1"}, 5)
+        with pytest.raises(UpstreamError):
+            await client.post_json(slow.url, {}, {}, 5)  # the server is gone
+        await client.aclose()
+        assert fine.connections == 0  # the injected header was refused before connecting
+
+    _run(test)
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_shared_https_trusts_only_the_given_authority(kind: str, tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+
+    async def test() -> None:
+        state, server = await _serve(ssl_context=server_context)
+        trusting = make_upstream(kind, ssl_context=ssl.create_default_context(cafile=str(cert)))
+        default = make_upstream(kind)
+        async with server:
+            assert (await trusting.post_json(state.url, {"a": 1}, {}, 5)).json() == {"ok": True}
+            with pytest.raises(UpstreamError):
+                await default.post_json(state.url, {}, {}, 5)  # not signed by a public CA
+        await trusting.aclose()
+        await default.aclose()
 
     _run(test)
