@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 import gzip
-import ipaddress
 import json
 import ssl
 import time
@@ -15,11 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from fl_server.credentials import make_tls
 from orchestrator.upstream import UpstreamClient, UpstreamError, UpstreamTimeout, make_upstream
 
 Reply = Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]
@@ -214,39 +209,17 @@ def test_a_header_with_a_line_break_is_refused_before_anything_is_sent() -> None
     _run(test)
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
+def _self_signed(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a certificate it signed for 127.0.0.1 with its key (run-local's throwaway ones)."""
+    files = make_tls(tmp_path / "tls", "127.0.0.1")
+    return files.ca_cert, files.server_cert, files.server_key
 
 
 def test_https_verifies_the_server_certificate(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    ca, cert, key = _self_signed(tmp_path)
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert, key)
-    trusting = ssl.create_default_context(cafile=str(cert))
+    trusting = ssl.create_default_context(cafile=str(ca))
 
     async def test() -> None:
         state, server = await _serve(ssl_context=server_context)
@@ -351,13 +324,13 @@ def test_shared_timeout_refusal_size_limit_and_header_injection_are_upstream_err
 
 @pytest.mark.parametrize("kind", CLIENTS)
 def test_shared_https_trusts_only_the_given_authority(kind: str, tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    ca, cert, key = _self_signed(tmp_path)
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert, key)
 
     async def test() -> None:
         state, server = await _serve(ssl_context=server_context)
-        trusting = make_upstream(kind, ssl_context=ssl.create_default_context(cafile=str(cert)))
+        trusting = make_upstream(kind, ssl_context=ssl.create_default_context(cafile=str(ca)))
         default = make_upstream(kind)
         async with server:
             assert (await trusting.post_json(state.url, {"a": 1}, {}, 5)).json() == {"ok": True}
