@@ -250,26 +250,18 @@ class Governor:
         ) % (2**62)
 
     def _budget_refusal(self, session: Any, tenant: Tenant) -> str | None:
-        from privacy import accounting
-
         events = self.planned_events(0)
         if not events:
             return None
-        before = ledger.project(
-            session, tenant.organization_id, self.config.task, events[0], policy=self.policy
+        # All of a round's events at once (local DP-SGD and central DP), with the ledger's accountant.
+        projection = ledger.project(
+            session, tenant.organization_id, self.config.task, events, policy=self.policy
         )
-        if len(events) == 1:
-            after, cap = before.epsilon_after, before.epsilon_cap
-        else:
-            curve = ledger.replay_curve(session, tenant.organization_id, self.config.task)
-            for event in events:
-                curve = curve + accounting.event_rdp(event)
-            after, cap = accounting.epsilon_from_rdp(curve, before.delta), before.epsilon_cap
-        if after <= cap:
+        if not projection.exceeds:
             return None
         return (
-            f"epsilon would reach {after:.4f} after this round, over the cap {cap:g} "
-            f"(spent {before.epsilon_before:.4f})"
+            f"epsilon would reach {projection.epsilon_after:.4f} after this round, over the cap "
+            f"{projection.epsilon_cap:g} (spent {projection.epsilon_before:.4f})"
         )
 
     # --- replies ------------------------------------------------------------------------------
