@@ -42,6 +42,18 @@ async def _default(head: bytes, writer: asyncio.StreamWriter) -> bool:
     return True
 
 
+async def _silent(head: bytes, writer: asyncio.StreamWriter) -> bool:
+    """Never answers (within any test's timeout)."""
+    await asyncio.sleep(5)
+    return False
+
+
+async def _huge(head: bytes, writer: asyncio.StreamWriter) -> bool:
+    """A valid reply of about 2 kB (over the tests' 1000-byte limit)."""
+    writer.write(_json_reply(b"[" + b"1," * 1000 + b"1]"))
+    return True
+
+
 async def _serve(
     reply: Reply = _default, ssl_context: ssl.SSLContext | None = None
 ) -> tuple[Server, asyncio.Server]:
@@ -159,22 +171,14 @@ def test_a_connection_the_server_closed_or_that_sat_idle_too_long_is_not_reused(
 
 
 def test_timeout_refused_connection_and_garbage_are_errors() -> None:
-    async def silent(head: bytes, writer: asyncio.StreamWriter) -> bool:
-        await asyncio.sleep(5)
-        return False
-
     async def garbage(head: bytes, writer: asyncio.StreamWriter) -> bool:
         writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
         return False
 
-    async def huge(head: bytes, writer: asyncio.StreamWriter) -> bool:
-        writer.write(_json_reply(b"[" + b"1," * 1000 + b"1]"))
-        return True
-
     async def test() -> None:
-        slow, slow_server = await _serve(silent)
+        slow, slow_server = await _serve(_silent)
         bad, bad_server = await _serve(garbage)
-        big, big_server = await _serve(huge)
+        big, big_server = await _serve(_huge)
         client = UpstreamClient(max_response_bytes=1000)
         async with slow_server, bad_server, big_server:
             started = time.monotonic()
@@ -292,17 +296,9 @@ def test_shared_chunked_gzip_reply_is_decoded(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", CLIENTS)
 def test_shared_timeout_refusal_size_limit_and_header_injection_are_upstream_errors(kind: str) -> None:
-    async def silent(head: bytes, writer: asyncio.StreamWriter) -> bool:
-        await asyncio.sleep(5)
-        return False
-
-    async def huge(head: bytes, writer: asyncio.StreamWriter) -> bool:
-        writer.write(_json_reply(b"[" + b"1," * 1000 + b"1]"))
-        return True
-
     async def test() -> None:
-        slow, slow_server = await _serve(silent)
-        big, big_server = await _serve(huge)
+        slow, slow_server = await _serve(_silent)
+        big, big_server = await _serve(_huge)
         fine, fine_server = await _serve()
         client = make_upstream(kind, max_response_bytes=1000)
         async with slow_server, big_server, fine_server:
