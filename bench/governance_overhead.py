@@ -129,6 +129,11 @@ def plain_server_app(config: RunConfig, seed: int, marks: list[float]) -> Server
                 steps=config.steps,
                 lr=config.lr,
                 seed=config.seed,
+                unit=config.privacy_unit,
+                expected_batch_size=config.expected_batch_size or config.sample_rate * 10,
+                epsilon_cap=float("inf"),
+                delta=config.delta,
+                holdout_fraction=0.0,
             )
         initial = {k: v.numpy() for k, v in get_task(config.task).initial_state(config.seed).items()}
         strategy = InstructedFedAvg(instructions, config.task, marks)

@@ -170,6 +170,7 @@ def _refusal(msg: Message, instruction: TrainInstruction, why: str) -> Message:
         sample_rate=0.0,
         steps=0,
         clip_norm=0.0,
+        unit="",
     )
     return Message(RecordDict({protocol.REPORT: report.to_record()}), reply_to=msg)
 
@@ -236,6 +237,7 @@ def make_client_app() -> ClientApp:
             sample_rate=used.sample_rate if used else 0.0,
             steps=used.steps if used else 0,
             clip_norm=used.clip_norm if used else 0.0,
+            unit=instruction.unit if used else "",
         )
         arrays = record_from_arrays({name: tensor.detach().numpy() for name, tensor in result.state.items()})
         content = RecordDict(

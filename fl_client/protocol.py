@@ -11,8 +11,13 @@ Message flow per round::
     server <--------{identity}--------------- node
     server --train {arrays, instruction}---> node   (weights + consent snapshot + DP parameters)
     server <-------{arrays, report, metrics}- node   (new weights + DP parameters used + checksum)
-    server --evaluate {arrays, instruction}> node
-    server <-------{metrics}----------------- node
+    server --evaluate {arrays, instruction}> node   (EvalInstruction: held-out consented users only)
+    server <-------{metrics}----------------- node   (DP runs: no metric, no count; it stays on the node)
+
+What a node releases in a DP run (invariant 9): the update (normalised by the public
+``expected_batch_size``, never by its private record count) and the DP parameters it used. No
+record count (``num_examples`` is 0), no evaluation metric, and no noise the server could know:
+with DP on the node ignores ``seed`` and draws sampling and noise from the OS CSPRNG.
 """
 
 from __future__ import annotations
@@ -39,8 +44,16 @@ NODE_EPSILON_CAP = "epsilon-cap"
 NODE_DELTA = "delta"
 NODE_STATE_DIR = "state-dir"
 
+#: Node config key overriding the held-out split's key (default: the organization id).
+NODE_HOLDOUT_KEY = "holdout-key"
+
 #: Run config key naming a federation manifest (simulations: partition-id -> tenant).
 RUN_MANIFEST = "manifest"
+
+#: What one unit of privacy protects in a node's DP-SGD (central DP at the server protects a tenant).
+UNIT_RECORD = "record"
+UNIT_USER = "user"
+LOCAL_UNITS = (UNIT_RECORD, UNIT_USER)
 
 T = TypeVar("T")
 
@@ -91,17 +104,51 @@ class TrainInstruction:
     dp: bool
     noise_multiplier: float
     clip_norm: float
+    #: Poisson rate of the sampled unit (records at record level, users at user level).
     sample_rate: float
     steps: int
     lr: float
-    #: 0 lets the node draw its own seed from the OS CSPRNG; simulations fix it for reproducibility.
+    #: Only for dp=False runs (explicitly non-private, reproducible); a DP node ignores it.
     seed: int
+    #: "record" or "user": what one DP-SGD step samples and clips.
+    unit: str
+    #: The public denominator of each step's noisy sum (expected sampled units per step); never
+    #: the node's private record count.
+    expected_batch_size: float
+    #: The node's own guard: refuse a DP instruction that would take its own epsilon (at this
+    #: delta, for this unit) over this cap, unless its node config overrides the cap.
+    epsilon_cap: float
+    delta: float
+    #: Share of consented users held out for evaluation (keyed hash of the user id); they never train.
+    holdout_fraction: float
 
     def to_record(self) -> ConfigRecord:
         return _to_record(self)
 
     @classmethod
     def from_record(cls, record: ConfigRecord) -> TrainInstruction:
+        return _from_record(cls, record)
+
+
+@dataclass(frozen=True)
+class EvalInstruction:
+    """Evaluate the global model on the node's held-out consented users (the training split's complement)."""
+
+    run_id: str
+    server_round: int
+    task: str
+    organization_id: str
+    #: The consent snapshot of this round: only these users' records may be evaluated.
+    user_ids: tuple[str, ...]
+    #: True in DP runs: the metric stays on the node (its ledger file), nothing is released.
+    dp: bool
+    holdout_fraction: float
+
+    def to_record(self) -> ConfigRecord:
+        return _to_record(self)
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord) -> EvalInstruction:
         return _from_record(cls, record)
 
 
@@ -113,6 +160,7 @@ class TrainReport:
     consent_digest: str
     #: SHA-256 of the returned weights (aggregation.checksum.update_checksum's canonical form).
     update_checksum: str
+    #: Records trained on, for non-private runs only; 0 in DP runs (a private count is never released).
     num_examples: int
     trained: bool
     #: Why the node refused to train ("" when it trained), e.g. its own budget guard.
@@ -121,6 +169,8 @@ class TrainReport:
     sample_rate: float
     steps: int
     clip_norm: float
+    #: The unit of privacy the node's DP-SGD protected ("record" or "user"; "" without DP).
+    unit: str
 
     def to_record(self) -> ConfigRecord:
         return _to_record(self)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -60,6 +60,13 @@ class RunConfig(BaseModel):
     seed: int = Field(default=0, ge=0)
     round_timeout_s: float = Field(default=600.0, gt=0)
     model_name: str | None = Field(default=None, max_length=100)
+    #: Unit of privacy of local DP-SGD; None: the task's default (``privacy_unit``).
+    unit: Literal["record", "user"] | None = None
+    #: Public denominator of a node's noisy step sum; None: derived by the server from the sample
+    #: rate and the consent snapshot's size (a public quantity), never from a private record count.
+    expected_batch_size: float | None = Field(default=None, gt=0)
+    #: Share of each tenant's consented users held out for evaluation (never trained on).
+    holdout_fraction: float = Field(default=0.2, ge=0, lt=1)
 
     @field_validator("aggregator")
     @classmethod
@@ -76,6 +83,14 @@ class RunConfig(BaseModel):
         return get_task(value).name
 
     @property
+    def privacy_unit(self) -> str:
+        """What local DP-SGD protects: user level for the accounting model types, record level for
+        the digits validation task (its synthetic users carry a handful of images each)."""
+        if self.unit is not None:
+            return self.unit
+        return "record" if self.task == "digits" else "user"
+
+    @property
     def published_model_name(self) -> str:
         return self.model_name or self.task
 
@@ -83,8 +98,9 @@ class RunConfig(BaseModel):
     def parse(cls, values: dict[str, Any]) -> RunConfig:
         """Build from a flat mapping (Flower run config uses dashes; both spellings accepted)."""
         cleaned = {str(k).replace("-", "_"): v for k, v in values.items()}
-        if cleaned.get("max_update_norm") in (0, 0.0, "", None):
-            cleaned.pop("max_update_norm", None)
+        for optional in ("max_update_norm", "expected_batch_size", "unit"):
+            if cleaned.get(optional) in (0, 0.0, "", None):
+                cleaned.pop(optional, None)
         try:
             return cls(**cleaned)
         except ValidationError as exc:

@@ -238,9 +238,21 @@ class Governor:
                     steps=self.config.steps,
                     lr=self.config.lr,
                     seed=self._node_seed(server_round, tenant),
+                    unit=self.config.privacy_unit,
+                    expected_batch_size=self._expected_batch_size(len(snapshot.user_ids)),
+                    epsilon_cap=self.policy.default_epsilon_cap,
+                    delta=self.policy.default_delta,
+                    holdout_fraction=self.config.holdout_fraction,
                 )
                 instructions[tenant.node_id] = (instruction, snapshot.id)
         return instructions
+
+    def _expected_batch_size(self, consented_users: int) -> float:
+        """A public denominator: the configured one, or the sample rate times the snapshot's users
+        (records at record level are private, so the snapshot's user count stands in for them)."""
+        if self.config.expected_batch_size is not None:
+            return self.config.expected_batch_size
+        return max(1.0, self.config.sample_rate * max(consented_users, 1))
 
     def _node_seed(self, server_round: int, tenant: Tenant) -> int:
         if self.config.seed == 0:
