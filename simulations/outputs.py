@@ -12,7 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
 #: More tenants than this: the ε plot shows the ones that spent most.
 MAX_PLOTTED_TENANTS = 12
@@ -51,51 +51,145 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def plot_metric(path: Path, report: dict[str, Any], metric_name: str) -> None:
-    rounds = [r["round"] for r in report["rounds"] if r["metric"] is not None]
-    values = [r["metric"] for r in report["rounds"] if r["metric"] is not None]
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
-    ax.plot(rounds, values, marker="o")
+def _no_data(ax: Any, what: str) -> None:
+    """An honest empty plot: say there is nothing, rather than draw blank axes."""
+    ax.text(0.5, 0.5, f"no data: {what}", ha="center", va="center", transform=ax.transAxes, color="0.35")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _round_axis(ax: Any, rounds: list[int]) -> None:
     ax.set_xlabel("round")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(metric_name)
+    if rounds:
+        ax.set_xlim(min(rounds) - 0.3, max(rounds) + 0.3)
+
+
+def plot_metric(
+    path: Path, report: dict[str, Any], metric_name: str, references: dict[str, float] | None = None
+) -> None:
+    """The metric per round with reference lines (chance, non-private baselines) to judge it by."""
+    rounds = [r["round"] for r in report["rounds"] if r["metric"] is not None]
+    values = [r["metric"] for r in report["rounds"] if r["metric"] is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=110)
     ax.set_title(f"{report['config']['task']}: {metric_name} per round")
-    ax.grid(alpha=0.3)
+    if not values:
+        _no_data(ax, "no round produced a metric (DP runs keep node metrics on the nodes)")
+    else:
+        ax.plot(rounds, values, marker="o", label="this run")
+        for i, (label, value) in enumerate(sorted((references or {}).items())):
+            if value is None or not math.isfinite(value):
+                continue
+            ax.axhline(value, color=f"C{i + 1}", linestyle=":", linewidth=1.2, label=f"{label} ({value:.3g})")
+        _round_axis(ax, [r["round"] for r in report["rounds"]])
+        ax.set_ylabel(metric_name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+#: Markers cycled with colours so that tenants whose curves overlap stay distinguishable.
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p")
 
 
 def plot_epsilon(path: Path, report: dict[str, Any]) -> None:
+    """ε per tenant per round, each tenant with its own colour, marker and end label; caps labelled."""
     tenants = report["tenants"]
-    ranked = sorted(tenants, key=lambda n: (-tenants[n]["epsilon_spent"], n))
-    shown = sorted(ranked[:MAX_PLOTTED_TENANTS], key=lambda n: int(n.split("-")[1]))
+    ranked = sorted(tenants, key=lambda n: (-_finite(tenants[n]["epsilon_spent"]), n))
+    shown = sorted(ranked[:MAX_PLOTTED_TENANTS], key=_tenant_order)
     rounds = [0] + [r["round"] for r in report["rounds"]]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    colors = plt.get_cmap("tab20")
-    for i, name in enumerate(shown):
-        color = colors(i % 20)
-        values = [0.0] + [r["epsilon"].get(name, 0.0) for r in report["rounds"]]
-        ax.plot(rounds, values, marker=".", color=color, label=name)
-        ax.axhline(tenants[name]["epsilon_cap"], color=color, linestyle="--", linewidth=0.9)
-    ax.set_xlabel("round")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(f"ε spent (δ={report['config']['delta']:g})")
-    title = "ε per tenant (dashed: cap)"
-    if len(tenants) > len(shown):
-        title += f" — {len(shown)} of {len(tenants)} tenants, most spent"
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    fig, ax = plt.subplots(figsize=(7.2, 4.2), dpi=110)
+    delta = report["config"].get("delta")
+    ax.set_title("ε per tenant (dashed: cap)")
+    if not shown or not report["rounds"]:
+        _no_data(ax, "no tenant took part in a round")
+    else:
+        colors = plt.get_cmap("tab20")
+        caps_drawn: set[float] = set()
+        ends: list[tuple[float, float, str]] = []
+        for i, name in enumerate(shown):
+            color = colors(i % 20)
+            values = [0.0] + [_finite(r["epsilon"].get(name, 0.0)) for r in report["rounds"]]
+            # Overlapping tenants: a small horizontal offset per tenant keeps every marker visible.
+            offset = (i - (len(shown) - 1) / 2) * min(0.25 / max(len(shown), 1), 0.04)
+            ax.plot(
+                [x + offset for x in rounds],
+                values,
+                marker=_MARKERS[i % len(_MARKERS)],
+                markersize=4,
+                color=color,
+                label=name,
+            )
+            ends.append((rounds[-1] + offset, values[-1], name))
+            cap = float(tenants[name]["epsilon_cap"])
+            if math.isfinite(cap) and cap not in caps_drawn:
+                ax.axhline(cap, color=color, linestyle="--", linewidth=0.9)
+                ax.annotate(
+                    f"cap {cap:g}",
+                    (1.0, cap),
+                    xycoords=("axes fraction", "data"),
+                    xytext=(-2, 2),
+                    textcoords="offset points",
+                    ha="right",
+                    fontsize=7,
+                )
+                caps_drawn.add(cap)
+        _label_line_ends(ax, ends)
+        _round_axis(ax, rounds)
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=8))
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+        ax.set_ylabel(f"ε spent (δ={delta:g})" if isinstance(delta, int | float) else "ε spent")
+        if len(tenants) > len(shown):
+            ax.set_title(f"ε per tenant (dashed: cap) — {len(shown)} of {len(tenants)}, most spent")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _label_line_ends(ax: Any, ends: list[tuple[float, float, str]]) -> None:
+    """One label per group of curves ending at (nearly) the same ε, so names never print over each other."""
+    finite = [e for e in ends if math.isfinite(e[1])]
+    if not finite:
+        return
+    span = max(e[1] for e in finite) - min(0.0, min(e[1] for e in finite)) or 1.0
+    groups: list[list[tuple[float, float, str]]] = []
+    for end in sorted(finite, key=lambda e: e[1]):
+        if groups and end[1] - groups[-1][-1][1] <= 0.03 * span:
+            groups[-1].append(end)
+        else:
+            groups.append([end])
+    for group in groups:
+        x = max(e[0] for e in group)
+        y = sum(e[1] for e in group) / len(group)
+        names = [e[2] for e in group]
+        text = ", ".join(names) if len(names) <= 3 else f"{names[0]} +{len(names) - 1} more"
+        ax.annotate(text, (x, y), xytext=(4, 0), textcoords="offset points", fontsize=6, va="center")
+
+
+def _finite(value: Any) -> float:
+    """ε as a plottable number: ∞ (a non-private release) is drawn at the top of the axis as NaN-free."""
+    number = float(value) if value is not None else 0.0
+    return number if math.isfinite(number) else float("nan")
+
+
+def _tenant_order(name: str) -> tuple[int, str]:
+    tail = name.rsplit("-", 1)[-1]
+    return (int(tail), name) if tail.isdigit() else (1 << 30, name)
 
 
 def plot_sweep(path: Path, sweep: list[dict[str, Any]], metric_name: str) -> None:
     finite = [p for p in sweep if p["epsilon"] != "inf"]
     infinite = [p for p in sweep if p["epsilon"] == "inf"]
     fig, ax = plt.subplots(figsize=(6, 3.8), dpi=110)
+    if not any(p["federated_metric"] is not None for p in sweep):
+        _no_data(ax, "no sweep point produced a metric")
+        fig.savefig(path)
+        plt.close(fig)
+        return
     xs = [float(p["epsilon"]) for p in finite]
     ax.plot(xs, [p["federated_metric"] for p in finite], marker="o", label="federated")
     if any(p["centralized_metric"] is not None for p in finite):
@@ -193,8 +287,12 @@ def write_report(
     users: dict[str, tuple[int, int]],
     sweep: list[dict[str, Any]],
     metric_name: str,
+    references: dict[str, float] | None = None,
 ) -> Path:
-    """Write every file; returns the path of report.json."""
+    """Write every file; returns the path of report.json.
+
+    ``references``: horizontal lines on the metric plot, e.g. ``{"chance": 0.1, "no DP": 0.97}``.
+    """
     out.mkdir(parents=True, exist_ok=True)
     if sweep:
         report = report | {"sweep": sweep}
@@ -202,7 +300,7 @@ def write_report(
     path.write_text(json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
     rows = tenant_rows(report, users)
     write_csv(out / "tenants.csv", rows)
-    plot_metric(out / "metric.png", report, metric_name)
+    plot_metric(out / "metric.png", report, metric_name, references)
     plot_epsilon(out / "epsilon.png", report)
     if sweep:
         plot_sweep(out / "sweep.png", sweep, metric_name)

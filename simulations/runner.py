@@ -281,5 +281,29 @@ def write_result(result: SimulationResult) -> Path:
     from simulations.outputs import write_report
 
     users = {s.name: (s.users, s.consenting) for s in result.main.setups}
-    metric = get_task(result.spec.task).metric.name
-    return write_report(Path(result.spec.out), result.main.report, users, result.sweep, metric)
+    task = get_task(result.spec.task)
+    return write_report(
+        Path(result.spec.out),
+        result.main.report,
+        users,
+        result.sweep,
+        task.metric.name,
+        metric_references(task, result.sweep),
+    )
+
+
+def metric_references(task: Any, sweep: list[dict[str, Any]]) -> dict[str, float]:
+    """Lines to judge a metric curve by: chance for a classifier, and the non-private points of a sweep."""
+    references: dict[str, float] = {}
+    label = getattr(task.encoder, "label", None)
+    classes = getattr(label, "classes", None)
+    if task.metric.higher_is_better and classes:
+        references["chance"] = 1.0 / len(classes)
+    for point in sweep:
+        if point["epsilon"] != "inf":
+            continue
+        if point.get("federated_metric") is not None:
+            references["federated, no DP"] = float(point["federated_metric"])
+        if point.get("centralized_metric") is not None:
+            references["centralized, no DP"] = float(point["centralized_metric"])
+    return references

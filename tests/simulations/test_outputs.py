@@ -1,0 +1,93 @@
+"""The report's plots: readable, honest about missing data, and with the references to judge by."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pytest
+
+from fl_client.tasks import get_task
+from simulations import outputs
+from simulations.runner import metric_references
+
+
+def _report(rounds: int, tenants: dict[str, float], metric: list[float | None]) -> dict[str, Any]:
+    return {
+        "config": {"task": "digits", "delta": 1e-5},
+        "rounds": [
+            {
+                "round": r + 1,
+                "metric": metric[r],
+                "epsilon": {n: eps * (r + 1) / rounds for n, eps in tenants.items()},
+            }
+            for r in range(rounds)
+        ],
+        "tenants": {n: {"epsilon_spent": eps, "epsilon_cap": 8.0} for n, eps in tenants.items()},
+    }
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The figures the plot functions save, kept open so the test can read what was drawn."""
+    figures: list[Any] = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))
+    return figures
+
+
+def test_metric_plot_draws_chance_and_no_dp_lines(tmp_path: Path, captured: list[Any]) -> None:
+    # Prepare
+    report = _report(3, {"t-1": 1.0}, [0.5, 0.7, 0.8])
+    references = {"chance": 0.1, "centralized, no DP": 0.97}
+    # Execute
+    outputs.plot_metric(tmp_path / "m.png", report, "accuracy", references)
+    # Assert
+    ax = captured[0].axes[0]
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert "this run" in labels
+    assert any(label.startswith("chance") for label in labels)
+    assert any(label.startswith("centralized, no DP") for label in labels)
+    ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+    assert all(float(t).is_integer() for t in ticks)
+    assert (tmp_path / "m.png").stat().st_size > 0
+
+
+def test_metric_plot_without_values_says_no_data(tmp_path: Path, captured: list[Any]) -> None:
+    outputs.plot_metric(tmp_path / "m.png", _report(2, {"t-1": 1.0}, [None, None]), "accuracy")
+    texts = [t.get_text() for t in captured[0].axes[0].texts]
+    assert any(t.startswith("no data") for t in texts)
+    assert captured[0].axes[0].get_lines() == []
+
+
+def test_overlapping_tenants_stay_distinguishable(tmp_path: Path, captured: list[Any]) -> None:
+    # Prepare: three tenants with identical ε curves
+    report = _report(3, {"t-1": 2.0, "t-2": 2.0, "t-3": 2.0}, [0.5, 0.6, 0.7])
+    # Execute
+    outputs.plot_epsilon(tmp_path / "e.png", report)
+    # Assert: distinct markers and x positions, every tenant labelled at its line end, the cap labelled
+    ax = captured[0].axes[0]
+    tenant_lines = [line for line in ax.get_lines() if line.get_label().startswith("t-")]
+    assert len({line.get_marker() for line in tenant_lines}) == 3
+    assert len({tuple(line.get_xdata()) for line in tenant_lines}) == 3
+    texts = {t.get_text() for t in ax.texts}
+    assert {"t-1, t-2, t-3", "cap 8"} <= texts
+
+
+def test_epsilon_plot_without_rounds_says_no_data(tmp_path: Path, captured: list[Any]) -> None:
+    report = _report(0, {"t-1": 0.0}, [])
+    outputs.plot_epsilon(tmp_path / "e.png", report)
+    assert any(t.get_text().startswith("no data") for t in captured[0].axes[0].texts)
+
+
+def test_references_name_chance_for_classifiers_and_the_sweep_baselines() -> None:
+    sweep = [
+        {"epsilon": 1.0, "federated_metric": 0.6, "centralized_metric": 0.8},
+        {"epsilon": "inf", "federated_metric": 0.95, "centralized_metric": 0.97},
+    ]
+    references = metric_references(get_task("digits"), sweep)
+    assert references == {"chance": pytest.approx(0.1), "federated, no DP": 0.95, "centralized, no DP": 0.97}
+    assert "chance" not in metric_references(get_task("time_estimation"), [])
