@@ -97,6 +97,14 @@ class BudgetExceededError(ConflictError):
     code = "budget_exceeded"
 
 
+class NothingTrainedError(AccuteError):
+    """A run finished without a single accepted contribution: its model is the initial one."""
+
+    code = "nothing_trained"
+    http_status = 409
+    exit_code = 8
+
+
 class UpstreamUnavailableError(AccuteError):
     """Every tier of the inference cascade failed (tenant providers, VAMN, fallback)."""
 

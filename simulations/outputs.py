@@ -223,6 +223,16 @@ def write_markdown(
 ) -> None:
     config = report["config"]
     final = report["final"]
+    nothing = report.get("nothing_trained")
+    warning = (
+        [
+            f"**This run trained nothing: {nothing}.** The model below is the initial one; check the tenants' "
+            "budgets (`accute-fl budget show`) and consents before running again.",
+            "",
+        ]
+        if nothing
+        else []
+    )
     lines = [
         f"# Simulation report: {config['run_name']}",
         "",
@@ -231,6 +241,7 @@ def write_markdown(
         f"C={config['clip_norm']:g}, q={config['sample_rate']:g}, {config['steps']} steps/round, "
         f"δ={config['delta']:g}), seed {config['seed']}.",
         "",
+        *warning,
         f"Final {metric}: **{_fmt(final['metric'])}**; model {final['model_name']} "
         f"{final['model_version']} ({final['deployment_status']}), weights `{final['weights_checksum']}`.",
         "",

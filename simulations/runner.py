@@ -292,6 +292,21 @@ def write_result(result: SimulationResult) -> Path:
     )
 
 
+def nothing_trained_reason(report: dict[str, Any]) -> str | None:
+    """Why a run trained no one (None when some contribution was accepted): its rounds' statuses, counted."""
+    rounds = report.get("rounds", [])
+    totals: dict[str, int] = {}
+    for rnd in rounds:
+        for status, count in rnd.get("statuses", {}).items():
+            totals[status] = totals.get(status, 0) + int(count)
+    if totals.get("accepted", 0) > 0:
+        return None
+    if not totals:
+        return f"no tenant took part in any of the {len(rounds)} round(s)"
+    counted = ", ".join(f"{count} {status}" for status, count in sorted(totals.items()))
+    return f"no contribution was accepted in {len(rounds)} round(s) ({counted})"
+
+
 def metric_references(task: Any, sweep: list[dict[str, Any]]) -> dict[str, float]:
     """Lines to judge a metric curve by: chance for a classifier, and the non-private points of a sweep."""
     references: dict[str, float] = {}

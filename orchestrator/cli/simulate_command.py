@@ -24,10 +24,16 @@ from fl_server.config import RunConfig
 from fl_server.strategy import RoundRecord
 from orchestrator.cli.context import engine as cli_engine
 from orchestrator.cli.context import load_settings
-from schema.errors import InvalidInputError
+from schema.errors import InvalidInputError, NothingTrainedError
 from schema.migrate import current_revision, upgrade
 from schema.timeutil import utcnow
-from simulations.runner import SimulationResult, check_new_run, simulate, write_result
+from simulations.runner import (
+    SimulationResult,
+    check_new_run,
+    nothing_trained_reason,
+    simulate,
+    write_result,
+)
 from simulations.scenario import SimulationSpec, build_spec, load_toml, parse_caps, parse_sweep
 
 
@@ -181,7 +187,12 @@ def simulate_cmd(
     logging.getLogger("flwr").setLevel(logging.ERROR)  # Flower's run_simulation deprecation notice
     console = Console(stderr=False, quiet=quiet)
     result = simulate(spec, settings, progress=None if quiet else RichProgress(console))
+    nothing = nothing_trained_reason(result.main.report)
+    if nothing is not None:
+        result.main.report["nothing_trained"] = nothing
     path = write_result(result).resolve()
+    if nothing is not None:
+        raise NothingTrainedError(f"the run trained nothing: {nothing}; report: {path}")
     if quiet:
         typer.echo(str(path))
     else:

@@ -13,7 +13,7 @@ import pytest
 
 from fl_client.tasks import get_task
 from simulations import outputs
-from simulations.runner import metric_references
+from simulations.runner import metric_references, nothing_trained_reason
 
 
 def _report(rounds: int, tenants: dict[str, float], metric: list[float | None]) -> dict[str, Any]:
@@ -91,3 +91,51 @@ def test_references_name_chance_for_classifiers_and_the_sweep_baselines() -> Non
     references = metric_references(get_task("digits"), sweep)
     assert references == {"chance": pytest.approx(0.1), "federated, no DP": 0.95, "centralized, no DP": 0.97}
     assert "chance" not in metric_references(get_task("time_estimation"), [])
+
+
+def test_a_run_that_trained_nothing_is_named_with_its_reasons() -> None:
+    # Prepare
+    idle = {
+        "rounds": [{"statuses": {"rejected_budget": 2}}, {"statuses": {"rejected_budget": 1, "failed": 1}}]
+    }
+    busy = {"rounds": [{"statuses": {"rejected_budget": 1}}, {"statuses": {"accepted": 1}}]}
+    # Execute / Assert
+    assert (
+        nothing_trained_reason(idle)
+        == "no contribution was accepted in 2 round(s) (1 failed, 3 rejected_budget)"
+    )
+    assert (
+        nothing_trained_reason({"rounds": [{"statuses": {}}]})
+        == "no tenant took part in any of the 1 round(s)"
+    )
+    assert nothing_trained_reason(busy) is None
+
+
+def test_report_md_says_in_words_that_nothing_was_trained(tmp_path: Path) -> None:
+    report = _report(1, {"t-1": 0.0}, [None]) | {
+        "final": {
+            "metric": None,
+            "model_name": "digits",
+            "model_version": None,
+            "deployment_status": None,
+            "weights_checksum": "x",
+        },
+        "nothing_trained": "no contribution was accepted in 1 round(s) (1 rejected_budget)",
+    }
+    report["config"] |= {
+        "run_name": "r",
+        "rounds": 1,
+        "fraction": 1.0,
+        "dp": "local",
+        "noise_multiplier": 1.0,
+        "clip_norm": 1.0,
+        "sample_rate": 0.1,
+        "steps": 5,
+        "seed": 1,
+    }
+    outputs.write_markdown(tmp_path / "report.md", report, [], [], "accuracy")
+    text = (tmp_path / "report.md").read_text()
+    assert (
+        "**This run trained nothing: no contribution was accepted in 1 round(s) (1 rejected_budget).**"
+        in text
+    )

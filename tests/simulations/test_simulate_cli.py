@@ -104,3 +104,21 @@ def test_simulate_runs_on_flowers_engine_and_writes_the_report(
     # The same run name again is refused before anything runs.
     assert main(["simulate", "--run-name", "e2e", "--out", "rep2"]) != 0
     assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_run_that_trains_nothing_exits_non_zero_with_the_reason(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: caps so small that no tenant can afford one round
+    args = ["simulate", "--tenants", "2", "--rounds", "1", "--steps", "5", "--epsilon-cap", "0.01"]
+    # Execute
+    code = main([*args, "--out", "rep", "--run-name", "idle", "--quiet"])
+    # Assert: exit 8, one line naming the reason, and the report written and saying it in words
+    err = capsys.readouterr().err
+    assert code == 8
+    assert err.startswith("error: the run trained nothing: ") and err.count("\n") == 1, err
+    assert "rejected_budget" in err
+    report = json.loads((workdir / "rep" / "report.json").read_text())
+    assert "rejected_budget" in report["nothing_trained"]
+    assert "This run trained nothing" in (workdir / "rep" / "report.md").read_text()
