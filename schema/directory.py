@@ -51,6 +51,23 @@ def get_organization(session: Session, organization_id: str | uuid.UUID) -> Orga
     return organization
 
 
+def find_organization(session: Session, name_or_id: str | uuid.UUID) -> Organization:
+    """An organization by its id or, for people at a terminal, by its (unique) name."""
+    if isinstance(name_or_id, uuid.UUID):
+        return get_organization(session, name_or_id)
+    try:
+        org_id = uuid.UUID(str(name_or_id).strip())
+    except ValueError:
+        name = str(name_or_id).strip()
+        organization = session.scalar(select(Organization).where(Organization.name == name))
+        if organization is None:
+            raise NotFoundError(
+                f"no organization is named '{name[:100]}'; give its id or name from `accute-fl org list`"
+            ) from None
+        return organization
+    return get_organization(session, org_id)
+
+
 def create_user(session: Session, organization_id: str | uuid.UUID, email: str) -> User:
     organization = get_organization(session, organization_id)
     address = clean_email(email)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from orchestrator.cli.context import ready_engine
+from orchestrator.cli.context import organization_id, ready_engine
 from orchestrator.cli.output import emit
 from schema import directory
 from schema.db import transaction
@@ -41,7 +41,7 @@ def org_list(as_json: bool = JSON_OPTION) -> None:
 
 @user_app.command("create")
 def user_create(
-    org: str = typer.Option(..., "--org", help="Organization id."),
+    org: str = typer.Option(..., "--org", help="Organization id or name.", callback=organization_id),
     email: str = typer.Option(..., "--email", help="Email address (unique within the organization)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -53,7 +53,7 @@ def user_create(
 
 @user_app.command("list")
 def user_list(
-    org: str = typer.Option(..., "--org", help="Organization id."),
+    org: str = typer.Option(..., "--org", help="Organization id or name.", callback=organization_id),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """List the users of an organization."""

@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import typer
 
-from orchestrator.cli.context import ready_engine
+from orchestrator.cli.context import organization_id, ready_engine
 from orchestrator.cli.output import emit
 from schema import audit
 from schema.db import transaction
@@ -18,7 +18,9 @@ app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 
 @app.command("verify")
 def verify(
-    org: str | None = typer.Option(None, "--org", help="Only this organization's chain."),
+    org: str | None = typer.Option(
+        None, "--org", help="Only this organization's chain (id or name).", callback=organization_id
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Check every chain; exits non-zero naming the first broken record if any chain was altered."""

@@ -14,7 +14,7 @@ from consent_gate import dsr, records, scope
 from consent_gate.gate import take_snapshot
 from consent_gate.policy import ConsentPolicy
 from consent_gate.records import DEFAULT_CONSENT_VERSION
-from orchestrator.cli.context import ready_engine
+from orchestrator.cli.context import organization_id, ready_engine
 from orchestrator.cli.output import emit, emit_json, emit_table
 from schema.db import transaction
 from schema.vocab import CONSENT_TYPES, DSR_REQUEST_TYPES, DSR_STATUSES
@@ -25,7 +25,7 @@ consent_app = typer.Typer(
 dsr_app = typer.Typer(help="Data subject requests (GDPR/CCPA): file, list, process.", no_args_is_help=True)
 
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON.")
-ORG_OPTION = typer.Option(..., "--org", help="Organization id.")
+ORG_OPTION = typer.Option(..., "--org", help="Organization id or name.", callback=organization_id)
 USER_OPTION = typer.Option(..., "--user", help="User id (a user of that organization).")
 CONSENT_COLUMNS = ("user_id", "consent_type", "consent_given", "consent_version", "given_at", "withdrawn_at")
 HISTORY_COLUMNS = ("consent_type", "action", "consent_version", "reason", "occurred_at")
@@ -125,7 +125,9 @@ def dsr_file(
 
 @dsr_app.command("list")
 def dsr_list(
-    org: str | None = typer.Option(None, "--org", help="Only this organization's requests."),
+    org: str | None = typer.Option(
+        None, "--org", help="Only this organization's requests (id or name).", callback=organization_id
+    ),
     status: str | None = typer.Option(None, "--status", help=f"One of: {', '.join(DSR_STATUSES)}."),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -141,7 +143,10 @@ def dsr_list(
 def dsr_process(
     request_id: str = typer.Argument(..., help="Request id (see `accute-fl dsr list`)."),
     org: str | None = typer.Option(
-        None, "--org", help="Refuse unless the request belongs to this organization."
+        None,
+        "--org",
+        help="Refuse unless the request belongs to this organization (id or name).",
+        callback=organization_id,
     ),
     reject: str | None = typer.Option(None, "--reject", help="Reject the request with this reason instead."),
     email: str | None = typer.Option(None, "--email", help="The corrected email (rectification requests)."),

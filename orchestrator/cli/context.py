@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from functools import lru_cache
 
 from pydantic import ValidationError
@@ -49,6 +50,21 @@ def ready_engine() -> Engine:
     bound = engine()
     require_current_schema(bound)
     return bound
+
+
+def organization_id(value: str | None) -> str | None:
+    """``--org`` callback: an organization's id or name in, its id out (names are looked up)."""
+    if value is None:
+        return None
+    try:
+        return str(uuid.UUID(value.strip()))
+    except ValueError:
+        pass
+    from schema import directory
+    from schema.db import transaction
+
+    with transaction(ready_engine()) as session:
+        return str(directory.find_organization(session, value).id)
 
 
 _opened: list[Engine] = []

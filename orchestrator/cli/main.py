@@ -26,6 +26,7 @@ from orchestrator.cli import (
     db_commands,
     privacy_commands,
     run_local_command,
+    runs_commands,
     service_commands,
     simulate_command,
     status_command,
@@ -51,6 +52,7 @@ app.command("status")(status_command.status)
 app.command("serve")(service_commands.serve)
 app.command("simulate")(simulate_command.simulate_cmd)
 app.command("run-local")(run_local_command.run_local)
+app.add_typer(runs_commands.app, name="runs")
 app.add_typer(service_commands.token_app, name="token")
 app.add_typer(service_commands.keys_app, name="keys")
 

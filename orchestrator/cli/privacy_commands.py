@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from orchestrator.cli.context import load_settings, ready_engine
+from orchestrator.cli.context import load_settings, organization_id, ready_engine
 from orchestrator.cli.output import emit
 from privacy import accounting, ledger
 from schema.db import transaction
@@ -23,7 +23,7 @@ ACCOUNTANT_OPTION = typer.Option(
 SAMPLE_RATE_OPTION = typer.Option(..., "--sample-rate", help="Poisson sampling rate q in (0, 1].")
 STEPS_OPTION = typer.Option(..., "--steps", help="Number of steps (or rounds) T >= 0.")
 DELTA_OPTION = typer.Option(..., "--delta", help="Target delta in (0, 1).")
-ORG_OPTION = typer.Option(..., "--org", help="Organization id.")
+ORG_OPTION = typer.Option(..., "--org", help="Organization id or name.", callback=organization_id)
 MODEL_TYPE_OPTION = typer.Option(..., "--model-type", help="Model type (task) the budget is for.")
 
 BUDGET_COLUMNS = (
@@ -134,7 +134,9 @@ def budget_set(
 
 @budget_app.command("show")
 def budget_show(
-    org: str | None = typer.Option(None, "--org", help="Only this organization."),
+    org: str | None = typer.Option(
+        None, "--org", help="Only this organization (id or name).", callback=organization_id
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Every budget with epsilon spent and remaining; status ok, near_cap (>= 80 %) or exhausted."""

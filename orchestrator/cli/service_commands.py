@@ -7,7 +7,7 @@ import sys
 import typer
 
 from orchestrator.auth import parse_ttl
-from orchestrator.cli.context import load_settings, ready_engine
+from orchestrator.cli.context import load_settings, organization_id, ready_engine
 from orchestrator.cli.output import emit
 from orchestrator.service import build_services
 from schema.db import transaction
@@ -65,7 +65,12 @@ def serve(
 @token_app.command("issue")
 def token_issue(
     role: str = typer.Option(..., "--role", help="platform_admin, org_admin, org_user or node."),
-    org: str | None = typer.Option(None, "--org", help="Organization id (every role but platform_admin)."),
+    org: str | None = typer.Option(
+        None,
+        "--org",
+        help="Organization id or name (every role but platform_admin).",
+        callback=organization_id,
+    ),
     ttl: str = typer.Option("15m", "--ttl", help="Lifetime: seconds or 15m, 2h, 1d."),
     subject: str | None = typer.Option(None, "--subject", help="The token's 'sub' claim."),
 ) -> None:
@@ -86,7 +91,8 @@ def rotate_kek(as_json: bool = JSON_OPTION) -> None:
 
 @keys_app.command("rotate-org")
 def rotate_org(
-    org: str = typer.Option(..., "--org", help="Organization id."), as_json: bool = JSON_OPTION
+    org: str = typer.Option(..., "--org", help="Organization id or name.", callback=organization_id),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """New data key for one organization; its provider API keys are re-encrypted under it."""
     services = build_services(load_settings(), ready_engine())

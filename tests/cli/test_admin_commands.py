@@ -58,12 +58,12 @@ def test_users_are_scoped_to_their_organization(ready_cli: Runner) -> None:
         (("org", "create", "--name", "   "), 2, "empty"),
         (("org", "create", "--name", "x" * 300), 2, "limit is 255"),
         (("org", "create", "--name", "ok", "--billing-model", "free"), 2, "pay_as_you_go"),
-        (("user", "create", "--org", "not-a-uuid", "--email", "a@b.co"), 2, "not a UUID"),
+        (("user", "create", "--org", "not-a-uuid", "--email", "a@b.co"), 3, "no organization is named"),
         (("user", "create", "--org", str(uuid.UUID(int=7)), "--email", "a@b.co"), 3, "does not exist"),
         (("user", "list", "--org", str(uuid.UUID(int=7))), 3, "does not exist"),
         (("user", "list"), 2, "Missing option '--org'"),
         (("org", "frobnicate"), 2, "No such command"),
-        (("audit", "verify", "--org", "zzz"), 2, "not a UUID"),
+        (("audit", "verify", "--org", "zzz"), 3, "no organization is named 'zzz'"),
     ],
 )
 def test_bad_input_is_one_line_error_and_nothing_written(
@@ -95,3 +95,33 @@ def test_admin_changes_are_audited_and_verify(ready_cli: Runner) -> None:
     assert chains == [
         {"organization_id": org["id"], "records": 2, "ok": True, "first_bad_id": None, "reason": None}
     ]
+
+
+def test_org_option_takes_a_name_or_an_id(ready_cli: Runner) -> None:
+    # Prepare
+    org = ready_cli("org", "create", "--name", "Baker & Sons LLP", "--json").json()
+    ready_cli("user", "create", "--org", org["id"], "--email", "ann@example.com")
+    # Execute
+    by_name = ready_cli("user", "list", "--org", "Baker & Sons LLP", "--json")
+    missing = ready_cli("user", "list", "--org", "Nobody LLP", "--json")
+    # Assert
+    assert by_name.code == 0, by_name.err
+    assert [u["organization_id"] for u in by_name.json()] == [org["id"]]
+    assert (
+        missing.code == 3
+        and one_line_error(missing)
+        and "no organization is named 'Nobody LLP'" in missing.err
+    )
+
+
+def test_piped_tables_never_cut_ids_or_headers(ready_cli: Runner) -> None:
+    # Prepare: a long name, so the natural table is far wider than 80 columns
+    org = ready_cli("org", "create", "--name", "A very long firm name " * 4, "--json").json()
+    # Execute
+    out = ready_cli("org", "list").out
+    # Assert: the full id, the full name and every header are printed
+    assert org["id"] in out
+    assert org["name"].strip() in out
+    for header in ("id", "name", "billing_model", "created_at"):
+        assert f" {header} " in out
+    assert "…" not in out

@@ -173,7 +173,7 @@ BAD_INPUTS: list[tuple[str, tuple[str, ...], int, str]] = [
         3,
         "organization",
     ),
-    ("bad organization id", ("consent", "show", "--org", "zzz"), 2, "not a UUID"),
+    ("unknown organization name", ("consent", "show", "--org", "zzz"), 3, "no organization is named 'zzz'"),
     (
         "bad user id",
         ("consent", "withdraw", "--org", "{org}", "--user", "12", "--type", "ai_training"),
