@@ -10,6 +10,7 @@ what a Flower user expects.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -20,6 +21,12 @@ from aggregation.errors import EmptyAggregationError
 from aggregation.ops import cast_like_spec
 from aggregation.spec import Arrays, ModelSpec, require_weight
 from aggregation.streaming import WeightedMean
+
+log = logging.getLogger("accute.aggregation")
+
+#: An update is an outlier when its distance to the coordinate-wise median exceeds this many times
+#: the median of all updates' distances (a robust scale: honest updates of one round cluster).
+OUTLIER_FACTOR = 3.0
 
 _BLOCK_ELEMENTS = 1 << 22
 """K x columns per block: 32 MiB of float64."""
@@ -56,6 +63,32 @@ class _Buffered:
     def result(self) -> dict[str, npt.NDArray[Any]]:
         raise NotImplementedError
 
+    def used_weights(self) -> list[float]:
+        """Each update's share of the result, in ``add`` order (sums to 1): what the aggregator
+        actually used, not what the update claimed. Median and trimmed mean give every update an
+        equal say, whatever its weight."""
+        return [1.0 / self.count] * self.count if self.count else []
+
+    def median_distances(self) -> npt.NDArray[np.float64]:
+        """Each update's L2 distance to the coordinate-wise median of all of them."""
+        self._require_some()
+        squared = np.zeros(self.count, dtype=np.float64)
+        for e in self._spec:
+            for _, block in self._blocks(e.name):
+                squared += ((block - np.median(block, axis=0)) ** 2).sum(axis=1)
+        distances: npt.NDArray[np.float64] = np.sqrt(squared)
+        return distances
+
+    def outliers(self, factor: float = OUTLIER_FACTOR) -> list[int]:
+        """Indices (``add`` order) of updates far from the round's median; none below 3 updates."""
+        if self.count < 3:
+            return []
+        distances = self.median_distances()
+        scale = float(np.median(distances))
+        if scale <= 0.0:
+            return [i for i, d in enumerate(distances) if d > 0.0]
+        return [i for i, d in enumerate(distances) if d > factor * scale]
+
     def _require_some(self) -> None:
         if not self._updates:
             raise EmptyAggregationError("no update was added; nothing to aggregate")
@@ -88,7 +121,12 @@ class Median(_Buffered):
 
 
 class TrimmedMean(_Buffered):
-    """Coordinate-wise mean after dropping the `trim_fraction` smallest and largest values (FedTrimmedAvg)."""
+    """Coordinate-wise mean after dropping the `trim_fraction` smallest and largest values (FedTrimmedAvg).
+
+    Unlike Flower's ``trim_mean``, at least one value is trimmed from each side once there are three
+    updates: with β = 0.2 Flower trims nothing below five, so one boosted update passed untouched.
+    Below three nothing can be trimmed, and a warning says so.
+    """
 
     def __init__(self, spec: ModelSpec, trim_fraction: float = 0.2) -> None:
         if not 0.0 <= trim_fraction < 0.5:
@@ -96,9 +134,17 @@ class TrimmedMean(_Buffered):
         super().__init__(spec)
         self.trim_fraction = trim_fraction
 
+    def trimmed_per_side(self, n: int | None = None) -> int:
+        n = self.count if n is None else n
+        if n < 3:
+            return 0
+        return max(1, int(self.trim_fraction * n))
+
     def result(self) -> dict[str, npt.NDArray[Any]]:
         n = self.count
-        low = int(self.trim_fraction * n)
+        low = self.trimmed_per_side(n)
+        if n and low == 0:
+            log.warning("trimmed mean of %d update(s) trims nothing: it needs at least 3 to trim", n)
         high = n - low
 
         def trimmed(block: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -152,6 +198,21 @@ class Krum(_Buffered):
         closest = min(max(1, n - self.num_malicious - 2), n - 1)
         scores: npt.NDArray[np.float64] = np.sort(d, axis=1)[:, :closest].sum(axis=1)
         return scores
+
+    def used_weights(self) -> list[float]:
+        """Only the selected updates count, by their weights; the others count zero (after ``result``)."""
+        total = sum(self._weights[i] for i in self.selected)
+        return [
+            self._weights[i] / total if i in self.selected and total > 0 else 0.0 for i in range(self.count)
+        ]
+
+    def outliers(self, factor: float = OUTLIER_FACTOR) -> list[int]:
+        """Far from the median, plus the ``num_malicious`` worst Krum scores (the updates Krum distrusts most)."""
+        flagged = set(super().outliers(factor))
+        if self.num_malicious and self.count >= 3:
+            order = np.argsort(self.scores(), kind="stable")
+            flagged |= {int(i) for i in order[-self.num_malicious :]}
+        return sorted(flagged)
 
     def result(self) -> dict[str, npt.NDArray[Any]]:
         self._require_some()

@@ -41,6 +41,10 @@ class Aggregator(Protocol):
         """The aggregate in the spec's dtypes."""
         ...
 
+    def used_weights(self) -> list[float]:
+        """Each update's share of the result as actually used (``add`` order, sums to 1)."""
+        ...
+
 
 class StreamingSum:
     """Σ weightᵢ · updateᵢ in float64: the plain sum central DP adds noise to."""
@@ -81,6 +85,7 @@ class WeightedMean(StreamingSum):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
         self._total_weight = 0.0
+        self._weights: list[float] = []
 
     @property
     def total_weight(self) -> float:
@@ -89,6 +94,11 @@ class WeightedMean(StreamingSum):
     def add(self, update: Arrays, weight: float = 1.0) -> None:
         super().add(update, weight)
         self._total_weight += float(weight)
+        self._weights.append(float(weight))
+
+    def used_weights(self) -> list[float]:
+        """Each update's share of the mean, in ``add`` order (one float per update: memory stays flat)."""
+        return [w / self._total_weight for w in self._weights] if self._total_weight > 0 else []
 
     def _require_some(self) -> None:
         if self._count == 0:

@@ -54,9 +54,12 @@ def test_median_is_the_coordinatewise_median(case: tuple[ModelSpec, list[Update]
 @settings(max_examples=40, deadline=None)
 @given(case=batches(), beta=st.sampled_from([0.0, 0.1, 0.2, 0.3, 0.49]))
 def test_trimmed_mean_matches_flowers_trim_mean(case: tuple[ModelSpec, list[Update]], beta: float) -> None:
+    """Flower's trim_mean wherever it trims at least one per side; from 3 updates on we always do."""
     # Prepare
     spec, batch = case
     trimmed = TrimmedMean(spec, beta)
+    n = len(batch)
+    low = int(beta * n) if n < 3 else max(1, int(beta * n))
 
     # Execute
     for u in batch:
@@ -64,11 +67,53 @@ def test_trimmed_mean_matches_flowers_trim_mean(case: tuple[ModelSpec, list[Upda
     got = trimmed.result()
 
     # Assert
+    assert trimmed.trimmed_per_side() == low
     for e in spec:
-        expected = trim_mean(np.stack([u[e.name].astype(np.float64) for u in batch]), beta)
-        np.testing.assert_allclose(
-            got[e.name], np.asarray(expected).astype(e.dtype), rtol=4 * np.finfo(e.dtype).eps, atol=1e-9
-        )
+        stacked = np.stack([u[e.name].astype(np.float64) for u in batch])
+        expected = np.sort(stacked, axis=0)[low : n - low].mean(axis=0)
+        tolerance = {"rtol": 4 * np.finfo(e.dtype).eps, "atol": 1e-9}
+        np.testing.assert_allclose(got[e.name], expected.astype(e.dtype), **tolerance)  # type: ignore[arg-type]
+        if int(beta * n) == low:
+            np.testing.assert_allclose(
+                got[e.name],
+                np.asarray(trim_mean(stacked, beta)).astype(e.dtype),
+                **tolerance,  # type: ignore[arg-type]
+            )
+
+
+def test_trimmed_mean_trims_a_boosted_update_that_flower_keeps() -> None:
+    # Prepare: three honest updates near 1 and one boosted x50; beta 0.2 (Flower trims nothing below 5)
+    spec = ModelSpec.from_arrays({"w": np.zeros(4, dtype=np.float32)})
+    honest = [np.full(4, v, dtype=np.float32) for v in (0.9, 1.0, 1.1)]
+    boosted = np.full(4, 50.0, dtype=np.float32)
+    trimmed = TrimmedMean(spec, 0.2)
+    for u in [*honest, boosted]:
+        trimmed.add({"w": u})
+    # Execute
+    got = trimmed.result()["w"]
+    flower = trim_mean(np.stack([*honest, boosted]).astype(np.float64), 0.2)
+    # Assert
+    np.testing.assert_allclose(got, np.full(4, 1.05), rtol=1e-6)
+    assert float(np.max(flower)) > 10.0
+
+
+def test_outliers_and_used_weights_name_the_attacker() -> None:
+    # Prepare
+    spec = ModelSpec.from_arrays({"w": np.zeros(3, dtype=np.float32)})
+    updates = [np.array([1.0, 1.0, 1.0]) + d for d in (0.0, 0.05, -0.05, 0.02)] + [np.full(3, 40.0)]
+    weights = [10.0, 10.0, 10.0, 10.0, 1e9]
+    median, krum, mean = Median(spec), Krum(spec, num_malicious=1, num_selected=2), WeightedMean(spec)
+    for agg in (median, krum, mean):
+        for u, w in zip(updates, weights, strict=True):
+            agg.add({"w": u.astype(np.float32)}, w)
+    # Execute
+    krum.result()
+    # Assert: the boosted update is flagged by both; Krum gives it no weight; the mean shows its claimed share
+    assert median.outliers() == [4]
+    assert 4 in krum.outliers()
+    assert krum.used_weights()[4] == 0.0 and sum(krum.used_weights()) == pytest.approx(1.0)
+    assert median.used_weights() == [0.2] * 5
+    assert mean.used_weights()[4] == pytest.approx(1e9 / (1e9 + 40.0))
 
 
 def as_reply(update: Update, weight: float) -> RecordDict:
