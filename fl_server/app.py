@@ -20,7 +20,7 @@ from fl_client import protocol
 from fl_client.tasks import get_task
 from fl_server.config import RunConfig
 from fl_server.governance import Governor
-from fl_server.publish import Publication, publish_run
+from fl_server.publish import Publication, PublishGate, publish_run
 from fl_server.strategy import GovernedResult, GovernedStrategy, RoundRecord
 from schema.config import Settings
 from schema.db import make_engine
@@ -58,7 +58,7 @@ def run_governed(
         initial = {k: v.detach().numpy() for k, v in task.initial_state(config.seed).items()}
         result = strategy.start(grid, record_from_arrays(initial))
         final_metric = result.rounds[-1].metric if result.rounds else None
-        publication = publish_run(engine, config, final_metric)
+        publication = publish_run(engine, config, final_metric, PublishGate.from_settings(settings))
         return result, publication
     finally:
         engine.dispose()

@@ -1,24 +1,71 @@
-"""Publishing a run's global model to the VAMN registry, promoted only if it does not regress.
+"""Publishing a run's global model to the VAMN registry, activated only past a quality gate.
 
 The weights are already in the content-addressed store (every round's are); publishing adds a
-registry row for the run's final round and compares its evaluation with the active version of
-the same head: better or equal activates it (the old one retires), worse keeps it on record as
-rejected. Lineage of the consent snapshots that trained it is linked to the new version.
+registry row for the run's final round. It becomes the active version of its head only if the
+gate passes (``PublishGate``): it has a held-out metric at all, beats chance for a classifier,
+reaches the configured floor for its model type, and does not fall more than the allowed margin
+under the active version. Otherwise it stays on record as ``rejected`` with the reason (audited
+by the registry) — a chance-level DP model was once published ``active``. Lineage of the consent
+snapshots that trained it is linked to the new version either way.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, select
 
 import consent_gate
-from fl_client.tasks import get_task
+from fl_client.tasks import TaskSpec, get_task
 from fl_server.config import RunConfig
 from schema import registry
+from schema.config import Settings
 from schema.db import transaction
 from schema.models import FlPublishedModel, FlRun
+
+
+@dataclass(frozen=True)
+class PublishGate:
+    """What a model must show to be activated (Settings: ``ACCUTE_PUBLISH_MIN_METRIC``,
+    ``ACCUTE_PUBLISH_MAX_REGRESSION``)."""
+
+    min_metric: Mapping[str, float] = field(default_factory=dict)
+    max_regression: float = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PublishGate:
+        return cls(dict(settings.publish_min_metric), settings.publish_max_regression)
+
+    def refusal(self, task: TaskSpec, metric: float | None, active_metric: float | None) -> str | None:
+        """Why the model must not be activated, or None when it may."""
+        name = task.metric.name
+        if metric is None or math.isnan(metric):
+            return f"no held-out {name} to judge it by; promote it by hand if you trust it"
+        higher = task.metric.higher_is_better
+        chance = chance_level(task)
+        if chance is not None and metric <= chance:
+            return f"held-out {name} {metric:.4g} is no better than chance ({chance:.4g})"
+        floor = self.min_metric.get(task.name)
+        if floor is not None and (metric < floor if higher else metric > floor):
+            return f"held-out {name} {metric:.4g} misses the floor {floor:g} set for {task.name}"
+        if active_metric is not None:
+            shortfall = (active_metric - metric) if higher else (metric - active_metric)
+            if shortfall > self.max_regression:
+                return (
+                    f"held-out {name} {metric:.4g} regresses against the active version's {active_metric:.4g} "
+                    f"(allowed {self.max_regression:g})"
+                )
+        return None
+
+
+def chance_level(task: TaskSpec) -> float | None:
+    """Accuracy of a uniform guess for a classifier's metric; None for other metrics."""
+    classes = getattr(getattr(task.encoder, "label", None), "classes", None)
+    if task.metric.higher_is_better and task.metric.name == "accuracy" and classes:
+        return 1.0 / len(classes)
+    return None
 
 
 @dataclass(frozen=True)
@@ -32,8 +79,11 @@ class Publication:
     metric: float | None
 
 
-def publish_run(engine: Engine, config: RunConfig, metric: float | None) -> Publication:
+def publish_run(
+    engine: Engine, config: RunConfig, metric: float | None, gate: PublishGate | None = None
+) -> Publication:
     task = get_task(config.task)
+    gate = gate or PublishGate()
     with transaction(engine) as session:
         run = session.scalar(select(FlRun).where(FlRun.name == config.run_name))
         if run is None or run.weights_checksum is None:
@@ -52,17 +102,14 @@ def publish_run(engine: Engine, config: RunConfig, metric: float | None) -> Publ
             reference = session.scalar(
                 select(FlPublishedModel).where(FlPublishedModel.registry_id == active.id)
             )
-        regresses = (
-            reference is not None
-            and reference.metric_name == task.metric.name
-            and reference.metric_value is not None
-            and (metric is None or task.metric.better(reference.metric_value, metric))
+        active_metric = (
+            reference.metric_value
+            if reference is not None and reference.metric_name == task.metric.name
+            else None
         )
-        if regresses:
-            assert reference is not None
-            registry.reject(
-                session, row.id, f"{task.metric.name} {metric} regresses against {reference.metric_value}"
-            )
+        refusal = gate.refusal(task, metric, active_metric)
+        if refusal is not None:
+            registry.reject(session, row.id, refusal)
         else:
             registry.activate(session, row.id)
         session.add(

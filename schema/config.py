@@ -48,6 +48,17 @@ class Settings(BaseSettings):
         default="rdp", pattern="^(rdp|prv)$", description="Privacy accountant for the ledger: rdp or prv."
     )
 
+    # Publishing (fl_server/publish.py): when a run's model may become the active version of its head.
+    publish_min_metric: dict[str, float] = Field(
+        default_factory=dict,
+        description='Held-out metric a model type must reach to be activated, e.g. {"digits": 0.85}.',
+    )
+    publish_max_regression: float = Field(
+        default=0.0,
+        ge=0,
+        description="How far (in metric units) a new version may fall short of the active one and still activate.",
+    )
+
     # Consent gate (consent_gate/): a tenant joins a round only with at least this many consenting users.
     min_consenting_users: int = Field(
         default=1, ge=1, description="Minimum users with every required consent for a tenant to be eligible."
