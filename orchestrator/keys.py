@@ -35,6 +35,7 @@ from schema import audit
 from schema.config import Settings
 from schema.errors import ConfigurationError
 from schema.models import HsmKeyRegistry, OrganizationDataKey, ServiceSigningKey, TenantLlmConfig
+from schema.personal_data import PersonalDataVault
 from schema.timeutil import utcnow
 
 NONCE_BYTES = 12
@@ -448,3 +449,9 @@ def record_key_version(
     else:
         row.key_version, row.key_vault_uri, row.last_rotated_at = version, uri[:500], now
     session.flush()
+
+
+# -- personal data (issue 19) ----------------------------------------------------------------------
+def personal_data_vault(settings: Settings) -> PersonalDataVault:
+    """Per-user data keys (crypto-shredding) under the same KEK provider as the organizations' DEKs."""
+    return PersonalDataVault(kek_provider(settings))

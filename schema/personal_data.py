@@ -107,22 +107,24 @@ class PersonalDataVault:
         self._keys[user_id] = key
         return key
 
-    def _live_key(self, session: Session, organization_id: uuid.UUID, user_id: uuid.UUID) -> bytes:
+    def _live_key(self, session: Session, organization_id: uuid.UUID, user_id: uuid.UUID) -> bytes | None:
+        """The user's key, created on first use; None once shredded (nothing more may be recorded)."""
         row = self._row(session, user_id)
         if row is None:
             row = self._create(session, organization_id, user_id)
-        if row.wrapped_key is None:
-            raise ValueError(f"user {user_id} was erased; nothing personal may be recorded for them")
-        key = self._key(session, user_id)
-        assert key is not None
-        return key
+        return None if row.wrapped_key is None else self._key(session, user_id)
 
     # -- values ------------------------------------------------------------------------------------
     def seal(
         self, session: Session, organization_id: uuid.UUID, user_id: uuid.UUID, purpose: str, value: str
     ) -> str:
-        """``value`` encrypted under the user's key (created on first use), as a ``pd1:`` token."""
+        """``value`` encrypted under the user's key (created on first use), as a ``pd1:`` token.
+
+        For an erased user nothing is recorded: the result is :data:`ERASED`.
+        """
         key = self._live_key(session, organization_id, user_id)
+        if key is None:
+            return ERASED
         nonce = os.urandom(NONCE_BYTES)
         sealed = nonce + AESGCM(key).encrypt(nonce, value.encode(), value_aad(user_id, purpose))
         return SEALED_PREFIX + base64.b64encode(sealed).decode()
@@ -145,6 +147,8 @@ class PersonalDataVault:
     ) -> str:
         """A keyed hash of ``value`` that proves it later, while the user's key lives."""
         key = self._live_key(session, organization_id, user_id)
+        if key is None:
+            return ERASED
         return _fingerprint(key, user_id, purpose, value)
 
     def matches(self, session: Session, user_id: uuid.UUID, purpose: str, value: str, recorded: str) -> bool | None:
