@@ -96,16 +96,20 @@ class PersonalDataVault:
         return row
 
     def _key(self, session: Session, user_id: uuid.UUID) -> bytes | None:
-        """The user's key, or None when it never existed or was shredded."""
-        cached = self._keys.get(user_id)
-        if cached is not None:
-            return cached
+        """The user's key, or None when it never existed or was shredded.
+
+        The row is read every time (another process may have shredded it); only the unwrapping,
+        which may be a round trip to an HSM, is cached.
+        """
         row = self._row(session, user_id)
         if row is None or row.wrapped_key is None or row.kek_version is None:
+            self._keys.pop(user_id, None)
             return None
-        key = self.kek.unwrap(row.kek_version, row.wrapped_key, key_aad(user_id))
-        self._keys[user_id] = key
-        return key
+        cached = self._keys.get(user_id)
+        if cached is None:
+            cached = self.kek.unwrap(row.kek_version, row.wrapped_key, key_aad(user_id))
+            self._keys[user_id] = cached
+        return cached
 
     def _live_key(self, session: Session, organization_id: uuid.UUID, user_id: uuid.UUID) -> bytes | None:
         """The user's key, created on first use; None once shredded (nothing more may be recorded)."""
