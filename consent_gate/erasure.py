@@ -31,9 +31,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, delete, func, or_, select, update
+from sqlalchemy import CursorResult, Engine, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from consent_gate import records
@@ -80,6 +80,11 @@ class Store:
     erase: Callable[[Session, ErasureContext], dict[str, Any]]
 
 
+def _affected(result: Any) -> int:
+    """Rows an UPDATE or DELETE touched (``Session.execute`` is typed as returning a plain Result)."""
+    return int(cast(CursorResult[Any], result).rowcount)
+
+
 def _count(session: Session, model: Any, *conditions: Any) -> int:
     return int(session.scalar(select(func.count()).select_from(model).where(*conditions)) or 0)
 
@@ -108,20 +113,34 @@ def _describe_consents(session: Session, user: User) -> dict[str, Any]:
         *_consents_of(user),
         or_(UserConsent.ip_address.is_not(None), UserConsent.user_agent.is_not(None)),
     )
-    return {"rows": _count(session, UserConsent, *_consents_of(user)), "granted": granted, "with_ip_or_agent": with_origin}
+    return {
+        "rows": _count(session, UserConsent, *_consents_of(user)),
+        "granted": granted,
+        "with_ip_or_agent": with_origin,
+    }
 
 
 def _erase_consents(session: Session, ctx: ErasureContext) -> dict[str, Any]:
     user = ctx.user
-    granted = [c.consent_type for c in records.current_consents(session, user.organization_id, user.id) if c.consent_given]
+    granted = [
+        c.consent_type
+        for c in records.current_consents(session, user.organization_id, user.id)
+        if c.consent_given
+    ]
     reason = f"dsr:{ctx.request.request_type}:{ctx.request.id}"
     withdrawn = [
-        t for t in granted if records.withdraw(session, user.organization_id, user.id, t, reason=reason).changed
+        t
+        for t in granted
+        if records.withdraw(session, user.organization_id, user.id, t, reason=reason).changed
     ]
     rows = session.execute(
         update(UserConsent).where(*_consents_of(user)).values(ip_address=None, user_agent=None)
     )
-    return {"action": "withdrawn; IP address and user agent wiped", "rows": rows.rowcount, "withdrawn": withdrawn}
+    return {
+        "action": "withdrawn; IP address and user agent wiped",
+        "rows": _affected(rows),
+        "withdrawn": withdrawn,
+    }
 
 
 def _events_of(user: User) -> tuple[Any, ...]:
@@ -129,7 +148,9 @@ def _events_of(user: User) -> tuple[Any, ...]:
 
 
 def _describe_events(session: Session, user: User) -> dict[str, Any]:
-    reasons = session.scalars(select(ConsentEvent.reason).where(*_events_of(user), ConsentEvent.reason.is_not(None)))
+    reasons = session.scalars(
+        select(ConsentEvent.reason).where(*_events_of(user), ConsentEvent.reason.is_not(None))
+    )
     free_text = sum(1 for r in reasons if not records.SYSTEM_REASON.match(r or ""))
     return {"rows": _count(session, ConsentEvent, *_events_of(user)), "free_text_reasons": free_text}
 
@@ -156,9 +177,13 @@ def _erase_requests(session: Session, ctx: ErasureContext) -> dict[str, Any]:
     requests = session.scalars(select(DataSubjectRequest).where(*_requests_of(ctx.user))).all()
     for request in requests:
         request.request_details = {}
-        if request.id != ctx.request.id and request.request_type not in EXPORT_REQUEST_TYPES:
-            if request.response_details is not None:
-                request.response_details = {"redacted_by_erasure": str(ctx.request.id)}
+        own = request.id == ctx.request.id
+        if (
+            not own
+            and request.request_type not in EXPORT_REQUEST_TYPES
+            and request.response_details is not None
+        ):
+            request.response_details = {"redacted_by_erasure": str(ctx.request.id)}
     return {"action": "details the user wrote emptied", "rows": len(requests)}
 
 
@@ -197,7 +222,14 @@ def _keep_members(session: Session, ctx: ErasureContext) -> dict[str, Any]:
 
 # -- usage and platform tables -------------------------------------------------------------------
 def _describe_usage(session: Session, user: User) -> dict[str, Any]:
-    return {"rows": _count(session, LlmUsageLog, LlmUsageLog.organization_id == user.organization_id, LlmUsageLog.user_id == user.id)}
+    return {
+        "rows": _count(
+            session,
+            LlmUsageLog,
+            LlmUsageLog.organization_id == user.organization_id,
+            LlmUsageLog.user_id == user.id,
+        )
+    }
 
 
 def _erase_usage(session: Session, ctx: ErasureContext) -> dict[str, Any]:
@@ -206,7 +238,7 @@ def _erase_usage(session: Session, ctx: ErasureContext) -> dict[str, Any]:
         .where(LlmUsageLog.organization_id == ctx.user.organization_id, LlmUsageLog.user_id == ctx.user.id)
         .values(user_id=None)
     )
-    return {"action": "user_id cleared; rows kept for billing", "rows": result.rowcount}
+    return {"action": "user_id cleared; rows kept for billing", "rows": _affected(result)}
 
 
 def _describe_agent_sessions(session: Session, user: User) -> dict[str, Any]:
@@ -220,7 +252,7 @@ def _erase_agent_sessions(session: Session, ctx: ErasureContext) -> dict[str, An
         .where(AgentSession.organization_id == ctx.user.organization_id, AgentSession.user_id == ctx.user.id)
         .values(user_id=None)
     )
-    return {"action": "user_id cleared; rows kept for the usage log", "rows": result.rowcount}
+    return {"action": "user_id cleared; rows kept for the usage log", "rows": _affected(result)}
 
 
 def _user_sessions(user: User) -> Any:
@@ -228,7 +260,9 @@ def _user_sessions(user: User) -> Any:
 
 
 def _biometrics_of(user: User) -> Any:
-    return or_(BehavioralBiometrics.user_id == user.id, BehavioralBiometrics.session_id.in_(_user_sessions(user)))
+    return or_(
+        BehavioralBiometrics.user_id == user.id, BehavioralBiometrics.session_id.in_(_user_sessions(user))
+    )
 
 
 def _describe_biometrics(session: Session, user: User) -> dict[str, Any]:
@@ -237,7 +271,7 @@ def _describe_biometrics(session: Session, user: User) -> dict[str, Any]:
 
 def _erase_biometrics(session: Session, ctx: ErasureContext) -> dict[str, Any]:
     result = session.execute(delete(BehavioralBiometrics).where(_biometrics_of(ctx.user)))
-    return {"action": "deleted", "rows": result.rowcount}
+    return {"action": "deleted", "rows": _affected(result)}
 
 
 def _describe_sessions(session: Session, user: User) -> dict[str, Any]:
@@ -246,7 +280,7 @@ def _describe_sessions(session: Session, user: User) -> dict[str, Any]:
 
 def _erase_sessions(session: Session, ctx: ErasureContext) -> dict[str, Any]:
     result = session.execute(delete(UserSession).where(UserSession.user_id == ctx.user.id))
-    return {"action": "deleted", "rows": result.rowcount}
+    return {"action": "deleted", "rows": _affected(result)}
 
 
 def _describe_devices(session: Session, user: User) -> dict[str, Any]:
@@ -259,7 +293,7 @@ def _erase_devices(session: Session, ctx: ErasureContext) -> dict[str, Any]:
         update(ZeroTrustAccessLog).where(ZeroTrustAccessLog.device_id.in_(devices)).values(device_id=None)
     )
     result = session.execute(delete(TrustedDevice).where(TrustedDevice.user_id == ctx.user.id))
-    return {"action": "deleted", "rows": result.rowcount, "access_log_rows_unlinked": unlinked.rowcount}
+    return {"action": "deleted", "rows": _affected(result), "access_log_rows_unlinked": _affected(unlinked)}
 
 
 # -- audit log and keys --------------------------------------------------------------------------
@@ -272,7 +306,9 @@ def _audit_of(user: User) -> tuple[Any, ...]:
 
 def _describe_audit(session: Session, user: User) -> dict[str, Any]:
     data = session.scalars(select(ImmutableAuditLog.action_data).where(*_audit_of(user))).all()
-    sealed = sum(1 for d in data for k, v in (d or {}).items() if k.endswith("_sealed") and personal_data.is_sealed(v))
+    sealed = sum(
+        1 for d in data for k, v in (d or {}).items() if k.endswith("_sealed") and personal_data.is_sealed(v)
+    )
     return {"rows": len(data), "sealed_values": sealed}
 
 
@@ -304,17 +340,52 @@ def _erase_no_outbox(session: Session, ctx: ErasureContext) -> dict[str, Any]:
 
 
 STORES: list[Store] = [
-    Store("user_consents", "consents, with the IP address and user agent they were given from", _describe_consents, _erase_consents),
-    Store("consent_events", "every grant and withdrawal, with origin and reason", _describe_events, _erase_events),
-    Store("data_subject_requests", "the user's requests and the details written in them", _describe_requests, _erase_requests),
-    Store("exports", "access/portability exports kept in the requests' responses", _describe_exports, _erase_exports),
-    Store("consent_snapshot_members", "the consent snapshots (model lineage) that contained the user", _describe_members, _keep_members),
+    Store(
+        "user_consents",
+        "consents, with the IP address and user agent they were given from",
+        _describe_consents,
+        _erase_consents,
+    ),
+    Store(
+        "consent_events",
+        "every grant and withdrawal, with origin and reason",
+        _describe_events,
+        _erase_events,
+    ),
+    Store(
+        "data_subject_requests",
+        "the user's requests and the details written in them",
+        _describe_requests,
+        _erase_requests,
+    ),
+    Store(
+        "exports",
+        "access/portability exports kept in the requests' responses",
+        _describe_exports,
+        _erase_exports,
+    ),
+    Store(
+        "consent_snapshot_members",
+        "the consent snapshots (model lineage) that contained the user",
+        _describe_members,
+        _keep_members,
+    ),
     Store("llm_usage_log", "LLM calls made by the user", _describe_usage, _erase_usage),
     Store("agentSessions", "conversations with the agents", _describe_agent_sessions, _erase_agent_sessions),
-    Store("behavioral_biometrics", "behaviour hashes and device fingerprints of the user's sessions", _describe_biometrics, _erase_biometrics),
+    Store(
+        "behavioral_biometrics",
+        "behaviour hashes and device fingerprints of the user's sessions",
+        _describe_biometrics,
+        _erase_biometrics,
+    ),
     Store("sessions", "login sessions", _describe_sessions, _erase_sessions),
     Store("trustedDevices", "enrolled devices and their fingerprints", _describe_devices, _erase_devices),
-    Store("immutable_audit_log", "audit records about the user (ids; sealed values)", _describe_audit, _keep_audit),
+    Store(
+        "immutable_audit_log",
+        "audit records about the user (ids; sealed values)",
+        _describe_audit,
+        _keep_audit,
+    ),
     Store("hub_outbox", "events for the Fin(Ai)d hub", _describe_no_outbox, _erase_no_outbox),
     Store("personal_data_keys", "the user's data key (wrapped by the KEK)", _describe_keys, _erase_keys),
     Store("users", "the profile: email address", _describe_user, _erase_user),

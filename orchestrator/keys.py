@@ -368,6 +368,7 @@ class KeyRing:
         for key in signing:
             private = self.kek.unwrap(key.kek_version, key.private_wrapped, signing_aad(key.kid))
             key.kek_version, key.private_wrapped = self.kek.wrap(private, signing_aad(key.kid))
+        personal = PersonalDataVault(self.kek).rewrap_all(session)  # users' data keys (issue 19)
         record_key_version(session, None, "master_kek", "accute-kek", new_version, self.kek.uri)
         audit.append(
             session,
@@ -378,6 +379,7 @@ class KeyRing:
                 "kek_version": new_version,
                 "rewrapped_data_keys": len(rows),
                 "rewrapped_signing_keys": len(signing),
+                "rewrapped_personal_data_keys": personal,
             },
         )
         return new_version

@@ -175,7 +175,9 @@ def reanchor_mac(old_head: str, new_head: str, migration: str, rewritten: list[i
     return hmac.new(old_head.encode(), message, hashlib.sha256).hexdigest()
 
 
-def reanchor_data(old_head: str, new_head: str, migration: str, reason: str, rewritten: list[int]) -> dict[str, Any]:
+def reanchor_data(
+    old_head: str, new_head: str, migration: str, reason: str, rewritten: list[int]
+) -> dict[str, Any]:
     """The payload of an ``audit.reanchored`` record."""
     return {
         "migration": migration,

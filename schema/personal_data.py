@@ -140,9 +140,11 @@ class PersonalDataVault:
             return ERASED
         try:
             blob = base64.b64decode(token[len(SEALED_PREFIX) :], validate=True)
-            return AESGCM(key).decrypt(
-                blob[:NONCE_BYTES], blob[NONCE_BYTES:], value_aad(user_id, purpose)
-            ).decode()
+            return (
+                AESGCM(key)
+                .decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], value_aad(user_id, purpose))
+                .decode()
+            )
         except (InvalidTag, ValueError, binascii.Error):
             return UNREADABLE  # a token of another user or field, or a tampered one
 
@@ -155,7 +157,9 @@ class PersonalDataVault:
             return ERASED
         return _fingerprint(key, user_id, purpose, value)
 
-    def matches(self, session: Session, user_id: uuid.UUID, purpose: str, value: str, recorded: str) -> bool | None:
+    def matches(
+        self, session: Session, user_id: uuid.UUID, purpose: str, value: str, recorded: str
+    ) -> bool | None:
         """Whether ``value`` is the one fingerprinted in ``recorded``; None once the key is shredded."""
         key = self._key(session, user_id)
         if key is None:
@@ -174,6 +178,16 @@ class PersonalDataVault:
             else:
                 opened[name] = value
         return opened
+
+    def rewrap_all(self, session: Session) -> int:
+        """Re-wrap every live user key under the KEK's current version (after a KEK rotation)."""
+        rows = session.scalars(select(PersonalDataKey).where(PersonalDataKey.wrapped_key.is_not(None))).all()
+        for row in rows:
+            key = self._key(session, row.user_id)
+            assert key is not None
+            row.kek_version, row.wrapped_key = self.kek.wrap(key, key_aad(row.user_id))
+        session.flush()
+        return len(rows)
 
     # -- erasure -----------------------------------------------------------------------------------
     def shred(self, session: Session, user_id: uuid.UUID) -> bool:

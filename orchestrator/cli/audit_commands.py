@@ -27,7 +27,12 @@ def verify(
     with transaction(ready_engine()) as session:
         reports = audit.verify(session, organization_id)
     rows = [asdict(r) for r in reports]
-    emit(rows, as_json, "Audit chains", ("organization_id", "records", "ok", "first_bad_id", "reason", "reanchors"))
+    emit(
+        rows,
+        as_json,
+        "Audit chains",
+        ("organization_id", "records", "ok", "first_bad_id", "reason", "reanchors"),
+    )
     broken = [r for r in reports if not r.ok]
     if broken:
         first = broken[0]

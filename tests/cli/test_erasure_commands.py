@@ -12,9 +12,15 @@ def test_access_lists_stores_and_erasure_reports_them_then_verify_passes(
     # Prepare: users created through the CLI (their addresses sealed in the audit log).
     tenant = setup_tenant(ready_cli, "Shred", users=2)
     user = tenant["users"][0]
-    access = ready_cli("dsr", "file", "--org", tenant["id"], "--user", user, "--type", "access", "--json").json()
-    listed = ready_cli("dsr", "process", access["id"], "--json").json()["response_details"]["export"]["stores"]
-    erase = ready_cli("dsr", "file", "--org", tenant["id"], "--user", user, "--type", "erasure", "--json").json()
+    access = ready_cli(
+        "dsr", "file", "--org", tenant["id"], "--user", user, "--type", "access", "--json"
+    ).json()
+    listed = ready_cli("dsr", "process", access["id"], "--json").json()["response_details"]["export"][
+        "stores"
+    ]
+    erase = ready_cli(
+        "dsr", "file", "--org", tenant["id"], "--user", user, "--type", "erasure", "--json"
+    ).json()
 
     # Execute
     erased = ready_cli("dsr", "process", erase["id"], "--json")

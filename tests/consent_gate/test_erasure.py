@@ -136,7 +136,15 @@ def _database_bytes(engine: Engine, tmp_path: Path) -> bytes:
     url = engine.url.set(drivername="postgresql", query={})
     target = tmp_path / "dump.sql"
     subprocess.run(
-        [pg_dump, "--no-owner", "-n", schema_name, "-f", str(target), url.render_as_string(hide_password=False)],
+        [
+            pg_dump,
+            "--no-owner",
+            "-n",
+            schema_name,
+            "-f",
+            str(target),
+            url.render_as_string(hide_password=False),
+        ],
         check=True,
         timeout=120,
     )
@@ -166,7 +174,9 @@ def test_access_request_lists_every_store_that_holds_the_user(engine: Engine, tm
     assert all(isinstance(entry["holds"], str) and entry["holds"] for entry in export["stores"])
 
 
-def test_after_erasure_no_personal_byte_is_left_and_the_chain_verifies(engine: Engine, tmp_path: Path) -> None:
+def test_after_erasure_no_personal_byte_is_left_and_the_chain_verifies(
+    engine: Engine, tmp_path: Path
+) -> None:
     # Prepare: the person's data sits in every store; before erasure the bytes are there to find.
     world = _world(engine, tmp_path)
     before = _database_bytes(engine, tmp_path)
@@ -204,7 +214,9 @@ def test_after_erasure_no_personal_byte_is_left_and_the_chain_verifies(engine: E
         assert all(report.ok for report in audit.verify(session))
         created = {
             r.resource_id: r
-            for r in session.scalars(select(ImmutableAuditLog).where(ImmutableAuditLog.action == "user.created"))
+            for r in session.scalars(
+                select(ImmutableAuditLog).where(ImmutableAuditLog.action == "user.created")
+            )
         }
         erased = world.vault.open_data(session, world.user, created[world.user].action_data)
         kept = world.vault.open_data(session, world.other, created[world.other].action_data)
@@ -225,7 +237,9 @@ def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
     engine.dispose()
 
 
-def test_sqlite_keeps_erased_bytes_in_free_pages_until_compaction(sqlite_engine: Engine, tmp_path: Path) -> None:
+def test_sqlite_keeps_erased_bytes_in_free_pages_until_compaction(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
     """Why erasure VACUUMs: without secure_delete an UPDATE or DELETE leaves the old row image in
     the page (free pages are SQLite's; PostgreSQL is searched through pg_dump)."""
     engine = sqlite_engine

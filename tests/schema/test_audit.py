@@ -163,7 +163,9 @@ def test_a_reanchor_must_bind_the_head_it_follows(engine: Engine) -> None:
         ).first()
         assert tail is not None
         data = audit.reanchor_data("a" * 64, tail, "test", "a test re-anchor", [1])
-        audit.append(session, organization_id=org, action=audit.REANCHOR_ACTION, resource_type="test", data=data)
+        audit.append(
+            session, organization_id=org, action=audit.REANCHOR_ACTION, resource_type="test", data=data
+        )
     good = _report(engine, org)
     with transaction(engine) as session:
         stale = audit.reanchor_data("b" * 64, tail, "test", "points at an older head", [1])

@@ -68,7 +68,9 @@ def test_upgrade_removes_emails_and_reanchors_a_chain_that_verifies(empty_engine
         assert all(r.ok for r in reports.values()), reports
         assert reports[str(org)].reanchors == 1 and reports[str(quiet)].reanchors == 0
         chain = session.scalars(
-            select(ImmutableAuditLog).where(ImmutableAuditLog.organization_id == org).order_by(ImmutableAuditLog.id)
+            select(ImmutableAuditLog)
+            .where(ImmutableAuditLog.organization_id == org)
+            .order_by(ImmutableAuditLog.id)
         ).all()
         anchor = chain[-1]
         created = [r for r in chain if r.action == "user.created"]

@@ -43,7 +43,9 @@ def test_sealed_value_opens_only_for_its_user_and_purpose(engine: Engine, tmp_pa
     assert row is not None and row.wrapped_key is not None and len(row.wrapped_key) == 12 + 32 + 16
 
 
-def test_shredding_turns_reads_into_the_marker_and_records_nothing_new(engine: Engine, tmp_path: Path) -> None:
+def test_shredding_turns_reads_into_the_marker_and_records_nothing_new(
+    engine: Engine, tmp_path: Path
+) -> None:
     # Prepare: the vault has the key cached, as a long-lived service would.
     vault = PersonalDataVault(LocalFileKek(tmp_path / "kek.json"))
     org, a, b = _users(engine, vault)
@@ -66,3 +68,29 @@ def test_shredding_turns_reads_into_the_marker_and_records_nothing_new(engine: E
         assert personal_data.key_state(session, a)["state"] == "shredded"
         assert personal_data.key_state(session, b)["state"] == "active"
     assert (first, second) == (True, False)
+
+
+def test_rewrap_after_kek_rotation_keeps_values_readable_without_the_old_kek(
+    engine: Engine, tmp_path: Path
+) -> None:
+    # Prepare
+    kek = LocalFileKek(tmp_path / "kek.json")
+    vault = PersonalDataVault(kek)
+    org, a, b = _users(engine, vault)
+    with transaction(engine) as session:
+        token = vault.seal(session, org, a, "note", "still mine")
+        personal_data.shred(session, b)
+    new_version = kek.rotate()
+
+    # Execute
+    with transaction(engine) as session:
+        rewrapped = vault.rewrap_all(session)
+    kek.path.write_text(kek.path.read_text().replace('"1": ', '"retired": '))  # the old version is gone
+
+    # Assert
+    with transaction(engine) as session:
+        row = session.get(PersonalDataKey, a)
+        opened = PersonalDataVault(LocalFileKek(kek.path)).open(session, a, "note", token)
+    assert rewrapped == 1  # the shredded key stays shredded
+    assert row is not None and row.kek_version == new_version
+    assert opened == "still mine"
