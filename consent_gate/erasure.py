@@ -18,6 +18,8 @@ What erasure does, store by store (the response names each, with row counts):
 - ``llm_usage_log`` and ``agentSessions``: ``user_id`` set to NULL; the rows stay for billing.
 - ``behavioral_biometrics``, ``sessions``, ``trustedDevices``: deleted (a device is first unlinked
   from the zero-trust access log that references it).
+- ``zero_trust_access_log``, ``security_anomalies``: kept, pseudonymous ids only, under the
+  security records' own retention (the devices they pointed at are unlinked above).
 - ``immutable_audit_log``: records kept (they carry ids only); the values sealed under the user's
   data key become unreadable when ``personal_data_keys`` shreds it.
 - ``personal_data_keys``: the user's wrapped key destroyed.
@@ -47,6 +49,7 @@ from schema.models import (
     DataSubjectRequest,
     ImmutableAuditLog,
     LlmUsageLog,
+    SecurityAnomaly,
     TrustedDevice,
     User,
     UserConsent,
@@ -296,6 +299,34 @@ def _erase_devices(session: Session, ctx: ErasureContext) -> dict[str, Any]:
     return {"action": "deleted", "rows": _affected(result), "access_log_rows_unlinked": _affected(unlinked)}
 
 
+# -- security records (kept) ---------------------------------------------------------------------
+def _describe_access_log(session: Session, user: User) -> dict[str, Any]:
+    conditions = (
+        ZeroTrustAccessLog.organization_id == user.organization_id,
+        ZeroTrustAccessLog.user_id == user.id,
+    )
+    return {"rows": _count(session, ZeroTrustAccessLog, *conditions)}
+
+
+def _keep_access_log(session: Session, ctx: ErasureContext) -> dict[str, Any]:
+    return {
+        "action": "kept: security record under its own retention (pseudonymous id, devices unlinked)",
+        "rows": _describe_access_log(session, ctx.user)["rows"],
+    }
+
+
+def _describe_anomalies(session: Session, user: User) -> dict[str, Any]:
+    conditions = (SecurityAnomaly.organization_id == user.organization_id, SecurityAnomaly.user_id == user.id)
+    return {"rows": _count(session, SecurityAnomaly, *conditions)}
+
+
+def _keep_anomalies(session: Session, ctx: ErasureContext) -> dict[str, Any]:
+    return {
+        "action": "kept: security record under its own retention (pseudonymous id)",
+        "rows": _describe_anomalies(session, ctx.user)["rows"],
+    }
+
+
 # -- audit log and keys --------------------------------------------------------------------------
 def _audit_of(user: User) -> tuple[Any, ...]:
     return (
@@ -380,6 +411,18 @@ STORES: list[Store] = [
     ),
     Store("sessions", "login sessions", _describe_sessions, _erase_sessions),
     Store("trustedDevices", "enrolled devices and their fingerprints", _describe_devices, _erase_devices),
+    Store(
+        "zero_trust_access_log",
+        "access decisions about the user's requests",
+        _describe_access_log,
+        _keep_access_log,
+    ),
+    Store(
+        "security_anomalies",
+        "anomalies detected on the user's activity",
+        _describe_anomalies,
+        _keep_anomalies,
+    ),
     Store(
         "immutable_audit_log",
         "audit records about the user (ids; sealed values)",

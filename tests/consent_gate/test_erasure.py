@@ -167,11 +167,12 @@ def test_access_request_lists_every_store_that_holds_the_user(engine: Engine, tm
     listed = {entry["store"]: entry for entry in export["stores"]}
     assert list(listed) == [store.name for store in erasure.STORES]
     holding = {name for name, entry in listed.items() if erasure._holds_something(entry)}
-    assert holding == {store.name for store in erasure.STORES} - {"hub_outbox"}
+    assert holding == {store.name for store in erasure.STORES} - {"hub_outbox", "security_anomalies"}
     assert listed["trustedDevices"]["rows"] == 1 and listed["llm_usage_log"]["rows"] == 1
     assert listed["immutable_audit_log"]["sealed_values"] == 3  # the email and two reasons
     assert listed["personal_data_keys"]["state"] == "active"
     assert all(isinstance(entry["holds"], str) and entry["holds"] for entry in export["stores"])
+    assert listed["hub_outbox"]["rows"] == 0 and listed["security_anomalies"]["rows"] == 0
 
 
 def test_after_erasure_no_personal_byte_is_left_and_the_chain_verifies(
@@ -205,9 +206,10 @@ def test_after_erasure_no_personal_byte_is_left_and_the_chain_verifies(
             "consent_events",
             "data_subject_requests",
             "consent_snapshot_members",
+            "zero_trust_access_log",
             "immutable_audit_log",
             "users",
-        ]  # what is left: withdrawn consents, history facts, the requests, lineage, ids, the row
+        ]  # what is left: withdrawn consents, history facts, requests, lineage, security ids, the row
         for model in (UserSession, TrustedDevice, BehavioralBiometrics):
             assert session.scalar(select(sa.func.count()).select_from(model)) == 0
         # ... the chain still verifies and sealed values read as the marker, never an error ...
