@@ -9,9 +9,9 @@ it unreadable; the reasons the product writes itself (``dsr:<type>:<request id>`
 
 API (all in the caller's transaction):
     grant(session, organization_id, user_id, consent_type, version="1.0", *, ip_address=None,
-          user_agent=None, reason=None) -> ConsentChange
+          user_agent=None, reason=None, vault=None) -> ConsentChange
     withdraw(session, organization_id, user_id, consent_type, *, ip_address=None, user_agent=None,
-             reason=None) -> ConsentChange
+             reason=None, vault=None) -> ConsentChange
     current_consents(session, organization_id, user_id=None) -> list[UserConsent]
     history(session, organization_id, user_id) -> list[ConsentEvent]
     consent_as_dict(consent) / event_as_dict(event) -> dict
