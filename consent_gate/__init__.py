@@ -6,6 +6,7 @@ Modules, one job each:
     gate     eligibility, snapshot + digest, re-check on arrival
     lineage  which rounds and model versions trained on which snapshots
     dsr      data subject requests: file, list, process (export, erasure)
+    erasure  the stores that hold a person: what each holds, what erasure does (register_store)
 
 The federated-training server calls (each in its own session/transaction)::
 

@@ -10,18 +10,22 @@
   ``rectification``: corrects the user's email (the one profile field the product holds);
   ``restriction`` / ``objection``: withdraws every training consent the policy knows, so the user
   stays out of snapshots until they grant again themselves;
-  ``erasure``: withdraws every consent, wipes IP addresses and user agents from consents and their
-  history, redacts the user's other requests and anonymizes the email; the snapshot memberships
-  stay, so the admin still sees which model versions were trained with the user (returned in
-  ``response_details``). A completed erasure excludes the user from snapshots for good.
-- Every state change appends an audit record (never the export or an email).
+  ``erasure``: walks every store of ``consent_gate.erasure`` (consents withdrawn and wiped, free
+  text emptied, exports redacted, usage and agent sessions detached, sessions, biometrics and
+  devices deleted, the user's data key shredded so sealed audit values become unreadable, the
+  email anonymized) and reports each store in ``response_details``; the snapshot memberships stay
+  (pseudonymous ids), so the admin still sees which model versions were trained with the user. A
+  completed erasure excludes the user from snapshots for good. The access export lists the same
+  stores with what each holds.
+- Every state change appends an audit record (never the export, an email or free text: a
+  rejection reason is sealed under the subject's data key when a ``vault`` is given, else left out).
 
 API (caller's transaction):
     file_request(session, organization_id, user_id, request_type, details=None) -> DataSubjectRequest
     list_requests(session, organization_id=None, status=None) -> list[DataSubjectRequest]
     get_request(session, request_id, organization_id=None) -> DataSubjectRequest
     process_request(session, request_id, *, organization_id=None, reject_reason=None,
-                    processed_by=None, rectified_email=None, policy=None) -> DataSubjectRequest
+                    processed_by=None, rectified_email=None, policy=None, vault=None) -> DataSubjectRequest
     export_user_data(session, organization_id, user_id) -> dict
     request_as_dict(request, include_response=True) -> dict
 """
@@ -35,7 +39,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from consent_gate import records, scope
+from consent_gate import erasure, records, scope
 from consent_gate.gate import OPEN_REQUEST_STATUSES
 from consent_gate.lineage import model_versions, user_lineage
 from consent_gate.policy import ConsentPolicy
@@ -43,13 +47,14 @@ from schema import audit
 from schema.directory import user_as_dict
 from schema.errors import ConflictError, InvalidInputError, NotFoundError
 from schema.models import DataSubjectRequest, User
+from schema.personal_data import PersonalDataVault
 from schema.timeutil import as_utc, iso, utcnow
 from schema.validation import clean_email, clean_name, one_of, parse_uuid
 from schema.vocab import DSR_REQUEST_TYPES, DSR_STATUSES
 
 DEADLINE = timedelta(days=30)
 EXPORT_FORMAT = "accute-data-export/1"
-ERASED_EMAIL_DOMAIN = "erased.invalid"
+ERASED_EMAIL_DOMAIN = erasure.ERASED_EMAIL_DOMAIN
 
 
 def file_request(
@@ -125,6 +130,7 @@ def process_request(
     processed_by: str | uuid.UUID | None = None,
     rectified_email: str | None = None,
     policy: ConsentPolicy | None = None,
+    vault: PersonalDataVault | None = None,
 ) -> DataSubjectRequest:
     """Carry out an open request and complete it, or reject it with ``reject_reason``."""
     reason = None if reject_reason is None else clean_name(reject_reason, "rejection reason", 500)
@@ -136,7 +142,9 @@ def process_request(
     user = scope.member(session, request.organization_id, request.user_id)
     if reason is not None:
         response: dict[str, Any] = {"rejected": reason}
-        status, summary = "rejected", {"reason": reason}
+        status, summary = "rejected", {}
+        if vault is not None:
+            summary["reason_sealed"] = vault.seal(session, user.organization_id, user.id, "reason", reason)
     else:
         response, summary = _carry_out(session, request, user, email, policy or ConsentPolicy.default())
         status = "completed"
@@ -201,34 +209,17 @@ def _rectify_email(session: Session, user: User, email: str) -> None:
 def _erase(
     session: Session, request: DataSubjectRequest, user: User
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    withdrawn = _withdraw(session, user, request, None)
-    consents = records.current_consents(session, user.organization_id, user.id)
-    for consent in consents:
-        consent.ip_address, consent.user_agent = None, None
-    events = records.history(session, user.organization_id, user.id)
-    for event in events:
-        event.ip_address, event.user_agent = None, None
-    others = session.scalars(
-        select(DataSubjectRequest).where(
-            DataSubjectRequest.organization_id == user.organization_id, DataSubjectRequest.user_id == user.id
-        )
-    ).all()
-    for other in others:
-        other.request_details = {}
-        if other.id != request.id and other.response_details is not None:
-            other.response_details = {"redacted_by_erasure": str(request.id)}
-    user.email = f"erased-{user.id.hex}@{ERASED_EMAIL_DOMAIN}"
+    stores = erasure.erase(session, request, user)
     lineage = user_lineage(session, user.organization_id, user.id)
     versions = model_versions(lineage)
-    erased = {
-        "email": "anonymized",
-        "consents_withdrawn": withdrawn,
-        "consent_rows_wiped": len(consents),
-        "consent_events_wiped": len(events),
-        "requests_redacted": len(others),
-    }
+    withdrawn = stores["user_consents"].get("withdrawn", [])
     kept = {"snapshots_containing_user": len(lineage), "model_versions_trained_with_user": versions}
-    return {"erased": erased, "lineage_kept": kept}, {"erased": erased, "model_versions": len(versions)}
+    summary = {
+        "stores": {name: {"rows": done.get("rows", 0)} for name, done in stores.items()},
+        "consents_withdrawn": withdrawn,
+        "model_versions": len(versions),
+    }
+    return {"erased": {"email": "anonymized", "stores": stores}, "lineage_kept": kept}, summary
 
 
 def export_user_data(
@@ -250,6 +241,7 @@ def export_user_data(
         "consent_history": [records.event_as_dict(e) for e in records.history(session, org_id, user.id)],
         "data_subject_requests": [request_as_dict(r, include_response=False) for r in requests],
         "training_lineage": user_lineage(session, org_id, user.id),
+        "stores": erasure.describe(session, user),
     }
 
 

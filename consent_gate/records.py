@@ -3,13 +3,15 @@
 ``user_consents`` holds the current state of each (organization, user, consent type);
 ``consent_events`` keeps every grant and withdrawal, so a withdrawal never erases the fact of the
 earlier grant. Each change appends an audit record (consent type and version only: the IP address
-and user agent are personal data and stay out of the immutable log).
+and user agent are personal data and stay out of the immutable log). A free-text ``reason`` goes
+into the audit record only sealed under the user's data key (with a ``vault``), so an erasure makes
+it unreadable; the reasons the product writes itself (``dsr:<type>:<request id>``) stay plain.
 
 API (all in the caller's transaction):
     grant(session, organization_id, user_id, consent_type, version="1.0", *, ip_address=None,
-          user_agent=None, reason=None) -> ConsentChange
+          user_agent=None, reason=None, vault=None) -> ConsentChange
     withdraw(session, organization_id, user_id, consent_type, *, ip_address=None, user_agent=None,
-             reason=None) -> ConsentChange
+             reason=None, vault=None) -> ConsentChange
     current_consents(session, organization_id, user_id=None) -> list[UserConsent]
     history(session, organization_id, user_id) -> list[ConsentEvent]
     consent_as_dict(consent) / event_as_dict(event) -> dict
@@ -18,6 +20,7 @@ API (all in the caller's transaction):
 from __future__ import annotations
 
 import ipaddress
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,11 +34,14 @@ from consent_gate import scope
 from schema import audit
 from schema.errors import ConflictError, InvalidInputError, NotFoundError
 from schema.models import ConsentEvent, User, UserConsent
+from schema.personal_data import PersonalDataVault
 from schema.timeutil import iso, utcnow
 from schema.validation import clean_name, one_of
 from schema.vocab import CONSENT_TYPES
 
 DEFAULT_CONSENT_VERSION = "1.0"
+#: Reasons the product itself writes (a data subject request's id): no personal data in them.
+SYSTEM_REASON = re.compile(r"^dsr:[a-z]+:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,7 @@ def _record(
     ip_address: str | None,
     user_agent: str | None,
     reason: str | None,
+    vault: PersonalDataVault | None,
 ) -> None:
     session.add(
         ConsentEvent(
@@ -97,8 +104,12 @@ def _record(
             f"consent {consent.consent_type} of user {consent.user_id} changed concurrently; retry"
         ) from None
     data: dict[str, Any] = {"consent_type": consent.consent_type, "consent_version": consent.consent_version}
-    if reason:
+    if reason and SYSTEM_REASON.match(reason):
         data["reason"] = reason
+    elif reason and vault is not None:
+        data["reason_sealed"] = vault.seal(
+            session, consent.organization_id, consent.user_id, "reason", reason
+        )
     audit.append(
         session,
         organization_id=consent.organization_id,
@@ -120,6 +131,7 @@ def grant(
     ip_address: str | None = None,
     user_agent: str | None = None,
     reason: str | None = None,
+    vault: PersonalDataVault | None = None,
 ) -> ConsentChange:
     """Record that the user gives ``consent_type`` (version ``version``); a no-op if already so."""
     one_of(consent_type, CONSENT_TYPES, "consent type")
@@ -140,7 +152,7 @@ def grant(
     consent.ip_address, consent.user_agent = ip, agent
     consent.given_at, consent.withdrawn_at = now, None
     consent.updated_at = now
-    _record(session, consent, "granted", now, ip, agent, reason)
+    _record(session, consent, "granted", now, ip, agent, reason, vault)
     return ConsentChange(consent, changed=True)
 
 
@@ -153,6 +165,7 @@ def withdraw(
     ip_address: str | None = None,
     user_agent: str | None = None,
     reason: str | None = None,
+    vault: PersonalDataVault | None = None,
 ) -> ConsentChange:
     """Record that the user withdraws ``consent_type``; the earlier grant stays in the history."""
     one_of(consent_type, CONSENT_TYPES, "consent type")
@@ -167,7 +180,7 @@ def withdraw(
     consent.consent_given = False
     consent.withdrawn_at = now
     consent.updated_at = now
-    _record(session, consent, "withdrawn", now, ip, agent, reason)
+    _record(session, consent, "withdrawn", now, ip, agent, reason, vault)
     return ConsentChange(consent, changed=True)
 
 

@@ -35,6 +35,7 @@ from schema import audit
 from schema.config import Settings
 from schema.errors import ConfigurationError
 from schema.models import HsmKeyRegistry, OrganizationDataKey, ServiceSigningKey, TenantLlmConfig
+from schema.personal_data import PersonalDataVault
 from schema.timeutil import utcnow
 
 NONCE_BYTES = 12
@@ -367,6 +368,7 @@ class KeyRing:
         for key in signing:
             private = self.kek.unwrap(key.kek_version, key.private_wrapped, signing_aad(key.kid))
             key.kek_version, key.private_wrapped = self.kek.wrap(private, signing_aad(key.kid))
+        personal = PersonalDataVault(self.kek).rewrap_all(session)  # users' data keys (issue 19)
         record_key_version(session, None, "master_kek", "accute-kek", new_version, self.kek.uri)
         audit.append(
             session,
@@ -377,6 +379,7 @@ class KeyRing:
                 "kek_version": new_version,
                 "rewrapped_data_keys": len(rows),
                 "rewrapped_signing_keys": len(signing),
+                "rewrapped_personal_data_keys": personal,
             },
         )
         return new_version
@@ -448,3 +451,9 @@ def record_key_version(
     else:
         row.key_version, row.key_vault_uri, row.last_rotated_at = version, uri[:500], now
     session.flush()
+
+
+# -- personal data (issue 19) ----------------------------------------------------------------------
+def personal_data_vault(settings: Settings) -> PersonalDataVault:
+    """Per-user data keys (crypto-shredding) under the same KEK provider as the organizations' DEKs."""
+    return PersonalDataVault(kek_provider(settings))

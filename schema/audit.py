@@ -3,17 +3,26 @@
 Each organization has its own chain, ordered by id: a record's ``record_hash`` is the SHA-256 of
 its canonical content including the previous record's hash, so editing, deleting or reordering
 any record breaks every hash after it. System-wide events use the nil UUID as organization.
+
+Records carry ids, never personal data (issue 19): a personal value that must stay is sealed under
+the user's data key (``schema.personal_data``), so erasure makes it unreadable without touching
+the chain. A migration that must rewrite old payloads (0007 removed the emails of ``user.created``)
+re-hashes the chain from the first rewritten record and appends an ``audit.reanchored`` record
+naming the old head, the migration, the rewritten ids and the new head, bound by an HMAC keyed with
+the old head: whoever kept the old head (an external anchor) can check that this re-anchor, and no
+other change, leads from it to the new chain. ``verify`` checks every re-anchor record it meets.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import groupby
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
@@ -23,9 +32,25 @@ from schema.timeutil import iso, utcnow
 
 GENESIS_HASH = "0" * 64
 SYSTEM_ORGANIZATION = uuid.UUID(int=0)
+REANCHOR_ACTION = "audit.reanchored"
 
 
-def _canonical(record: ImmutableAuditLog) -> bytes:
+class RecordLike(Protocol):
+    """The hashed fields of an audit record (an ORM row, or a plain object in a migration)."""
+
+    organization_id: uuid.UUID
+    user_id: uuid.UUID | None
+    action: str
+    resource_type: str
+    resource_id: uuid.UUID | None
+    action_data: dict[str, Any]
+    ip_address: str | None
+    user_agent: str | None
+    previous_hash: str
+    created_at: datetime | None
+
+
+def _canonical(record: RecordLike) -> bytes:
     content = {
         "organization_id": str(record.organization_id),
         "user_id": str(record.user_id) if record.user_id else None,
@@ -41,7 +66,7 @@ def _canonical(record: ImmutableAuditLog) -> bytes:
     return json.dumps(content, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
-def compute_hash(record: ImmutableAuditLog) -> str:
+def compute_hash(record: RecordLike) -> str:
     return hashlib.sha256(_canonical(record)).hexdigest()
 
 
@@ -137,6 +162,63 @@ class ChainReport:
     ok: bool
     first_bad_id: int | None
     reason: str | None
+    reanchors: int = 0
+
+
+def reanchor_mac(old_head: str, new_head: str, migration: str, rewritten: list[int]) -> str:
+    """HMAC-SHA256 keyed with the old head over (migration, new head, rewritten ids)."""
+    message = json.dumps(
+        {"migration": migration, "new_head": new_head, "rewritten": rewritten},
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+    return hmac.new(old_head.encode(), message, hashlib.sha256).hexdigest()
+
+
+def reanchor_data(
+    old_head: str, new_head: str, migration: str, reason: str, rewritten: list[int]
+) -> dict[str, Any]:
+    """The payload of an ``audit.reanchored`` record."""
+    return {
+        "migration": migration,
+        "reason": reason,
+        "old_head": old_head,
+        "new_head": new_head,
+        "rewritten": rewritten,
+        "binding": {
+            "alg": "hmac-sha256",
+            "key": "old_head",
+            "mac": reanchor_mac(old_head, new_head, migration, rewritten),
+        },
+    }
+
+
+def rechain(chain: list[Any], start: int) -> str:
+    """Recompute ``previous_hash``/``record_hash`` of ``chain[start:]`` in place; returns the new head."""
+    previous = GENESIS_HASH if start == 0 else chain[start - 1].record_hash
+    for record in chain[start:]:
+        record.previous_hash = previous
+        record.record_hash = compute_hash(record)
+        previous = record.record_hash
+    return previous
+
+
+def _reanchor_problem(record: ImmutableAuditLog) -> str | None:
+    data = record.action_data or {}
+    binding = data.get("binding") or {}
+    try:
+        old_head, new_head = str(data["old_head"]), str(data["new_head"])
+        migration, rewritten = str(data["migration"]), [int(i) for i in data["rewritten"]]
+        mac = str(binding["mac"])
+    except (KeyError, TypeError, ValueError):
+        return "re-anchor record is incomplete"
+    if new_head != record.previous_hash:
+        return "re-anchor's new_head is not the head it follows"
+    if binding.get("alg") != "hmac-sha256" or not hmac.compare_digest(
+        mac, reanchor_mac(old_head, new_head, migration, rewritten)
+    ):
+        return "re-anchor's binding of old and new head does not verify"
+    return None
 
 
 def verify(session: Session, organization_id: uuid.UUID | None = None) -> list[ChainReport]:
@@ -152,6 +234,7 @@ def verify(session: Session, organization_id: uuid.UUID | None = None) -> list[C
 
 def _verify_chain(organization_id: uuid.UUID, chain: list[ImmutableAuditLog]) -> ChainReport:
     expected_previous = GENESIS_HASH
+    reanchors = 0
     for record in chain:
         if record.previous_hash != expected_previous:
             reason = "previous_hash does not match the record before it"
@@ -159,5 +242,10 @@ def _verify_chain(organization_id: uuid.UUID, chain: list[ImmutableAuditLog]) ->
         if compute_hash(record) != record.record_hash:
             reason = "record_hash does not match the record's content"
             return ChainReport(str(organization_id), len(chain), False, record.id, reason)
+        if record.action == REANCHOR_ACTION:
+            problem = _reanchor_problem(record)
+            if problem is not None:
+                return ChainReport(str(organization_id), len(chain), False, record.id, problem)
+            reanchors += 1
         expected_previous = record.record_hash
-    return ChainReport(str(organization_id), len(chain), True, None, None)
+    return ChainReport(str(organization_id), len(chain), True, None, None, reanchors)

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from schema import audit
 from schema.errors import ConflictError, NotFoundError
 from schema.models import Organization, User
+from schema.personal_data import PersonalDataVault
 from schema.timeutil import iso
 from schema.validation import clean_email, clean_name, one_of, parse_uuid
 from schema.vocab import BILLING_MODELS
@@ -68,7 +69,17 @@ def find_organization(session: Session, name_or_id: str | uuid.UUID) -> Organiza
     return get_organization(session, org_id)
 
 
-def create_user(session: Session, organization_id: str | uuid.UUID, email: str) -> User:
+def create_user(
+    session: Session,
+    organization_id: str | uuid.UUID,
+    email: str,
+    vault: PersonalDataVault | None = None,
+) -> User:
+    """Create a user; the audit record names the user by id only.
+
+    With a ``vault`` it also carries the address sealed under the user's own data key and its keyed
+    fingerprint (readable and provable until an erasure shreds that key); never the address itself.
+    """
     organization = get_organization(session, organization_id)
     address = clean_email(email)
     taken = select(User.id).where(User.organization_id == organization.id, User.email == address)
@@ -86,9 +97,21 @@ def create_user(session: Session, organization_id: str | uuid.UUID, email: str) 
         action="user.created",
         resource_type="user",
         resource_id=user.id,
-        data={"email": address},
+        user_id=user.id,
+        data=_sealed_email(session, vault, user, address),
     )
     return user
+
+
+def _sealed_email(
+    session: Session, vault: PersonalDataVault | None, user: User, address: str
+) -> dict[str, Any]:
+    if vault is None:
+        return {}
+    return {
+        "email_sealed": vault.seal(session, user.organization_id, user.id, "email", address),
+        "email_fingerprint": vault.fingerprint(session, user.organization_id, user.id, "email", address),
+    }
 
 
 def list_users(session: Session, organization_id: str | uuid.UUID) -> list[User]:

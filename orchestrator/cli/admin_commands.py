@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from orchestrator.cli.context import organization_id, ready_engine
+from orchestrator.cli.context import load_settings, organization_id, ready_engine
 from orchestrator.cli.output import emit
 from schema import directory
 from schema.db import transaction
@@ -45,9 +45,13 @@ def user_create(
     email: str = typer.Option(..., "--email", help="Email address (unique within the organization)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Create a user in an organization."""
+    """Create a user in an organization (the audit record gets the address only sealed under the
+    user's own data key, which an erasure shreds)."""
+    from orchestrator.keys import personal_data_vault
+
+    vault = personal_data_vault(load_settings())
     with transaction(ready_engine()) as session:
-        record = directory.user_as_dict(directory.create_user(session, org, email))
+        record = directory.user_as_dict(directory.create_user(session, org, email, vault))
     emit(record, as_json, "User created", USER_COLUMNS)
 
 

@@ -23,12 +23,18 @@ def verify(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Check every chain; exits non-zero naming the first broken record if any chain was altered."""
+    """Check every chain; exits non-zero naming the first broken record if any chain was altered.
+    Re-anchor records (a migration that rewrote old payloads, e.g. 0007) are checked and counted."""
     organization_id = parse_uuid(org, "organization id") if org else None
     with transaction(ready_engine()) as session:
         reports = audit.verify(session, organization_id)
     rows = [asdict(r) for r in reports]
-    emit(rows, as_json, "Audit chains", ("organization_id", "records", "ok", "first_bad_id", "reason"))
+    emit(
+        rows,
+        as_json,
+        "Audit chains",
+        ("organization_id", "records", "ok", "first_bad_id", "reason", "reanchors"),
+    )
     broken = [r for r in reports if not r.ok]
     if broken:
         first = broken[0]

@@ -10,11 +10,11 @@ from typing import Any
 
 import typer
 
-from consent_gate import dsr, records, scope
+from consent_gate import dsr, erasure, records, scope
 from consent_gate.gate import take_snapshot
 from consent_gate.policy import ConsentPolicy
 from consent_gate.records import DEFAULT_CONSENT_VERSION
-from orchestrator.cli.context import organization_id, ready_engine
+from orchestrator.cli.context import load_settings, organization_id, ready_engine
 from orchestrator.cli.output import emit, emit_json, emit_table
 from schema.db import transaction
 from schema.vocab import CONSENT_TYPES, DSR_REQUEST_TYPES, DSR_STATUSES
@@ -155,9 +155,15 @@ def dsr_process(
     ),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Carry out a request and complete it: access/portability export JSON (see --json), erasure
-    anonymizes the user and keeps the model lineage, restriction/objection withdraw training consents."""
-    with transaction(ready_engine()) as session:
+    """Carry out a request and complete it: access/portability export JSON (see --json) listing every
+    store that holds the user's data; erasure walks the same stores (response_details says what was
+    done in each), shreds the user's data key, keeps the model lineage and, on SQLite, VACUUMs the
+    file so no erased bytes stay in free pages; restriction/objection withdraw training consents."""
+    from orchestrator.keys import personal_data_vault
+
+    vault = personal_data_vault(load_settings()) if reject is not None else None
+    bound = ready_engine()
+    with transaction(bound) as session:
         request = dsr.process_request(
             session,
             request_id,
@@ -165,6 +171,9 @@ def dsr_process(
             reject_reason=reject,
             processed_by=processed_by,
             rectified_email=email,
+            vault=vault,
         )
         record = dsr.request_as_dict(request)
+    if record["request_type"] == "erasure" and record["status"] == "completed":
+        record["compaction"] = erasure.compact(bound)
     emit(record, as_json, f"Data subject request {record['status']}", REQUEST_COLUMNS)

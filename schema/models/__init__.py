@@ -19,6 +19,7 @@ from schema.models.federation import (
 )
 from schema.models.llm import FallbackBilling, FineTunedModelConfig, LlmUsageLog, TenantLlmConfig
 from schema.models.orchestrator import LlmRequest, OrganizationDataKey, ServiceSigningKey
+from schema.models.personal_data import PersonalDataKey
 from schema.models.privacy import PrivacyBudget, PrivacyLedgerEvent
 from schema.models.security import (
     BehavioralBiometrics,
@@ -92,6 +93,7 @@ __all__ = [
     "LlmUsageLog",
     "Organization",
     "OrganizationDataKey",
+    "PersonalDataKey",
     "PrivacyBudget",
     "PrivacyLedgerEvent",
     "SecurityAnomaly",

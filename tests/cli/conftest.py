@@ -28,10 +28,15 @@ Runner = Callable[..., Result]
 
 @pytest.fixture
 def cli(
-    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Runner]:
-    """Run the CLI with ACCUTE_DATABASE_URL pointing at this test's isolated database."""
+    """Run the CLI with ACCUTE_DATABASE_URL pointing at this test's isolated database (and a KEK
+    file of its own: creating a user seals the address under a key wrapped by the KEK)."""
     monkeypatch.setenv("ACCUTE_DATABASE_URL", database_url)
+    monkeypatch.setenv("ACCUTE_KEK_FILE", str(tmp_path_factory.mktemp("kek") / "kek.json"))
     context.reset()
 
     def run(*args: str) -> Result:

@@ -93,7 +93,14 @@ def test_admin_changes_are_audited_and_verify(ready_cli: Runner) -> None:
     ready_cli("user", "create", "--org", org["id"], "--email", "a@example.com")
     chains = ready_cli("audit", "verify", "--json").json()
     assert chains == [
-        {"organization_id": org["id"], "records": 2, "ok": True, "first_bad_id": None, "reason": None}
+        {
+            "organization_id": org["id"],
+            "records": 2,
+            "ok": True,
+            "first_bad_id": None,
+            "reason": None,
+            "reanchors": 0,
+        }
     ]
 
 

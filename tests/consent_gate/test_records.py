@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, func, select
 
 from consent_gate import records
+from orchestrator.keys import LocalFileKek
 from schema import audit
 from schema.db import transaction
 from schema.errors import InvalidInputError, NotFoundError
 from schema.models import ConsentEvent, ImmutableAuditLog, UserConsent
+from schema.personal_data import PersonalDataVault
 from tests.consent_gate.conftest import TenantFactory
 
 
@@ -130,3 +133,35 @@ def test_withdrawing_a_consent_never_given_is_not_found(engine: Engine, make_ten
     with pytest.raises(NotFoundError, match="never gave consent marketing"), transaction(engine) as session:
         records.withdraw(session, tenant.id, tenant.users[0], "marketing")
     assert count(engine, UserConsent) == 0
+
+
+def test_free_text_reason_enters_the_audit_log_only_sealed(
+    engine: Engine, make_tenant: TenantFactory, tmp_path: Path
+) -> None:
+    # Prepare
+    tenant = make_tenant("Reasons", users=1, consents=())
+    user = tenant.users[0]
+    vault = PersonalDataVault(LocalFileKek(tmp_path / "kek.json"))
+    system = f"dsr:erasure:{uuid.uuid4()}"
+
+    # Execute: a typed reason with a vault, one without, and a reason the product writes.
+    with transaction(engine) as session:
+        records.grant(session, tenant.id, user, "analytics", reason="my accountant said so", vault=vault)
+        records.withdraw(session, tenant.id, user, "analytics", reason="changed my mind")
+        records.grant(session, tenant.id, user, "marketing", reason=system)
+
+    # Assert
+    with transaction(engine) as session:
+        data = [
+            r.action_data
+            for r in session.scalars(
+                select(ImmutableAuditLog)
+                .where(ImmutableAuditLog.action.like("consent.%"))
+                .order_by(ImmutableAuditLog.id)
+            )
+        ]
+        opened = vault.open_data(session, user, data[0])
+    assert "my accountant" not in str(data) and "changed my mind" not in str(data)
+    assert opened["reason"] == "my accountant said so"
+    assert "reason" not in data[1] and "reason_sealed" not in data[1]
+    assert data[2]["reason"] == system

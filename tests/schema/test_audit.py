@@ -149,3 +149,34 @@ def test_a_session_reused_across_transactions_reads_the_tail_again(engine: Engin
             audit.append(session, organization_id=org, action="test.second", resource_type="test")
     # Assert
     assert _report(engine, org).ok
+
+
+def test_a_reanchor_must_bind_the_head_it_follows(engine: Engine) -> None:
+    # Prepare: a genuine re-anchor at the tail, then one naming a head it does not follow.
+    org = _org(engine, "Anchor Co")
+    _append(engine, org, 2)
+    with transaction(engine) as session:
+        tail = session.scalars(
+            sa.select(audit.ImmutableAuditLog.record_hash)
+            .where(audit.ImmutableAuditLog.organization_id == org)
+            .order_by(audit.ImmutableAuditLog.id.desc())
+        ).first()
+        assert tail is not None
+        data = audit.reanchor_data("a" * 64, tail, "test", "a test re-anchor", [1])
+        audit.append(
+            session, organization_id=org, action=audit.REANCHOR_ACTION, resource_type="test", data=data
+        )
+    good = _report(engine, org)
+    with transaction(engine) as session:
+        stale = audit.reanchor_data("b" * 64, tail, "test", "points at an older head", [1])
+        bad = audit.append(
+            session, organization_id=org, action=audit.REANCHOR_ACTION, resource_type="test", data=stale
+        )
+
+    # Execute
+    report = _report(engine, org)
+
+    # Assert
+    assert good.ok and good.reanchors == 1
+    assert not report.ok and report.first_bad_id == bad.id
+    assert report.reason == "re-anchor's new_head is not the head it follows"

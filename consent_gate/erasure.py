@@ -1,0 +1,492 @@
+"""The stores that hold a user's data: what each holds (access) and what erasure does to it.
+
+Every place the product keeps something about a person is one :class:`Store` in :data:`STORES`,
+so an access request lists the same places an erasure walks, and a new store (the hub outbox,
+when it exists) is added with :func:`register_store` rather than by editing the erasure.
+
+What erasure does, store by store (the response names each, with row counts):
+
+- ``users``: the email becomes ``erased-<id>@erased.invalid``; the row stays (foreign keys).
+- ``user_consents``: every consent withdrawn, IP address and user agent wiped.
+- ``consent_events``: IP address, user agent and free-text reasons wiped; the grant/withdraw facts
+  stay (the consent gate's history of what was allowed when).
+- ``data_subject_requests``: the details the user wrote are emptied.
+- ``exports``: earlier access/portability exports (``response_details``) are redacted.
+- ``consent_snapshot_members``: kept. They hold the pseudonymous id only; the lineage "which model
+  versions trained with this person" is the accountability record the admin must keep (GDPR art.
+  17(3)(b)/(e)); once the user row holds no personal data the id identifies nobody.
+- ``llm_usage_log`` and ``agentSessions``: ``user_id`` set to NULL; the rows stay for billing.
+- ``behavioral_biometrics``, ``sessions``, ``trustedDevices``: deleted (a device is first unlinked
+  from the zero-trust access log that references it).
+- ``zero_trust_access_log``, ``security_anomalies``: kept, pseudonymous ids only, under the
+  security records' own retention (the devices they pointed at are unlinked above).
+- ``immutable_audit_log``: records kept (they carry ids only); the values sealed under the user's
+  data key become unreadable when ``personal_data_keys`` shreds it.
+- ``personal_data_keys``: the user's wrapped key destroyed.
+- ``hub_outbox``: a hook; until the hub registers its store the entry says so.
+
+Erasing rows does not erase bytes: SQLite keeps deleted content in free pages until ``VACUUM``;
+:func:`compact` runs it (and truncates the WAL) after an erasure commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, Engine, delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from consent_gate import records
+from consent_gate.lineage import user_lineage
+from schema import personal_data
+from schema.models import (
+    AgentSession,
+    BehavioralBiometrics,
+    ConsentEvent,
+    ConsentSnapshotMember,
+    DataSubjectRequest,
+    ImmutableAuditLog,
+    LlmUsageLog,
+    SecurityAnomaly,
+    TrustedDevice,
+    User,
+    UserConsent,
+    UserSession,
+    ZeroTrustAccessLog,
+)
+
+ERASED_EMAIL_DOMAIN = "erased.invalid"
+EXPORT_REQUEST_TYPES = ("access", "portability")
+
+
+@dataclass(frozen=True)
+class ErasureContext:
+    """The request being carried out and what earlier steps reported."""
+
+    request: DataSubjectRequest
+    user: User
+
+
+@dataclass(frozen=True)
+class Store:
+    """One place that can hold a user's data.
+
+    ``describe`` says what it holds about the user (counts, never the data itself: the export
+    carries the data); ``erase`` does the store's part of an erasure and reports it.
+    """
+
+    name: str
+    holds: str
+    describe: Callable[[Session, User], dict[str, Any]]
+    erase: Callable[[Session, ErasureContext], dict[str, Any]]
+
+
+def _affected(result: Any) -> int:
+    """Rows an UPDATE or DELETE touched (``Session.execute`` is typed as returning a plain Result)."""
+    return int(cast(CursorResult[Any], result).rowcount)
+
+
+def _count(session: Session, model: Any, *conditions: Any) -> int:
+    return int(session.scalar(select(func.count()).select_from(model).where(*conditions)) or 0)
+
+
+# -- users ---------------------------------------------------------------------------------------
+def _describe_user(session: Session, user: User) -> dict[str, Any]:
+    erased = user.email.endswith("@" + ERASED_EMAIL_DOMAIN)
+    return {"rows": 1, "email": "anonymized" if erased else "present"}
+
+
+def _erase_user(session: Session, ctx: ErasureContext) -> dict[str, Any]:
+    ctx.user.email = f"erased-{ctx.user.id.hex}@{ERASED_EMAIL_DOMAIN}"
+    return {"action": "email anonymized", "rows": 1}
+
+
+# -- consents ------------------------------------------------------------------------------------
+def _consents_of(user: User) -> tuple[Any, ...]:
+    return (UserConsent.organization_id == user.organization_id, UserConsent.user_id == user.id)
+
+
+def _describe_consents(session: Session, user: User) -> dict[str, Any]:
+    granted = _count(session, UserConsent, *_consents_of(user), UserConsent.consent_given.is_(True))
+    with_origin = _count(
+        session,
+        UserConsent,
+        *_consents_of(user),
+        or_(UserConsent.ip_address.is_not(None), UserConsent.user_agent.is_not(None)),
+    )
+    return {
+        "rows": _count(session, UserConsent, *_consents_of(user)),
+        "granted": granted,
+        "with_ip_or_agent": with_origin,
+    }
+
+
+def _erase_consents(session: Session, ctx: ErasureContext) -> dict[str, Any]:
+    user = ctx.user
+    granted = [
+        c.consent_type
+        for c in records.current_consents(session, user.organization_id, user.id)
+        if c.consent_given
+    ]
+    reason = f"dsr:{ctx.request.request_type}:{ctx.request.id}"
+    withdrawn = [
+        t
+        for t in granted
+        if records.withdraw(session, user.organization_id, user.id, t, reason=reason).changed
+    ]
+    rows = session.execute(
+        update(UserConsent).where(*_consents_of(user)).values(ip_address=None, user_agent=None)
+    )
+    return {
+        "action": "withdrawn; IP address and user agent wiped",
+        "rows": _affected(rows),
+        "withdrawn": withdrawn,
+    }
+
+
+def _events_of(user: User) -> tuple[Any, ...]:
+    return (ConsentEvent.organization_id == user.organization_id, ConsentEvent.user_id == user.id)
+
+
+def _describe_events(session: Session, user: User) -> dict[str, Any]:
+    reasons = session.scalars(
+        select(ConsentEvent.reason).where(*_events_of(user), ConsentEvent.reason.is_not(None))
+    )
+    free_text = sum(1 for r in reasons if not records.SYSTEM_REASON.match(r or ""))
+    return {"rows": _count(session, ConsentEvent, *_events_of(user)), "free_text_reasons": free_text}
+
+
+def _erase_events(session: Session, ctx: ErasureContext) -> dict[str, Any]:
+    events = session.scalars(select(ConsentEvent).where(*_events_of(ctx.user))).all()
+    for event in events:
+        event.ip_address, event.user_agent = None, None
+        if event.reason is not None and not records.SYSTEM_REASON.match(event.reason):
+            event.reason = None
+    return {"action": "IP address, user agent and free-text reasons wiped; facts kept", "rows": len(events)}
+
+
+# -- requests and exports ------------------------------------------------------------------------
+def _requests_of(user: User) -> tuple[Any, ...]:
+    return (DataSubjectRequest.organization_id == user.organization_id, DataSubjectRequest.user_id == user.id)
+
+
+def _describe_requests(session: Session, user: User) -> dict[str, Any]:
+    return {"rows": _count(session, DataSubjectRequest, *_requests_of(user))}
+
+
+def _erase_requests(session: Session, ctx: ErasureContext) -> dict[str, Any]:
+    requests = session.scalars(select(DataSubjectRequest).where(*_requests_of(ctx.user))).all()
+    for request in requests:
+        request.request_details = {}
+        own = request.id == ctx.request.id
+        if (
+            not own
+            and request.request_type not in EXPORT_REQUEST_TYPES
+            and request.response_details is not None
+        ):
+            request.response_details = {"redacted_by_erasure": str(ctx.request.id)}
+    return {"action": "details the user wrote emptied", "rows": len(requests)}
+
+
+def _exports_of(user: User) -> tuple[Any, ...]:
+    return (
+        *_requests_of(user),
+        DataSubjectRequest.request_type.in_(EXPORT_REQUEST_TYPES),
+        DataSubjectRequest.response_details.is_not(None),
+    )
+
+
+def _describe_exports(session: Session, user: User) -> dict[str, Any]:
+    responses = session.scalars(select(DataSubjectRequest.response_details).where(*_exports_of(user)))
+    return {"rows": sum(1 for r in responses if "export" in (r or {}))}
+
+
+def _erase_exports(session: Session, ctx: ErasureContext) -> dict[str, Any]:
+    exports = session.scalars(select(DataSubjectRequest).where(*_exports_of(ctx.user))).all()
+    for export in exports:
+        export.response_details = {"redacted_by_erasure": str(ctx.request.id)}
+    return {"action": "redacted", "rows": len(exports)}
+
+
+# -- lineage -------------------------------------------------------------------------------------
+def _describe_members(session: Session, user: User) -> dict[str, Any]:
+    return {"rows": _count(session, ConsentSnapshotMember, ConsentSnapshotMember.user_id == user.id)}
+
+
+def _keep_members(session: Session, ctx: ErasureContext) -> dict[str, Any]:
+    lineage = user_lineage(session, ctx.user.organization_id, ctx.user.id)
+    return {
+        "action": "kept: pseudonymous id only, the model lineage the admin must keep",
+        "rows": len(lineage),
+    }
+
+
+# -- usage and platform tables -------------------------------------------------------------------
+def _describe_usage(session: Session, user: User) -> dict[str, Any]:
+    return {
+        "rows": _count(
+            session,
+            LlmUsageLog,
+            LlmUsageLog.organization_id == user.organization_id,
+            LlmUsageLog.user_id == user.id,
+        )
+    }
+
+
+def _erase_usage(session: Session, ctx: ErasureContext) -> dict[str, Any]:
+    result = session.execute(
+        update(LlmUsageLog)
+        .where(LlmUsageLog.organization_id == ctx.user.organization_id, LlmUsageLog.user_id == ctx.user.id)
+        .values(user_id=None)
+    )
+    return {"action": "user_id cleared; rows kept for billing", "rows": _affected(result)}
+
+
+def _describe_agent_sessions(session: Session, user: User) -> dict[str, Any]:
+    conditions = (AgentSession.organization_id == user.organization_id, AgentSession.user_id == user.id)
+    return {"rows": _count(session, AgentSession, *conditions)}
+
+
+def _erase_agent_sessions(session: Session, ctx: ErasureContext) -> dict[str, Any]:
+    result = session.execute(
+        update(AgentSession)
+        .where(AgentSession.organization_id == ctx.user.organization_id, AgentSession.user_id == ctx.user.id)
+        .values(user_id=None)
+    )
+    return {"action": "user_id cleared; rows kept for the usage log", "rows": _affected(result)}
+
+
+def _user_sessions(user: User) -> Any:
+    return select(UserSession.id).where(UserSession.user_id == user.id)
+
+
+def _biometrics_of(user: User) -> Any:
+    return or_(
+        BehavioralBiometrics.user_id == user.id, BehavioralBiometrics.session_id.in_(_user_sessions(user))
+    )
+
+
+def _describe_biometrics(session: Session, user: User) -> dict[str, Any]:
+    return {"rows": _count(session, BehavioralBiometrics, _biometrics_of(user))}
+
+
+def _erase_biometrics(session: Session, ctx: ErasureContext) -> dict[str, Any]:
+    result = session.execute(delete(BehavioralBiometrics).where(_biometrics_of(ctx.user)))
+    return {"action": "deleted", "rows": _affected(result)}
+
+
+def _describe_sessions(session: Session, user: User) -> dict[str, Any]:
+    return {"rows": _count(session, UserSession, UserSession.user_id == user.id)}
+
+
+def _erase_sessions(session: Session, ctx: ErasureContext) -> dict[str, Any]:
+    result = session.execute(delete(UserSession).where(UserSession.user_id == ctx.user.id))
+    return {"action": "deleted", "rows": _affected(result)}
+
+
+def _describe_devices(session: Session, user: User) -> dict[str, Any]:
+    return {"rows": _count(session, TrustedDevice, TrustedDevice.user_id == user.id)}
+
+
+def _erase_devices(session: Session, ctx: ErasureContext) -> dict[str, Any]:
+    devices = select(TrustedDevice.id).where(TrustedDevice.user_id == ctx.user.id)
+    unlinked = session.execute(
+        update(ZeroTrustAccessLog).where(ZeroTrustAccessLog.device_id.in_(devices)).values(device_id=None)
+    )
+    result = session.execute(delete(TrustedDevice).where(TrustedDevice.user_id == ctx.user.id))
+    return {"action": "deleted", "rows": _affected(result), "access_log_rows_unlinked": _affected(unlinked)}
+
+
+# -- security records (kept) ---------------------------------------------------------------------
+def _describe_access_log(session: Session, user: User) -> dict[str, Any]:
+    conditions = (
+        ZeroTrustAccessLog.organization_id == user.organization_id,
+        ZeroTrustAccessLog.user_id == user.id,
+    )
+    return {"rows": _count(session, ZeroTrustAccessLog, *conditions)}
+
+
+def _keep_access_log(session: Session, ctx: ErasureContext) -> dict[str, Any]:
+    return {
+        "action": "kept: security record under its own retention (pseudonymous id, devices unlinked)",
+        "rows": _describe_access_log(session, ctx.user)["rows"],
+    }
+
+
+def _describe_anomalies(session: Session, user: User) -> dict[str, Any]:
+    conditions = (SecurityAnomaly.organization_id == user.organization_id, SecurityAnomaly.user_id == user.id)
+    return {"rows": _count(session, SecurityAnomaly, *conditions)}
+
+
+def _keep_anomalies(session: Session, ctx: ErasureContext) -> dict[str, Any]:
+    return {
+        "action": "kept: security record under its own retention (pseudonymous id)",
+        "rows": _describe_anomalies(session, ctx.user)["rows"],
+    }
+
+
+# -- audit log and keys --------------------------------------------------------------------------
+def _audit_of(user: User) -> tuple[Any, ...]:
+    return (
+        ImmutableAuditLog.organization_id == user.organization_id,
+        or_(ImmutableAuditLog.user_id == user.id, ImmutableAuditLog.resource_id == user.id),
+    )
+
+
+def _describe_audit(session: Session, user: User) -> dict[str, Any]:
+    data = session.scalars(select(ImmutableAuditLog.action_data).where(*_audit_of(user))).all()
+    sealed = sum(
+        1 for d in data for k, v in (d or {}).items() if k.endswith("_sealed") and personal_data.is_sealed(v)
+    )
+    return {"rows": len(data), "sealed_values": sealed}
+
+
+def _keep_audit(session: Session, ctx: ErasureContext) -> dict[str, Any]:
+    described = _describe_audit(session, ctx.user)
+    return {
+        "action": "kept (ids only); sealed values unreadable once the user's key is shredded",
+        "rows": described["rows"],
+        "sealed_values": described["sealed_values"],
+    }
+
+
+def _describe_keys(session: Session, user: User) -> dict[str, Any]:
+    return personal_data.key_state(session, user.id)
+
+
+def _erase_keys(session: Session, ctx: ErasureContext) -> dict[str, Any]:
+    shredded = personal_data.shred(session, ctx.user.id)
+    return {"action": "shredded" if shredded else "no live key", "rows": int(shredded)}
+
+
+# -- hub outbox (hook) ---------------------------------------------------------------------------
+def _describe_no_outbox(session: Session, user: User) -> dict[str, Any]:
+    return {"rows": 0, "note": "no hub outbox in this installation"}
+
+
+def _erase_no_outbox(session: Session, ctx: ErasureContext) -> dict[str, Any]:
+    return {"action": "none: no hub outbox in this installation", "rows": 0}
+
+
+STORES: list[Store] = [
+    Store(
+        "user_consents",
+        "consents, with the IP address and user agent they were given from",
+        _describe_consents,
+        _erase_consents,
+    ),
+    Store(
+        "consent_events",
+        "every grant and withdrawal, with origin and reason",
+        _describe_events,
+        _erase_events,
+    ),
+    Store(
+        "data_subject_requests",
+        "the user's requests and the details written in them",
+        _describe_requests,
+        _erase_requests,
+    ),
+    Store(
+        "exports",
+        "access/portability exports kept in the requests' responses",
+        _describe_exports,
+        _erase_exports,
+    ),
+    Store(
+        "consent_snapshot_members",
+        "the consent snapshots (model lineage) that contained the user",
+        _describe_members,
+        _keep_members,
+    ),
+    Store("llm_usage_log", "LLM calls made by the user", _describe_usage, _erase_usage),
+    Store("agentSessions", "conversations with the agents", _describe_agent_sessions, _erase_agent_sessions),
+    Store(
+        "behavioral_biometrics",
+        "behaviour hashes and device fingerprints of the user's sessions",
+        _describe_biometrics,
+        _erase_biometrics,
+    ),
+    Store("sessions", "login sessions", _describe_sessions, _erase_sessions),
+    Store("trustedDevices", "enrolled devices and their fingerprints", _describe_devices, _erase_devices),
+    Store(
+        "zero_trust_access_log",
+        "access decisions about the user's requests",
+        _describe_access_log,
+        _keep_access_log,
+    ),
+    Store(
+        "security_anomalies",
+        "anomalies detected on the user's activity",
+        _describe_anomalies,
+        _keep_anomalies,
+    ),
+    Store(
+        "immutable_audit_log",
+        "audit records about the user (ids; sealed values)",
+        _describe_audit,
+        _keep_audit,
+    ),
+    Store("hub_outbox", "events for the Fin(Ai)d hub", _describe_no_outbox, _erase_no_outbox),
+    Store("personal_data_keys", "the user's data key (wrapped by the KEK)", _describe_keys, _erase_keys),
+    Store("users", "the profile: email address", _describe_user, _erase_user),
+]
+
+
+def register_store(store: Store) -> None:
+    """Add a store (or replace the one of the same name, e.g. the ``hub_outbox`` hook).
+
+    A new store goes before ``personal_data_keys`` and ``users``, which an erasure handles last.
+    """
+    for index, existing in enumerate(STORES):
+        if existing.name == store.name:
+            STORES[index] = store
+            return
+    STORES.insert(len(STORES) - 2, store)
+
+
+def describe(session: Session, user: User) -> list[dict[str, Any]]:
+    """Every store with what it holds about the user (an access request lists these)."""
+    return [{"store": s.name, "holds": s.holds, **s.describe(session, user)} for s in STORES]
+
+
+def erase(session: Session, request: DataSubjectRequest, user: User) -> dict[str, dict[str, Any]]:
+    """Walk every store in order; returns what each did."""
+    ctx = ErasureContext(request, user)
+    done: dict[str, dict[str, Any]] = {}
+    for store in STORES:
+        done[store.name] = store.erase(session, ctx)
+        session.flush()
+    return done
+
+
+def holders(session: Session, user: User) -> list[str]:
+    """The stores that hold something about the user right now."""
+    return [entry["store"] for entry in describe(session, user) if _holds_something(entry)]
+
+
+def _holds_something(entry: dict[str, Any]) -> bool:
+    if entry["store"] == "personal_data_keys":
+        return bool(entry.get("state") == "active")
+    return int(entry.get("rows", 0)) > 0
+
+
+def compact(engine: Engine) -> str:
+    """Make erased bytes unrecoverable from the database file where the backend allows it.
+
+    SQLite: checkpoint and truncate the WAL, ``VACUUM`` (rewrites the file without free pages that
+    still hold old row images), checkpoint again. PostgreSQL: nothing here: dead row versions stay
+    in the heap until autovacuum reuses them (``VACUUM FULL`` rewrites a table but locks it); no
+    dump or query shows them, and the audit log's personal values are shredded, not deleted.
+    """
+    if engine.dialect.name != "sqlite":
+        return "not needed: dead row versions are invisible to every query and dump"
+    with engine.connect() as connection:
+        raw = connection.connection.driver_connection
+        assert raw is not None
+        raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        raw.execute("VACUUM")
+        raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return "vacuumed"
