@@ -95,7 +95,11 @@ def test_charge_recomputes_epsilon_from_the_events_with_the_accountant(
         assert [h.epsilon_after for h in ledger.history(session, org, MODEL, policy=policy)] == [
             r.epsilon_after for r in results
         ]
-        assert [h.unit for h in ledger.history(session, org, MODEL, policy=policy)] == ["record", "tenant", "record"]
+        assert [h.unit for h in ledger.history(session, org, MODEL, policy=policy)] == [
+            "record",
+            "tenant",
+            "record",
+        ]
 
 
 def test_a_ledger_reloaded_after_a_restart_gives_the_same_epsilon(
@@ -307,7 +311,9 @@ def test_budget_status_and_the_platform_default(engine: Engine, org: uuid.UUID) 
 
     # Execute
     with transaction(engine) as session:
-        rows = {r.model_type: r for r in ledger.budget_rows(session, org, policy=policy) if r.unit == "record"}
+        rows = {
+            r.model_type: r for r in ledger.budget_rows(session, org, policy=policy) if r.unit == "record"
+        }
 
     # Assert
     assert [rows[m].status for m in "abc"] == ["ok", "near_cap", "exhausted"]

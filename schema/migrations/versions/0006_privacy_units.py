@@ -7,7 +7,8 @@
   the same cap is added. Stored RDP curves are cleared: they mixed units, and the ledger rebuilds
   each unit's curve by replaying that unit's events.
 - mechanism ``non_private`` (noise multiplier 0, epsilon +inf) for explicitly non-private runs.
-- ``fl_node_bindings``: unique (run_id, organization_id).
+- ``fl_node_bindings``: unique (run_id, organization_id); a run that had bound two nodes to one
+  organization keeps the binding of the smaller node id.
 
 Revision ID: 0006
 Revises: 0005
@@ -71,6 +72,14 @@ def upgrade() -> None:
     bind.execute(
         sa.text("UPDATE privacy_budgets SET unit = 'record', rdp_curve = NULL, rdp_orders_key = NULL")
     )
+    with op.batch_alter_table("privacy_budgets") as batch:
+        batch.alter_column("unit", existing_type=sa.String(length=10), nullable=False)
+        batch.drop_constraint(op.f("uq_privacy_budgets_organization_id"), type_="unique")
+        batch.create_unique_constraint(
+            op.f("uq_privacy_budgets_organization_id"), ["organization_id", "model_type", "unit"]
+        )
+        batch.create_check_constraint(op.f("ck_privacy_budgets_unit"), UNITS)
+
     budgets = bind.execute(
         sa.text("SELECT organization_id, model_type, epsilon_cap, delta FROM privacy_budgets")
     ).all()
@@ -97,14 +106,14 @@ def upgrade() -> None:
                 },
             )
     _recount(bind)
-    with op.batch_alter_table("privacy_budgets") as batch:
-        batch.alter_column("unit", existing_type=sa.String(length=10), nullable=False)
-        batch.drop_constraint(op.f("uq_privacy_budgets_organization_id"), type_="unique")
-        batch.create_unique_constraint(
-            op.f("uq_privacy_budgets_organization_id"), ["organization_id", "model_type", "unit"]
+    # A run that bound two nodes to one organization keeps the binding of the smaller node id.
+    bind.execute(
+        sa.text(
+            "DELETE FROM fl_node_bindings WHERE EXISTS (SELECT 1 FROM fl_node_bindings o WHERE "
+            "o.run_id = fl_node_bindings.run_id AND o.organization_id = fl_node_bindings.organization_id "
+            "AND o.node_id < fl_node_bindings.node_id)"
         )
-        batch.create_check_constraint(op.f("ck_privacy_budgets_unit"), UNITS)
-
+    )
     with op.batch_alter_table("fl_node_bindings") as batch:
         batch.create_unique_constraint(
             op.f("uq_fl_node_bindings_run_id_organization_id"), ["run_id", "organization_id"]
