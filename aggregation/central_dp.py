@@ -13,8 +13,11 @@ Typical round (nodes send full weights)::
         dp.add(delta(update, global_weights, spec))
     new_global = apply_delta(global_weights, dp.result(denominator=expected_participants), spec)
 
-Dividing by a fixed expected number of participants (rather than the observed count, the
-default) keeps the count itself out of the released value, as in DP-FedAvg.
+Always pass the public, fixed expected number of participants as the denominator (the governed
+server uses fraction x admitted tenants): the observed count (the default, kept for non-DP uses)
+depends on who took part, and an audit measured epsilon >= 5.6 for a claimed 2.2 when it was used.
+An empty sum still releases noise over that denominator: a round with no accepted update must
+not publish an un-noised "unchanged" model whose difference from the noisy one reveals the count.
 """
 
 from __future__ import annotations

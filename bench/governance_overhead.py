@@ -4,7 +4,8 @@ Both run in Flower's simulation engine (``run_simulation``) with the same Client
 (``fl_client.app``: same data, same DP-SGD training), the same tenants, rounds and DP parameters.
 
 - governed: ``fl_server.app.make_server_app`` — identification and binding, consent gate and budget
-  filter, consent snapshots, per-reply validation, ledger charges, contribution rows, streaming
+  filter, consent snapshots and ledger charges at dispatch (one transaction per round), per-reply
+  validation, contribution rows, streaming
   aggregation, weights committed to the store and the round committed to the database;
 - plain: Flower's ``FedAvg.start`` with the same instruction attached to each node's train message
   (computed once, before round 1: no consent or budget checks, no validation, no database), its
@@ -39,7 +40,7 @@ from flwr.simulation import run_simulation
 from aggregation.flwr_adapter import record_from_arrays
 from fl_client import protocol
 from fl_client.app import MANIFEST_ENV, make_client_app
-from fl_client.protocol import NodeIdentity, TrainInstruction
+from fl_client.protocol import EvalInstruction, NodeIdentity, TrainInstruction
 from fl_client.tasks import get_task
 from fl_server.app import make_server_app
 from fl_server.config import RunConfig
@@ -84,13 +85,15 @@ class InstructedFedAvg(FedAvg):
         for message in messages:
             instruction = self.instructions[message.metadata.dst_node_id]
             content = RecordDict(dict(message.content.items()))
-            content[protocol.INSTRUCTION] = ConfigRecord(
-                {
-                    "task": self.task,
-                    "organization_id": instruction.organization_id,
-                    "server_round": server_round,
-                }
-            )
+            content[protocol.INSTRUCTION] = EvalInstruction(
+                run_id=instruction.run_id,
+                server_round=server_round,
+                task=self.task,
+                organization_id=instruction.organization_id,
+                user_ids=instruction.user_ids,
+                dp=instruction.dp,
+                holdout_fraction=instruction.holdout_fraction,
+            ).to_record()
             message.content = content
         return messages
 

@@ -30,10 +30,14 @@ log = logging.getLogger("accute.fl_server")
 
 
 def inner_strategy(config: RunConfig) -> Strategy:
-    """The Flower strategy the governed wrapper drives; it samples among admitted nodes only."""
+    """The Flower strategy the governed wrapper drives; it samples among admitted nodes only.
+
+    With central DP the wrapper Poisson-samples tenants itself (the sampling its accountant
+    assumes), so the inner strategy trains every node it is shown (``fraction_train=1.0``).
+    """
     kinds: dict[str, type[FedAvg]] = {"fedmedian": FedMedian, "fedtrimmedavg": FedTrimmedAvg, "krum": Krum}
     return kinds.get(config.aggregator, FedAvg)(
-        fraction_train=config.fraction,
+        fraction_train=1.0 if config.dp.central else config.fraction,
         fraction_evaluate=1.0,
         min_train_nodes=1,
         min_evaluate_nodes=1,

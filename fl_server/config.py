@@ -53,10 +53,13 @@ class RunConfig(BaseModel):
     lr: float = Field(default=0.1, gt=0)
     central_noise_multiplier: float = Field(default=1.0, ge=0)
     central_clip_norm: float = Field(default=1.0, gt=0)
+    #: The delta the run claims. The ledger evaluates at each tenant budget's own delta (never this
+    #: one); a tenant whose budget delta is smaller than this sits the run out (rejected_budget).
     delta: float = Field(default=1e-5, gt=0, lt=1)
     #: Bound on ||update - global||; None accepts any finite update (DP bounds it anyway).
     max_update_norm: float | None = Field(default=None, gt=0)
-    #: 0: nodes and the server draw secure randomness; otherwise runs are reproducible.
+    #: Seeds data partitioning and model initialisation; training noise and sampling only in dp=off
+    #: runs (with DP on, no seed is sent and nodes draw from the OS CSPRNG).
     seed: int = Field(default=0, ge=0)
     round_timeout_s: float = Field(default=600.0, gt=0)
     model_name: str | None = Field(default=None, max_length=100)

@@ -1,13 +1,37 @@
 """The rules a round obeys, and every database write they imply (invariants 1, 2, 3, 6, 8).
 
 ``Governor`` is the I/O half of the governed strategy: it admits tenants through the consent gate
-and the budget filter, builds each tenant's instruction, judges each reply (identity, DP
-parameters, charge, consent re-check, update validation) and commits a round atomically with the
-state a restarted server resumes from. The strategy (fl_server/strategy.py) only moves messages.
+and the budget filter, **charges and then instructs** them (``dispatch``), judges each reply
+(identity, DP parameters against the instruction, consent re-check, update validation) and
+commits a round atomically with the state a restarted server resumes from. The strategy
+(fl_server/strategy.py) only moves messages.
+
+Charge before release (invariant 3, 9). The ledger holds what the server *instructed*, charged
+in the transaction that creates the contribution row, before the message leaves. A timeout, a
+refusal, a malformed reply, a crash or a resume can then only over-charge (a dispatch whose reply
+never counted), never under-charge; and a node cannot lower its charge by reporting other
+parameters: a report less private than instructed is rejected, the instructed charge stays.
+
+Non-private mode. ``dp=off`` is the only mode where a server seed is sent (reproducible runs). An
+update trained without noise is not differentially private at all, so its release is charged as
+a ``non_private`` event, epsilon = +inf, in every unit of the tenant's ledger (record, user and
+tenant level: nothing bounds any of them). It is not cap-checked — running without DP is the
+operator's explicit choice, and refusing the charge would only hide the release — but it is
+audited, and afterwards the tenant's ledgers read +inf ("exhausted"), so every later DP charge for
+the model type is refused: a guarantee cannot be restored after the data left without one.
+
+Delta belongs to the budget: the ledger evaluates every charge at the tenant budget's delta (the
+platform default without a budget), never at the run's. A run whose delta is larger than a
+tenant's budget delta would claim a weaker guarantee than the tenant accepted; that tenant sits
+the run out (``rejected_budget``, with the two deltas), and the other tenants go on.
+
+One organization, one node: a node naming an organization another node already speaks for in the
+run (or an unknown organization, or an invalid id) is skipped with a logged, audited reason.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import uuid
 from collections.abc import Iterable, Mapping
@@ -22,13 +46,13 @@ import consent_gate
 from aggregation import Accepted, ModelSpec, SeenChecksums, UpdateValidator
 from fl_client.protocol import NodeIdentity, TrainInstruction, TrainReport
 from fl_client.tasks import TaskSpec, get_task
-from fl_server.config import RunConfig
+from fl_server.config import DpMode, RunConfig
 from privacy import ledger
-from privacy.events import CentralDpEvent, DpSgdEvent
+from privacy.events import UNITS, CentralDpEvent, DpEvent, DpSgdEvent, NonPrivateEvent
 from schema import audit
 from schema.config import Settings
 from schema.db import transaction
-from schema.errors import BudgetExceededError, ConflictError, InvalidInputError, NotFoundError
+from schema.errors import BudgetExceededError, ConflictError
 from schema.models import (
     FederatedLearningContribution,
     FlNodeBinding,
@@ -38,13 +62,25 @@ from schema.models import (
     Organization,
 )
 
+log = logging.getLogger("accute.fl_server")
+
+#: Instructed and charged; the reply has not been judged yet (a crash leaves it so until resume).
+DISPATCHED = "dispatched"
 ACCEPTED = "accepted"
 REJECTED_CONSENT = "rejected_consent"
 REJECTED_CONSENT_CHANGED = "rejected_consent_changed"
 REJECTED_BUDGET = "rejected_budget"
 REJECTED_INVALID = "rejected_invalid"
 FAILED = "failed"
-STATUSES = (ACCEPTED, REJECTED_CONSENT, REJECTED_CONSENT_CHANGED, REJECTED_BUDGET, REJECTED_INVALID, FAILED)
+STATUSES = (
+    DISPATCHED,
+    ACCEPTED,
+    REJECTED_CONSENT,
+    REJECTED_CONSENT_CHANGED,
+    REJECTED_BUDGET,
+    REJECTED_INVALID,
+    FAILED,
+)
 
 #: ``gradient_checksum`` is NOT NULL; a tenant that sent nothing gets this marker.
 NO_UPDATE = "none"
@@ -70,6 +106,28 @@ class Admission:
 
 
 @dataclass(frozen=True)
+class Dispatch:
+    """One tenant instructed in one round: what was charged and where its rows are."""
+
+    tenant: Tenant
+    instruction: TrainInstruction
+    snapshot_id: uuid.UUID
+    contribution_id: uuid.UUID
+    outcome_id: uuid.UUID
+    #: The tenant's epsilon (run unit) right after the dispatch's charge; None without a local charge.
+    epsilon_after: float | None
+
+
+@dataclass
+class DispatchBatch:
+    """A round's dispatch: who was charged and instructed, who was refused, who paid central DP."""
+
+    dispatched: dict[int, Dispatch] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+    central_charged: list[Tenant] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Verdict:
     status: str
     reason: str | None
@@ -91,7 +149,8 @@ class Governor:
         self.engine = engine
         self.config = config
         self.task: TaskSpec = get_task(config.task)
-        self.policy = ledger.LedgerPolicy(settings.default_epsilon_cap, config.delta, settings.accountant)
+        # The platform's delta, never the run's: delta belongs to the budget (module docstring).
+        self.policy = ledger.LedgerPolicy.from_settings(settings)
         self.settings = settings
         self.run_id: uuid.UUID | None = None
 
@@ -125,9 +184,28 @@ class Governor:
             elif run.task != self.config.task:
                 raise ConflictError(f"run '{run.name}' trains {run.task}, not {self.config.task}")
             self.run_id = run.id
+            self._close_stale_dispatches(session, run)
             return RunState(
                 run.id, run.last_completed_round, run.weights_checksum, SeenChecksums(run.seen_checksums)
             )
+
+    def _close_stale_dispatches(self, session: Any, run: FlRun) -> None:
+        """A server that died between dispatch and judgement left rows ``dispatched``: they become
+        ``failed``. Their charges stay: the node may have trained and sent its update."""
+        stale = session.scalars(
+            select(FlRoundOutcome).where(
+                FlRoundOutcome.run_id == run.id,
+                FlRoundOutcome.status == DISPATCHED,
+                FlRoundOutcome.aggregation_round > run.last_completed_round,
+            )
+        )
+        reason = "the server stopped before this reply was judged; the dispatch stays charged"
+        for outcome in stale:
+            outcome.status = FAILED
+            outcome.reason = reason
+            contribution = session.get(FederatedLearningContribution, outcome.contribution_id)
+            if contribution is not None:
+                contribution.status = FAILED
 
     def complete_run(self) -> None:
         with transaction(self.engine) as session:
@@ -145,8 +223,11 @@ class Governor:
 
     # --- node identity ------------------------------------------------------------------------
 
-    def bind(self, node_id: int, identity: NodeIdentity) -> Tenant:
-        """Bind a node to the organization it names, once per run; a node cannot change sides."""
+    def bind(self, node_id: int, identity: NodeIdentity) -> tuple[Tenant | None, str | None]:
+        """Bind a node to the organization it names, once per run: ``(tenant, None)``, or
+        ``(None, why)`` when the node is skipped (an invalid or unknown organization id, or an
+        organization another node already speaks for in this run). Skipping never stops the run.
+        """
         with transaction(self.engine) as session:
             existing = session.scalar(
                 select(FlNodeBinding).where(
@@ -154,31 +235,58 @@ class Governor:
                 )
             )
             if existing is not None:
-                return Tenant(node_id, existing.organization_id, existing.tenant)
+                return Tenant(node_id, existing.organization_id, existing.tenant), None
+            reason: str | None = None
+            org_id: uuid.UUID | None = None
             try:
                 org_id = uuid.UUID(identity.organization_id)
-            except ValueError:
-                raise InvalidInputError(
-                    f"node {node_id} sent organization id '{identity.organization_id}'"
-                ) from None
-            if session.get(Organization, org_id) is None:
-                raise NotFoundError(f"node {node_id} names organization {org_id}, which does not exist")
+            except (ValueError, AttributeError, TypeError):
+                reason = f"node {node_id} sent an invalid organization id '{identity.organization_id}'"
+            if org_id is not None and session.get(Organization, org_id) is None:
+                reason = f"node {node_id} names organization {org_id}, which does not exist"
+            elif org_id is not None:
+                other = session.scalar(
+                    select(FlNodeBinding.node_id).where(
+                        FlNodeBinding.run_id == self.run_id, FlNodeBinding.organization_id == org_id
+                    )
+                )
+                if other is not None:
+                    reason = (
+                        f"node {node_id} names organization {org_id}, which node {other} already speaks "
+                        "for in this run (one node per organization)"
+                    )
+            if reason is not None:
+                audit.append(
+                    session,
+                    organization_id=None,
+                    action="fl.node_skipped",
+                    resource_type="fl_run",
+                    resource_id=self.run_id,
+                    data={"run": self.config.run_name, "node": str(node_id), "reason": reason},
+                )
+                log.warning("run %s: %s; the node is skipped", self.config.run_name, reason)
+                return None, reason
+            assert org_id is not None
             session.add(
                 FlNodeBinding(
                     run_id=self.run_id, node_id=str(node_id), organization_id=org_id, tenant=identity.tenant
                 )
             )
-            return Tenant(node_id, org_id, identity.tenant)
+            return Tenant(node_id, org_id, identity.tenant), None
 
     # --- admission ----------------------------------------------------------------------------
 
-    def planned_events(self, server_round: int) -> list[DpSgdEvent | CentralDpEvent]:
+    def local_event(self) -> DpSgdEvent:
+        """The DP-SGD event one round instructs a tenant's node to run (in the run's unit)."""
+        return DpSgdEvent(
+            self.config.noise_multiplier, self.config.sample_rate, self.config.steps, self.config.privacy_unit
+        )
+
+    def planned_events(self, server_round: int) -> list[DpEvent]:
         """The DP events one round charges a participating tenant (what the filter projects)."""
-        events: list[DpSgdEvent | CentralDpEvent] = []
+        events: list[DpEvent] = []
         if self.config.dp.local:
-            events.append(
-                DpSgdEvent(self.config.noise_multiplier, self.config.sample_rate, self.config.steps)
-            )
+            events.append(self.local_event())
         if self.config.dp.central:
             events.append(self.central_event())
         return events
@@ -189,7 +297,7 @@ class Governor:
         )
 
     def admit(self, server_round: int, tenants: Iterable[Tenant]) -> Admission:
-        """Consent gate and budget filter for every bound tenant; skipped ones are recorded with why."""
+        """Consent gate, delta rule and budget filter for every bound tenant; skipped ones are recorded with why."""
         admission = Admission()
         # One transaction for the whole federation: a commit (an fsync on SQLite) per tenant per
         # round dominated rounds with a thousand tenants. Reads only, unless a tenant is skipped.
@@ -212,40 +320,170 @@ class Governor:
                 admission.admitted[tenant.node_id] = tenant
         return admission
 
-    def instruct(
-        self, server_round: int, tenants: Iterable[Tenant]
-    ) -> dict[int, tuple[TrainInstruction, uuid.UUID]]:
-        """Sampled tenants' instructions by node, with consent snapshots taken now (only for them).
+    def _budget_refusal(self, session: Any, tenant: Tenant) -> str | None:
+        """Why the tenant may not take part: a run delta above its budget's, or a cap the round would pass.
 
-        One transaction for all of them: a commit per tenant delayed every round's start.
+        Delta belongs to the budget: a run whose delta is larger than a tenant's budget delta (or
+        the platform default without a budget) would claim a weaker guarantee than the tenant
+        accepted, so that tenant sits the run out with the reason; others go on.
         """
-        instructions: dict[int, tuple[TrainInstruction, uuid.UUID]] = {}
-        with transaction(self.engine) as session:
-            for tenant in tenants:
-                snapshot = consent_gate.take_snapshot(session, tenant.organization_id, self.config.task)
-                assert snapshot.id is not None
-                instruction = TrainInstruction(
-                    run_id=self.config.run_name,
-                    server_round=server_round,
-                    task=self.config.task,
-                    organization_id=str(tenant.organization_id),
-                    consent_digest=snapshot.digest,
-                    user_ids=tuple(str(u) for u in snapshot.user_ids),
-                    dp=self.config.dp.local,
-                    noise_multiplier=self.config.noise_multiplier,
-                    clip_norm=self.config.clip_norm,
-                    sample_rate=self.config.sample_rate,
-                    steps=self.config.steps,
-                    lr=self.config.lr,
-                    seed=self._node_seed(server_round, tenant),
-                    unit=self.config.privacy_unit,
-                    expected_batch_size=self._expected_batch_size(len(snapshot.user_ids)),
-                    epsilon_cap=self.policy.default_epsilon_cap,
-                    delta=self.policy.default_delta,
-                    holdout_fraction=self.config.holdout_fraction,
+        by_unit: dict[str, list[DpEvent]] = {}
+        for event in self.planned_events(0):
+            by_unit.setdefault(event.unit, []).append(event)
+        for unit, events in sorted(by_unit.items()):
+            # All of a unit's events at once, with the ledger's accountant; units never mix.
+            projection = ledger.project(
+                session, tenant.organization_id, self.config.task, events, policy=self.policy
+            )
+            if self.config.delta > projection.delta:
+                return (
+                    f"the run's delta {self.config.delta:g} is larger than this tenant's {unit}-level budget "
+                    f"delta {projection.delta:g}; lower the run's delta or set the budget's"
                 )
-                instructions[tenant.node_id] = (instruction, snapshot.id)
-        return instructions
+            if projection.exceeds:
+                return (
+                    f"{unit}-level epsilon would reach {projection.epsilon_after:.4f} after this round, over "
+                    f"the cap {projection.epsilon_cap:g} (spent {projection.epsilon_before:.4f}, "
+                    f"delta {projection.delta:g})"
+                )
+        return None
+
+    # --- dispatch: charge before release --------------------------------------------------------
+
+    def dispatch(
+        self, server_round: int, chosen: Iterable[Tenant], population: Iterable[Tenant] = ()
+    ) -> DispatchBatch:
+        """Charge, then instruct: in one transaction, before any message leaves.
+
+        Central DP (``population``: every admitted tenant) is charged first to every tenant of the
+        population, sampled or not, since the round's aggregate is released whoever took part.
+        Then each chosen tenant gets a consent snapshot, a contribution row (status
+        ``dispatched``), the charge of exactly the instructed events (linked to the contribution)
+        and an outcome row. A tenant whose charge is refused (a concurrent run spent its budget
+        since admission) is not instructed: ``rejected_budget`` with the numbers. A later timeout,
+        refusal, malformed reply or crash leaves the charge in place: the ledger can only
+        over-charge, never under-charge.
+        """
+        batch = DispatchBatch()
+        chosen_ids = {t.node_id for t in chosen}
+        everyone = {t.node_id: t for t in [*population, *chosen]}
+        population_ids = {t.node_id for t in population}
+        with transaction(self.engine) as session:
+            # A fixed lock order (organization, then unit) so concurrent runs cannot deadlock.
+            for tenant in sorted(everyone.values(), key=lambda t: t.organization_id):
+                central_refusal: str | None = None
+                if tenant.node_id in population_ids:
+                    try:
+                        ledger.charge(
+                            session,
+                            tenant.organization_id,
+                            self.config.task,
+                            self.central_event(),
+                            None,
+                            server_round,
+                            policy=self.policy,
+                        )
+                        batch.central_charged.append(tenant)
+                    except BudgetExceededError as exc:
+                        central_refusal = str(exc)
+                if tenant.node_id not in chosen_ids:
+                    continue
+                if central_refusal is not None:
+                    self._skip(session, server_round, tenant, REJECTED_BUDGET, central_refusal, sampled=True)
+                    batch.refused[tenant.name] = REJECTED_BUDGET
+                    continue
+                dispatched = self._dispatch_one(session, server_round, tenant)
+                if isinstance(dispatched, Dispatch):
+                    batch.dispatched[tenant.node_id] = dispatched
+                else:
+                    batch.refused[tenant.name] = REJECTED_BUDGET
+        return batch
+
+    def _dispatch_one(self, session: Any, server_round: int, tenant: Tenant) -> Dispatch | str:
+        snapshot = consent_gate.take_snapshot(session, tenant.organization_id, self.config.task)
+        assert snapshot.id is not None
+        unit = self.config.privacy_unit
+        contribution = self._new_contribution(session, server_round, tenant, NO_UPDATE, DISPATCHED)
+        dp_event: dict[str, Any] | None = None
+        epsilon_after: float | None = None
+        cap, delta = self.policy.default_epsilon_cap, self.policy.default_delta
+        try:
+            if self.config.dp.local:
+                event = self.local_event()
+                result = ledger.charge(
+                    session,
+                    tenant.organization_id,
+                    self.config.task,
+                    event,
+                    contribution.id,
+                    server_round,
+                    policy=self.policy,
+                )
+                dp_event = {
+                    "mechanism": event.mechanism,
+                    "unit": event.unit,
+                    "noise_multiplier": event.noise_multiplier,
+                    "sample_rate": event.sample_rate,
+                    "steps": event.steps,
+                }
+                epsilon_after, cap, delta = result.epsilon_after, result.epsilon_cap, result.delta
+            else:  # no local charge tells the node its cap: read it (dp=off or central DP only)
+                cap, delta = ledger.cap_of(
+                    session, tenant.organization_id, self.config.task, unit, policy=self.policy
+                )
+                if self.config.dp == DpMode.OFF:
+                    epsilon_after = self._charge_non_private(session, server_round, tenant, contribution.id)
+                    dp_event = {"mechanism": NonPrivateEvent.mechanism, "unit": unit}
+        except BudgetExceededError as exc:
+            contribution.status = REJECTED_BUDGET
+            self._outcome(
+                session, server_round, tenant, REJECTED_BUDGET, str(exc), contribution.id, None, None
+            )
+            self._audit(session, server_round, tenant, contribution.id, REJECTED_BUDGET, str(exc))
+            return str(exc)
+        outcome = self._outcome(
+            session, server_round, tenant, DISPATCHED, None, contribution.id, dp_event, epsilon_after
+        )
+        instruction = TrainInstruction(
+            run_id=self.config.run_name,
+            server_round=server_round,
+            task=self.config.task,
+            organization_id=str(tenant.organization_id),
+            consent_digest=snapshot.digest,
+            user_ids=tuple(str(u) for u in snapshot.user_ids),
+            dp=self.config.dp.local,
+            noise_multiplier=self.config.noise_multiplier,
+            clip_norm=self.config.clip_norm,
+            sample_rate=self.config.sample_rate,
+            steps=self.config.steps,
+            lr=self.config.lr,
+            seed=self._node_seed(server_round, tenant),
+            unit=unit,
+            expected_batch_size=self._expected_batch_size(len(snapshot.user_ids)),
+            epsilon_cap=cap,
+            delta=delta,
+            holdout_fraction=self.config.holdout_fraction,
+        )
+        # No audit record of its own: the charge's audit record names the contribution, and the
+        # verdict appends one (a third record per tenant per round cost ~1 ms on the hot path).
+        return Dispatch(tenant, instruction, snapshot.id, contribution.id, outcome.id, epsilon_after)
+
+    def _charge_non_private(
+        self, session: Any, server_round: int, tenant: Tenant, contribution_id: uuid.UUID
+    ) -> float:
+        """A dp=off release is unbounded in every unit: epsilon +inf in each of the tenant's ledgers."""
+        for unit in UNITS:
+            linked = contribution_id if unit == self.config.privacy_unit else None
+            ledger.charge(
+                session,
+                tenant.organization_id,
+                self.config.task,
+                NonPrivateEvent(unit),
+                linked,
+                server_round,
+                policy=self.policy,
+            )
+        return math.inf
 
     def _expected_batch_size(self, consented_users: int) -> float:
         """A public denominator: the configured one, or the sample rate times the snapshot's users
@@ -255,35 +493,20 @@ class Governor:
         return max(1.0, self.config.sample_rate * max(consented_users, 1))
 
     def _node_seed(self, server_round: int, tenant: Tenant) -> int:
-        if self.config.seed == 0:
+        """A seed only in explicitly non-private runs (dp=off): with DP on, noise the server could
+        regenerate would let it subtract the noise, so no seed is ever sent (and nodes ignore one)."""
+        if self.config.seed == 0 or self.config.dp != DpMode.OFF:
             return 0
         return (
             self.config.seed * 1_000_003 + server_round * 7919 + int(tenant.organization_id.int % 100_003)
         ) % (2**62)
-
-    def _budget_refusal(self, session: Any, tenant: Tenant) -> str | None:
-        events = self.planned_events(0)
-        if not events:
-            return None
-        # All of a round's events at once (local DP-SGD and central DP), with the ledger's accountant.
-        projection = ledger.project(
-            session, tenant.organization_id, self.config.task, events, policy=self.policy
-        )
-        if not projection.exceeds:
-            return None
-        return (
-            f"epsilon would reach {projection.epsilon_after:.4f} after this round, over the cap "
-            f"{projection.epsilon_cap:g} (spent {projection.epsilon_before:.4f})"
-        )
 
     # --- replies ------------------------------------------------------------------------------
 
     def judge(
         self,
         server_round: int,
-        tenant: Tenant,
-        instruction: TrainInstruction,
-        snapshot_id: uuid.UUID,
+        dispatch: Dispatch,
         report: TrainReport | None,
         update: Arrays | None,
         *,
@@ -291,52 +514,39 @@ class Governor:
         validator: UpdateValidator,
         reference: Arrays,
     ) -> Verdict:
-        """Decide one reply's status and write its contribution, charge and outcome in one transaction."""
+        """Decide one reply's status and update its contribution and outcome in one transaction.
+
+        Nothing is charged here: the instructed events were charged at dispatch, and stay charged
+        whatever the reply (a less private report than instructed is rejected, not re-charged).
+        """
+        tenant, instruction = dispatch.tenant, dispatch.instruction
         with transaction(self.engine) as session:
-            checksum = report.update_checksum if report and report.update_checksum else NO_UPDATE
-            contribution = self._new_contribution(session, server_round, tenant, checksum, "pending")
-            verdict, charged = self._decide(
-                session,
-                server_round,
-                tenant,
-                instruction,
-                report,
-                update,
-                error,
-                validator,
-                reference,
-                contribution.id,
-            )
+            verdict = self._decide(session, tenant, instruction, report, update, error, validator, reference)
+            contribution = session.get(FederatedLearningContribution, dispatch.contribution_id)
+            assert contribution is not None
             contribution.status = verdict.status
-            dp_event = charged
-            session.add(
-                FlRoundOutcome(
-                    run_id=self.run_id,
-                    aggregation_round=server_round,
-                    organization_id=tenant.organization_id,
-                    tenant=tenant.name,
-                    status=verdict.status,
-                    reason=verdict.reason,
-                    contribution_id=contribution.id,
-                    dp_event=dp_event,
-                    epsilon_after=verdict.epsilon_after,
-                )
-            )
+            if report is not None and report.update_checksum:
+                contribution.gradient_checksum = report.update_checksum[:64]
+            outcome = session.get(FlRoundOutcome, dispatch.outcome_id)
+            assert outcome is not None
+            outcome.status = verdict.status
+            outcome.reason = verdict.reason
             if verdict.status == ACCEPTED:
                 consent_gate.record_snapshot_use(
                     session,
-                    snapshot_id,
+                    dispatch.snapshot_id,
                     server_round,
                     run_id=self.config.run_name,
                     organization_id=tenant.organization_id,
                 )
-            self._audit(session, server_round, tenant, contribution.id, verdict.status, verdict.reason)
-        return verdict
+            self._audit(
+                session, server_round, tenant, dispatch.contribution_id, verdict.status, verdict.reason
+            )
+        return Verdict(verdict.status, verdict.reason, dispatch.epsilon_after)
 
     def _decide(
         self,
         session: Any,
-        server_round: int,
         tenant: Tenant,
         instruction: TrainInstruction,
         report: TrainReport | None,
@@ -344,78 +554,80 @@ class Governor:
         error: str | None,
         validator: UpdateValidator,
         reference: Arrays,
-        contribution_id: uuid.UUID,
-    ) -> tuple[Verdict, dict[str, Any] | None]:
+    ) -> Verdict:
         if error is not None or report is None:
-            return Verdict(FAILED, error or "no report in the reply"), None
+            return Verdict(FAILED, error or "no report in the reply")
         if report.organization_id != str(tenant.organization_id):
             return Verdict(
                 REJECTED_INVALID,
                 f"node {tenant.node_id} is bound to {tenant.organization_id} but claimed {report.organization_id}",
-            ), None
+            )
         if not report.trained:
-            return Verdict(REJECTED_BUDGET, f"node refused to train: {report.refusal}"), None
-
-        # Privacy spent at the node is charged first: it was spent whatever happens to the update.
-        charged: dict[str, Any] | None = None
-        epsilon_after: float | None = None
+            return Verdict(REJECTED_BUDGET, f"node refused to train: {report.refusal}")
         if instruction.dp:
             problem = _dp_params_problem(instruction, report)
             if problem is not None:
-                return Verdict(REJECTED_INVALID, problem), None
-            event = DpSgdEvent(report.noise_multiplier, report.sample_rate, report.steps)
-            charged = {
-                "noise_multiplier": event.noise_multiplier,
-                "sample_rate": event.sample_rate,
-                "steps": event.steps,
-            }
-            try:
-                result = ledger.charge(
-                    session,
-                    tenant.organization_id,
-                    self.config.task,
-                    event,
-                    contribution_id,
-                    server_round,
-                    policy=self.policy,
-                )
-            except BudgetExceededError as exc:
-                return Verdict(REJECTED_BUDGET, str(exc)), None
-            epsilon_after = result.epsilon_after
-
+                return Verdict(REJECTED_INVALID, f"{problem}; the instructed event stays charged")
         if not consent_gate.recheck(
             session, tenant.organization_id, self.config.task, report.consent_digest
         ) or (report.consent_digest != instruction.consent_digest):
             return Verdict(
-                REJECTED_CONSENT_CHANGED,
-                "consent changed since the snapshot this update was trained on",
-                epsilon_after,
-            ), charged
+                REJECTED_CONSENT_CHANGED, "consent changed since the snapshot this update was trained on"
+            )
         if update is None:
-            return Verdict(REJECTED_INVALID, "reply carried no weights", epsilon_after), charged
+            return Verdict(REJECTED_INVALID, "reply carried no weights")
         checked = validator.validate(
             update,
             reference=reference,
             claimed_checksum=report.update_checksum,
-            weight=report.num_examples,
+            weight=None if self.config.dp != DpMode.OFF else report.num_examples,
         )
         if not isinstance(checked, Accepted):
-            return Verdict(REJECTED_INVALID, f"{checked.reason}: {checked.message}", epsilon_after), charged
-        return Verdict(ACCEPTED, None, epsilon_after), charged
+            return Verdict(REJECTED_INVALID, f"{checked.reason}: {checked.message}")
+        return Verdict(ACCEPTED, None)
 
-    def _skip(self, session: Any, server_round: int, tenant: Tenant, status: str, reason: str) -> None:
+    def _outcome(
+        self,
+        session: Any,
+        server_round: int,
+        tenant: Tenant,
+        status: str,
+        reason: str | None,
+        contribution_id: uuid.UUID,
+        dp_event: dict[str, Any] | None,
+        epsilon_after: float | None,
+        *,
+        sampled: bool = True,
+    ) -> FlRoundOutcome:
+        outcome = FlRoundOutcome(
+            run_id=self.run_id,
+            aggregation_round=server_round,
+            organization_id=tenant.organization_id,
+            tenant=tenant.name,
+            status=status,
+            sampled=sampled,
+            reason=reason,
+            contribution_id=contribution_id,
+            dp_event=dp_event,
+            epsilon_after=epsilon_after,
+        )
+        session.add(outcome)
+        session.flush()
+        return outcome
+
+    def _skip(
+        self,
+        session: Any,
+        server_round: int,
+        tenant: Tenant,
+        status: str,
+        reason: str,
+        *,
+        sampled: bool = False,
+    ) -> None:
         contribution = self._new_contribution(session, server_round, tenant, NO_UPDATE, status)
-        session.add(
-            FlRoundOutcome(
-                run_id=self.run_id,
-                aggregation_round=server_round,
-                organization_id=tenant.organization_id,
-                tenant=tenant.name,
-                status=status,
-                sampled=False,
-                reason=reason,
-                contribution_id=contribution.id,
-            )
+        self._outcome(
+            session, server_round, tenant, status, reason, contribution.id, None, None, sampled=sampled
         )
         self._audit(session, server_round, tenant, contribution.id, status, reason)
 
@@ -467,25 +679,11 @@ class Governor:
         *,
         weights_checksum: str,
         weights: Mapping[uuid.UUID, float],
-        central_charged: Iterable[Tenant],
         seen: SeenChecksums,
         metric: float | None,
     ) -> None:
-        """Close a round atomically: weights, central-DP charges, summary and the resume point."""
+        """Close a round atomically: weights, summary and the resume point (charges were made at dispatch)."""
         with transaction(self.engine) as session:
-            for tenant in central_charged:
-                try:
-                    ledger.charge(
-                        session,
-                        tenant.organization_id,
-                        self.config.task,
-                        self.central_event(),
-                        None,
-                        server_round,
-                        policy=self.policy,
-                    )
-                except BudgetExceededError as exc:  # admission projected it; a concurrent run spent it
-                    raise ConflictError(f"central DP charge for {tenant.name} refused: {exc}") from None
             total = sum(weights.values())
             outcomes = session.scalars(
                 select(FlRoundOutcome).where(
@@ -535,7 +733,10 @@ class Governor:
 
 
 def _dp_params_problem(instruction: TrainInstruction, report: TrainReport) -> str | None:
-    """The node may be more private than asked (more noise, fewer steps, lower rate), never less."""
+    """The node may be more private than asked (more noise, fewer steps, lower rate), never less,
+    and never in another unit."""
+    if report.unit != instruction.unit:
+        return f"unit '{report.unit}' is not the instructed '{instruction.unit}'"
     if report.noise_multiplier < instruction.noise_multiplier:
         return (
             f"noise multiplier {report.noise_multiplier} below the instructed {instruction.noise_multiplier}"

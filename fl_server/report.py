@@ -2,15 +2,20 @@
 
 Shape (shared by ``run-local`` and ``simulate``)::
 
-    {"config": {..., "delta": D},
+    {"config": {..., "delta": D}, "unit": U,
      "rounds": [{"round", "participants": [names], "skipped": {name: reason}, "statuses": {status: n},
                  "metric", "epsilon": {name: eps}}],
-     "tenants": {name: {"organization_id", "epsilon_cap", "epsilon_spent",
-                        "dp_events": [{"mechanism", "noise_multiplier", "sample_rate", "steps"}]}},
+     "tenants": {name: {"organization_id", "unit", "epsilon_cap", "delta", "epsilon_spent",
+                        "epsilon_by_unit": {unit: eps},
+                        "dp_events": [{"mechanism", "unit", "noise_multiplier", "sample_rate", "steps"}]}},
      "final": {"metric", "model_name", "model_version", "weights_checksum", "weights_path"}}
 
-``dp_events`` are the tenant's whole ledger for the model type, in order, so an independent
-accountant replaying them must find ``epsilon_spent``.
+``unit`` names what the run's epsilon protects (the run's local DP-SGD unit, "tenant" for a
+central-DP-only run). Epsilons of different units are never added or mixed: ``epsilon_spent``
+and the rounds' ``epsilon`` are the run unit's ledger, ``epsilon_by_unit`` lists every unit's.
+``dp_events`` are the tenant's whole ledger for the model type, in order, each naming its unit,
+so an independent accountant replaying one unit's events must find that unit's epsilon. A
+non-private release makes epsilon +inf, written "inf" (JSON has no infinity).
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from fl_server.config import RunConfig
+from fl_server.config import DpMode, RunConfig
 from privacy import ledger
+from privacy.ledger import finite_or_inf
 from schema.db import transaction
 from schema.errors import NotFoundError
 from schema.models import (
@@ -44,6 +50,7 @@ def build_report(
         if run is None:
             raise NotFoundError(f"run '{run_name}' does not exist")
         config = RunConfig.parse(dict(run.config))
+        unit = "tenant" if config.dp == DpMode.CENTRAL else config.privacy_unit
         tenants = {
             b.tenant: b.organization_id
             for b in session.scalars(select(FlNodeBinding).where(FlNodeBinding.run_id == run.id))
@@ -79,7 +86,10 @@ def build_report(
         rounds = []
         for number in range(1, run.last_completed_round + 1):
             rows = by_round.get(number, [])
-            epsilon = {name: _epsilon_at(entries, number, started) for name, entries in histories.items()}
+            epsilon = {
+                name: finite_or_inf(_epsilon_at([e for e in entries if e.unit == unit], number, started))
+                for name, entries in histories.items()
+            }
             summary = summaries.get(number)
             rounds.append(
                 {
@@ -94,15 +104,21 @@ def build_report(
             )
         tenant_report = {}
         for name, org in sorted(tenants.items()):
-            rows_for_task = [row for row in statuses[name] if row.model_type == config.task]
-            status = rows_for_task[0] if rows_for_task else None
+            rows_for_task = {row.unit: row for row in statuses[name] if row.model_type == config.task}
+            status = rows_for_task.get(unit)
             tenant_report[name] = {
                 "organization_id": str(org),
+                "unit": unit,
                 "epsilon_cap": status.epsilon_cap if status else policy.default_epsilon_cap,
-                "epsilon_spent": status.epsilon_spent if status else 0.0,
+                "delta": status.delta if status else policy.default_delta,
+                "epsilon_spent": finite_or_inf(status.epsilon_spent if status else 0.0),
+                "epsilon_by_unit": {
+                    u: finite_or_inf(row.epsilon_spent) for u, row in sorted(rows_for_task.items())
+                },
                 "dp_events": [
                     {
                         "mechanism": e.mechanism,
+                        "unit": e.unit,
                         "noise_multiplier": e.noise_multiplier,
                         "sample_rate": e.sample_rate,
                         "steps": e.steps,
@@ -129,6 +145,7 @@ def build_report(
             }
         return {
             "config": config.model_dump(mode="json") | {"delta": config.delta},
+            "unit": unit,
             "rounds": rounds,
             "tenants": tenant_report,
             "final": final,

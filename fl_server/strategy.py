@@ -3,10 +3,26 @@
 The wrapped strategy keeps its own job — choosing which nodes train and evaluate
 (``configure_train`` / ``configure_evaluate``, here shown only the admitted nodes) and
 aggregating evaluation metrics. The wrapper owns what Flower does not: it binds nodes to
-organizations, admits tenants (``Governor.admit``), attaches each tenant's instruction, judges
-every reply as it arrives and folds accepted updates into a streaming aggregate (memory does not
-grow with the number of tenants), applies optional central DP, and commits each round so a killed
-server resumes at the next round with the same weights. ``start`` is the only I/O loop.
+organizations, admits tenants (``Governor.admit``), charges and instructs them in one
+transaction before any message leaves (``Governor.dispatch``), judges every reply as it arrives
+and folds accepted updates into a streaming aggregate (memory does not grow with the number of
+tenants), applies optional central DP, and commits each round so a killed server resumes at the
+next round with the same weights. ``start`` is the only I/O loop.
+
+Central DP as analysed (the accountant's Poisson-subsampled Gaussian with q = ``fraction``):
+
+- tenants are Poisson-sampled here, each admitted tenant independently with probability
+  ``fraction`` from the OS CSPRNG (Flower's fixed-size sampling would let one tenant's presence
+  displace another's), and the inner strategy must train every node it is shown;
+- every admitted tenant is charged the round's central event at dispatch, sampled or not;
+- the noisy sum is divided by a public, fixed denominator (``fraction`` x admitted tenants),
+  never by the number of updates that arrived, and noise is added every round, even when fewer
+  than ``min_accepted`` updates were accepted (or none): no released value is un-noised.
+
+Aggregation weights: uniform in DP runs (a node's record count is private and not released);
+record counts only in ``dp=off`` runs. Evaluation: every participant gets an ``EvalInstruction``
+(its round's consent snapshot, the held-out fraction); in DP runs nodes keep their metric, and
+the round's metric is None (no server-side test set yet) rather than a number nobody paid for.
 """
 
 from __future__ import annotations
@@ -28,8 +44,9 @@ from aggregation import CentralDPSum, ModelSpec, UpdateValidator, make_aggregato
 from aggregation.flwr_adapter import arrays_from_record, record_from_arrays
 from aggregation.weights_store import WeightsStore
 from fl_client import protocol
-from fl_client.protocol import NodeIdentity, TrainReport
-from fl_server.governance import ACCEPTED, FAILED, Governor, Tenant, Verdict
+from fl_client.protocol import EvalInstruction, NodeIdentity, TrainReport
+from fl_server.config import DpMode
+from fl_server.governance import ACCEPTED, FAILED, Dispatch, Governor, Tenant, Verdict
 from privacy import secure_noise
 
 log = logging.getLogger("accute.fl_server")
@@ -80,6 +97,9 @@ class RoundRecord:
     statuses: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     metric: float | None = None
+    #: Central DP: tenants charged this round (every admitted one) and the public denominator.
+    central_population: int = 0
+    central_denominator: float | None = None
 
 
 @dataclass
@@ -106,7 +126,10 @@ class GovernedStrategy(Strategy):
         self.config = governor.config
         self.on_round = on_round
         self.tenants: dict[int, Tenant] = {}
-        self._participants: list[int] = []
+        #: Nodes skipped at binding (unknown organization, one already bound…), with why.
+        self.skipped_nodes: dict[int, str] = {}
+        self._participants: dict[int, Dispatch] = {}
+        self._sampler = random.SystemRandom()
 
     # The Strategy interface: sampling and evaluation are the wrapped strategy's.
     def configure_train(
@@ -142,8 +165,9 @@ class GovernedStrategy(Strategy):
     ) -> GovernedResult:
         rounds = num_rounds or self.config.rounds
         timeout = timeout or self.config.round_timeout_s
-        if self.config.seed:
-            random.seed(self.config.seed)  # Flower's node sampling uses the module-level RNG
+        if self.config.seed and self.config.dp == DpMode.OFF:
+            # Flower's node sampling uses the module-level RNG; seeded only in non-private runs.
+            random.seed(self.config.seed)
         state = self.governor.start_run()
         arrays = arrays_from_record(initial_arrays, copy=True)
         if state.weights_checksum:
@@ -172,7 +196,7 @@ class GovernedStrategy(Strategy):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {len(node_ids)} of {self.config.min_nodes} nodes connected")
             time.sleep(0.2)
-        unknown = [n for n in node_ids if n not in self.tenants]
+        unknown = [n for n in node_ids if n not in self.tenants and n not in self.skipped_nodes]
         if not unknown:
             return
         messages = [
@@ -183,8 +207,16 @@ class GovernedStrategy(Strategy):
             if reply.has_error():
                 log.warning("node %s did not identify: %s", node_id, reply.error.reason)
                 continue
-            identity = NodeIdentity.from_record(protocol.config_of(reply.content, protocol.IDENTITY))
-            self.tenants[node_id] = self.governor.bind(node_id, identity)
+            try:
+                identity = NodeIdentity.from_record(protocol.config_of(reply.content, protocol.IDENTITY))
+            except (KeyError, ValueError, TypeError) as exc:
+                log.warning("node %s sent a malformed identity: %s", node_id, exc)
+                continue
+            tenant, reason = self.governor.bind(node_id, identity)
+            if tenant is None:
+                self.skipped_nodes[node_id] = reason or "skipped"
+            else:
+                self.tenants[node_id] = tenant
 
     def _train_round(
         self,
@@ -198,22 +230,37 @@ class GovernedStrategy(Strategy):
     ) -> Arrays:
         admission = self.governor.admit(server_round, self.tenants.values())
         record.skipped.update(admission.skipped)
-        admitted_grid = AdmittedGrid(grid, admission.admitted)
+        central_dp = self.config.dp.central
+        shown = self._poisson_sample(admission.admitted) if central_dp else dict(admission.admitted)
         global_record = record_from_arrays(arrays, spec)
-        # With nobody admitted the wrapped strategy would wait forever for nodes to sample.
+        # With nobody to show the wrapped strategy would wait forever for nodes to sample.
         messages = (
-            list(self.inner.configure_train(server_round, global_record, ConfigRecord(), admitted_grid))
-            if admission.admitted
+            list(
+                self.inner.configure_train(
+                    server_round, global_record, ConfigRecord(), AdmittedGrid(grid, shown)
+                )
+            )
+            if shown
             else []
         )
-        sampled: dict[int, tuple[Tenant, Any, Any]] = {}
-        self._participants = [m.metadata.dst_node_id for m in messages]
+        if central_dp and {m.metadata.dst_node_id for m in messages} != set(shown):
+            raise RuntimeError(
+                "central DP samples tenants itself (Poisson, q = fraction): the inner strategy must train "
+                "every node it is shown; build it with fraction_train=1.0"
+            )
         chosen = [admission.admitted[m.metadata.dst_node_id] for m in messages]
-        instructions = self.governor.instruct(server_round, chosen)
-        for message, tenant in zip(messages, chosen, strict=True):
-            instruction, snapshot_id = instructions[tenant.node_id]
-            sampled[tenant.node_id] = (tenant, instruction, snapshot_id)
-            _attach(message, protocol.INSTRUCTION, instruction.to_record())
+        population = list(admission.admitted.values()) if central_dp else []
+        # Charge, then release: nothing is sent before the dispatch transaction committed.
+        batch = self.governor.dispatch(server_round, chosen, population)
+        record.statuses.update(batch.refused)
+        messages = [m for m in messages if m.metadata.dst_node_id in batch.dispatched]
+        for message in messages:
+            _attach(
+                message,
+                protocol.INSTRUCTION,
+                batch.dispatched[message.metadata.dst_node_id].instruction.to_record(),
+            )
+        self._participants = dict(batch.dispatched)
 
         validator = UpdateValidator(spec, max_norm=self.config.max_update_norm, seen=seen)
         central = (
@@ -223,7 +270,7 @@ class GovernedStrategy(Strategy):
                 noise_multiplier=self.config.central_noise_multiplier,
                 noise=secure_noise.gaussian,
             )
-            if self.config.dp.central
+            if central_dp
             else None
         )
         aggregator = None if central is not None else make_aggregator(self.config.aggregator, spec)
@@ -231,42 +278,43 @@ class GovernedStrategy(Strategy):
         pending = {m.metadata.dst_node_id for m in messages}
         for node_id, reply in _collect(grid, messages, timeout):
             pending.discard(node_id)
-            tenant, instruction, snapshot_id = sampled[node_id]
-            verdict, update, report = self._judge(
-                server_round, tenant, instruction, snapshot_id, reply, validator, arrays
-            )
-            record.statuses[tenant.name] = verdict.status
+            dispatch = batch.dispatched[node_id]
+            verdict, update, report = self._judge(server_round, dispatch, reply, validator, arrays)
+            record.statuses[dispatch.tenant.name] = verdict.status
             if verdict.status != ACCEPTED or update is None or report is None:
                 continue
+            # DP runs: uniform weights (a record count is private); dp=off may weight by counts.
+            weight = float(report.num_examples) if self.config.dp == DpMode.OFF else 1.0
             if central is not None:
                 central.add({name: update[name].astype(np.float64) - arrays[name] for name in spec.names})
             else:
                 assert aggregator is not None
-                aggregator.add(update, weight=float(report.num_examples))
-            weights[tenant.organization_id] = float(report.num_examples)
-        for node_id in pending:  # timed out
-            tenant, instruction, snapshot_id = sampled[node_id]
+                aggregator.add(update, weight=weight)
+            weights[dispatch.tenant.organization_id] = weight
+        for node_id in pending:  # timed out: the dispatch stays charged
+            dispatch = batch.dispatched[node_id]
             self.governor.judge(
                 server_round,
-                tenant,
-                instruction,
-                snapshot_id,
+                dispatch,
                 None,
                 None,
                 error=f"no reply within {timeout:g}s",
                 validator=validator,
                 reference=arrays,
             )
-            record.statuses[tenant.name] = FAILED
+            record.statuses[dispatch.tenant.name] = FAILED
 
         new_arrays = arrays
-        if len(weights) >= self.config.min_accepted:
-            if central is not None:
-                mean_delta = central.result(denominator=max(len(messages), 1))
-                new_arrays = {n: (arrays[n] + mean_delta[n]).astype(arrays[n].dtype) for n in spec.names}
-            else:
-                assert aggregator is not None
-                new_arrays = {n: np.asarray(a, dtype=arrays[n].dtype) for n, a in aggregator.result().items()}
+        if central is not None and batch.central_charged:
+            # Always released, always noised, over a public denominator: fraction x admitted tenants.
+            denominator = self.config.fraction * len(batch.central_charged)
+            record.central_population = len(batch.central_charged)
+            record.central_denominator = denominator
+            mean_delta = central.result(denominator=denominator)
+            new_arrays = {n: (arrays[n] + mean_delta[n]).astype(arrays[n].dtype) for n in spec.names}
+        elif central is None and len(weights) >= self.config.min_accepted:
+            assert aggregator is not None
+            new_arrays = {n: np.asarray(a, dtype=arrays[n].dtype) for n, a in aggregator.result().items()}
         else:
             log.warning(
                 "round %s: %s accepted, %s needed; global model unchanged",
@@ -275,23 +323,25 @@ class GovernedStrategy(Strategy):
                 self.config.min_accepted,
             )
         checksum = self.weights.put(new_arrays, {"run": self.config.run_name, "round": str(server_round)})
-        central_tenants = list(admission.admitted.values()) if central is not None else []
         self.governor.commit_round(
             server_round,
             weights_checksum=checksum,
             weights=weights,
-            central_charged=central_tenants,
             seen=validator.seen,
             metric=None,
         )
         return new_arrays
 
+    def _poisson_sample(self, admitted: dict[int, Tenant]) -> dict[int, Tenant]:
+        """Each admitted tenant independently with probability ``fraction`` (CSPRNG): the sampling the
+        central accountant's q assumes."""
+        fraction = self.config.fraction
+        return {n: t for n, t in admitted.items() if fraction >= 1.0 or self._sampler.random() < fraction}
+
     def _judge(
         self,
         server_round: int,
-        tenant: Tenant,
-        instruction: Any,
-        snapshot_id: Any,
+        dispatch: Dispatch,
         reply: Message,
         validator: UpdateValidator,
         reference: Arrays,
@@ -307,12 +357,10 @@ class GovernedStrategy(Strategy):
                 if protocol.ARRAYS in reply.content:
                     update = arrays_from_record(protocol.arrays_of(reply.content))
             except (KeyError, ValueError, TypeError) as exc:
-                error = f"malformed reply: {exc}"
+                report, update, error = None, None, f"malformed reply: {exc}"
         verdict = self.governor.judge(
             server_round,
-            tenant,
-            instruction,
-            snapshot_id,
+            dispatch,
             report,
             update,
             error=error,
@@ -322,25 +370,33 @@ class GovernedStrategy(Strategy):
         return verdict, update, report
 
     def _evaluate_round(self, grid: Grid, server_round: int, arrays: Arrays, timeout: float) -> float | None:
-        # The round's participants evaluate the new global model on their consented records: with a
-        # thousand tenants, asking every one (most never trained) dominated the round and told little.
+        # The round's participants evaluate the new global model on their held-out consented users:
+        # with a thousand tenants, asking every one (most never trained) dominated the round.
         if not self._participants:
             return None
         view = AdmittedGrid(grid, self._participants)
         messages = list(
             self.inner.configure_evaluate(server_round, record_from_arrays(arrays), ConfigRecord(), view)
         )
+        private = self.config.dp != DpMode.OFF
         for message in messages:
-            tenant = self.tenants[message.metadata.dst_node_id]
-            instruction = ConfigRecord(
-                {
-                    "task": self.config.task,
-                    "organization_id": str(tenant.organization_id),
-                    "server_round": server_round,
-                }
+            dispatch = self._participants[message.metadata.dst_node_id]
+            instruction = EvalInstruction(
+                run_id=self.config.run_name,
+                server_round=server_round,
+                task=self.config.task,
+                organization_id=str(dispatch.tenant.organization_id),
+                user_ids=dispatch.instruction.user_ids,
+                dp=private,
+                holdout_fraction=self.config.holdout_fraction,
             )
-            _attach(message, protocol.INSTRUCTION, instruction)
-        replies = [r for _, r in _collect(grid, messages, timeout) if not r.has_error() and _examples(r) > 0]
+            _attach(message, protocol.INSTRUCTION, instruction.to_record())
+        replies = [r for _, r in _collect(grid, messages, timeout) if not r.has_error()]
+        if private:
+            # Nodes release no metric in DP runs; whatever a node sends anyway is neither stored
+            # nor charged. Without a server-side test set the round has no metric.
+            return None
+        replies = [r for r in replies if _examples(r) > 0]
         if not replies:
             return None
         aggregated = self.inner.aggregate_evaluate(server_round, replies)
@@ -351,7 +407,10 @@ class GovernedStrategy(Strategy):
 
 
 def _examples(reply: Message) -> int:
-    value = protocol.metrics_of(reply.content).get(protocol.NUM_EXAMPLES, 0)
+    try:
+        value = protocol.metrics_of(reply.content).get(protocol.NUM_EXAMPLES, 0)
+    except (KeyError, ValueError):
+        return 0
     return int(value) if isinstance(value, int | float) else 0
 
 

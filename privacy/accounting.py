@@ -9,7 +9,13 @@ No I/O. Two accountants:
   one event in O(number of orders) instead of replaying its history.
 - ``prv``: numerical composition of privacy loss random variables (Opacus' ``PRVAccountant``,
   Gopi et al. 2021); tighter, slower, replays the history. It returns the smaller of its upper
-  bound and the ``rdp`` value: both are valid upper bounds, so the minimum is one too.
+  bound and the ``rdp`` value: both are valid upper bounds, so the minimum is one too — except
+  where Opacus' PRV leaves its valid range: its privacy loss domain is exponentiated, and past
+  epsilon ~ 700 (exp overflows at 709.8) it returned 716.8 where the exact value is 5,425. There
+  the ``rdp`` value is returned (``PRV_DOMAIN_LIMIT``). PRV results are memoized by the events'
+  content, so a ledger computes them before it takes its row lock and finds them again under it.
+
+An event without noise (``NonPrivateEvent``) has epsilon +inf under every accountant.
 
 Opacus' ``gdp`` accountant is deliberately absent: it is an approximation, not an upper bound
 (measured up to 20 % below the PLD value).
@@ -35,6 +41,7 @@ from privacy.events import (
     check_epsilon,
     check_sample_rate,
     check_steps,
+    is_non_private,
 )
 from schema.errors import InvalidInputError
 
@@ -184,7 +191,9 @@ def step_rdp(sample_rate: float, noise_multiplier: float) -> FloatArray:
 
 
 def event_rdp(event: SubsampledGaussian) -> FloatArray:
-    """RDP curve of one event: ``steps`` compositions of its subsampled Gaussian."""
+    """RDP curve of one event: ``steps`` compositions of its subsampled Gaussian (+inf without noise)."""
+    if is_non_private(event):
+        return np.full_like(ORDERS, np.inf)
     if event.steps == 0:
         return np.zeros_like(ORDERS)
     return step_rdp(event.sample_rate, event.noise_multiplier) * float(event.steps)
@@ -221,21 +230,25 @@ def epsilon_from_rdp(curve: FloatArray, delta: float) -> float:
     return float(max(0.0, float(eps.min())))
 
 
-def _grouped(events: Iterable[SubsampledGaussian]) -> list[tuple[float, float, int]]:
-    """(z, q, total steps) per distinct mechanism: composition commutes, so steps add up."""
+def _grouped(events: Iterable[SubsampledGaussian]) -> tuple[tuple[float, float, int], ...]:
+    """(z, q, total steps) per distinct mechanism, sorted: composition commutes, so steps add up."""
     totals: dict[tuple[float, float], int] = {}
     for event in events:
         if event.steps:
             key = (event.noise_multiplier, event.sample_rate)
             totals[key] = totals.get(key, 0) + event.steps
-    return [(z, q, steps) for (z, q), steps in totals.items()]
+    return tuple(sorted((z, q, steps) for (z, q), steps in totals.items()))
 
 
 #: The PRV discretization's size limit (points); about 1 s and 50 MB per million points here.
 MAX_PRV_POINTS = 4_000_000
 
+#: Opacus' PRV exponentiates its privacy-loss domain; past this half-width (exp overflows at
+#: 709.78) its answer is not a bound any more, so the RDP value stands instead.
+PRV_DOMAIN_LIMIT = 700.0
 
-def _prv_run(history: list[tuple[float, float, int]], delta: float, eps_error: float) -> float:
+
+def _prv_run(history: tuple[tuple[float, float, int], ...], delta: float, eps_error: float) -> float:
     accountant = PRVAccountant()
     accountant.history = list(history)
     with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -249,9 +262,17 @@ def prv_epsilon(events: Iterable[SubsampledGaussian], delta: float) -> float:
     Opacus' error bound ``eps_error`` is absolute and sets the mesh (cost ~ 1 / eps_error): we ask
     for 1 % of the RDP value, refine once to 1 % of the first estimate when the RDP value was
     loose, and never let the mesh exceed ``MAX_PRV_POINTS`` (the bound stays valid, only looser).
+    Out of Opacus' valid range (``PRV_DOMAIN_LIMIT``) the RDP value is returned. Memoized.
     """
     check_delta(delta)
-    history = _grouped(events)
+    events = list(events)
+    if any(is_non_private(e) for e in events):
+        return math.inf
+    return _prv_epsilon(_grouped(events), float(delta))
+
+
+@lru_cache(maxsize=1024)
+def _prv_epsilon(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
     curve = sum((step_rdp(q, z) * float(t) for z, q, t in history), empty_curve())
     rdp_eps = epsilon_from_rdp(curve, delta)
     if not history or not math.isfinite(rdp_eps) or rdp_eps == 0.0:
@@ -259,6 +280,8 @@ def prv_epsilon(events: Iterable[SubsampledGaussian], delta: float) -> float:
     # Opacus' domain: half-width L (an RDP bound at delta_error / 4, plus 3), mesh from eps_error.
     delta_error = delta / 1000
     half_width = epsilon_from_rdp(curve, delta_error / 4) + 3
+    if not half_width < PRV_DOMAIN_LIMIT:
+        return rdp_eps  # exp(L) overflows inside Opacus: its result would not be a bound
     total_steps = sum(t for _, _, t in history)
     finest = 2 * half_width * math.sqrt(total_steps * math.log(12 / delta_error) / 2) / MAX_PRV_POINTS
     try:
@@ -270,7 +293,7 @@ def prv_epsilon(events: Iterable[SubsampledGaussian], delta: float) -> float:
             bound = _prv_run(history, delta, eps_error)
     except (ValueError, RuntimeError, MemoryError, OverflowError, FloatingPointError):
         return rdp_eps  # the discretization failed for these values; the RDP bound still holds
-    if not math.isfinite(bound):
+    if not math.isfinite(bound) or bound >= PRV_DOMAIN_LIMIT:
         return rdp_eps
     return min(max(bound, 0.0), rdp_eps)
 

@@ -1,8 +1,12 @@
 """The privacy ledger and budget caps: the only place that reads or writes epsilon state.
 
-Per (organization, model type) the ledger is an append-only list of DP events
+Per (organization, model type, unit of privacy) the ledger is an append-only list of DP events
 (``privacy_ledger_events``) and a budget row (``privacy_budgets``) with the cap (epsilon, delta)
-and the cumulative RDP curve of the events. Epsilon is always recomputed from the events with an
+and the cumulative RDP curve of the events. Units ("record", "user", "tenant") never mix: each
+event goes to the ledger of its own unit, and each unit has its own epsilon and cap.
+
+Epsilon is always evaluated at the budget's delta (or the platform default, ``Settings.default_delta``,
+without one) — never at a run's delta: a run cannot buy itself a weaker guarantee. Epsilon is always recomputed from the events with an
 accountant (invariant 2): the stored curve is the ``rdp`` accountant's composition of the same
 events in the same order, bit-identical to a replay, and it is rebuilt by replay whenever it is
 missing or was computed on another order grid. ``prv`` replays the events every time.
@@ -12,6 +16,10 @@ The API the federated server calls, each inside the caller's transaction
 
 - ``project`` / ``would_exceed``: the filter, before a tenant takes part; reads only.
 - ``charge``: check and charge one event in one transaction, never over the cap (invariant 3).
+  Epsilon is computed before the row lock is taken (PRV can take seconds) and recomputed under it
+  only if the ledger changed meanwhile. A ``NonPrivateEvent`` (epsilon +inf) is recorded without
+  a cap check: it is the operator's explicit choice, refusing it would only hide the release, and
+  the ledger then reads +inf (exhausted), so every later DP charge in that unit is refused.
   The budget row is created if missing and locked in one statement (``INSERT ... ON CONFLICT DO
   UPDATE ... RETURNING``): a row lock on PostgreSQL; on SQLite the statement is a write, so the
   database's write lock is held before anything is read. Refused, it raises ``BudgetExceededError`` and leaves nothing behind.
@@ -41,12 +49,16 @@ from sqlalchemy.orm import Session
 from privacy import accounting
 from privacy.accounting import FloatArray
 from privacy.events import (
+    UNIT_RECORD,
+    UNITS,
     CentralDpEvent,
     DpEvent,
     DpSgdEvent,
+    NonPrivateEvent,
     check_delta,
     check_epsilon,
     check_steps,
+    check_unit,
     event_from_row,
 )
 from schema import audit
@@ -91,6 +103,7 @@ class Projection:
 
     organization_id: uuid.UUID
     model_type: str
+    unit: str
     epsilon_cap: float
     delta: float
     accountant: str
@@ -113,6 +126,7 @@ class ChargeResult:
     event_id: int
     organization_id: uuid.UUID
     model_type: str
+    unit: str
     epsilon_cap: float
     delta: float
     accountant: str
@@ -132,6 +146,7 @@ class BudgetStatus:
 
     organization_id: str
     model_type: str
+    unit: str
     epsilon_cap: float
     delta: float
     epsilon_spent: float
@@ -150,6 +165,7 @@ class HistoryEntry:
 
     id: int
     mechanism: str
+    unit: str
     noise_multiplier: float
     sample_rate: float
     steps: int
@@ -171,9 +187,25 @@ def clean_model_type(value: str) -> str:
 
 
 def _check_event(event: object) -> DpEvent:
-    if not isinstance(event, DpSgdEvent | CentralDpEvent):
-        raise InvalidInputError(f"{type(event).__name__} is not a DP event; use DpSgdEvent or CentralDpEvent")
+    if not isinstance(event, DpSgdEvent | CentralDpEvent | NonPrivateEvent):
+        raise InvalidInputError(
+            f"{type(event).__name__} is not a DP event; use DpSgdEvent, CentralDpEvent or NonPrivateEvent"
+        )
     return event
+
+
+def _one_unit(events: Sequence[DpEvent]) -> str:
+    units = {e.unit for e in events}
+    if len(units) != 1:
+        raise InvalidInputError(
+            f"events of units {', '.join(sorted(units)) or 'none'} cannot share one epsilon; project each unit apart"
+        )
+    return units.pop()
+
+
+def finite_or_inf(value: float) -> float | str:
+    """A JSON-safe epsilon: +inf (a non-private release) is written as the string "inf"."""
+    return value if math.isfinite(value) else "inf"
 
 
 def _check_round(value: int | None) -> int | None:
@@ -190,6 +222,7 @@ class _Budget:
     id: uuid.UUID
     organization_id: uuid.UUID
     model_type: str
+    unit: str
     epsilon_cap: float | None
     delta: float | None
     rdp_curve: bytes | None
@@ -209,6 +242,7 @@ _BUDGET_COLUMNS = tuple(_BUDGETS.c[name] for name in _Budget.__dataclass_fields_
 _EVENT_COLUMNS = (
     "organization_id",
     "model_type",
+    "unit",
     "mechanism",
     "noise_multiplier",
     "sample_rate",
@@ -219,15 +253,20 @@ _EVENT_COLUMNS = (
 )
 
 
-def _budget(session: Session, organization_id: uuid.UUID, model_type: str) -> _Budget | None:
+def _budget(session: Session, organization_id: uuid.UUID, model_type: str, unit: str) -> _Budget | None:
     query = select(*_BUDGET_COLUMNS).where(
-        PrivacyBudget.organization_id == organization_id, PrivacyBudget.model_type == model_type
+        PrivacyBudget.organization_id == organization_id,
+        PrivacyBudget.model_type == model_type,
+        PrivacyBudget.unit == unit,
     )
     row = session.execute(query).one_or_none()
     return None if row is None else _Budget(*row)
 
 
-def _events(session: Session, organization_id: uuid.UUID, model_type: str) -> list[PrivacyLedgerEvent]:
+def _events(
+    session: Session, organization_id: uuid.UUID, model_type: str, unit: str | None
+) -> list[PrivacyLedgerEvent]:
+    """The events of one unit's ledger (or, with ``unit`` None, of every unit), in ledger order."""
     query = (
         select(PrivacyLedgerEvent)
         .where(
@@ -235,18 +274,28 @@ def _events(session: Session, organization_id: uuid.UUID, model_type: str) -> li
         )
         .order_by(PrivacyLedgerEvent.id)
     )
+    if unit is not None:
+        query = query.where(PrivacyLedgerEvent.unit == unit)
     return list(session.scalars(query))
 
 
 def _as_event(row: PrivacyLedgerEvent) -> DpEvent:
-    return event_from_row(row.mechanism, row.noise_multiplier, row.sample_rate, row.steps, row.clip_norm)
+    return event_from_row(
+        row.mechanism, row.noise_multiplier, row.sample_rate, row.steps, row.clip_norm, row.unit
+    )
 
 
-def replay_curve(session: Session, organization_id: uuid.UUID, model_type: str) -> FloatArray:
-    """The cumulative RDP curve rebuilt from every committed event, in ledger order."""
+def replay_curve(
+    session: Session, organization_id: uuid.UUID, model_type: str, unit: str = UNIT_RECORD
+) -> FloatArray:
+    """The cumulative RDP curve of one unit's ledger rebuilt from every committed event, in order."""
     query = (
         select(_EVENTS.c.noise_multiplier, _EVENTS.c.sample_rate, _EVENTS.c.steps)
-        .where(_EVENTS.c.organization_id == organization_id, _EVENTS.c.model_type == model_type)
+        .where(
+            _EVENTS.c.organization_id == organization_id,
+            _EVENTS.c.model_type == model_type,
+            _EVENTS.c.unit == unit,
+        )
         .order_by(_EVENTS.c.id)
     )
     return accounting.compose(session.execute(query))
@@ -258,7 +307,7 @@ def _curve(session: Session, budget: _Budget | None) -> FloatArray:
         return accounting.empty_curve()
     if budget.rdp_curve is not None and budget.rdp_orders_key == accounting.ORDERS_KEY:
         return np.frombuffer(budget.rdp_curve, dtype=np.float64).copy()
-    return replay_curve(session, budget.organization_id, budget.model_type)
+    return replay_curve(session, budget.organization_id, budget.model_type, budget.unit)
 
 
 def _cap(budget: _Budget | None, policy: LedgerPolicy) -> tuple[float, float]:
@@ -274,6 +323,7 @@ def _epsilon(
     session: Session,
     organization_id: uuid.UUID,
     model_type: str,
+    unit: str,
     curve: FloatArray,
     delta: float,
     policy: LedgerPolicy,
@@ -281,7 +331,7 @@ def _epsilon(
 ) -> float:
     if policy.accountant == "rdp":
         return accounting.epsilon_from_rdp(curve, delta)
-    events = [_as_event(row) for row in _events(session, organization_id, model_type)]
+    events = [_as_event(row) for row in _events(session, organization_id, model_type, unit)]
     return accounting.prv_epsilon([*events, *extra], delta)
 
 
@@ -293,27 +343,39 @@ def project(
     *,
     policy: LedgerPolicy,
 ) -> Projection:
-    """The filter: epsilon before and after ``event`` (or several, e.g. a round's planned events)
-    against the cap, without charging anything.
+    """The filter: epsilon before and after ``event`` (or several of one unit, e.g. a round's
+    planned events) against the cap of that unit's ledger, without charging anything.
 
-    Advisory (it takes no lock): ``charge`` checks again under the lock.
+    Advisory (it takes no lock): ``charge`` checks again under the lock. With ``prv`` it also
+    warms the accountant's memo, so the charge finds its epsilon without computing under the lock.
     """
     events = [_check_event(e) for e in (event if isinstance(event, Sequence) else [event])]
+    unit = _one_unit(events)
     organization = get_organization(session, organization_id)
     model_type = clean_model_type(model_type)
-    budget = _budget(session, organization.id, model_type)
+    budget = _budget(session, organization.id, model_type, unit)
     cap, delta = _cap(budget, policy)
     before_curve = _curve(session, budget)
     after_curve = accounting.compose(events, start=before_curve)
     return Projection(
         organization_id=organization.id,
         model_type=model_type,
+        unit=unit,
         epsilon_cap=cap,
         delta=delta,
         accountant=policy.accountant,
-        epsilon_before=_epsilon(session, organization.id, model_type, before_curve, delta, policy),
-        epsilon_after=_epsilon(session, organization.id, model_type, after_curve, delta, policy, events),
+        epsilon_before=_epsilon(session, organization.id, model_type, unit, before_curve, delta, policy),
+        epsilon_after=_epsilon(
+            session, organization.id, model_type, unit, after_curve, delta, policy, events
+        ),
     )
+
+
+def cap_of(
+    session: Session, organization_id: uuid.UUID, model_type: str, unit: str, *, policy: LedgerPolicy
+) -> tuple[float, float]:
+    """(epsilon cap, delta) of one unit's ledger: the budget row's own, else the platform defaults."""
+    return _cap(_budget(session, organization_id, clean_model_type(model_type), check_unit(unit)), policy)
 
 
 def would_exceed(
@@ -330,14 +392,20 @@ def would_exceed(
 
 
 def spent(
-    session: Session, organization_id: str | uuid.UUID, model_type: str, *, policy: LedgerPolicy
+    session: Session,
+    organization_id: str | uuid.UUID,
+    model_type: str,
+    *,
+    policy: LedgerPolicy,
+    unit: str = UNIT_RECORD,
 ) -> float:
-    """The tenant's cumulative epsilon for ``model_type`` at its budget's delta (0 without events)."""
+    """The tenant's cumulative epsilon for ``model_type`` in ``unit`` at its budget's delta (0 without events)."""
     organization = get_organization(session, organization_id)
     model_type = clean_model_type(model_type)
-    budget = _budget(session, organization.id, model_type)
+    unit = check_unit(unit)
+    budget = _budget(session, organization.id, model_type, unit)
     _, delta = _cap(budget, policy)
-    return _epsilon(session, organization.id, model_type, _curve(session, budget), delta, policy)
+    return _epsilon(session, organization.id, model_type, unit, _curve(session, budget), delta, policy)
 
 
 # --- writing a ledger ------------------------------------------------------------------------
@@ -362,14 +430,18 @@ _UPDATE_CURVE = (
 def _upsert_budget(dialect: str) -> Any:
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     values = insert(_BUDGETS).values(
-        id=bindparam("id"), organization_id=bindparam("organization_id"), model_type=bindparam("model_type")
+        id=bindparam("id"),
+        organization_id=bindparam("organization_id"),
+        model_type=bindparam("model_type"),
+        unit=bindparam("unit"),
     )
     return values.on_conflict_do_update(
-        index_elements=["organization_id", "model_type"], set_={"model_type": values.excluded.model_type}
+        index_elements=["organization_id", "model_type", "unit"],
+        set_={"model_type": values.excluded.model_type},
     ).returning(*_BUDGET_COLUMNS)
 
 
-def _locked_budget(session: Session, organization_id: uuid.UUID, model_type: str) -> _Budget:
+def _locked_budget(session: Session, organization_id: uuid.UUID, model_type: str, unit: str) -> _Budget:
     """The budget row, created if missing, locked until the end of the transaction.
 
     One statement, ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING``: on PostgreSQL it inserts
@@ -377,7 +449,7 @@ def _locked_budget(session: Session, organization_id: uuid.UUID, model_type: str
     on SQLite, being a write, it takes the database's write lock before anything is read.
     """
     statement = _upsert_budget(session.get_bind().dialect.name)
-    params = {"id": uuid.uuid4(), "organization_id": organization_id, "model_type": model_type}
+    params = {"id": uuid.uuid4(), "organization_id": organization_id, "model_type": model_type, "unit": unit}
     return _Budget(*session.execute(statement, params).one())
 
 
@@ -405,6 +477,30 @@ def _consumed(increment: float) -> Decimal:
     return min(_CONSUMED_MAX, Decimal(repr(max(increment, 0.0))).quantize(_CONSUMED_STEP, rounding=ROUND_UP))
 
 
+def _state(budget: _Budget | None) -> tuple[int, bytes | None, str | None, float | None, float | None]:
+    """What epsilon depends on in a budget row: equal states give equal epsilons."""
+    if budget is None:
+        return (0, None, None, None, None)
+    return (budget.event_count, budget.rdp_curve, budget.rdp_orders_key, budget.epsilon_cap, budget.delta)
+
+
+def _before_after(
+    session: Session,
+    organization_id: uuid.UUID,
+    model_type: str,
+    budget: _Budget | None,
+    event: DpEvent,
+    policy: LedgerPolicy,
+) -> tuple[float, float, float, float, FloatArray]:
+    """(cap, delta, epsilon before, epsilon after, curve after) of charging ``event`` onto ``budget``."""
+    cap, delta = _cap(budget, policy)
+    before_curve = _curve(session, budget)
+    after_curve = before_curve + accounting.event_rdp(event)
+    before = _epsilon(session, organization_id, model_type, event.unit, before_curve, delta, policy)
+    after = _epsilon(session, organization_id, model_type, event.unit, after_curve, delta, policy, [event])
+    return cap, delta, before, after, after_curve
+
+
 def charge(
     session: Session,
     organization_id: str | uuid.UUID,
@@ -415,35 +511,44 @@ def charge(
     *,
     policy: LedgerPolicy,
 ) -> ChargeResult:
-    """Check and charge one DP event to the tenant's ledger, in the caller's transaction.
+    """Check and charge one DP event to the tenant's ledger of the event's unit, in the caller's transaction.
 
     Raises ``BudgetExceededError`` (nothing written) if epsilon after the event would exceed the
     cap; otherwise appends the event, updates the stored curve, sets the contribution's
-    ``privacy_budget_consumed`` to the increment and appends an audit record.
+    ``privacy_budget_consumed`` to the increment and appends an audit record. A
+    ``NonPrivateEvent`` is never refused (see the module docstring).
+
+    Epsilon is computed from an unlocked read first and recomputed under the row lock only if
+    the row changed in between, so a slow accountant (``prv``) does not hold the lock.
     """
     event = _check_event(event)
     organization = get_organization(session, organization_id)
     model_type = clean_model_type(model_type)
     aggregation_round = _check_round(aggregation_round)
+    unit = event.unit
 
-    budget = _locked_budget(session, organization.id, model_type)
+    unlocked = _budget(session, organization.id, model_type, unit)
+    cap, delta, before, after, after_curve = _before_after(
+        session, organization.id, model_type, unlocked, event, policy
+    )
+    budget = _locked_budget(session, organization.id, model_type, unit)
+    if _state(budget) != _state(unlocked):  # charged or re-capped meanwhile: recompute under the lock
+        cap, delta, before, after, after_curve = _before_after(
+            session, organization.id, model_type, budget, event, policy
+        )
     contribution = (
         _contribution(session, contribution_id, organization.id, model_type)
         if contribution_id is not None
         else None
     )
-    cap, delta = _cap(budget, policy)
-    before_curve = _curve(session, budget)
-    after_curve = before_curve + accounting.event_rdp(event)
-    before = _epsilon(session, organization.id, model_type, before_curve, delta, policy)
-    after = _epsilon(session, organization.id, model_type, after_curve, delta, policy, [event])
-    if not after <= cap:
+    uncapped = isinstance(event, NonPrivateEvent)
+    if not uncapped and not after <= cap:
         if budget.blank:  # leave nothing behind, even if the caller commits after catching the error
             session.execute(delete(_BUDGETS).where(_BUDGETS.c.id == budget.id))
         raise BudgetExceededError(
-            f"charging this event to organization {organization.id} / '{model_type}' would raise epsilon "
-            f"from {before:.4g} to {after:.4g}, over its cap {cap:g} (delta {delta:g}); nothing was charged. "
-            "Use more noise or fewer steps, or raise the cap with `accute-fl budget set`"
+            f"charging this event to organization {organization.id} / '{model_type}' ({unit} level) would "
+            f"raise epsilon from {before:.4g} to {after:.4g}, over its cap {cap:g} (delta {delta:g}); nothing "
+            "was charged. Use more noise or fewer steps, or raise the cap with `accute-fl budget set`"
         )
 
     contribution_ref = contribution.id if contribution is not None else None
@@ -452,6 +557,7 @@ def charge(
         {
             "organization_id": organization.id,
             "model_type": model_type,
+            "unit": unit,
             "mechanism": event.mechanism,
             "noise_multiplier": event.noise_multiplier,
             "sample_rate": event.sample_rate,
@@ -480,6 +586,7 @@ def charge(
         event_id=event_id,
         organization_id=organization.id,
         model_type=model_type,
+        unit=unit,
         epsilon_cap=cap,
         delta=delta,
         accountant=policy.accountant,
@@ -496,6 +603,7 @@ def charge(
         resource_id=budget.id,
         data={
             "model_type": model_type,
+            "unit": unit,
             "event_id": event_id,
             "mechanism": event.mechanism,
             "noise_multiplier": event.noise_multiplier,
@@ -504,8 +612,8 @@ def charge(
             "clip_norm": event.clip_norm,
             "contribution_id": str(contribution_ref) if contribution_ref else None,
             "aggregation_round": aggregation_round,
-            "epsilon_before": before,
-            "epsilon_after": after,
+            "epsilon_before": finite_or_inf(before),
+            "epsilon_after": finite_or_inf(after),
             "epsilon_cap": cap,
             "delta": delta,
             "accountant": policy.accountant,
@@ -522,8 +630,10 @@ def set_budget(
     delta: float,
     *,
     policy: LedgerPolicy,
-) -> BudgetStatus:
-    """Set the cap (epsilon, delta) of one tenant and model type; audited.
+    unit: str | None = None,
+) -> list[BudgetStatus]:
+    """Set the cap (epsilon, delta) of one tenant and model type in ``unit`` (None: in every unit,
+    each its own ledger with this cap — units never share one epsilon); audited. One status per unit set.
 
     A cap below what is already spent is allowed (it stops further charges: status ``exhausted``).
     """
@@ -531,23 +641,33 @@ def set_budget(
     delta = check_delta(delta)
     organization = get_organization(session, organization_id)
     model_type = clean_model_type(model_type)
-    budget = _locked_budget(session, organization.id, model_type)
-    previous = {"epsilon_cap": budget.epsilon_cap, "delta": budget.delta}
-    session.execute(
-        update(_BUDGETS)
-        .where(_BUDGETS.c.id == budget.id)
-        .values(epsilon_cap=epsilon_cap, delta=delta, updated_at=func.now())
-    )
-    budget = replace(budget, epsilon_cap=epsilon_cap, delta=delta)
-    audit.append(
-        session,
-        organization_id=organization.id,
-        action="privacy_budget.set",
-        resource_type="privacy_budget",
-        resource_id=budget.id,
-        data={"model_type": model_type, "previous": previous, "epsilon_cap": epsilon_cap, "delta": delta},
-    )
-    return _status(session, budget, policy)
+    units = UNITS if unit is None else (check_unit(unit),)
+    statuses = []
+    for each in units:
+        budget = _locked_budget(session, organization.id, model_type, each)
+        previous = {"epsilon_cap": budget.epsilon_cap, "delta": budget.delta}
+        session.execute(
+            update(_BUDGETS)
+            .where(_BUDGETS.c.id == budget.id)
+            .values(epsilon_cap=epsilon_cap, delta=delta, updated_at=func.now())
+        )
+        budget = replace(budget, epsilon_cap=epsilon_cap, delta=delta)
+        audit.append(
+            session,
+            organization_id=organization.id,
+            action="privacy_budget.set",
+            resource_type="privacy_budget",
+            resource_id=budget.id,
+            data={
+                "model_type": model_type,
+                "unit": each,
+                "previous": previous,
+                "epsilon_cap": epsilon_cap,
+                "delta": delta,
+            },
+        )
+        statuses.append(_status(session, budget, policy))
+    return statuses
 
 
 # --- review ----------------------------------------------------------------------------------
@@ -556,7 +676,13 @@ def set_budget(
 def _status(session: Session, budget: _Budget, policy: LedgerPolicy) -> BudgetStatus:
     cap, delta = _cap(budget, policy)
     spent_eps = _epsilon(
-        session, budget.organization_id, budget.model_type, _curve(session, budget), delta, policy
+        session,
+        budget.organization_id,
+        budget.model_type,
+        budget.unit,
+        _curve(session, budget),
+        delta,
+        policy,
     )
     if spent_eps >= cap:
         status = "exhausted"
@@ -567,6 +693,7 @@ def _status(session: Session, budget: _Budget, policy: LedgerPolicy) -> BudgetSt
     return BudgetStatus(
         organization_id=str(budget.organization_id),
         model_type=budget.model_type,
+        unit=budget.unit,
         epsilon_cap=cap,
         delta=delta,
         epsilon_spent=spent_eps,
@@ -580,37 +707,56 @@ def _status(session: Session, budget: _Budget, policy: LedgerPolicy) -> BudgetSt
 def budget_rows(
     session: Session, organization_id: str | uuid.UUID | None = None, *, policy: LedgerPolicy
 ) -> list[BudgetStatus]:
-    """Every budget (or one organization's) with epsilon spent and remaining; [] on a fresh database."""
-    query = select(*_BUDGET_COLUMNS).order_by(PrivacyBudget.organization_id, PrivacyBudget.model_type)
+    """Every budget (or one organization's), one row per unit, with epsilon spent and remaining
+    (+inf after a non-private release); [] on a fresh database."""
+    query = select(*_BUDGET_COLUMNS).order_by(
+        PrivacyBudget.organization_id, PrivacyBudget.model_type, PrivacyBudget.unit
+    )
     if organization_id is not None:
         query = query.where(PrivacyBudget.organization_id == get_organization(session, organization_id).id)
     return [_status(session, _Budget(*row), policy) for row in session.execute(query)]
 
 
 def history(
-    session: Session, organization_id: str | uuid.UUID, model_type: str, *, policy: LedgerPolicy
+    session: Session,
+    organization_id: str | uuid.UUID,
+    model_type: str,
+    *,
+    policy: LedgerPolicy,
+    unit: str | None = None,
 ) -> list[HistoryEntry]:
-    """The tenant's events for ``model_type`` in order, each with the ledger's epsilon after it.
+    """The tenant's events for ``model_type`` in order (one unit, or every unit with ``unit`` None),
+    each with the epsilon of its own unit's ledger right after it.
 
     With ``prv`` every prefix is replayed (slow for long ledgers); ``rdp`` adds curves.
     """
     organization = get_organization(session, organization_id)
     model_type = clean_model_type(model_type)
-    _, delta = _cap(_budget(session, organization.id, model_type), policy)
-    rows = _events(session, organization.id, model_type)
+    if unit is not None:
+        check_unit(unit)
+    rows = _events(session, organization.id, model_type, unit)
+    deltas: dict[str, float] = {}
+    curves: dict[str, FloatArray] = {}
+    prefixes: dict[str, list[DpEvent]] = {}
     entries: list[HistoryEntry] = []
-    curve = accounting.empty_curve()
-    for index, row in enumerate(rows):
+    for row in rows:
+        if row.unit not in deltas:
+            deltas[row.unit] = _cap(_budget(session, organization.id, model_type, row.unit), policy)[1]
         event = _as_event(row)
-        curve = curve + accounting.event_rdp(event)
+        curve = curves[row.unit] = curves.get(row.unit, accounting.empty_curve()) + accounting.event_rdp(
+            event
+        )
+        prefix = prefixes.setdefault(row.unit, [])
+        prefix.append(event)
         if policy.accountant == "rdp":
-            eps = accounting.epsilon_from_rdp(curve, delta)
+            eps = accounting.epsilon_from_rdp(curve, deltas[row.unit])
         else:
-            eps = accounting.prv_epsilon([_as_event(r) for r in rows[: index + 1]], delta)
+            eps = accounting.prv_epsilon(prefix, deltas[row.unit])
         entries.append(
             HistoryEntry(
                 id=row.id,
                 mechanism=row.mechanism,
+                unit=row.unit,
                 noise_multiplier=row.noise_multiplier,
                 sample_rate=row.sample_rate,
                 steps=row.steps,

@@ -29,6 +29,7 @@ MODEL_TYPE_OPTION = typer.Option(..., "--model-type", help="Model type (task) th
 BUDGET_COLUMNS = (
     "organization_id",
     "model_type",
+    "unit",
     "epsilon_cap",
     "delta",
     "epsilon_spent",
@@ -40,6 +41,7 @@ BUDGET_COLUMNS = (
 HISTORY_COLUMNS = (
     "id",
     "mechanism",
+    "unit",
     "noise_multiplier",
     "sample_rate",
     "steps",
@@ -62,11 +64,23 @@ def _readable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: f"{v:.4g}" if isinstance(v, float) else v for k, v in row.items()} for row in rows]
 
 
+def _json_safe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A non-private release's epsilon (+inf) as the string "inf": JSON has no infinity."""
+    return [
+        {k: ledger.finite_or_inf(v) if isinstance(v, float) else v for k, v in row.items()} for row in rows
+    ]
+
+
 def _show(
     payload: dict[str, Any] | list[dict[str, Any]], as_json: bool, title: str, columns: tuple[str, ...]
 ) -> None:
     if as_json:
-        emit(payload, True, title, columns)
+        emit(
+            _json_safe(payload) if isinstance(payload, list) else _json_safe([payload])[0],
+            True,
+            title,
+            columns,
+        )
     else:
         emit(_readable(payload if isinstance(payload, list) else [payload]), False, title, columns)
 
@@ -123,13 +137,16 @@ def budget_set(
     model_type: str = MODEL_TYPE_OPTION,
     epsilon_cap: float = typer.Option(..., "--epsilon", help="Epsilon cap > 0."),
     delta: float = DELTA_OPTION,
+    unit: str | None = typer.Option(
+        None, "--unit", help="record, user or tenant (default: every unit, each its own epsilon)."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Set the privacy budget cap (epsilon, delta) of a tenant for a model type."""
+    """Set the privacy budget cap (epsilon, delta) of a tenant for a model type, per unit of privacy."""
     policy = _policy()
     with transaction(ready_engine()) as session:
-        status = ledger.set_budget(session, org, model_type, epsilon_cap, delta, policy=policy)
-    _show(status.as_dict(), as_json, "Privacy budget set", BUDGET_COLUMNS)
+        statuses = ledger.set_budget(session, org, model_type, epsilon_cap, delta, policy=policy, unit=unit)
+    _show([s.as_dict() for s in statuses], as_json, "Privacy budget set", BUDGET_COLUMNS)
 
 
 @budget_app.command("show")

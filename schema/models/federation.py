@@ -37,10 +37,17 @@ class FlRun(Base):
 
 
 class FlNodeBinding(Base):
-    """Which organization a Flower node speaks for in a run (bound at the run's first contact)."""
+    """Which organization a Flower node speaks for in a run (bound at the run's first contact).
+
+    One node per organization per run: a second node naming the same organization would add its
+    clipped update twice to one sum while the ledger charges a single participation.
+    """
 
     __tablename__ = "fl_node_bindings"
-    __table_args__ = (UniqueConstraint("run_id", "node_id"),)
+    __table_args__ = (
+        UniqueConstraint("run_id", "node_id"),
+        UniqueConstraint("run_id", "organization_id", name="uq_fl_node_bindings_run_id_organization_id"),
+    )
 
     id: Mapped[uuid.UUID] = uuid_pk()
     run_id: Mapped[uuid.UUID] = mapped_column(UUIDType, ForeignKey("fl_runs.id"))

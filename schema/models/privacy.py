@@ -1,4 +1,7 @@
-"""Privacy ledger (issue 3): budget caps and the append-only DP events per tenant and model type.
+"""Privacy ledger (issue 3): budget caps and the append-only DP events per tenant, model type and unit.
+
+Epsilon is per (organization, model type, unit of privacy): a record-level, a user-level and a
+tenant-level guarantee are different statements and never compose into one number (migration 0006).
 
 The events are the only truth about epsilon (invariant 2): a budget row caches the cumulative RDP
 curve of its events so a charge costs O(orders), and the curve is rebuilt by replay whenever it
@@ -29,11 +32,14 @@ from schema.models.security import ImmutableAuditLog
 from schema.types import UUIDType
 
 #: The mechanisms a ledger event may record (privacy/events.py builds the events).
-PRIVACY_MECHANISMS: tuple[str, ...] = ("dp_sgd", "central_gaussian")
+PRIVACY_MECHANISMS: tuple[str, ...] = ("dp_sgd", "central_gaussian", "non_private")
+
+#: Units of privacy (privacy/events.py): what two neighbouring data sets differ in.
+PRIVACY_UNITS: tuple[str, ...] = ("record", "user", "tenant")
 
 
 class PrivacyBudget(Base):
-    """The cap (epsilon, delta) of one tenant and model type, and the state its ledger keeps.
+    """The cap (epsilon, delta) of one tenant, model type and unit, and the state its ledger keeps.
 
     A NULL cap or delta means the platform default from settings. The row also serves as the lock
     that serializes charges to the ledger (locked by an upsert, see ``privacy/ledger.py``).
@@ -41,7 +47,8 @@ class PrivacyBudget(Base):
 
     __tablename__ = "privacy_budgets"
     __table_args__ = (
-        UniqueConstraint("organization_id", "model_type"),
+        UniqueConstraint("organization_id", "model_type", "unit"),
+        CheckConstraint(in_list("unit", PRIVACY_UNITS), name="unit"),
         CheckConstraint("epsilon_cap IS NULL OR epsilon_cap > 0", name="epsilon_cap"),
         CheckConstraint("delta IS NULL OR (delta > 0 AND delta < 1)", name="delta"),
         CheckConstraint("event_count >= 0", name="event_count"),
@@ -50,6 +57,7 @@ class PrivacyBudget(Base):
     id: Mapped[uuid.UUID] = uuid_pk()
     organization_id: Mapped[uuid.UUID] = mapped_column(UUIDType, ForeignKey("organizations.id"))
     model_type: Mapped[str] = mapped_column(String(100))
+    unit: Mapped[str] = mapped_column(String(10))
     epsilon_cap: Mapped[float | None] = mapped_column(Double)
     delta: Mapped[float | None] = mapped_column(Double)
     #: Cumulative RDP of the ledger's events at each order of ``rdp_orders_key``'s grid (float64 bytes).
@@ -67,7 +75,13 @@ class PrivacyLedgerEvent(Base):
     __tablename__ = "privacy_ledger_events"
     __table_args__ = (
         CheckConstraint(in_list("mechanism", PRIVACY_MECHANISMS), name="mechanism"),
-        CheckConstraint("noise_multiplier > 0", name="noise_multiplier"),
+        CheckConstraint(in_list("unit", PRIVACY_UNITS), name="unit"),
+        CheckConstraint("mechanism <> 'central_gaussian' OR unit = 'tenant'", name="central_unit"),
+        CheckConstraint("mechanism <> 'dp_sgd' OR unit <> 'tenant'", name="local_unit"),
+        CheckConstraint(
+            "(mechanism = 'non_private' AND noise_multiplier = 0) OR (mechanism <> 'non_private' AND noise_multiplier > 0)",
+            name="noise_multiplier",
+        ),
         CheckConstraint("sample_rate > 0 AND sample_rate <= 1", name="sample_rate"),
         CheckConstraint("steps >= 0", name="steps"),
         CheckConstraint(
@@ -75,7 +89,7 @@ class PrivacyLedgerEvent(Base):
             name="clip_norm",
         ),
         CheckConstraint("aggregation_round IS NULL OR aggregation_round >= 0", name="aggregation_round"),
-        Index("idx_privacy_ledger_tenant", "organization_id", "model_type", "id"),
+        Index("idx_privacy_ledger_tenant", "organization_id", "model_type", "unit", "id"),
     )
 
     id: Mapped[int] = mapped_column(
@@ -84,6 +98,7 @@ class PrivacyLedgerEvent(Base):
     organization_id: Mapped[uuid.UUID] = mapped_column(UUIDType, ForeignKey("organizations.id"))
     model_type: Mapped[str] = mapped_column(String(100))
     mechanism: Mapped[str] = mapped_column(String(50))
+    unit: Mapped[str] = mapped_column(String(10))
     noise_multiplier: Mapped[float] = mapped_column(Double)
     sample_rate: Mapped[float] = mapped_column(Double)
     steps: Mapped[int] = mapped_column(Integer)

@@ -124,3 +124,32 @@ def test_a_round_with_deltas_moves_the_global_model_by_at_most_c_plus_noise() ->
     assert {k: v.dtype for k, v in new_global.items()} == {e.name: e.dtype for e in spec}
     assert global_norm(new_global, global_weights) <= 0.5 + 1e-6
     assert dp.clipped_count == 3
+
+
+def test_a_fixed_denominator_releases_noise_even_without_any_update() -> None:
+    # Prepare: a round where nobody's update was accepted.
+    noise = RecordingNoise(value=1.0)
+    dp = CentralDPSum(small_spec(), clipping_norm=2.0, noise_multiplier=3.0, noise=noise)
+
+    # Execute
+    released = dp.result(denominator=4.0)
+
+    # Assert: noise of std z*C over the public denominator, never an un-noised zero.
+    assert noise.calls and all(std == 6.0 for _, std in noise.calls)
+    for array in released.values():
+        np.testing.assert_allclose(array, 6.0 / 4.0)
+
+
+def test_the_fixed_denominator_keeps_the_count_out_of_the_release() -> None:
+    # Two rounds with the same clipped sum but different numbers of contributors release the same value.
+    spec = small_spec()
+    one, two = (CentralDPSum(spec, clipping_norm=100.0, noise_multiplier=0.0) for _ in range(2))
+    update = random_update(spec, np.random.default_rng(1))
+    zero = {name: np.zeros_like(a) for name, a in update.items()}
+    one.add(update)
+    two.add(update)
+    two.add(zero)
+    a, b = one.result(denominator=5.0), two.result(denominator=5.0)
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name])
+    assert not all(np.allclose(one.result()[n], two.result()[n]) for n in a)  # observed counts differ

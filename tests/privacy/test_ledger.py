@@ -79,17 +79,26 @@ def test_charge_recomputes_epsilon_from_the_events_with_the_accountant(
         with transaction(engine) as session:
             results.append(ledger.charge(session, org, MODEL, event, aggregation_round=round_, policy=policy))
 
-    # Assert: epsilon after each charge is the accountant's over the history, not a sum of increments.
-    for index, result in enumerate(results):
-        assert result.epsilon_after == pytest.approx(
-            dp_accounting_epsilon(events[: index + 1], 1e-5), rel=0.01
-        )
-    assert results[1].epsilon_before == results[0].epsilon_after
-    assert results[-1].epsilon_after < sum(accounting.epsilon([e], 1e-5) for e in events)
+    # Assert: epsilon after each charge is the accountant's over the history of the event's own
+    # unit (record-level DP-SGD and tenant-level central DP never mix), not a sum of increments.
+    records = [events[0], events[2]]
+    assert results[0].epsilon_after == pytest.approx(dp_accounting_epsilon(records[:1], 1e-5), rel=0.01)
+    assert results[1].epsilon_after == pytest.approx(dp_accounting_epsilon([events[1]], 1e-5), rel=0.01)
+    assert results[2].epsilon_after == pytest.approx(dp_accounting_epsilon(records, 1e-5), rel=0.01)
+    assert [r.unit for r in results] == ["record", "tenant", "record"]
+    assert results[1].epsilon_before == 0.0
+    assert results[2].epsilon_before == results[0].epsilon_after
+    assert results[-1].epsilon_after < sum(accounting.epsilon([e], 1e-5) for e in records)
     with transaction(engine) as session:
         assert ledger.spent(session, org, MODEL, policy=policy) == results[-1].epsilon_after
+        assert ledger.spent(session, org, MODEL, policy=policy, unit="tenant") == results[1].epsilon_after
         assert [h.epsilon_after for h in ledger.history(session, org, MODEL, policy=policy)] == [
             r.epsilon_after for r in results
+        ]
+        assert [h.unit for h in ledger.history(session, org, MODEL, policy=policy)] == [
+            "record",
+            "tenant",
+            "record",
         ]
 
 
@@ -302,7 +311,9 @@ def test_budget_status_and_the_platform_default(engine: Engine, org: uuid.UUID) 
 
     # Execute
     with transaction(engine) as session:
-        rows = {r.model_type: r for r in ledger.budget_rows(session, org, policy=policy)}
+        rows = {
+            r.model_type: r for r in ledger.budget_rows(session, org, policy=policy) if r.unit == "record"
+        }
 
     # Assert
     assert [rows[m].status for m in "abc"] == ["ok", "near_cap", "exhausted"]
@@ -315,11 +326,13 @@ def test_budget_status_and_the_platform_default(engine: Engine, org: uuid.UUID) 
 def test_set_budget_is_audited_and_validated(engine: Engine, org: uuid.UUID, policy: LedgerPolicy) -> None:
     # Execute
     with transaction(engine) as session:
-        status = ledger.set_budget(session, org, MODEL, 3.0, 1e-6, policy=policy)
+        statuses = ledger.set_budget(session, org, MODEL, 3.0, 1e-6, policy=policy)
         ledger.charge(session, org, MODEL, DpSgdEvent(1.0, 0.01, 10), policy=policy)
 
-    # Assert
-    assert (status.epsilon_cap, status.delta, status.events, status.status) == (3.0, 1e-6, 0, "ok")
+    # Assert: without a unit the cap is set in every unit, each its own ledger.
+    assert [s.unit for s in statuses] == ["record", "user", "tenant"]
+    for status in statuses:
+        assert (status.epsilon_cap, status.delta, status.events, status.status) == (3.0, 1e-6, 0, "ok")
     with transaction(engine) as session:
         actions = [
             r.action

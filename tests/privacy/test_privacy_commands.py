@@ -199,10 +199,12 @@ def test_budget_set_show_and_history(ready_cli: Runner) -> None:
 
     # Assert
     assert set_result.code == 0, set_result.err
+    # Without --unit the cap is set in every unit of privacy, each its own ledger (sorted by unit).
     assert shown == [
         {
             "organization_id": org,
             "model_type": "tax_rules",
+            "unit": unit,
             "epsilon_cap": 3.0,
             "delta": 1e-6,
             "epsilon_spent": 0.0,
@@ -211,6 +213,7 @@ def test_budget_set_show_and_history(ready_cli: Runner) -> None:
             "last_round": None,
             "status": "ok",
         }
+        for unit in ("record", "tenant", "user")
     ]
     assert history == []
     assert "│ ok" in ready_cli("budget", "show", "--org", org).out
