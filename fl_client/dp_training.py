@@ -151,7 +151,9 @@ def _check_params(
 
 
 def _rows(records: Iterable[Record], consented_user_ids: Collection[str] | None) -> list[Record]:
-    return list(records) if consented_user_ids is None else list(filter_by_consent(records, consented_user_ids))
+    return (
+        list(records) if consented_user_ids is None else list(filter_by_consent(records, consented_user_ids))
+    )
 
 
 def _encoded(
@@ -234,8 +236,10 @@ def train(
         draw_uniform: UniformSource = uniform if uniform is not None else secure_noise.secure_uniform
         draw_noise: NoiseSource = noise if noise is not None else secure_noise.gaussian
     else:
-        draw_uniform = uniform if uniform is not None else _seeded_uniform(
-            secrets.randbits(63) if seed is None else seed
+        draw_uniform = (
+            uniform
+            if uniform is not None
+            else _seeded_uniform(secrets.randbits(63) if seed is None else seed)
         )
     denominator = expected_batch_size if expected_batch_size is not None else sample_rate * max(units, 1)
     model = load_model(spec, model_state)
@@ -269,8 +273,12 @@ def train(
                     # Drawn and added in float64, then rounded to the weights' dtype (secure_noise).
                     draws = np.asarray(draw_noise((total,), noise_std), dtype=np.float64)
                     if draws.shape != (total,):
-                        raise InvalidInputError(f"noise source returned shape {draws.shape}, expected ({total},)")
-                    flat = torch.cat([g.reshape(-1) for g in grads]).to(torch.float64) + torch.from_numpy(draws)
+                        raise InvalidInputError(
+                            f"noise source returned shape {draws.shape}, expected ({total},)"
+                        )
+                    flat = torch.cat([g.reshape(-1) for g in grads]).to(torch.float64) + torch.from_numpy(
+                        draws
+                    )
                     grads = [
                         part.view_as(g).to(g.dtype)
                         for part, g in zip(torch.split(flat, sizes), grads, strict=True)

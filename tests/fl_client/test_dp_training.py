@@ -72,14 +72,25 @@ def test_dp_training_learns_digits_and_reports_what_it_used() -> None:
 
     # Execute
     result = _train(
-        "digits", records, noise_multiplier=1.0, clip_norm=1.0, sample_rate=0.1, steps=300, expected_batch_size=100
+        "digits",
+        records,
+        noise_multiplier=1.0,
+        clip_norm=1.0,
+        sample_rate=0.1,
+        steps=300,
+        expected_batch_size=100,
     )
     after = evaluate("digits", result.state, records, consented_user_ids=None)
 
     # Assert
     assert after.value > before.value + 0.5
     assert result.dp_params_used == DpParams(
-        noise_multiplier=1.0, sample_rate=0.1, steps=300, clip_norm=1.0, unit="record", expected_batch_size=100
+        noise_multiplier=1.0,
+        sample_rate=0.1,
+        steps=300,
+        clip_norm=1.0,
+        unit="record",
+        expected_batch_size=100,
     )
     assert result.metrics == {}  # nothing computed from the records leaves a DP node
 
@@ -256,7 +267,9 @@ def test_dp_with_no_records_still_runs_and_releases_noise_only() -> None:
     records = firm_records("digits", n=10)
 
     # Execute
-    result = _train("digits", records, consented_user_ids=set(), noise_multiplier=1.0, expected_batch_size=2.0)
+    result = _train(
+        "digits", records, consented_user_ids=set(), noise_multiplier=1.0, expected_batch_size=2.0
+    )
 
     # Assert
     assert result.num_examples == 0
