@@ -7,9 +7,9 @@ import torch
 from torch import Tensor, nn
 
 from fl_client.per_sample import METHODS, FunctorchGradient, clip_and_sum, make_clipper, segment_sum
-from schema.errors import InvalidInputError
 from fl_client.tasks import get_task
 from fl_client.tasks.spec import LossFn
+from schema.errors import InvalidInputError
 from tests.fl_client.conftest import firm_records
 
 
