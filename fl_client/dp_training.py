@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import math
 import secrets
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -183,11 +183,31 @@ def _seeded_uniform(seed: int) -> UniformSource:
     return draw
 
 
-def _sampled(uniform: UniformSource, count: int, rate: float) -> Tensor:
+def _per_step(
+    source: Callable[[int], npt.NDArray[np.float64]], size: int, steps: int, what: str
+) -> Iterator[npt.NDArray[np.float64]]:
+    """``steps`` draws of ``size`` values from ``source(count)``, each checked for its shape."""
+    for _ in range(steps):
+        draws = np.asarray(source(size), dtype=np.float64)
+        if draws.shape != (size,):
+            raise InvalidInputError(f"{what} source returned shape {draws.shape}, expected ({size},)")
+        yield draws
+
+
+def _in_blocks(
+    source: Callable[[int], npt.NDArray[np.float64]], size: int, steps: int
+) -> Iterator[npt.NDArray[np.float64]]:
+    """The same draws as `_per_step`, fetched several steps at a time (up to ~1M values a call):
+    each call of the secure source keys a fresh ChaCha20 stream and allocates its buffer, which cost
+    more than the draws themselves at one call per step (1.4 ms against 0.04 ms for 1,000 uniforms)."""
+    block = max(1, min(steps, secure_noise.CHUNK // max(size, 1)))
+    for start in range(0, steps, block):
+        count = min(block, steps - start)
+        yield from np.asarray(source(count * size), dtype=np.float64).reshape(count, size)
+
+
+def _sampled(draws: npt.NDArray[np.float64], rate: float) -> Tensor:
     """Indices of the units a Poisson draw at ``rate`` includes."""
-    draws = np.asarray(uniform(count), dtype=np.float64)
-    if draws.shape != (count,):
-        raise InvalidInputError(f"uniform source returned shape {draws.shape}, expected ({count},)")
     return torch.from_numpy(np.flatnonzero(draws < rate))
 
 
@@ -232,15 +252,6 @@ def train(
         owners, units = _user_index(rows)
     else:
         owners, units = torch.arange(n), n
-    if dp:
-        draw_uniform: UniformSource = uniform if uniform is not None else secure_noise.secure_uniform
-        draw_noise: NoiseSource = noise if noise is not None else secure_noise.gaussian
-    else:
-        draw_uniform = (
-            uniform
-            if uniform is not None
-            else _seeded_uniform(secrets.randbits(63) if seed is None else seed)
-        )
     denominator = expected_batch_size if expected_batch_size is not None else sample_rate * max(units, 1)
     model = load_model(spec, model_state)
     model.train()
@@ -250,10 +261,25 @@ def train(
     noise_std = noise_multiplier * clip_norm
     sizes = [p.numel() for p in params]
     total = sum(sizes)
+    # Injected sources are called once per step (an audit sees every draw); the secure ones in blocks.
+    if uniform is not None:
+        sampling = _per_step(uniform, units, steps, "uniform")
+    elif dp:
+        sampling = _in_blocks(secure_noise.secure_uniform, units, steps)
+    else:
+        seeded = _seeded_uniform(secrets.randbits(63) if seed is None else seed)
+        sampling = _per_step(seeded, units, steps, "uniform")
+    noises: Iterator[npt.NDArray[np.float64]] = iter(())
+    if dp and noise_std > 0.0:
+        if noise is not None:
+            chosen_source = noise
+            noises = _per_step(lambda size: chosen_source((size,), noise_std), total, steps, "noise")
+        else:
+            noises = _in_blocks(lambda size: secure_noise.gaussian((size,), noise_std), total, steps)
     clipper = make_clipper(method, model, spec.loss) if dp else None
     try:
-        for _ in range(steps):
-            chosen_units = _sampled(draw_uniform, units, sample_rate)
+        for draws in sampling:
+            chosen_units = _sampled(draws, sample_rate)
             if unit == UNIT_USER:
                 # The sampled users' records, with each user renumbered into [0, sampled users).
                 in_batch = torch.zeros(units, dtype=torch.long).index_fill_(0, chosen_units, 1)
@@ -271,13 +297,8 @@ def train(
                     grads = clipper.clipped_sum(x, y, clip_norm)
                 if noise_std > 0.0:
                     # Drawn and added in float64, then rounded to the weights' dtype (secure_noise).
-                    draws = np.asarray(draw_noise((total,), noise_std), dtype=np.float64)
-                    if draws.shape != (total,):
-                        raise InvalidInputError(
-                            f"noise source returned shape {draws.shape}, expected ({total},)"
-                        )
                     flat = torch.cat([g.reshape(-1) for g in grads]).to(torch.float64) + torch.from_numpy(
-                        draws
+                        next(noises)
                     )
                     grads = [
                         part.view_as(g).to(g.dtype)
