@@ -262,13 +262,14 @@ def test_dp_needs_a_public_expected_batch_size() -> None:
         )
 
 
-def test_dp_with_no_records_still_runs_and_releases_noise_only() -> None:
+@pytest.mark.parametrize("unit", ["record", "user"])
+def test_dp_with_no_records_still_runs_and_releases_noise_only(unit: str) -> None:
     # Prepare: a refusal would tell a node with no records from one with some (an infinite epsilon).
     records = firm_records("digits", n=10)
 
     # Execute
     result = _train(
-        "digits", records, consented_user_ids=set(), noise_multiplier=1.0, expected_batch_size=2.0
+        "digits", records, consented_user_ids=set(), noise_multiplier=1.0, expected_batch_size=2.0, unit=unit
     )
 
     # Assert
