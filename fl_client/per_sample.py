@@ -12,6 +12,12 @@ differ only in speed (bench/dp_sgd_node.py; numbers in BENCHMARKS.md):
 - `opacus_hooks`: Opacus' GradSampleModule (forward/backward hooks, materialised grad_sample).
 - `opacus_ew`: Opacus with PyTorch's expanded weights.
 - `opacus_ghost`: Opacus' ghost clipping (norms by hooks, then a second, re-weighted backward).
+
+User-level DP-SGD clips each *user's* contribution instead (`clipped_group_sum`): the sum of the
+gradients of that user's records in the batch, clipped as one vector. `linear_ghost` gets each
+user's norm without per-user tensors, from the Gram identity
+‖Σ_{i∈u} g_i a_iᵀ‖² = Σ_{i,j∈u} (g_i·g_j)(a_i·a_j); the materialising methods segment-sum their
+per-example gradients by user and clip those. `opacus_ghost` has no per-user form and refuses.
 """
 
 from __future__ import annotations
@@ -31,10 +37,20 @@ from schema.errors import InvalidInputError
 
 _EPS = 1e-6
 
+#: Rows of the per-user Gram matrix computed at once (memory: this many times the batch size).
+_GRAM_CHUNK = 1024
+
 
 def clip_factors(norms: Tensor, clip_norm: float) -> Tensor:
     """Opacus' per-example scale: min(1, C / (‖g‖ + 1e-6))."""
     return (clip_norm / (norms + _EPS)).clamp(max=1.0)
+
+
+def segment_sum(per_sample: list[Tensor], groups: Tensor, num_groups: int) -> list[Tensor]:
+    """Per-group sums of per-example tensors: row ``u`` of each result is Σ_{i: groups[i]=u} row i."""
+    return [
+        torch.zeros((num_groups, *g.shape[1:]), dtype=g.dtype).index_add_(0, groups, g) for g in per_sample
+    ]
 
 
 def clip_and_sum(per_sample: list[Tensor], clip_norm: float) -> list[Tensor]:
@@ -68,6 +84,26 @@ class ClippedGradient(ABC):
 
     def _clipped_sum(self, x: Tensor, y: Tensor, clip_norm: float) -> list[Tensor]:
         return clip_and_sum(self.per_sample_grads(x, y), clip_norm)
+
+    def clipped_group_sum(
+        self, x: Tensor, y: Tensor, groups: Tensor, num_groups: int, clip_norm: float
+    ) -> list[Tensor]:
+        """sum_u clip(sum_{i: groups[i]=u} grad l_i, C): each group (user) is clipped as one vector.
+
+        ``groups`` holds each example's group index in ``[0, num_groups)``; zeros for an empty batch.
+        """
+        if len(x) == 0:
+            return [torch.zeros_like(p) for p in self.params]
+        return self._clipped_group_sum(x, y, groups, num_groups, clip_norm)
+
+    def _clipped_group_sum(
+        self, x: Tensor, y: Tensor, groups: Tensor, num_groups: int, clip_norm: float
+    ) -> list[Tensor]:
+        if not self.materializes:
+            raise InvalidInputError(
+                f"{self.name} cannot clip per user; use linear_ghost or functorch for user-level DP"
+            )
+        return clip_and_sum(segment_sum(self.per_sample_grads(x, y), groups, num_groups), clip_norm)
 
     def close(self) -> None:  # noqa: B027 - most methods attach nothing
         """Remove whatever the method attached to the model."""
@@ -147,6 +183,34 @@ class LinearGhostGradient(ClippedGradient):
             sq_norms = term if sq_norms is None else sq_norms + term
         assert sq_norms is not None  # the constructor refused a model without Linear layers
         factors = clip_factors(sq_norms.sqrt(), clip_norm)
+        sums: dict[int, Tensor] = {}
+        for a, g, layer in zip(inputs, backprops, linears, strict=True):
+            sums[id(layer.weight)] = torch.mm(g.t() * factors, a)
+            if layer.bias is not None:
+                sums[id(layer.bias)] = torch.mv(g.t(), factors)
+        return [sums[id(p)] for p in self.params]
+
+    def _clipped_group_sum(
+        self, x: Tensor, y: Tensor, groups: Tensor, num_groups: int, clip_norm: float
+    ) -> list[Tensor]:
+        # A group's gradient for one Linear is G_uᵀA_u, whose squared norm is the sum over the group's
+        # pairs of (g_i·g_j)(a_i·a_j) (+ g_i·g_j for the bias). Row chunks bound the Gram's memory.
+        inputs, backprops, linears = self._forward(x, y)
+        row_sq = torch.zeros(len(x), dtype=x.dtype)
+        for start in range(0, len(x), _GRAM_CHUNK):
+            stop = min(start + _GRAM_CHUNK, len(x))
+            same = groups[start:stop, None] == groups[None, :]
+            block: Tensor | None = None
+            for a, g, layer in zip(inputs, backprops, linears, strict=True):
+                a_dot = a[start:stop] @ a.t()
+                if layer.bias is not None:
+                    a_dot = a_dot + 1.0
+                term = (g[start:stop] @ g.t()) * a_dot
+                block = term if block is None else block + term
+            assert block is not None  # the constructor refused a model without Linear layers
+            row_sq[start:stop] = (block * same).sum(dim=1)
+        sq_norms = torch.zeros(num_groups, dtype=row_sq.dtype).index_add_(0, groups, row_sq)
+        factors = clip_factors(sq_norms.clamp(min=0.0).sqrt(), clip_norm)[groups]
         sums: dict[int, Tensor] = {}
         for a, g, layer in zip(inputs, backprops, linears, strict=True):
             sums[id(layer.weight)] = torch.mm(g.t() * factors, a)

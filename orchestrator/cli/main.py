@@ -24,6 +24,7 @@ from orchestrator.cli import (
     audit_commands,
     consent_commands,
     db_commands,
+    node_commands,
     privacy_commands,
     run_local_command,
     runs_commands,
@@ -48,6 +49,7 @@ app.add_typer(consent_commands.consent_app, name="consent")
 app.add_typer(consent_commands.dsr_app, name="dsr")
 app.add_typer(privacy_commands.privacy_app, name="privacy")
 app.add_typer(privacy_commands.budget_app, name="budget")
+app.add_typer(node_commands.node_app, name="node")
 app.command("status")(status_command.status)
 app.command("serve")(service_commands.serve)
 app.command("simulate")(simulate_command.simulate_cmd)

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from fl_client.per_sample import METHODS, FunctorchGradient, clip_and_sum, make_clipper
+from fl_client.per_sample import METHODS, FunctorchGradient, clip_and_sum, make_clipper, segment_sum
 from fl_client.tasks import get_task
 from fl_client.tasks.spec import LossFn
+from schema.errors import InvalidInputError
 from tests.fl_client.conftest import firm_records
 
 
@@ -77,4 +78,50 @@ def test_hand_written_method_falls_back_to_functorch_for_other_layers() -> None:
     # Assert
     assert isinstance(clipper, FunctorchGradient)
     for g, e in zip(got, clip_and_sum(_loop_grads(model, loss, x, y), 0.1), strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("task", ["compliance_checks", "time_estimation"])
+@pytest.mark.parametrize("method", list(METHODS))
+def test_group_clipped_sum_clips_each_users_summed_gradient(method: str, task: str) -> None:
+    # Prepare: 24 examples of 5 users (one user has a single example), clip at the median user norm.
+    spec = get_task(task)
+    x, y = spec.encode(firm_records(task, n=24))
+    groups = torch.tensor([0] * 9 + [1] * 6 + [2] * 5 + [3] * 3 + [4])
+    model = spec.build_model(seed=1)
+    per_user = segment_sum(_loop_grads(model, spec.loss, x, y), groups, 5)
+    norms = torch.cat([g.reshape(5, -1) for g in per_user], dim=1).norm(dim=1)
+    clip = float(norms.median())
+    expected = clip_and_sum(per_user, clip)
+    clipper = make_clipper(method, model, spec.loss)
+
+    # Execute / Assert
+    if not clipper.materializes and method != "linear_ghost":
+        with pytest.raises(InvalidInputError, match="per user"):
+            clipper.clipped_group_sum(x, y, groups, 5, clip)
+        clipper.close()
+        return
+    got = clipper.clipped_group_sum(x, y, groups, 5, clip)
+    empty = clipper.clipped_group_sum(x[:0], y[:0], groups[:0], 0, clip)
+    clipper.close()
+    assert (norms > clip).any() and (norms < clip).any()
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+    assert all(not s.any() for s in empty)
+
+
+def test_group_gram_in_row_chunks_gives_the_same_sum(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: chunks of 5 rows over 24 examples (the production chunk is 1,024 rows).
+    spec = get_task("compliance_checks")
+    x, y = spec.encode(firm_records("compliance_checks", n=24))
+    groups = torch.arange(24) % 4
+    model = spec.build_model(seed=2)
+    whole = make_clipper("linear_ghost", model, spec.loss).clipped_group_sum(x, y, groups, 4, 0.3)
+
+    # Execute
+    monkeypatch.setattr("fl_client.per_sample._GRAM_CHUNK", 5)
+    chunked = make_clipper("linear_ghost", model, spec.loss).clipped_group_sum(x, y, groups, 4, 0.3)
+
+    # Assert
+    for g, e in zip(chunked, whole, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
