@@ -1,15 +1,15 @@
 """Empirical privacy audit: run our own mechanism on neighbouring data sets and lower-bound epsilon.
 
 An (epsilon, delta)-DP mechanism M satisfies, for every pair of neighbouring data sets D and
-D' = D ∪ {canary} (add/remove one unit: a record, a user or a tenant) and every set S of outputs,
+D' = D + {canary} (add/remove one unit: a record, a user or a tenant) and every set S of outputs,
 
     P[M(D') ∈ S] ≤ e^ε · P[M(D) ∈ S] + δ    and    P[M(D) ∈ S] ≤ e^ε · P[M(D') ∈ S] + δ.
 
 The audit runs the mechanism many times on D and on D' and keeps one number per run, a score: how
 far the released update moved along a direction only the canary's clipped gradient (or update)
 points in. A threshold on the score is a test "was the canary in?". Its true and false positive
-rates, bounded with Clopper–Pearson intervals, give ε ≥ ln((TPR − δ) / FPR) (and the same with the
-roles of D and D' swapped: ε ≥ ln((1 − FPR − δ) / (1 − TPR))). This is a *lower* bound that holds
+rates, bounded with Clopper-Pearson intervals, give ε ≥ ln((TPR - δ) / FPR) (and the same with the
+roles of D and D' swapped: ε ≥ ln((1 - FPR - δ) / (1 - TPR))). This is a *lower* bound that holds
 with the stated confidence whatever the mechanism does; a lower bound above the accountant's claim
 means the mechanism leaks more than the ledger charges — a release bug (Jagielski, Ullman and Oprea
 2020; Nasr et al. 2021).
@@ -18,8 +18,8 @@ Statistics, kept honest:
 
 - The trials are split in two: the threshold is chosen on the first half (calibration), the rates
   are counted on the second (evaluation), so choosing the threshold costs no confidence.
-- Each rate gets a two-sided Clopper–Pearson interval at the confidence level; the bound uses the
-  lower end of TPR and the upper end of FPR, each wrong with probability (1 − confidence) / 2, so
+- Each rate gets a two-sided Clopper-Pearson interval at the confidence level; the bound uses the
+  lower end of TPR and the upper end of FPR, each wrong with probability (1 - confidence) / 2, so
   the bound holds with probability at least ``confidence`` (union bound). Both directions use the
   same two ends, so taking their maximum costs nothing.
 - With n evaluation trials per side no test can show more than ``max_provable_epsilon`` (TPR = 1,
@@ -104,14 +104,14 @@ def clopper_pearson(
 ) -> tuple[FloatArray, FloatArray]:
     """Exact two-sided binomial interval (lower, upper) for k successes in n trials (vectorized).
 
-    lower = Beta(α/2; k, n−k+1) (0 when k = 0), upper = Beta(1−α/2; k+1, n−k) (1 when k = n).
+    lower = Beta(alpha/2; k, n-k+1) (0 when k = 0), upper = Beta(1-alpha/2; k+1, n-k) (1 when k = n).
     """
     from scipy import stats
 
     k = np.asarray(successes, dtype=np.float64)
     n = np.asarray(trials, dtype=np.float64)
     if np.any(n <= 0) or np.any(k < 0) or np.any(k > n):
-        raise InvalidInputError("Clopper–Pearson needs 0 <= successes <= trials and trials >= 1")
+        raise InvalidInputError("Clopper-Pearson needs 0 <= successes <= trials and trials >= 1")
     alpha = 1.0 - _check_confidence(confidence)
     with np.errstate(all="ignore"):
         lower = np.where(k > 0, stats.beta.ppf(alpha / 2, k, n - k + 1), 0.0)
@@ -127,9 +127,9 @@ def epsilon_lower_bound(
     delta: float,
     confidence: float = DEFAULT_CONFIDENCE,
 ) -> FloatArray:
-    """ε lower bound from a test's counts: max(0, ln((TPR_lo − δ)/FPR_hi), ln((1 − FPR_hi − δ)/(1 − TPR_lo))).
+    """ε lower bound from a test's counts: max(0, ln((TPR_lo - δ)/FPR_hi), ln((1 - FPR_hi - δ)/(1 - TPR_lo))).
 
-    A direction whose numerator is not above 0 shows nothing (0). FPR_hi and 1 − TPR_lo are never 0
+    A direction whose numerator is not above 0 shows nothing (0). FPR_hi and 1 - TPR_lo are never 0
     with finitely many trials, so the bound is always finite.
     """
     tpr_lo, _ = clopper_pearson(true_positives, positives, confidence)
@@ -280,7 +280,7 @@ def _broken_noise(broken: str | None) -> Callable[[], NoiseFn | None]:
 
 @dataclass(frozen=True)
 class _Population:
-    """The audited data set D (other units) plus the canary; D' = D ∪ {canary}."""
+    """The audited data set D (other units) plus the canary; D' = D + {canary}."""
 
     others: list[dict[str, Any]]
     canary: list[dict[str, Any]]
@@ -310,7 +310,7 @@ def _identity(value: float) -> float:
 def audit_task() -> Any:
     """A registered-shape task for the audit: a bias-free linear model on two features, squared error.
 
-    Each record's gradient is 2·(w·x − y)·x, so the canary (x = (0, 1), y = −10⁴) always has a gradient
+    Each record's gradient is 2·(w·x - y)·x, so the canary (x = (0, 1), y = -10⁴) always has a gradient
     of norm ≫ C along weight[0, 1], clipped to exactly C there, while no other record touches it.
     """
     from torch import nn
@@ -324,7 +324,9 @@ def audit_task() -> Any:
         head_type="quantitative",
         contribution_type=None,
         description="Privacy audit canary task: linear regression on two features.",
-        encoder=RecordEncoder(fields=(NumericBlock(("a", "b"), 1.0),), label=RegressionTarget("y", _identity)),
+        encoder=RecordEncoder(
+            fields=(NumericBlock(("a", "b"), 1.0),), label=RegressionTarget("y", _identity)
+        ),
         model_factory=lambda: nn.Sequential(nn.Linear(2, 1, bias=False)),
         loss=squared_error,
         metric=mean_absolute_error(lambda t: t, "unit"),
@@ -345,7 +347,7 @@ def dp_sgd_runner(
     """(run, scale): run(with_canary) trains once with `fl_client.dp_training.train` and returns the release.
 
     The update is normalised by the public expected batch size B = q·|D| (units of D), and the step is
-    lr/B = STEP, so the canary coordinate moves by −STEP·(C·[canary sampled] + noise) per step. `server_seed`
+    lr/B = STEP, so the canary coordinate moves by -STEP·(C·[canary sampled] + noise) per step. `server_seed`
     passes a seed to `train` as a server would: under DP it must be ignored.
     """
     import torch
