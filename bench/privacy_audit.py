@@ -34,9 +34,9 @@ def timed(run: Callable[[], object]) -> tuple[float, float]:
 def mechanism_only(mechanism: str, trials: int) -> Callable[[], object]:
     def run() -> None:
         if mechanism == "dp-sgd":
-            one, _ = audit.dp_sgd_runner(1.0, 1.0, 1)
+            one = audit.dp_sgd_runner(1.0, 1.0, 1)
         else:
-            one, _ = audit.central_runner(1.0, 1.0, 1)
+            one = audit.central_runner(1.0, 1.0, 1)
         for i in range(trials):
             one(i % 2 == 0)
 

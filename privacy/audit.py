@@ -58,7 +58,9 @@ MECHANISMS: tuple[str, ...] = ("dp-sgd", "central")
 #: The unit of privacy each mechanism protects (the first is the default).
 UNITS: dict[str, tuple[str, ...]] = {"dp-sgd": ("record", "user"), "central": ("tenant",)}
 #: Deliberately broken variants the audit must flag (tests and demonstrations only).
-BROKEN: tuple[str, ...] = ("noise-halved", "seed-reused", "count-released")
+BROKEN: tuple[str, ...] = ("noise-halved", "seed-reused", "count-released", "count-normalised")
+#: What the attacker computes from each release; it picks one (and a threshold) on the calibration half.
+STATISTICS: tuple[str, ...] = ("canary", "noise_scale", "count")
 
 DEFAULT_TRIALS = 2000
 MIN_TRIALS = 20
@@ -79,8 +81,9 @@ CLIP_NORM = 1.0
 #: so the canary's residual (about CANARY_TARGET) never changes sign within MAX_STEPS steps.
 STEP = 1e-3
 CANARY_TARGET = -1.0e4
-#: Weight the attacker gives to a released count: a count, if present, dominates the score.
-COUNT_WEIGHT = 1.0e6
+#: Model coordinates no record ever touches: their spread in the release is the noise scale alone, which
+#: must not depend on the private data (an update divided by the private count would show here).
+NOISE_COORDINATES = 1024
 #: The seed the "seed-reused" variant draws its noise from, trial after trial.
 REUSED_SEED = 20231205
 
@@ -157,8 +160,8 @@ def choose_threshold(
     without_canary: Sequence[float] | FloatArray,
     delta: float,
     confidence: float = DEFAULT_CONFIDENCE,
-) -> float:
-    """The threshold t (test: score > t) whose bound is largest on these (calibration) scores."""
+) -> tuple[float, float]:
+    """(t, bound): the threshold (test: score > t) whose bound is largest on these (calibration) scores."""
     pos = np.sort(np.asarray(with_canary, dtype=np.float64))
     neg = np.sort(np.asarray(without_canary, dtype=np.float64))
     values = np.unique(np.concatenate([pos, neg]))
@@ -168,7 +171,8 @@ def choose_threshold(
     bounds = epsilon_lower_bound(
         _counts_above(pos, candidates), len(pos), _counts_above(neg, candidates), len(neg), delta, confidence
     )
-    return float(candidates[int(np.argmax(bounds))])
+    best = int(np.argmax(bounds))
+    return float(candidates[best]), float(bounds[best])
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,8 @@ class AuditResult:
     epsilon_lower_bound: float
     epsilon_claimed: float
     max_provable_epsilon: float
+    #: The statistic of the release the attacker's test used (one of STATISTICS; "-" when negated).
+    statistic: str
     threshold: float
     true_positives: int
     false_positives: int
@@ -213,6 +219,7 @@ class AuditResult:
             "sample_rate": self.sample_rate,
             "steps": self.steps,
             "delta": self.delta,
+            "statistic": self.statistic,
             "threshold": self.threshold,
             "true_positives": self.true_positives,
             "positives": self.positives,
@@ -221,21 +228,53 @@ class AuditResult:
         }
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """The chosen test (statistic, threshold) and its counts on the evaluation half."""
+
+    bound: float
+    #: The column of the scores the test reads, and whether it is negated (the canary lowers it).
+    statistic: int
+    negated: bool
+    threshold: float
+    true_positives: int
+    positives: int
+    false_positives: int
+    negatives: int
+
+
 def evaluate_scores(
-    with_canary: Sequence[float] | FloatArray,
-    without_canary: Sequence[float] | FloatArray,
+    with_canary: Sequence[float] | Sequence[Sequence[float]] | FloatArray,
+    without_canary: Sequence[float] | Sequence[Sequence[float]] | FloatArray,
     delta: float,
     confidence: float = DEFAULT_CONFIDENCE,
-) -> tuple[float, float, int, int, int, int]:
-    """(bound, threshold, TP, positives, FP, negatives): threshold on the first half, counts on the second."""
+) -> Evaluation:
+    """Choose a statistic (column) and threshold on the first half of each side, count on the second.
+
+    Scores are one row per trial, one column per statistic (a 1-D array is one statistic). Each
+    statistic is tried as it is and negated (the canary may raise or lower it; the bound's formula
+    assumes it raises it). Only the single test chosen on the calibration half is evaluated, so the
+    choice costs no confidence.
+    """
     pos = np.asarray(with_canary, dtype=np.float64)
     neg = np.asarray(without_canary, dtype=np.float64)
+    pos, neg = (pos.reshape(-1, 1), neg.reshape(-1, 1)) if pos.ndim == 1 else (pos, neg)
+    columns = pos.shape[1]
+    pos, neg = np.hstack([pos, -pos]), np.hstack([neg, -neg])
     pos_cal, pos_eval = pos[: len(pos) // 2], pos[len(pos) // 2 :]
     neg_cal, neg_eval = neg[: len(neg) // 2], neg[len(neg) // 2 :]
-    threshold = choose_threshold(pos_cal, neg_cal, delta, SELECTION_CONFIDENCE)
-    tp, fp = int(np.sum(pos_eval > threshold)), int(np.sum(neg_eval > threshold))
+    choices = [
+        choose_threshold(pos_cal[:, j], neg_cal[:, j], delta, SELECTION_CONFIDENCE)
+        for j in range(pos.shape[1])
+    ]
+    column = max(range(len(choices)), key=lambda j: choices[j][1])  # the first on ties
+    threshold = choices[column][0]
+    tp = int(np.sum(pos_eval[:, column] > threshold))
+    fp = int(np.sum(neg_eval[:, column] > threshold))
     bound = float(epsilon_lower_bound(tp, len(pos_eval), fp, len(neg_eval), delta, confidence))
-    return bound, threshold, tp, len(pos_eval), fp, len(neg_eval)
+    return Evaluation(
+        bound, column % columns, column >= columns, threshold, tp, len(pos_eval), fp, len(neg_eval)
+    )
 
 
 # --- the mechanisms ---------------------------------------------------------------------------------
@@ -243,19 +282,23 @@ def evaluate_scores(
 
 @dataclass(frozen=True)
 class Release:
-    """What a run lets out: the canary coordinate of the update, and a count if the variant leaks one."""
+    """The attacker's view of one run, in units of the clip norm (`STATISTICS`, in order).
 
-    canary_coordinate: float
-    count: int | None = None
+    `canary`: how far the update moved along the canary's direction; `noise_scale`: the root mean
+    square of the coordinates no record touches (the noise's scale as released); `count`: a record
+    or participant count if the variant releases one (0.0 otherwise: a constant tells nothing).
+    """
+
+    canary: float
+    noise_scale: float
+    count: float = 0.0
+
+    def scores(self) -> tuple[float, float, float]:
+        return (self.canary, self.noise_scale, self.count)
 
 
-def score(release: Release, scale: float) -> float:
-    """The attacker's statistic: the update's move along the canary direction (in clip norms), plus
-    any released count weighted so that it decides the test on its own."""
-    value = release.canary_coordinate / scale
-    if release.count is not None:
-        value += COUNT_WEIGHT * release.count
-    return value
+def _rms(values: npt.NDArray[Any]) -> float:
+    return float(np.sqrt(np.mean(np.square(np.asarray(values, dtype=np.float64)))))
 
 
 def _broken_noise(broken: str | None) -> Callable[[], NoiseFn | None]:
@@ -307,18 +350,29 @@ def _identity(value: float) -> float:
     return value
 
 
-def audit_task() -> Any:
-    """A registered-shape task for the audit: a bias-free linear model on two features, squared error.
+def _first_output_squared_error(outputs: Any, targets: Any) -> Any:
+    """Per-example squared error of output 0; the other outputs feed no loss (their weights get noise only)."""
+    return (outputs[:, 0] - targets) ** 2
 
-    Each record's gradient is 2·(w·x - y)·x, so the canary (x = (0, 1), y = -10⁴) always has a gradient
-    of norm ≫ C along weight[0, 1], clipped to exactly C there, while no other record touches it.
+
+def _first_output_mae(outputs: Any, targets: Any) -> float:
+    return float((outputs[:, 0] - targets).abs().mean())
+
+
+def audit_task() -> Any:
+    """The audit's task: a bias-free linear model on two features, squared error on its first output.
+
+    Each record's gradient is 2·(w₀·x - y)·x in row 0 of the weight, so the canary (x = (0, 1),
+    y = -10⁴) always has a gradient of norm ≫ C along weight[0, 1], clipped to exactly C there, while
+    no other record touches it. Rows 1.. (`NOISE_COORDINATES` weights) feed no loss: they receive the
+    noise and nothing else.
     """
     from torch import nn
 
-    from fl_client.tasks.common import mean_absolute_error, squared_error
     from fl_client.tasks.features import NumericBlock, RecordEncoder, RegressionTarget
-    from fl_client.tasks.spec import TaskSpec, TrainingDefaults
+    from fl_client.tasks.spec import MetricSpec, TaskSpec, TrainingDefaults
 
+    rows = 1 + NOISE_COORDINATES // 2
     return TaskSpec(
         name="privacy_audit",
         head_type="quantitative",
@@ -327,9 +381,9 @@ def audit_task() -> Any:
         encoder=RecordEncoder(
             fields=(NumericBlock(("a", "b"), 1.0),), label=RegressionTarget("y", _identity)
         ),
-        model_factory=lambda: nn.Sequential(nn.Linear(2, 1, bias=False)),
-        loss=squared_error,
-        metric=mean_absolute_error(lambda t: t, "unit"),
+        model_factory=lambda: nn.Sequential(nn.Linear(2, rows, bias=False)),
+        loss=_first_output_squared_error,
+        metric=MetricSpec(name="mae", higher_is_better=False, fn=_first_output_mae),
         defaults=TrainingDefaults(lr=STEP, sample_rate=1.0, steps=1, clip_norm=CLIP_NORM),
     )
 
@@ -343,12 +397,12 @@ def dp_sgd_runner(
     broken: str | None = None,
     seed_data: int = 0,
     server_seed: int | None = None,
-) -> tuple[Callable[[bool], Release], float]:
-    """(run, scale): run(with_canary) trains once with `fl_client.dp_training.train` and returns the release.
+) -> Callable[[bool], Release]:
+    """run(with_canary): one `fl_client.dp_training.train` call, returned as the attacker sees it.
 
-    The update is normalised by the public expected batch size B = q·|D| (units of D), and the step is
-    lr/B = STEP, so the canary coordinate moves by -STEP·(C·[canary sampled] + noise) per step. `server_seed`
-    passes a seed to `train` as a server would: under DP it must be ignored.
+    The update is normalised by the public expected batch size B = q·|D| (units of D) and the step is
+    lr/B = STEP, so the canary coordinate moves by -STEP·(C·[canary sampled] + noise) per step.
+    `server_seed` passes a seed to `train` as a server would: under DP it must be ignored.
     """
     import torch
 
@@ -356,9 +410,10 @@ def dp_sgd_runner(
 
     population = _dp_sgd_population(unit, seed_data)
     task = audit_task()
-    start = {"0.weight": torch.zeros(1, 2)}
+    start = {k: torch.zeros_like(v) for k, v in task.initial_state().items()}
     expected_batch_size = sample_rate * population.units
     noise_source = _broken_noise(broken)
+    scale = STEP * CLIP_NORM
 
     def run(with_canary: bool) -> Release:
         records = population.others + population.canary if with_canary else population.others
@@ -379,10 +434,18 @@ def dp_sgd_runner(
             noise=noise_source(),
             unit=unit,
         )
-        moved = -float(result.delta["0.weight"][0, 1])
-        return Release(moved, len(records) if broken == "count-released" else None)
+        delta = result.delta["0.weight"].double().numpy()
+        if broken == "count-normalised":
+            # Output wrapper: the update as if divided by the private count q·n instead of B.
+            private = sample_rate * (len({r["user_id"] for r in records}) if unit == "user" else len(records))
+            delta = delta * (expected_batch_size / private)
+        return Release(
+            canary=-float(delta[0, 1]) / scale,
+            noise_scale=_rms(delta[1:]) / scale,
+            count=float(len(records)) if broken == "count-released" else 0.0,
+        )
 
-    return run, STEP * CLIP_NORM
+    return run
 
 
 def central_runner(
@@ -394,40 +457,58 @@ def central_runner(
     seed_data: int = 0,
     tenants: int = 5,
     uniform: UniformFn | None = None,
-) -> tuple[Callable[[bool], Release], float]:
-    """(run, scale): `steps` rounds of `CentralDPSum` over N tenants (with the canary tenant: N + 1).
+) -> Callable[[bool], Release]:
+    """run(with_canary): `steps` rounds of `CentralDPSum` over N tenants (with the canary tenant: N + 1).
 
     Each round samples every tenant independently with probability q (Poisson, CSPRNG uniforms, as
     the accountant assumes), clips and sums the sampled tenants' updates, adds N(0, (zC)²) and divides
     by the public expected number of participants q·N — never by the observed count. Other tenants'
-    updates lie along coordinate 0; the canary tenant's along coordinate 1 (norm ≫ C, clipped to C).
+    updates lie along coordinate 0; the canary tenant's along coordinate 1 (norm ≫ C, clipped to C);
+    no tenant touches the remaining `NOISE_COORDINATES`.
     """
     from aggregation.central_dp import CentralDPSum
     from aggregation.spec import ModelSpec
     from privacy.secure_noise import gaussian, secure_uniform
 
+    size = 2 + NOISE_COORDINATES
     rng = np.random.default_rng(seed_data)
-    others = [np.array([rng.uniform(-2.0, 2.0), 0.0], dtype=np.float32) for _ in range(tenants)]
-    canary = np.array([0.0, 100.0], dtype=np.float32)
+    others = []
+    for _ in range(tenants):
+        update = np.zeros(size, dtype=np.float32)
+        update[0] = rng.uniform(-2.0, 2.0)
+        others.append(update)
+    canary = np.zeros(size, dtype=np.float32)
+    canary[1] = 100.0
     spec = ModelSpec.from_arrays({"w": others[0]})
     denominator = sample_rate * tenants
     noise_source = _broken_noise(broken)
     draw = uniform or secure_uniform
+    scale = CLIP_NORM / denominator
 
     def run(with_canary: bool) -> Release:
         updates = [*others, canary] if with_canary else others
         noise = noise_source() or gaussian
-        moved, count = 0.0, 0
+        model = np.zeros(size)
+        count = 0
         for _ in range(steps):
             dp = CentralDPSum(spec, clipping_norm=CLIP_NORM, noise_multiplier=noise_multiplier, noise=noise)
             for update, u in zip(updates, draw(len(updates)), strict=True):
                 if u < sample_rate:
                     dp.add({"w": update})
             count += dp.count
-            moved += float(dp.result(denominator=denominator)["w"][1])
-        return Release(moved, count if broken == "count-released" else None)
+            if broken == "count-normalised":
+                # The project's own default: divide by the number of updates added (issue 11, row 4).
+                released = dp.result() if dp.count else dp.result(denominator=1.0)
+            else:
+                released = dp.result(denominator=denominator)
+            model += released["w"]
+        return Release(
+            canary=float(model[1]) / scale,
+            noise_scale=_rms(model[2:]) / scale,
+            count=float(count) if broken == "count-released" else 0.0,
+        )
 
-    return run, CLIP_NORM / denominator
+    return run
 
 
 # --- the audit --------------------------------------------------------------------------------------
@@ -485,7 +566,7 @@ def run_audit(
     if broken is not None and broken not in BROKEN:
         raise InvalidInputError(f"broken variant {broken!r} is unknown; use one of: {', '.join(BROKEN)}")
     if mechanism == "dp-sgd":
-        run, scale = dp_sgd_runner(
+        run = dp_sgd_runner(
             noise_multiplier,
             sample_rate,
             steps,
@@ -495,16 +576,16 @@ def run_audit(
             server_seed=server_seed,
         )
     else:
-        run, scale = central_runner(noise_multiplier, sample_rate, steps, broken=broken, seed_data=seed_data)
+        run = central_runner(noise_multiplier, sample_rate, steps, broken=broken, seed_data=seed_data)
     positives = trials // 2
-    with_canary: list[float] = []
-    without_canary: list[float] = []
+    with_canary: list[tuple[float, float, float]] = []
+    without_canary: list[tuple[float, float, float]] = []
     for i in range(trials):
         if i % 2 == 0 and len(with_canary) < positives:
-            with_canary.append(score(run(True), scale))
+            with_canary.append(run(True).scores())
         else:
-            without_canary.append(score(run(False), scale))
-    bound, threshold, tp, n_pos, fp, n_neg = evaluate_scores(with_canary, without_canary, delta, confidence)
+            without_canary.append(run(False).scores())
+    found = evaluate_scores(with_canary, without_canary, delta, confidence)
     return AuditResult(
         mechanism=mechanism,
         unit=chosen_unit,
@@ -515,12 +596,13 @@ def run_audit(
         delta=delta,
         trials=trials,
         confidence=confidence,
-        epsilon_lower_bound=bound,
+        epsilon_lower_bound=found.bound,
         epsilon_claimed=mechanism_epsilon(noise_multiplier, sample_rate, steps, delta, "rdp"),
-        max_provable_epsilon=max_provable_epsilon(n_pos, n_neg, delta, confidence),
-        threshold=threshold,
-        true_positives=tp,
-        false_positives=fp,
-        positives=n_pos,
-        negatives=n_neg,
+        max_provable_epsilon=max_provable_epsilon(found.positives, found.negatives, delta, confidence),
+        statistic=("-" if found.negated else "") + STATISTICS[found.statistic],
+        threshold=found.threshold,
+        true_positives=found.true_positives,
+        false_positives=found.false_positives,
+        positives=found.positives,
+        negatives=found.negatives,
     )

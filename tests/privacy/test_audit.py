@@ -122,7 +122,7 @@ def test_bound_never_exceeds_the_true_epsilon_of_a_gaussian_mechanism() -> None:
 
     # Execute: 40 audits of 4,000 trials each
     bounds = [
-        audit.evaluate_scores(rng.normal(1.0, 1.0, 2000), rng.normal(0.0, 1.0, 2000), delta)[0]
+        audit.evaluate_scores(rng.normal(1.0, 1.0, 2000), rng.normal(0.0, 1.0, 2000), delta).bound
         for _ in range(40)
     ]
 
@@ -132,8 +132,31 @@ def test_bound_never_exceeds_the_true_epsilon_of_a_gaussian_mechanism() -> None:
 
 
 def test_threshold_sits_between_separated_groups() -> None:
-    threshold = audit.choose_threshold([10.0, 11.0, 12.0] * 30, [1.0, 2.0, 3.0] * 30, 1e-5)
+    threshold, bound = audit.choose_threshold([10.0, 11.0, 12.0] * 30, [1.0, 2.0, 3.0] * 30, 1e-5)
     assert 3.0 < threshold < 10.0
+    assert bound == pytest.approx(audit.max_provable_epsilon(90, 90, 1e-5))
+
+
+def test_the_attacker_picks_the_statistic_that_separates() -> None:
+    # Prepare: column 0 is noise on both sides; column 1 separates with (and only with) the canary.
+    rng = np.random.default_rng(3)
+    with_canary = np.column_stack([rng.normal(size=400), rng.normal(5.0, 1.0, 400)])
+    without_canary = np.column_stack([rng.normal(size=400), rng.normal(0.0, 1.0, 400)])
+
+    # Execute
+    found = audit.evaluate_scores(with_canary, without_canary, 1e-5)
+
+    # Assert: chosen on the first 200 of each side, counted on the other 200.
+    assert (found.statistic, found.negated) == (1, False)
+    assert (found.positives, found.negatives) == (200, 200)
+    assert found.bound > 3.0
+
+
+def test_a_statistic_the_canary_lowers_is_read_negated() -> None:
+    rng = np.random.default_rng(4)
+    found = audit.evaluate_scores(rng.normal(-5.0, 1.0, 400), rng.normal(0.0, 1.0, 400), 1e-5)
+    assert (found.statistic, found.negated) == (0, True)
+    assert found.bound > 3.0
 
 
 def test_bad_parameters_are_refused_before_any_work() -> None:
@@ -188,13 +211,16 @@ def test_central_dp_with_halved_noise_is_flagged() -> None:
     assert result.epsilon_lower_bound > result.epsilon_claimed
 
 
-@pytest.mark.parametrize("broken", ["seed-reused", "count-released"])
+@pytest.mark.parametrize("broken", ["seed-reused", "count-released", "count-normalised"])
 def test_central_dp_releasing_the_canary_is_flagged(broken: str) -> None:
     # Execute
     result = audit.run_audit("central", trials=200, broken=broken, **LEAKY)
 
-    # Assert: a perfect test — every canary seen, no false alarm — at the most 200 trials can show.
+    # Assert: a perfect test — every canary seen, no false alarm — at the most 200 trials can show;
+    # dividing by the observed count shows in the noise's scale, not along the canary's direction.
     assert (result.true_positives, result.false_positives) == (result.positives, 0)
+    expected = {"seed-reused": "canary", "count-released": "count", "count-normalised": "-noise_scale"}
+    assert result.statistic == expected[broken]
     assert result.epsilon_lower_bound == pytest.approx(result.max_provable_epsilon)
     assert not result.passed
 
@@ -222,7 +248,7 @@ def test_dp_sgd_ignores_a_server_chosen_seed() -> None:
 
 
 @pytest.mark.parametrize("unit", ["record", "user"])
-@pytest.mark.parametrize("broken", ["seed-reused", "count-released"])
+@pytest.mark.parametrize("broken", ["seed-reused", "count-released", "count-normalised"])
 def test_dp_sgd_releasing_the_canary_is_flagged(broken: str, unit: str) -> None:
     result = audit.run_audit("dp-sgd", unit=unit, trials=200, broken=broken, **LEAKY)
     assert (result.true_positives, result.false_positives) == (result.positives, 0)
