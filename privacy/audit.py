@@ -39,6 +39,7 @@ Heavy libraries (torch, fl_client, scipy) are imported inside the functions that
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -337,12 +338,18 @@ def _dp_sgd_population(unit: str, seed_data: int) -> _Population:
     users = 4 if unit == "user" else 8
     per_user = 2 if unit == "user" else 1
     others = [
-        {"user_id": f"user-{u}", "a": float(rng.uniform(0.5, 1.5)), "b": 0.0, "y": float(rng.normal())}
+        {
+            "user_id": str(uuid.UUID(int=u + 1)),
+            "a": float(rng.uniform(0.5, 1.5)),
+            "b": 0.0,
+            "y": float(rng.normal()),
+        }
         for u in range(users)
         for _ in range(per_user)
     ]
     canary_records = 3 if unit == "user" else 1
-    canary = [{"user_id": "canary", "a": 0.0, "b": 1.0, "y": CANARY_TARGET} for _ in range(canary_records)]
+    canary_id = str(uuid.UUID(int=0xCA4A87))
+    canary = [{"user_id": canary_id, "a": 0.0, "b": 1.0, "y": CANARY_TARGET} for _ in range(canary_records)]
     return _Population(others=others, canary=canary, units=users)
 
 
