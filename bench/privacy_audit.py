@@ -33,10 +33,8 @@ def timed(run: Callable[[], object]) -> tuple[float, float]:
 
 def mechanism_only(mechanism: str, trials: int) -> Callable[[], object]:
     def run() -> None:
-        if mechanism == "dp-sgd":
-            one = audit.dp_sgd_runner(1.0, 1.0, 1)
-        else:
-            one = audit.central_runner(1.0, 1.0, 1)
+        make = audit.dp_sgd_runner if mechanism == "dp-sgd" else audit.central_runner
+        one = make(1.0, 1.0, 1)
         for i in range(trials):
             one(i % 2 == 0)
 

@@ -215,6 +215,7 @@ class AuditResult:
             "unit": self.unit,
             "max_provable_epsilon": self.max_provable_epsilon,
             "passed": self.passed,
+            "method": "clopper-pearson",
             "broken": self.broken,
             "noise_multiplier": self.noise_multiplier,
             "sample_rate": self.sample_rate,
@@ -302,7 +303,7 @@ def _rms(values: npt.NDArray[Any]) -> float:
     return float(np.sqrt(np.mean(np.square(np.asarray(values, dtype=np.float64)))))
 
 
-def _broken_noise(broken: str | None) -> Callable[[], NoiseFn | None]:
+def broken_noise_source(broken: str | None) -> Callable[[], NoiseFn | None]:
     """A factory of the noise source for one trial: None (the mechanism's own CSPRNG), or a wrong one."""
     if broken == "noise-halved":
 
@@ -366,29 +367,29 @@ def _first_output_mae(outputs: Any, targets: Any) -> float:
     return float((outputs[:, 0] - targets).abs().mean())
 
 
-def audit_task() -> Any:
-    """The audit's task: a bias-free linear model on two features, squared error on its first output.
+def audit_task(columns: Sequence[str] = ("a", "b"), outputs: int = 1 + NOISE_COORDINATES // 2) -> Any:
+    """The audit's task: a bias-free linear model on `columns`, squared error on its first output.
 
     Each record's gradient is 2·(w₀·x - y)·x in row 0 of the weight, so the canary (x = (0, 1),
     y = -10⁴) always has a gradient of norm ≫ C along weight[0, 1], clipped to exactly C there, while
-    no other record touches it. Rows 1.. (`NOISE_COORDINATES` weights) feed no loss: they receive the
-    noise and nothing else.
+    no other record touches it. Rows 1.. (`NOISE_COORDINATES` weights by default) feed no loss: they
+    receive the noise and nothing else.
     """
     from torch import nn
 
     from fl_client.tasks.features import NumericBlock, RecordEncoder, RegressionTarget
     from fl_client.tasks.spec import MetricSpec, TaskSpec, TrainingDefaults
 
-    rows = 1 + NOISE_COORDINATES // 2
+    width = len(columns)
     return TaskSpec(
         name="privacy_audit",
         head_type="quantitative",
         contribution_type=None,
-        description="Privacy audit canary task: linear regression on two features.",
+        description="Privacy audit canary task: linear regression, one canary feature per canary.",
         encoder=RecordEncoder(
-            fields=(NumericBlock(("a", "b"), 1.0),), label=RegressionTarget("y", _identity)
+            fields=(NumericBlock(tuple(columns), 1.0),), label=RegressionTarget("y", _identity)
         ),
-        model_factory=lambda: nn.Sequential(nn.Linear(2, rows, bias=False)),
+        model_factory=lambda: nn.Sequential(nn.Linear(width, outputs, bias=False)),
         loss=_first_output_squared_error,
         metric=MetricSpec(name="mae", higher_is_better=False, fn=_first_output_mae),
         defaults=TrainingDefaults(lr=STEP, sample_rate=1.0, steps=1, clip_norm=CLIP_NORM),
@@ -419,7 +420,7 @@ def dp_sgd_runner(
     task = audit_task()
     start = {k: torch.zeros_like(v) for k, v in task.initial_state().items()}
     expected_batch_size = sample_rate * population.units
-    noise_source = _broken_noise(broken)
+    noise_source = broken_noise_source(broken)
     scale = STEP * CLIP_NORM
 
     def run(with_canary: bool) -> Release:
@@ -488,7 +489,7 @@ def central_runner(
     canary[1] = 100.0
     spec = ModelSpec.from_arrays({"w": others[0]})
     denominator = sample_rate * tenants
-    noise_source = _broken_noise(broken)
+    noise_source = broken_noise_source(broken)
     draw = uniform or secure_uniform
     scale = CLIP_NORM / denominator
 

@@ -13,6 +13,7 @@ import typer
 
 from orchestrator.cli.output import emit
 from privacy import audit as privacy_audit
+from privacy import audit_one_run
 
 COLUMNS = ("field", "value")
 
@@ -42,6 +43,14 @@ def audit(
     seed_data: int = typer.Option(
         0, "--seed-data", help="Seed of the audit's synthetic data set (never of the noise)."
     ),
+    one_run: bool = typer.Option(
+        False,
+        "--one-run",
+        help="Audit in one run with coin-flipped canaries (Steinke et al. 2023): quick, weaker; ignores --trials.",
+    ),
+    canaries: int = typer.Option(
+        audit_one_run.DEFAULT_CANARIES, "--canaries", help="Canaries of a --one-run audit (20 to 10000)."
+    ),
     broken: str | None = typer.Option(
         None, "--broken", hidden=True, help="Audit a deliberately broken variant (tests, demonstrations)."
     ),
@@ -54,17 +63,31 @@ def audit(
     epsilon_lower_bound next to epsilon_claimed (the RDP accountant's value for the same z, q, T,
     delta). Exits 8 when the lower bound exceeds the claim.
     """
-    result = privacy_audit.run_audit(
-        mechanism,
-        noise_multiplier=noise_multiplier,
-        sample_rate=sample_rate,
-        steps=steps,
-        trials=trials,
-        delta=delta,
-        unit=unit,
-        broken=broken,
-        seed_data=seed_data,
-    )
+    result: privacy_audit.AuditResult | audit_one_run.OneRunResult
+    if one_run:
+        result = audit_one_run.one_run_audit(
+            mechanism,
+            unit=unit,
+            noise_multiplier=noise_multiplier,
+            sample_rate=sample_rate,
+            steps=steps,
+            canaries=canaries,
+            delta=delta,
+            broken=broken,
+            seed_data=seed_data,
+        )
+    else:
+        result = privacy_audit.run_audit(
+            mechanism,
+            noise_multiplier=noise_multiplier,
+            sample_rate=sample_rate,
+            steps=steps,
+            trials=trials,
+            delta=delta,
+            unit=unit,
+            broken=broken,
+            seed_data=seed_data,
+        )
     record = result.as_dict()
     if as_json:
         emit(record, True, "Privacy audit", COLUMNS)
