@@ -25,6 +25,7 @@ from orchestrator.cli import (
     consent_commands,
     db_commands,
     node_commands,
+    privacy_audit_command,
     privacy_commands,
     run_local_command,
     runs_commands,
@@ -47,6 +48,7 @@ app.add_typer(admin_commands.user_app, name="user")
 app.add_typer(audit_commands.app, name="audit")
 app.add_typer(consent_commands.consent_app, name="consent")
 app.add_typer(consent_commands.dsr_app, name="dsr")
+privacy_commands.privacy_app.command("audit")(privacy_audit_command.audit)
 app.add_typer(privacy_commands.privacy_app, name="privacy")
 app.add_typer(privacy_commands.budget_app, name="budget")
 app.add_typer(node_commands.node_app, name="node")
