@@ -102,7 +102,7 @@ class NothingTrainedError(AccuteError):
 
     code = "nothing_trained"
     http_status = 409
-    exit_code = 8
+    exit_code = 9
 
 
 class UpstreamUnavailableError(AccuteError):

@@ -50,5 +50,6 @@ def centralized(spec: SimulationSpec, config: RunConfig) -> float:
         lr=config.lr,
         seed=config.seed,
         dp=config.dp.local,
+        expected_batch_size=max(1.0, config.sample_rate * len(records)),
     )
     return float(evaluate(task, result.state, records, consented_user_ids=None).value)

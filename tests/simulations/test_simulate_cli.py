@@ -114,9 +114,9 @@ def test_a_run_that_trains_nothing_exits_non_zero_with_the_reason(
     args = ["simulate", "--tenants", "2", "--rounds", "1", "--steps", "5", "--epsilon-cap", "0.01"]
     # Execute
     code = main([*args, "--out", "rep", "--run-name", "idle", "--quiet"])
-    # Assert: exit 8, one line naming the reason, and the report written and saying it in words
+    # Assert: exit 9, one line naming the reason, and the report written and saying it in words
     err = capsys.readouterr().err
-    assert code == 8
+    assert code == 9
     assert err.startswith("error: the run trained nothing: ") and err.count("\n") == 1, err
     assert "rejected_budget" in err
     report = json.loads((workdir / "rep" / "report.json").read_text())

@@ -12,7 +12,7 @@ Downgrade drops the table; the removed emails are not restored (the users table 
 current addresses; putting personal data back into an append-only log would undo the point).
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-11-29
 """
 
@@ -31,7 +31,7 @@ from schema.timeutil import utcnow
 from schema.types import InetType, JSONBType, TimestampTZ, UUIDType
 
 revision: str = "0007"
-down_revision: str | None = "0005"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
