@@ -21,7 +21,7 @@ from fl_client.tasks import get_task
 from fl_server.config import RunConfig
 from fl_server.governance import Governor
 from fl_server.publish import Publication, PublishGate, publish_run
-from fl_server.strategy import GovernedResult, GovernedStrategy, RoundRecord
+from fl_server.strategy import GovernedResult, GovernedStrategy, RoundRecord, ServerEvaluate
 from schema.config import Settings
 from schema.db import make_engine
 from schema.migrate import require_current_schema
@@ -51,13 +51,16 @@ def run_governed(
     config: RunConfig,
     settings: Settings,
     on_round: Callable[[RoundRecord], None] | None = None,
+    server_evaluate: ServerEvaluate | None = None,
 ) -> tuple[GovernedResult, Publication]:
     engine = make_engine(settings)
     try:
         require_current_schema(engine)
         governor = Governor(engine, config, settings)
         store = WeightsStore(settings.weights_dir)
-        strategy = GovernedStrategy(inner_strategy(config), governor, store, on_round=on_round)
+        strategy = GovernedStrategy(
+            inner_strategy(config), governor, store, on_round=on_round, server_evaluate=server_evaluate
+        )
         task = get_task(config.task)
         initial = {k: v.detach().numpy() for k, v in task.initial_state(config.seed).items()}
         result = strategy.start(grid, record_from_arrays(initial))
@@ -72,6 +75,7 @@ def make_server_app(
     config: RunConfig | None = None,
     settings: Settings | None = None,
     on_round: Callable[[RoundRecord], None] | None = None,
+    server_evaluate: ServerEvaluate | None = None,
 ) -> ServerApp:
     app = ServerApp()
 
@@ -80,7 +84,7 @@ def make_server_app(
         # The simulation manifest is the ClientApp's (``manifest``), not a RunConfig field.
         values = {k: v for k, v in context.run_config.items() if k != protocol.RUN_MANIFEST}
         run_config = config or RunConfig.parse(values)
-        _, publication = run_governed(grid, run_config, settings or Settings(), on_round)
+        _, publication = run_governed(grid, run_config, settings or Settings(), on_round, server_evaluate)
         log.info(
             "published %s %s (%s)",
             publication.model_name,

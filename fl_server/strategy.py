@@ -53,6 +53,9 @@ log = logging.getLogger("accute.fl_server")
 
 Arrays = dict[str, np.ndarray]
 
+#: The global model's held-out metric on a server-side test set (None when it cannot be computed).
+ServerEvaluate = Callable[[dict[str, np.ndarray]], float | None]
+
 #: How often ``_collect`` asks the grid for replies (Flower's own grids default to 0.1 s).
 PULL_INTERVAL_S = 0.05
 
@@ -119,12 +122,14 @@ class GovernedStrategy(Strategy):
         weights: WeightsStore,
         *,
         on_round: Callable[[RoundRecord], None] | None = None,
+        server_evaluate: ServerEvaluate | None = None,
     ) -> None:
         self.inner = inner
         self.governor = governor
         self.weights = weights
         self.config = governor.config
         self.on_round = on_round
+        self.server_evaluate = server_evaluate
         self.tenants: dict[int, Tenant] = {}
         #: Nodes skipped at binding (unknown organization, one already bound…), with why.
         self.skipped_nodes: dict[int, str] = {}
@@ -181,7 +186,10 @@ class GovernedStrategy(Strategy):
             self._identify(grid, timeout)
             record = RoundRecord(server_round)
             arrays = self._train_round(grid, server_round, arrays, spec, state.seen, record, timeout)
-            record.metric = self._evaluate_round(grid, server_round, arrays, timeout)
+            node_metric = self._evaluate_round(grid, server_round, arrays, timeout)
+            # A server-side test set (public data no tenant holds) gives the headline metric, in
+            # DP runs too: evaluating public data spends no one's privacy.
+            record.metric = self.server_evaluate(arrays) if self.server_evaluate is not None else node_metric
             self.governor.record_metric(server_round, record.metric)
             history.append(record)
             if self.on_round is not None:
