@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
+import math
 import random
 import time
 import uuid
@@ -40,7 +42,13 @@ from orchestrator.accounting import Outcome, UsageRow, VamnRow
 from orchestrator.cache import ResponseCache, cache_key
 from orchestrator.keys import KeyRing
 from orchestrator.limits import CircuitBreakers, RateLimiter
-from orchestrator.upstream import Upstream, UpstreamError, UpstreamTimeout
+from orchestrator.upstream import (
+    EgressDenied,
+    Upstream,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamTooLarge,
+)
 from orchestrator.vamn import VamnServer, count_tokens
 from orchestrator.writer import AccountingWriter
 from schema.config import Settings
@@ -97,13 +105,54 @@ class _Failed(Exception):
 
 
 def _retry_after(value: str | None) -> float | None:
-    if not value:
+    """Seconds a ``Retry-After`` asks for; None when it is missing or not a finite, sane value.
+
+    A provider may send anything here (``soon``, ``nan``, ``inf``, ``-1``, a date from the year
+    9999): what is not a finite number of seconds or a valid HTTP date is ignored (the usual
+    backoff applies), never an error of ours.
+    """
+    if not value or len(value) > 64:
         return None
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return None if parsed is None else max(parsed.timestamp() - time.time(), 0.0)
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if parsed is None:
+            return None
+        try:
+            seconds = parsed.timestamp() - time.time()
+        except (OverflowError, ValueError, OSError):
+            return None
+    if not math.isfinite(seconds):
+        return None
+    return max(seconds, 0.0)
+
+
+#: Bodies up to this size are parsed on the event loop; larger ones in a thread (a 4 MiB JSON
+#: document takes tens of milliseconds to parse, which would stall every other request).
+INLINE_PARSE_BYTES = 64 * 1024
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads(body: bytes) -> Any:
+    """Strict JSON: no NaN/Infinity; nesting too deep for the parser is an error, not a crash."""
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply") from None
+
+
+async def _parse_json(body: bytes, timeout: float) -> Any:
+    if len(body) <= INLINE_PARSE_BYTES:
+        return _loads(body)
+    async with asyncio.timeout(max(timeout, 0.001)):
+        return await asyncio.to_thread(_loads, body)
 
 
 class Cascade:
@@ -544,18 +593,30 @@ class Cascade:
         return None, rows
 
     async def _send(self, provider: str, call: adapters.HttpCall, timeout: float) -> adapters.Reply:
+        """One attempt: the exchange, decoding and parsing all within ``timeout``."""
+        started = time.monotonic()
         try:
             response = await self.client.post_json(call.url, call.body, call.headers, timeout)
         except UpstreamTimeout:
             raise _Failed("timeout", True) from None
+        except UpstreamTooLarge:
+            raise _Failed("response_too_large", False) from None
+        except EgressDenied:
+            raise _Failed("egress_denied", False) from None
         except UpstreamError:
             raise _Failed("connect_error", True) from None
         status = response.status
         if status == 429 or status >= 500:
             raise _Failed(f"http_{status}", True, _retry_after(response.headers.get("retry-after")))
-        if status >= 300:
+        if status >= 300 or status < 200:
             raise _Failed(f"http_{status}", False)
         try:
-            return adapters.parse(provider, response.json())
-        except (ValueError, adapters.MalformedReplyError):
+            body = await _parse_json(response.body, timeout - (time.monotonic() - started))
+        except TimeoutError:
+            raise _Failed("timeout", False) from None
+        except ValueError:
+            raise _Failed("bad_response", False) from None
+        try:
+            return adapters.parse(provider, body)
+        except adapters.MalformedReplyError:
             raise _Failed("bad_response", False) from None

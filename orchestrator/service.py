@@ -150,6 +150,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             settings.upstream_client,
             max_connections=500,
             max_idle_per_origin=200,
+            max_response_bytes=settings.provider_max_response_bytes,
             **({"trust_env": True} if settings.upstream_client == "httpx" else {}),
         )
         cache = make_cache(settings)

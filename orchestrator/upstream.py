@@ -51,6 +51,14 @@ class UpstreamTimeout(UpstreamError):
     """The exchange did not finish within its timeout."""
 
 
+class UpstreamTooLarge(UpstreamError):
+    """The reply (after decompression) is over ``max_response_bytes``: not worth retrying."""
+
+
+class EgressDenied(UpstreamError):
+    """The egress policy refused the provider's address (nothing was sent)."""
+
+
 @dataclass(frozen=True)
 class UpstreamResponse:
     status: int
@@ -158,14 +166,14 @@ class _Connection(asyncio.Protocol):
     async def read_to_eof(self, limit: int) -> bytes:
         while not (self.eof or self.lost):
             if len(self.buffer) > limit:
-                raise UpstreamError("the response is larger than the limit")
+                raise UpstreamTooLarge("the response is larger than the limit")
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
         if len(self.buffer) > limit:
-            raise UpstreamError("the response is larger than the limit")
+            raise UpstreamTooLarge("the response is larger than the limit")
         chunk = bytes(self.buffer)
         self.buffer.clear()
         return chunk
@@ -176,21 +184,73 @@ def _check_header(name: str, value: str) -> None:
         raise UpstreamError("a request header name or value is not valid")
 
 
-def _decode(body: bytes, encoding: str) -> bytes:
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return body
-    try:
+#: Output produced per step of decompression; the loop gets control back between steps.
+DECODE_STEP = 1 << 20
+
+
+class _Decoder:
+    """Incremental gzip/deflate decoding that never holds more than ``limit`` decoded bytes.
+
+    ``zlib.decompress`` of a whole body would unpack a 0.5 MB bomb to 500 MB before any check;
+    here each step produces at most ``DECODE_STEP`` bytes (``max_length``) and the total is checked
+    after each, so a bomb stops at ``limit`` + one step.
+    """
+
+    def __init__(self, encoding: str, limit: int) -> None:
+        encoding = encoding.strip().lower()
+        self.limit = limit
+        self.out = bytearray()
+        self._raw_deflate = False
         if encoding in ("gzip", "x-gzip"):
-            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
-        if encoding == "deflate":
+            self._z: Any = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._z = zlib.decompressobj()
+        else:  # identity, or an encoding we did not ask for (the JSON parse will refuse it)
+            self._z = None
+        self.encoding = encoding
+
+    def steps(self, data: bytes) -> Any:
+        """Feed ``data``; a generator that yields after each step (so callers can yield too)."""
+        if self._z is None:
+            self.out += data
+            self._check()
+            return
+        pending = data
+        while pending:
             try:
-                return zlib.decompress(body)
+                chunk = self._z.decompress(pending, DECODE_STEP)
             except zlib.error:
-                return zlib.decompress(body, -zlib.MAX_WBITS)
-    except zlib.error:
-        raise UpstreamError(f"the {encoding} response body does not decode") from None
-    return body  # an encoding we did not ask for: left as is (the JSON parse will refuse it)
+                if self.encoding == "deflate" and not self._raw_deflate and not self.out:
+                    # Some servers send raw deflate (no zlib header): start again that way.
+                    self._raw_deflate = True
+                    self._z = zlib.decompressobj(-zlib.MAX_WBITS)
+                    continue
+                raise UpstreamError(f"the {self.encoding} response body does not decode") from None
+            self.out += chunk
+            self._check()
+            pending = self._z.unconsumed_tail
+            yield
+
+    def finish(self) -> bytes:
+        if self._z is not None:
+            try:
+                self.out += self._z.flush(DECODE_STEP)
+            except zlib.error:
+                raise UpstreamError(f"the {self.encoding} response body does not decode") from None
+            self._check()
+        return bytes(self.out)
+
+    def _check(self) -> None:
+        if len(self.out) > self.limit:
+            raise UpstreamTooLarge("the response is larger than the limit")
+
+
+async def _decode(body: bytes, encoding: str, limit: int) -> bytes:
+    """``body`` decoded, at most ``limit`` bytes, giving the loop back between 1 MiB steps."""
+    decoder = _Decoder(encoding, limit)
+    for _ in decoder.steps(body):
+        await asyncio.sleep(0)
+    return decoder.finish()
 
 
 class Upstream(Protocol):
@@ -210,7 +270,7 @@ class UpstreamClient:
         max_connections: int = 500,
         max_idle_per_origin: int = 200,
         keepalive_expiry_s: float = 4.0,
-        max_response_bytes: int = 32 * 1024 * 1024,
+        max_response_bytes: int = 4 * 1024 * 1024,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.max_idle_per_origin = max_idle_per_origin
@@ -381,14 +441,14 @@ class UpstreamClient:
             if len(lengths) != 1 or (length := lengths.pop()) < 0:
                 raise UpstreamError("the response has an invalid Content-Length")
             if length > limit:
-                raise UpstreamError("the response is larger than the limit")
+                raise UpstreamTooLarge("the response is larger than the limit")
             body = await connection.read_exactly(length)
         else:
             body = await connection.read_to_eof(limit)
             keep_alive = False
         if status == 101:
             keep_alive = False
-        body = _decode(body, headers.get("content-encoding", ""))
+        body = await _decode(body, headers.get("content-encoding", ""), limit)
         return UpstreamResponse(status, headers, body), keep_alive
 
 
@@ -410,7 +470,7 @@ async def _read_chunked(connection: _Connection, limit: int) -> bytes:
             return b"".join(parts)
         total += size
         if total > limit:
-            raise UpstreamError("the response is larger than the limit")
+            raise UpstreamTooLarge("the response is larger than the limit")
         chunk = await connection.read_exactly(size + 2)
         if not chunk.endswith(b"\r\n"):
             raise UpstreamError("the response has a malformed chunk")
@@ -422,7 +482,7 @@ def _parse_head(head: bytes) -> tuple[int, str, dict[str, str]]:
         text = head.decode("latin-1")
         status_line, _, rest = text.partition("\r\n")
         version, code, *_ = status_line.split(" ", 2)
-        if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3:
+        if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isdigit():
             raise ValueError(status_line)
         status = int(code)
     except (ValueError, UnicodeDecodeError):
@@ -463,7 +523,7 @@ class HttpxUpstream:
         *,
         max_connections: int = 500,
         max_idle_per_origin: int = 200,
-        max_response_bytes: int = 32 * 1024 * 1024,
+        max_response_bytes: int = 4 * 1024 * 1024,
         ssl_context: ssl.SSLContext | None = None,
         trust_env: bool = False,
     ) -> None:
@@ -488,17 +548,26 @@ class HttpxUpstream:
         for name, value in headers.items():
             _check_header(name, value)
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-        sent = {"content-type": "application/json", **headers}
+        sent = {"content-type": "application/json", "accept-encoding": "gzip, deflate", **headers}
+        limit = self.max_response_bytes
         try:
             async with asyncio.timeout(timeout):
                 async with self._client.stream("POST", url, content=payload, headers=sent) as response:
-                    chunks = bytearray()
-                    async for chunk in response.aiter_bytes():
-                        chunks += chunk
-                        if len(chunks) > self.max_response_bytes:
-                            raise UpstreamError(f"the response is over {self.max_response_bytes} bytes")
+                    # Raw bytes through our bounded decoder: httpx's own decoding would unpack
+                    # each network chunk whole (a 64 KiB chunk of a bomb is 64 MiB).
+                    declared = response.headers.get("content-length", "")
+                    if declared.isdigit() and int(declared) > limit:
+                        raise UpstreamTooLarge("the response is larger than the limit")
+                    decoder = _Decoder(response.headers.get("content-encoding", ""), limit)
+                    received = 0
+                    async for chunk in response.aiter_raw():
+                        received += len(chunk)
+                        if received > limit:
+                            raise UpstreamTooLarge("the response is larger than the limit")
+                        for _ in decoder.steps(chunk):
+                            await asyncio.sleep(0)
                     names = {k.lower(): v for k, v in response.headers.items()}
-                    return UpstreamResponse(response.status_code, names, bytes(chunks))
+                    return UpstreamResponse(response.status_code, names, decoder.finish())
         except TimeoutError:
             raise UpstreamTimeout(f"no complete response within {timeout:.3g}s") from None
         except httpx.TimeoutException:
