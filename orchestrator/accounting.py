@@ -106,6 +106,9 @@ class Outcome:
     vamn: list[VamnRow]
     billed_tokens: int = 0
     billed_cost: Decimal | None = None
+    caller: str = ""
+    """SHA-256 of the caller's token subject: request ids are idempotent per caller."""
+    request_hash: str | None = None
 
 
 class DuplicateRequest(Exception):
@@ -135,20 +138,22 @@ def record_batch(connection: Connection, settings: Settings, outcomes: Sequence[
     """
     if not outcomes:
         return []
-    claims: dict[tuple[uuid.UUID, str], tuple[int, uuid.UUID]] = {}
+    claims: dict[tuple[uuid.UUID, str, str], tuple[int, uuid.UUID]] = {}
     for index, outcome in enumerate(outcomes):
-        claims.setdefault((outcome.organization_id, outcome.request_id), (index, new_id()))
+        claims.setdefault((outcome.organization_id, outcome.caller, outcome.request_id), (index, new_id()))
     rows = [
         {
             "id": claim_id,
             "organization_id": org,
+            "caller": caller,
             "request_id": request_id,
+            "request_hash": outcomes[index].request_hash,
             "agent_slug": outcomes[index].agent_slug,
             "status": outcomes[index].status,
             "response_json": outcomes[index].response,
         }
-        for (org, request_id), (index, claim_id) in sorted(
-            claims.items(), key=lambda c: (str(c[0][0]), c[0][1])
+        for (org, caller, request_id), (index, claim_id) in sorted(
+            claims.items(), key=lambda c: (str(c[0][0]), c[0][1], c[0][2])
         )
     ]
     # One cached statement run for many rows (SQLAlchemy's "insertmanyvalues" sends them as
@@ -182,7 +187,7 @@ def _claim_statement(connection: Connection) -> Any:
     if statement is None:
         statement = (
             _insert(connection)(LlmRequest)
-            .on_conflict_do_nothing(index_elements=["organization_id", "request_id"])
+            .on_conflict_do_nothing(index_elements=["organization_id", "caller", "request_id"])
             .returning(LlmRequest.id)
         )
         _CLAIMS[connection.dialect.name] = statement
@@ -367,10 +372,14 @@ def _overage(cost: Decimal, tokens: int, remaining: Decimal) -> Decimal:
     )
 
 
-def stored_response(session: Session, organization_id: uuid.UUID, request_id: str) -> LlmRequest | None:
+def stored_response(
+    session: Session, organization_id: uuid.UUID, request_id: str, caller: str = ""
+) -> LlmRequest | None:
     return session.scalars(
         select(LlmRequest).where(
-            LlmRequest.organization_id == organization_id, LlmRequest.request_id == request_id
+            LlmRequest.organization_id == organization_id,
+            LlmRequest.caller == caller,
+            LlmRequest.request_id == request_id,
         )
     ).first()
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
 import json
 import logging
 import math
@@ -82,6 +83,25 @@ class ChatRequest:
     workspace_id: uuid.UUID | None = None
     user_id: uuid.UUID | None = None
     client_request_id: bool = False
+    caller: str = ""
+    """SHA-256 (hex) of the caller's token subject (``caller_key``): request ids are per caller."""
+
+    @property
+    def request_hash(self) -> str:
+        """SHA-256 of what is asked: a reused request id must ask exactly this again."""
+        fields = [
+            self.agent_slug,
+            self.message,
+            str(self.session_id or ""),
+            str(self.workspace_id or ""),
+            str(self.max_tokens or ""),
+            repr(self.temperature),
+        ]
+        return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
+
+
+def caller_key(subject: str) -> str:
+    return hashlib.sha256(subject.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass
@@ -179,6 +199,7 @@ class Cascade:
         self._loading: dict[uuid.UUID, asyncio.Future[_OrgState]] = {}
         self._generation: dict[uuid.UUID, int] = {}
         self._routing: dict[str, str] | None = None
+        self._inflight: dict[tuple[uuid.UUID, str, str], asyncio.Future[None]] = {}
 
     # -- cached reads ------------------------------------------------------------------------------
     def invalidate(self, organization_id: uuid.UUID) -> None:
@@ -255,14 +276,38 @@ class Cascade:
             )
 
     async def chat(self, request: ChatRequest, timing: Timing | None = None) -> dict[str, Any]:
+        """Answer ``request``; copies of one (organization, caller, request id) run once.
+
+        Single flight: while a request id is being answered, copies of it that arrive (a client
+        retrying, a double submit) wait for the first and answer from what it stored, so the
+        provider is called once. Across worker processes the database decides: each process may
+        call once, one is accounted and billed, the others answer the stored answer.
+        """
         timing = timing or Timing()
         self.validate(request)
+        if not request.client_request_id:
+            return await self._chat(request, timing)
+        key = (request.organization_id, request.caller, request.request_id)
+        while (leader := self._inflight.get(key)) is not None:
+            await asyncio.shield(leader)
+            stored = await anyio.to_thread.run_sync(self._stored, request)
+            if stored is not None:
+                return stored
+            # The first copy ended before anything was stored (e.g. refused): try it ourselves.
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            return await self._chat(request, timing)
+        finally:
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
+            future.set_result(None)
+
+    async def _chat(self, request: ChatRequest, timing: Timing) -> dict[str, Any]:
         state = await self._org(request.organization_id)
         head = (self._routing or {}).get(request.agent_slug)
         if head is None:
-            raise NotFoundError(
-                f"agent '{request.agent_slug}' does not exist; use one of: {', '.join(sorted(self._routing or {}))}"
-            )
+            raise NotFoundError(f"agent '{request.agent_slug}' does not exist")
         if request.session_id is not None:
             await anyio.to_thread.run_sync(self._check_session, request)
         if request.client_request_id:
@@ -298,6 +343,8 @@ class Cascade:
             response=None,
             usage=[],
             vamn=[],
+            caller=request.caller,
+            request_hash=request.request_hash,
         )
         deadline = time.monotonic() + self.settings.cascade_deadline_s
         health: dict[uuid.UUID, str] = {}
@@ -333,11 +380,17 @@ class Cascade:
 
     def _stored(self, request: ChatRequest) -> dict[str, Any] | None:
         with transaction(self.engine) as session:
-            row = accounting.stored_response(session, request.organization_id, request.request_id)
+            row = accounting.stored_response(
+                session, request.organization_id, request.request_id, request.caller
+            )
             if row is None:
                 return None
-            if row.agent_slug != request.agent_slug:
-                raise ConflictError(f"request id {request.request_id} was used for another agent")
+            if row.agent_slug != request.agent_slug or (
+                row.request_hash is not None and row.request_hash != request.request_hash
+            ):
+                raise ConflictError(
+                    f"request id {request.request_id} was used for a different request; send a new request id"
+                )
             if row.response_json is None:
                 raise UpstreamUnavailableError(
                     f"request {request.request_id} failed earlier; retry with a new request id"
@@ -374,6 +427,8 @@ class Cascade:
                 )
             ],
             vamn=[],
+            caller=request.caller,
+            request_hash=request.request_hash,
         )
         try:
             await self.writer.write(outcome)
@@ -488,7 +543,9 @@ class Cascade:
             return None
         max_tokens = request.max_tokens or DEFAULT_MAX_TOKENS
         temperature = request.temperature if request.temperature is not None else DEFAULT_TEMPERATURE
-        reply, rows = await self._call(target, request.message, max_tokens, temperature, deadline, timing)
+        reply, rows = await self._call(
+            target, request.message, max_tokens, temperature, deadline, timing, guarded=False
+        )
         for row in rows:
             row.provider, row.is_fallback = FALLBACK_PROVIDER_NAME, True
         outcome.usage.extend(rows)
@@ -530,7 +587,9 @@ class Cascade:
         temperature: float,
         deadline: float,
         timing: Timing,
+        guarded: bool = True,
     ) -> tuple[adapters.Reply | None, list[UsageRow]]:
+        """Up to ``retry_max_attempts`` attempts; ``guarded``: the egress policy applies (tenants)."""
         rows: list[UsageRow] = []
         call = adapters.build(target, message, max_tokens, temperature)
         for attempt in range(self.settings.retry_max_attempts):
@@ -541,7 +600,7 @@ class Cascade:
             sent_at = utcnow()
             try:
                 reply = await self._send(
-                    target.provider, call, min(self.settings.provider_timeout_s, remaining)
+                    target.provider, call, min(self.settings.provider_timeout_s, remaining), guarded
                 )
             except _Failed as failed:
                 timing.upstream_s += time.perf_counter() - started
@@ -592,11 +651,15 @@ class Cascade:
             return reply, rows
         return None, rows
 
-    async def _send(self, provider: str, call: adapters.HttpCall, timeout: float) -> adapters.Reply:
+    async def _send(
+        self, provider: str, call: adapters.HttpCall, timeout: float, guarded: bool
+    ) -> adapters.Reply:
         """One attempt: the exchange, decoding and parsing all within ``timeout``."""
         started = time.monotonic()
         try:
-            response = await self.client.post_json(call.url, call.body, call.headers, timeout)
+            response = await self.client.post_json(
+                call.url, call.body, call.headers, timeout, guarded=guarded
+            )
         except UpstreamTimeout:
             raise _Failed("timeout", True) from None
         except UpstreamTooLarge:

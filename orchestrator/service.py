@@ -34,7 +34,9 @@ from aggregation.weights_store import WeightsStore
 from orchestrator import accounting, configs
 from orchestrator.auth import Principal, TokenService
 from orchestrator.cache import make_cache
-from orchestrator.cascade import Cascade, ChatRequest, Timing
+from orchestrator.cascade import Cascade, ChatRequest, Timing, caller_key
+from orchestrator.edge import RequestLimits
+from orchestrator.egress import EgressPolicy
 from orchestrator.keys import KeyRing, kek_provider
 from orchestrator.upstream import make_upstream
 from orchestrator.vamn import VamnServer
@@ -69,13 +71,15 @@ class Services:
     engine: Engine
     keyring: KeyRing
     tokens: TokenService
+    egress: EgressPolicy
     cascade: Cascade | None = None
 
 
 def build_services(settings: Settings, engine: Engine | None = None) -> Services:
     bound = engine or make_engine(settings)
     keyring = KeyRing(kek_provider(settings))
-    return Services(settings, bound, keyring, TokenService(bound, keyring, settings))
+    egress = EgressPolicy.parse(settings.egress_allow)
+    return Services(settings, bound, keyring, TokenService(bound, keyring, settings), egress)
 
 
 class ChatBody(BaseModel):
@@ -151,6 +155,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             max_connections=500,
             max_idle_per_origin=200,
             max_response_bytes=settings.provider_max_response_bytes,
+            egress=services.egress,
             **({"trust_env": True} if settings.upstream_client == "httpx" else {}),
         )
         cache = make_cache(settings)
@@ -174,6 +179,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     )
     app.state.services = services
     app.add_middleware(_StartClock)
+    # Outermost: size limits come before anything reads the request (authentication included).
+    app.add_middleware(
+        RequestLimits,
+        max_body_bytes=settings.max_request_body_bytes,
+        max_header_bytes=settings.max_request_header_bytes,
+    )
 
     @app.exception_handler(AccuteError)
     async def accute_error(request: Request, exc: AccuteError) -> JSONResponse:
@@ -230,7 +241,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     def create_config(org: AdminOrg, body: configs.ConfigCreate) -> dict[str, Any]:
         """Add a provider config; ``api_key`` is stored encrypted and never returned."""
         with transaction(services.engine) as session:
-            result = configs.as_dict(configs.create(session, services.keyring, org, body))
+            result = configs.as_dict(configs.create(session, services.keyring, org, body, services.egress))
         _invalidate(org)
         return result
 
@@ -247,7 +258,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     @app.patch("/v1/orgs/{org}/llm-configs/{config_id}", tags=["llm-configs"])
     def update_config(org: AdminOrg, config_id: str, body: configs.ConfigUpdate) -> dict[str, Any]:
         with transaction(services.engine) as session:
-            result = configs.as_dict(configs.update(session, services.keyring, org, config_id, body))
+            result = configs.as_dict(
+                configs.update(session, services.keyring, org, config_id, body, services.egress)
+            )
         _invalidate(org)
         return result
 
@@ -312,6 +325,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             session_id=body.session_id,
             workspace_id=body.workspace_id,
             client_request_id=client_id is not None,
+            caller=caller_key(who.subject),
         )
         timing = Timing()
         answer = await services.cascade.chat(request, timing)

@@ -32,6 +32,8 @@ def run_server(
     """
     import uvicorn
 
+    from orchestrator.edge import LimitedHttpToolsProtocol
+
     uvicorn.run(
         "orchestrator.service:create_served_app",
         factory=True,
@@ -39,7 +41,7 @@ def run_server(
         port=port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        http=LimitedHttpToolsProtocol,
         log_level=log_level,
         access_log=access_log,
         backlog=4096,

@@ -193,7 +193,11 @@ def running_app(app: Any) -> Iterator[str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", backlog=2048)
+    from orchestrator.edge import LimitedHttpToolsProtocol
+
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="on", backlog=2048, http=LimitedHttpToolsProtocol
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -293,8 +297,6 @@ def http_reply(
 
 def openai_body(content: str = "ok", prompt: Any = 10, completion: Any = 20) -> bytes:
     """An OpenAI chat completion; numbers are written as given (so 'Infinity' or 3e9 can be sent)."""
-    return (
-        '{"choices":[{"index":0,"message":{"role":"assistant","content":%s}}],'
-        '"usage":{"prompt_tokens":%s,"completion_tokens":%s}}'
-        % (json.dumps(content), prompt, completion)
-    ).encode()
+    usage = f'"usage":{{"prompt_tokens":{prompt},"completion_tokens":{completion}}}'
+    choice = f'{{"index":0,"message":{{"role":"assistant","content":{json.dumps(content)}}}}}'
+    return f'{{"choices":[{choice}],{usage}}}'.encode()

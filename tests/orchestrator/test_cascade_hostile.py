@@ -31,7 +31,9 @@ def _rows(service: Service, org: Any) -> list[LlmUsageLog]:
 
 def _billed(service: Service, org: Any) -> int:
     with transaction(service.engine) as session:
-        row = session.scalars(sa.select(FallbackBilling).where(FallbackBilling.organization_id == org)).first()
+        row = session.scalars(
+            sa.select(FallbackBilling).where(FallbackBilling.organization_id == org)
+        ).first()
         return 0 if row is None else row.total_fallback_requests
 
 

@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 
-from orchestrator.upstream import UpstreamError, UpstreamTimeout, UpstreamTooLarge, make_upstream
+from orchestrator.egress import EgressPolicy, is_internal, parse_address
+from orchestrator.upstream import (
+    EgressDenied,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamTooLarge,
+    make_upstream,
+)
 from tests.orchestrator.test_upstream import _json_reply, _run, _serve
 
 CLIENTS = ["builtin", "httpx"]
@@ -169,7 +176,7 @@ def test_a_trickling_reply_times_out_on_time(kind: str) -> None:
 @pytest.mark.parametrize(
     "raw",
     [
-        b"HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\n{\"partial\": ",  # reset mid-body
+        b'HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\n{"partial": ',  # reset mid-body
         b"SSH-2.0-OpenSSH_9.6\r\n\r\n",  # not HTTP
         b"HTTP/1.1 200 OK\r\nbad header line\r\n\r\n{}",  # no colon
         b"HTTP/1.1 200 OK\r\ncontent-length: -5\r\n\r\n{}",  # negative length
@@ -212,3 +219,68 @@ def test_nul_and_line_breaks_in_headers_are_refused_before_connecting(kind: str)
         assert state.connections == 0
 
     _run(test)
+
+
+# --- egress policy (SSRF) --------------------------------------------------------------------------
+
+INTERNAL_SPELLINGS = [
+    "127.0.0.1",
+    "0x7f000001",
+    "2130706433",
+    "127.1",
+    "0177.0.0.1",
+    "[::1]",
+    "[::ffff:127.0.0.1]",
+    "localhost",
+]
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_the_egress_policy_refuses_internal_addresses_on_the_resolved_address(kind: str) -> None:
+    async def test() -> None:
+        state, server = await _serve()
+        port = state.url.split(":")[2].split("/")[0]
+        strict = make_upstream(kind, egress=EgressPolicy.parse(""))
+        allowing = make_upstream(kind, egress=EgressPolicy.parse("127.0.0.0/8"))
+        async with server:
+            for host in INTERNAL_SPELLINGS:
+                # Refused by the policy (or, for spellings httpx will not parse, as an invalid URL).
+                with pytest.raises(UpstreamError) as caught:
+                    await strict.post_json(f"http://{host}:{port}/v1/chat/completions", {}, {}, 3)
+                assert (kind, host) == ("httpx", "0177.0.0.1") or isinstance(caught.value, EgressDenied), host
+            assert state.connections == 0
+            # The operator's fallback is exempt; an allow-listed network is allowed.
+            exempt = await strict.post_json(state.url, {}, {}, 3, guarded=False)
+            allowed = await allowing.post_json(f"http://0x7f000001:{port}/v1/chat/completions", {}, {}, 3)
+            # A connection opened for the exempt fallback is never lent to a guarded call.
+            with pytest.raises(EgressDenied):
+                await strict.post_json(state.url, {}, {}, 3)
+        await strict.aclose()
+        await allowing.aclose()
+        assert exempt.status == 200 and allowed.status == 200
+
+    _run(test)
+
+
+@pytest.mark.parametrize(
+    ("host", "internal"),
+    [
+        ("169.254.169.254", True),
+        ("10.1.2.3", True),
+        ("172.16.0.1", True),
+        ("192.168.1.1", True),
+        ("100.64.0.1", True),
+        ("0.0.0.0", True),
+        ("224.0.0.1", True),
+        ("255.255.255.255", True),
+        ("[fe80::1]", True),
+        ("[fc00::1]", True),
+        ("[2002:7f00:1::]", True),  # 6to4 of 127.0.0.1
+        ("[64:ff9b::a9fe:a9fe]", True),  # NAT64 of 169.254.169.254
+        ("8.8.8.8", False),
+        ("[2606:4700:4700::1111]", False),
+    ],
+)
+def test_internal_address_classification(host: str, internal: bool) -> None:
+    address = parse_address(host)
+    assert address is not None and is_internal(address) is internal
