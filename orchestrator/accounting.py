@@ -13,9 +13,14 @@ and processes never lose an update.
 Charges by ``organizations.billing_model``: ``pay_as_you_go`` pays the list price;
 ``unlimited_tier`` pays nothing per request (tokens still counted); ``token_bundle`` and ``hybrid``
 draw the month's ``bundle_tokens_remaining`` (starting at ``ACCUTE_TOKEN_BUNDLE_TOKENS``) and pay
-the list price for the share of a request beyond it. Per-request charges are stored with the
-4 decimals of ``fallback_billing.total_cost_usd``; ``llm_usage_log.estimated_cost_usd`` keeps the
-list price with 6 decimals.
+the list price for the share of a request beyond it.
+
+Money is exact ``Decimal`` end to end and rounded once, per invoice line: a request's charge is its
+unrounded list price (tokens x price per 1M / 1M); the month's charges add up exactly in
+``fallback_billing.total_cost_exact_usd`` (12 decimals); the invoice line
+``total_cost_usd`` is always that exact sum rounded half up to 4 decimals (``invoice_line``), so
+100 requests of $0.0000135 bill $0.0014, not 100 x $0.0000. ``llm_usage_log.estimated_cost_usd``
+is a per-attempt log with the column's 6 decimals (display only; never summed into a bill).
 """
 
 from __future__ import annotations
@@ -52,11 +57,16 @@ def price(settings: Settings, model_id: str, input_tokens: int, output_tokens: i
     """List price in USD of a call, from the price table (per 1M input/output tokens)."""
     table = settings.price_table
     entry = table.get(model_id) or table.get("default") or {"input": 0.0, "output": 0.0}
-    cost = (
+    # Exact: the prices' decimal text, integer tokens, and a division by 10^6 (which terminates).
+    return (
         Decimal(input_tokens) * Decimal(str(entry.get("input", 0.0)))
         + Decimal(output_tokens) * Decimal(str(entry.get("output", 0.0)))
     ) / MILLION
-    return cost.quantize(USAGE_PLACES, rounding=ROUND_HALF_UP)
+
+
+def invoice_line(exact: Decimal) -> Decimal:
+    """The rounding rule, applied once per invoice line: half up to 4 decimals (1/100 of a cent)."""
+    return exact.quantize(BILLING_PLACES, rounding=ROUND_HALF_UP)
 
 
 def billing_period(today: date) -> tuple[date, date]:
@@ -266,7 +276,7 @@ def _charge_all(
     """Add fallback requests to their organizations' rows for this month, organization by organization.
 
     ``pay_as_you_go`` and ``unlimited_tier`` charges do not depend on each other: one upsert per
-    organization adds their sums (each request's charge rounded to 4 decimals first, as one by one).
+    organization adds their exact sum.
     Bundle charges depend on what the earlier requests left of the bundle: one upsert per request,
     in order, in this transaction.
     """
@@ -286,9 +296,7 @@ def _charge_all(
             continue
         total = Decimal(0)
         if billing_model != "unlimited_tier":
-            total = sum(
-                (cost.quantize(BILLING_PLACES, rounding=ROUND_HALF_UP) for _, cost in mine), Decimal(0)
-            )
+            total = sum((cost for _, cost in mine), Decimal(0))
         tokens = sum(t for t, _ in mine)
         _upsert_billing(connection, settings, org, billing_model, tokens, len(mine), total, total, False)
 
@@ -307,11 +315,11 @@ def _charge_bundle(
         remaining = func.coalesce(table.c.bundle_tokens_remaining, 0)
         later_charge: Any = case(
             (remaining >= tokens, Decimal(0)),
-            (remaining <= 0, cost.quantize(BILLING_PLACES, rounding=ROUND_HALF_UP)),
-            else_=func.round(cost * (tokens - remaining) / tokens, 4),
+            (remaining <= 0, cost),
+            else_=cost * (tokens - remaining) / tokens,
         )
     else:
-        first_charge = cost.quantize(BILLING_PLACES, rounding=ROUND_HALF_UP)
+        first_charge = cost
         later_charge = first_charge
     _upsert_billing(
         connection, settings, organization_id, billing_model, tokens, 1, first_charge, later_charge, True
@@ -339,14 +347,17 @@ def _upsert_billing(
         "billing_period_end": end,
         "total_fallback_tokens": tokens,
         "total_fallback_requests": requests,
-        "total_cost_usd": first_charge,
+        "total_cost_usd": invoice_line(first_charge),
+        "total_cost_exact_usd": first_charge,
         "billing_model": billing_model,
         "bundle_tokens_remaining": max(settings.token_bundle_tokens - tokens, 0) if bundle else None,
     }
     updates: dict[str, Any] = {
         "total_fallback_tokens": table.c.total_fallback_tokens + tokens,
         "total_fallback_requests": table.c.total_fallback_requests + requests,
-        "total_cost_usd": table.c.total_cost_usd + later_charge,
+        # Rounded once, from the exact sum: never a sum of rounded charges.
+        "total_cost_exact_usd": table.c.total_cost_exact_usd + later_charge,
+        "total_cost_usd": func.round(table.c.total_cost_exact_usd + later_charge, 4),
         "updated_at": func.now(),
     }
     if bundle:
@@ -366,10 +377,8 @@ def _overage(cost: Decimal, tokens: int, remaining: Decimal) -> Decimal:
     if remaining >= tokens:
         return Decimal(0)
     if remaining <= 0:
-        return cost.quantize(BILLING_PLACES, rounding=ROUND_HALF_UP)
-    return (cost * (Decimal(tokens) - remaining) / Decimal(tokens)).quantize(
-        BILLING_PLACES, rounding=ROUND_HALF_UP
-    )
+        return cost
+    return cost * (Decimal(tokens) - remaining) / Decimal(tokens)
 
 
 def stored_response(
@@ -427,7 +436,8 @@ def billing_rows(session: Session, organization_id: uuid.UUID) -> list[dict[str,
             "billing_period_end": r.billing_period_end.isoformat(),
             "total_fallback_requests": r.total_fallback_requests,
             "total_fallback_tokens": r.total_fallback_tokens,
-            "total_cost_usd": str(Decimal(r.total_cost_usd).quantize(BILLING_PLACES)),
+            "total_cost_usd": str(invoice_line(Decimal(str(r.total_cost_exact_usd)))),
+            "total_cost_exact_usd": format(Decimal(str(r.total_cost_exact_usd)).normalize(), "f"),
             "billing_model": r.billing_model,
             "bundle_tokens_remaining": r.bundle_tokens_remaining,
             "invoice_status": r.invoice_status,

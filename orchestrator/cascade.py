@@ -200,6 +200,7 @@ class Cascade:
         self._generation: dict[uuid.UUID, int] = {}
         self._routing: dict[str, str] | None = None
         self._inflight: dict[tuple[uuid.UUID, str, str], asyncio.Future[None]] = {}
+        self._org_slots: dict[uuid.UUID | None, asyncio.Semaphore] = {}
 
     # -- cached reads ------------------------------------------------------------------------------
     def invalidate(self, organization_id: uuid.UUID) -> None:
@@ -348,7 +349,9 @@ class Cascade:
         )
         deadline = time.monotonic() + self.settings.cascade_deadline_s
         health: dict[uuid.UUID, str] = {}
-        response = await self._tenant_tier(request, eligible, outcome, deadline, health, timing)
+        # The tenant tier stops early enough to leave the fallback its reserve.
+        tenant_deadline = deadline - self.fallback_reserve_s()
+        response = await self._tenant_tier(request, eligible, outcome, tenant_deadline, health, timing)
         if response is None:
             response = await self._vamn_tier(request, head, outcome, timing)
         if response is None:
@@ -467,7 +470,13 @@ class Cascade:
                 else (config.temperature if config.temperature is not None else DEFAULT_TEMPERATURE)
             )
             reply, rows = await self._call(
-                config.target, request.message, max_tokens, temperature, deadline, timing
+                config.target,
+                request.message,
+                max_tokens,
+                temperature,
+                deadline,
+                timing,
+                organization_id=request.organization_id,
             )
             for row in rows:
                 row.llm_config_id = config.id
@@ -544,7 +553,14 @@ class Cascade:
         max_tokens = request.max_tokens or DEFAULT_MAX_TOKENS
         temperature = request.temperature if request.temperature is not None else DEFAULT_TEMPERATURE
         reply, rows = await self._call(
-            target, request.message, max_tokens, temperature, deadline, timing, guarded=False
+            target,
+            request.message,
+            max_tokens,
+            temperature,
+            deadline,
+            timing,
+            guarded=False,
+            organization_id=request.organization_id,
         )
         for row in rows:
             row.provider, row.is_fallback = FALLBACK_PROVIDER_NAME, True
@@ -588,8 +604,57 @@ class Cascade:
         deadline: float,
         timing: Timing,
         guarded: bool = True,
+        organization_id: uuid.UUID | None = None,
     ) -> tuple[adapters.Reply | None, list[UsageRow]]:
-        """Up to ``retry_max_attempts`` attempts; ``guarded``: the egress policy applies (tenants)."""
+        """Up to ``retry_max_attempts`` attempts; ``guarded``: the egress policy applies (tenants).
+
+        The attempts hold one of the organization's ``ACCUTE_ORG_MAX_CONCURRENCY`` slots (a
+        bulkhead: one tenant's flood of requests to a hanging provider cannot take every
+        connection); waiting for it counts against ``deadline``, and a request that gets none in
+        time skips this provider without sending anything.
+        """
+        slot = self._org_slot(organization_id)
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                await slot.acquire()
+        except TimeoutError:
+            log.info("skip provider=%s reason=organization_busy", target.provider)
+            return None, []
+        try:
+            return await self._attempts(target, message, max_tokens, temperature, deadline, timing, guarded)
+        finally:
+            slot.release()
+
+    def _org_slot(self, organization_id: uuid.UUID | None) -> asyncio.Semaphore:
+        slot = self._org_slots.get(organization_id)
+        if slot is None:
+            if len(self._org_slots) >= 10_000:  # forget organizations nobody is waiting on
+                self._org_slots = {k: v for k, v in self._org_slots.items() if v.locked() or v._waiters}
+            slot = self._org_slots[organization_id] = asyncio.Semaphore(self.settings.org_max_concurrency)
+        return slot
+
+    def fallback_reserve_s(self) -> float:
+        """Seconds of the deadline kept for the fallback: the tenant tier must stop before them.
+
+        One provider attempt's timeout, but at most a third of the deadline (so the tenant tier
+        always has two thirds). With the defaults (60 s deadline, 30 s attempts) the tenant
+        providers get 40 s and the fallback at least 20 s: a hanging tenant provider can no longer
+        use up the whole deadline.
+        """
+        if self.fallback_target() is None:
+            return 0.0
+        return min(self.settings.provider_timeout_s, self.settings.cascade_deadline_s / 3)
+
+    async def _attempts(
+        self,
+        target: adapters.Target,
+        message: str,
+        max_tokens: int,
+        temperature: float,
+        deadline: float,
+        timing: Timing,
+        guarded: bool,
+    ) -> tuple[adapters.Reply | None, list[UsageRow]]:
         rows: list[UsageRow] = []
         call = adapters.build(target, message, max_tokens, temperature)
         for attempt in range(self.settings.retry_max_attempts):

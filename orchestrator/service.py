@@ -111,6 +111,7 @@ class BillingRow(BaseModel):
     total_fallback_requests: int
     total_fallback_tokens: int
     total_cost_usd: str
+    total_cost_exact_usd: str
     billing_model: str
     bundle_tokens_remaining: int | None
     invoice_status: str | None
@@ -152,7 +153,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = make_upstream(
             settings.upstream_client,
-            max_connections=500,
+            max_connections=settings.upstream_max_connections,
+            max_per_origin=settings.upstream_max_per_origin,
+            reserved_connections=settings.upstream_reserved_fallback,
             max_idle_per_origin=200,
             max_response_bytes=settings.provider_max_response_bytes,
             egress=services.egress,

@@ -142,6 +142,24 @@ class Settings(BaseSettings):
     max_request_header_bytes: int = Field(
         default=32 * 1024, ge=1024, description="Largest request line + headers accepted (bytes); 431 above."
     )
+    upstream_max_connections: int = Field(
+        default=500, ge=1, description="Provider requests in flight at once, all tenant providers together."
+    )
+    upstream_max_per_origin: int = Field(
+        default=100,
+        ge=1,
+        description="Provider requests in flight at once to one origin (scheme, host, port).",
+    )
+    upstream_reserved_fallback: int = Field(
+        default=100,
+        ge=1,
+        description="Connections reserved for the platform fallback (not shared with tenants).",
+    )
+    org_max_concurrency: int = Field(
+        default=64,
+        ge=1,
+        description="Provider calls one organization may have in flight at once (per process).",
+    )
     retry_max_attempts: int = Field(
         default=3, ge=1, le=10, description="Attempts per provider on 429, 5xx and timeouts."
     )

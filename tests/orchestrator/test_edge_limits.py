@@ -18,7 +18,6 @@ from schema.db import transaction
 from tests.orchestrator.conftest import make_settings
 from tests.orchestrator.fakes import running_app
 
-
 TOKEN: dict[str, str] = {}
 
 
