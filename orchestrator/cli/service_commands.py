@@ -20,6 +20,26 @@ keys_app = typer.Typer(
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON.")
 
 
+def uvicorn_options(
+    host: str, port: int, workers: int, log_level: str, access_log: bool
+) -> dict[str, object]:
+    """uvicorn's arguments for the service (uvloop, httptools with a cap on request heads)."""
+    from orchestrator.edge import LimitedHttpToolsProtocol
+
+    return {
+        "app": "orchestrator.service:create_served_app",
+        "factory": True,
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "loop": "uvloop",
+        "http": LimitedHttpToolsProtocol,
+        "log_level": log_level,
+        "access_log": access_log,
+        "backlog": 4096,
+    }
+
+
 def run_server(
     host: str, port: int, workers: int = 1, log_level: str = "info", access_log: bool = False
 ) -> None:
@@ -29,23 +49,21 @@ def run_server(
     and accounting writer; usage, billing and idempotency are exact across workers (the database
     decides), but a config's rpm/tpm limit is enforced per process (N workers may send up to N
     times the limit) and a circuit opens per process.
+
+    With more than one worker this process becomes ``python -m orchestrator.served`` (``exec``,
+    same pid, same signals), so that the spawned workers do not re-import the whole CLI
+    (``orchestrator.served`` says why).
     """
+    if workers > 1:
+        import os
+
+        args = [host, str(port), str(workers), log_level, "1" if access_log else "0"]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "orchestrator.served", *args])
     import uvicorn
 
-    from orchestrator.edge import LimitedHttpToolsProtocol
-
-    uvicorn.run(
-        "orchestrator.service:create_served_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        loop="uvloop",
-        http=LimitedHttpToolsProtocol,
-        log_level=log_level,
-        access_log=access_log,
-        backlog=4096,
-    )
+    uvicorn.run(**uvicorn_options(host, port, workers, log_level, access_log))  # type: ignore[arg-type]
 
 
 def serve(
