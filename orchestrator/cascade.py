@@ -450,20 +450,22 @@ class Cascade:
         health: dict[uuid.UUID, str],
         timing: Timing,
     ) -> dict[str, Any] | None:
-        estimate = count_tokens(request.message)
+        words = count_tokens(request.message)
         for config in eligible:
             if time.monotonic() >= deadline:
                 return None
             if not self.breakers.allow(config.id, config.unhealthy_for_s):
                 continue
-            if not self.limiter.try_acquire(config.id, config.rpm, config.tpm, estimate):
-                self.breakers.release(config.id)
-                log.info("skip config=%s reason=rate_limited", config.id)
-                continue
             max_tokens = min(
                 request.max_tokens or config.max_tokens or DEFAULT_MAX_TOKENS,
                 config.max_tokens or DEFAULT_MAX_TOKENS,
             )
+            # What this request may cost the tpm window: its words and all it may generate.
+            estimate = words + max_tokens
+            if not self.limiter.try_acquire(config.id, config.rpm, config.tpm, estimate):
+                self.breakers.release(config.id)
+                log.info("skip config=%s reason=rate_limited", config.id)
+                continue
             temperature = (
                 request.temperature
                 if request.temperature is not None
@@ -481,6 +483,8 @@ class Cascade:
             for row in rows:
                 row.llm_config_id = config.id
             outcome.usage.extend(rows)
+            used = reply.input_tokens + reply.output_tokens if reply is not None else 0
+            self.limiter.settle(config.id, estimate, used)
             if reply is None:
                 if not rows:
                     self.breakers.release(config.id)
@@ -489,7 +493,6 @@ class Cascade:
                     health[config.id] = "unhealthy"
                     log.warning("circuit opened config=%s", config.id)
                 continue
-            self.limiter.record_tokens(config.id, reply.input_tokens + reply.output_tokens)
             if self.breakers.success(config.id) or config.health_status != "healthy":
                 health[config.id] = "healthy"
                 config.health_status = "healthy"

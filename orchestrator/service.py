@@ -42,7 +42,7 @@ from orchestrator.upstream import make_upstream
 from orchestrator.vamn import VamnServer
 from schema.config import Settings
 from schema.db import check_connection, make_engine, transaction
-from schema.errors import AccuteError, AuthenticationError, InvalidInputError
+from schema.errors import AccuteError, AuthenticationError, DatabaseUnavailableError, InvalidInputError
 from schema.migrate import require_current_schema
 
 log = logging.getLogger("accute.orchestrator")
@@ -51,6 +51,54 @@ CHAT_ROLES = ("org_admin", "org_user")
 ADMIN_ROLES = ("org_admin",)
 OVERHEAD_HEADER = "x-accute-overhead-ms"
 _STARTED = "accute.started"
+
+
+class _Unexpected:
+    """Pure ASGI middleware: an unexpected exception becomes a bare 500 and one log line.
+
+    Without it the exception reached uvicorn, which logged the full traceback, SQL parameters
+    included (one held a tenant's answer), whatever ``ACCUTE_DEBUG`` said. The traceback is logged
+    only when ``debug`` is on.
+    """
+
+    def __init__(self, app: Any, debug: bool) -> None:
+        self.app = app
+        self.debug = debug
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            log.error(
+                "unexpected %s on %s %s",
+                type(exc).__name__,
+                scope.get("method"),
+                scope.get("path"),
+                exc_info=self.debug,
+            )
+            if not started:
+                body = b'{"error":"internal"}'
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
 
 
 class _StartClock:
@@ -103,6 +151,24 @@ class ChatResponse(BaseModel):
     latency_ms: int
     estimated_cost: float
     cache_hit: bool
+
+
+class ErrorBody(BaseModel):
+    """Every error: a code, and for all but 401/403 a one-line message saying what to do."""
+
+    error: str
+    message: str | None = None
+
+
+#: Errors any route may answer (documented in the OpenAPI of every route).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Malformed request"},
+    401: {"model": ErrorBody, "description": "Missing, invalid or expired bearer token"},
+    403: {"model": ErrorBody, "description": "The token may not act on this organization"},
+    404: {"model": ErrorBody, "description": "No such resource in this organization"},
+    413: {"model": ErrorBody, "description": "Request body over ACCUTE_MAX_REQUEST_BODY_BYTES"},
+    431: {"model": ErrorBody, "description": "Request headers over ACCUTE_MAX_REQUEST_HEADER_BYTES"},
+}
 
 
 class BillingRow(BaseModel):
@@ -179,9 +245,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         version="0.1.0",
         description="Tenant LLMs → VAMN → billed fallback, with encrypted keys, exact usage and billing.",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     app.state.services = services
     app.add_middleware(_StartClock)
+    app.add_middleware(_Unexpected, debug=settings.debug)
     # Outermost: size limits come before anything reads the request (authentication included).
     app.add_middleware(
         RequestLimits,
@@ -236,8 +304,18 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @app.get("/readyz", tags=["health"], summary="The database is reachable and migrated")
     def readyz() -> dict[str, str]:
-        check_connection(services.engine)
-        require_current_schema(services.engine)
+        # Anyone may call this: say what is wrong, never where the database is (its URL).
+        try:
+            check_connection(services.engine)
+        except DatabaseUnavailableError:
+            log.warning("readyz: the database is unreachable")
+            raise DatabaseUnavailableError("the database is unreachable") from None
+        try:
+            require_current_schema(services.engine)
+        except DatabaseUnavailableError:
+            raise DatabaseUnavailableError(
+                "the database schema is not current; run accute-fl db upgrade"
+            ) from None
         return {"status": "ready"}
 
     @app.post("/v1/orgs/{org}/llm-configs", status_code=201, tags=["llm-configs"])
@@ -261,10 +339,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     @app.patch("/v1/orgs/{org}/llm-configs/{config_id}", tags=["llm-configs"])
     def update_config(org: AdminOrg, config_id: str, body: configs.ConfigUpdate) -> dict[str, Any]:
         with transaction(services.engine) as session:
-            result = configs.as_dict(
-                configs.update(session, services.keyring, org, config_id, body, services.egress)
-            )
+            row = configs.update(session, services.keyring, org, config_id, body, services.egress)
+            result = configs.as_dict(row)
         _invalidate(org)
+        if services.cascade is not None:  # the admin changed it: its open circuit no longer applies
+            services.cascade.breakers.reset(row.id)
         return result
 
     @app.delete("/v1/orgs/{org}/llm-configs/{config_id}", status_code=204, tags=["llm-configs"])
