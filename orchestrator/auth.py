@@ -32,7 +32,7 @@ from schema import audit
 from schema.config import Settings
 from schema.db import transaction
 from schema.errors import AuthenticationError, InvalidInputError, PermissionDeniedError
-from schema.models import ServiceSigningKey
+from schema.models import ServiceSigningKey, User
 from schema.timeutil import utcnow
 from schema.validation import one_of, parse_uuid
 
@@ -59,6 +59,8 @@ class Principal:
     subject: str
     organization_id: uuid.UUID | None
     roles: frozenset[str]
+    user_id: uuid.UUID | None = None
+    """The ``users`` row the subject names (a UUID ``sub`` of a user of the token's organization)."""
 
     def require_org(self, organization_id: uuid.UUID, roles: tuple[str, ...]) -> None:
         """The caller may act on ``organization_id`` with one of ``roles`` (platform admins may always)."""
@@ -252,4 +254,21 @@ class TokenService:
             raise AuthenticationError("unauthenticated") from None
         if not roles or (org is None and "platform_admin" not in roles):
             raise AuthenticationError("unauthenticated")
-        return Principal(subject=str(claims["sub"]), organization_id=org, roles=roles), expires_at
+        subject = str(claims["sub"])
+        return Principal(subject, org, roles, self._user_of(subject, org)), expires_at
+
+    def _user_of(self, subject: str, organization_id: uuid.UUID | None) -> uuid.UUID | None:
+        """The user a token speaks for: its ``sub`` when that is the id of a user of its organization.
+
+        Checked once per token (verified tokens are cached), so usage rows can name the user
+        (``llm_usage_log.user_id``) without ever pointing at a user of another organization.
+        """
+        if organization_id is None or len(subject) != 36:
+            return None
+        try:
+            user_id = uuid.UUID(subject)
+        except ValueError:
+            return None
+        with transaction(self.engine) as session:
+            user = session.get(User, user_id)
+        return user_id if user is not None and user.organization_id == organization_id else None

@@ -408,6 +408,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             workspace_id=body.workspace_id,
             client_request_id=client_id is not None,
             caller=caller_key(who.subject),
+            user_id=who.user_id,
         )
         timing = Timing()
         answer = await services.cascade.chat(request, timing)

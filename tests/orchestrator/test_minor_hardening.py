@@ -173,3 +173,35 @@ def test_openapi_documents_errors_and_404_does_not_list_agents(service: Service)
 
     assert {"401", "403", "404"} <= set(chat) and {"401", "403"} <= set(configs)
     assert missing.status_code == 404 and "luca" not in missing.text
+
+
+def test_usage_rows_name_the_user_a_token_speaks_for(service: Service) -> None:
+    # Prepare: a user of the organization, and a token whose subject is that user's id.
+    from schema import directory
+    from schema.db import transaction
+    from schema.models import LlmUsageLog
+
+    org, other = service.org(), service.org()
+    with transaction(service.engine) as session:
+        user = directory.create_user(session, org, f"{uuid.uuid4().hex[:6]}@firm.test").id
+        stranger = directory.create_user(session, other, f"{uuid.uuid4().hex[:6]}@other.test").id
+    url = f"/v1/orgs/{org}/agents/luca/chat"
+
+    def chat(subject: str) -> int:
+        token = service.services.tokens.issue(role="org_user", organization_id=org, subject=subject)
+        return service.client.post(
+            url, json={"message": f"hi {subject}"}, headers={"Authorization": f"Bearer {token}"}
+        ).status_code
+
+    # Execute: the user; a user of another organization; a subject that is no user.
+    statuses = [chat(str(user)), chat(str(stranger)), chat("service-account")]
+
+    # Assert
+    assert statuses == [200, 200, 200]
+    with transaction(service.engine) as session:
+        ids = session.scalars(
+            sa.select(LlmUsageLog.user_id)
+            .where(LlmUsageLog.organization_id == org)
+            .order_by(LlmUsageLog.created_at)
+        ).all()
+    assert sorted(ids, key=str) == sorted([user, None, None], key=str)
