@@ -261,6 +261,18 @@ class Cascade:
         pending.add_done_callback(done)
         return pending
 
+    async def agent_slugs(self) -> list[str]:
+        """The agents requests may name (``agent_vamn_routing``)."""
+        if self._routing is None:
+
+            def read() -> dict[str, str]:
+                with transaction(self.engine) as session:
+                    rows = session.execute(select(AgentVamnRouting.agent_slug, AgentVamnRouting.primary_head))
+                    return {slug: head for slug, head in rows}
+
+            self._routing = await anyio.to_thread.run_sync(read)
+        return sorted(self._routing)
+
     def _check_session(self, request: ChatRequest) -> None:
         with transaction(self.engine) as session:
             row = session.get(AgentSession, request.session_id)

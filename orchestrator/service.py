@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Engine
 
 from aggregation.weights_store import WeightsStore
-from orchestrator import accounting, configs
+from orchestrator import accounting, configs, openai_compat
 from orchestrator.auth import Principal, TokenService
 from orchestrator.cache import make_cache
 from orchestrator.cascade import Cascade, ChatRequest, Timing, caller_key
@@ -439,6 +439,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 return accounting.billing_rows(session, org)
 
         return await anyio.to_thread.run_sync(read)
+
+    openai_compat.install(app, services, authenticate)
 
     def _invalidate(org: uuid.UUID) -> None:
         if services.cascade is not None:
