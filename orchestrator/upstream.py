@@ -653,7 +653,7 @@ class HttpxUpstream:
             )
             if policy is not None:
                 pool = transport._pool
-                pool._network_backend = _GuardedBackend(pool._network_backend, policy)
+                pool._network_backend = _GuardedBackend(pool._network_backend, policy)  # type: ignore[assignment]
             return httpx.AsyncClient(
                 transport=transport,
                 trust_env=trust_env,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 
@@ -20,9 +21,7 @@ keys_app = typer.Typer(
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON.")
 
 
-def uvicorn_options(
-    host: str, port: int, workers: int, log_level: str, access_log: bool
-) -> dict[str, object]:
+def uvicorn_options(host: str, port: int, workers: int, log_level: str, access_log: bool) -> dict[str, Any]:
     """uvicorn's arguments for the service (uvloop, httptools with a cap on request heads)."""
     from orchestrator.edge import LimitedHttpToolsProtocol
 
@@ -63,7 +62,7 @@ def run_server(
         os.execv(sys.executable, [sys.executable, "-m", "orchestrator.served", *args])
     import uvicorn
 
-    uvicorn.run(**uvicorn_options(host, port, workers, log_level, access_log))  # type: ignore[arg-type]
+    uvicorn.run(**uvicorn_options(host, port, workers, log_level, access_log))
 
 
 def serve(
