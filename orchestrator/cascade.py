@@ -357,7 +357,8 @@ class Cascade:
             usage=[],
             vamn=[],
             caller=request.caller,
-            request_hash=request.request_hash,
+            # Only a client's id can be reused; a generated one needs no hash.
+            request_hash=request.request_hash if request.client_request_id else None,
         )
         deadline = time.monotonic() + self.settings.cascade_deadline_s
         health: dict[uuid.UUID, str] = {}
@@ -443,7 +444,8 @@ class Cascade:
             ],
             vamn=[],
             caller=request.caller,
-            request_hash=request.request_hash,
+            # Only a client's id can be reused; a generated one needs no hash.
+            request_hash=request.request_hash if request.client_request_id else None,
         )
         try:
             await self.writer.write(outcome)
@@ -629,12 +631,15 @@ class Cascade:
         time skips this provider without sending anything.
         """
         slot = self._org_slot(organization_id)
-        try:
-            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
-                await slot.acquire()
-        except TimeoutError:
-            log.info("skip provider=%s reason=organization_busy", target.provider)
-            return None, []
+        if slot.locked():  # only a full bulkhead needs a timer
+            try:
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                    await slot.acquire()
+            except TimeoutError:
+                log.info("skip provider=%s reason=organization_busy", target.provider)
+                return None, []
+        else:
+            await slot.acquire()
         try:
             return await self._attempts(target, message, max_tokens, temperature, deadline, timing, guarded)
         finally:

@@ -253,6 +253,10 @@ class _Decoder:
 
 async def _decode(body: bytes, encoding: str, limit: int) -> bytes:
     """``body`` decoded, at most ``limit`` bytes, giving the loop back between 1 MiB steps."""
+    if not encoding or encoding.strip().lower() == "identity":
+        if len(body) > limit:
+            raise UpstreamTooLarge("the response is larger than the limit")
+        return body  # the common case: no copy
     decoder = _Decoder(encoding, limit)
     for _ in decoder.steps(body):
         await asyncio.sleep(0)
