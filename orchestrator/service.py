@@ -248,14 +248,16 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         responses=ERROR_RESPONSES,
     )
     app.state.services = services
+    # The last added runs first. Size limits come before anything reads the request
+    # (authentication included); the one-line 500 handler wraps them all (it must not see the
+    # limit's own signal for an oversize body, which RequestLimits turns into 413 below it).
     app.add_middleware(_StartClock)
-    app.add_middleware(_Unexpected, debug=settings.debug)
-    # Outermost: size limits come before anything reads the request (authentication included).
     app.add_middleware(
         RequestLimits,
         max_body_bytes=settings.max_request_body_bytes,
         max_header_bytes=settings.max_request_header_bytes,
     )
+    app.add_middleware(_Unexpected, debug=settings.debug)
 
     @app.exception_handler(AccuteError)
     async def accute_error(request: Request, exc: AccuteError) -> JSONResponse:
