@@ -8,7 +8,7 @@ Without them one unauthenticated 100 MB POST grew the process by 300 MB, and a 6
   ``max_request_body_bytes`` gets 413 at once, nothing read; a body without a length (chunked) is
   counted as it arrives and cut with 413 when it passes the limit, so at most the limit is ever
   held. Nothing of the body is buffered here.
-- ``LimitedHttpToolsProtocol`` (the HTTP protocol ``accute-fl serve`` runs): the server itself
+- ``orchestrator.http_protocol.LimitedHttpToolsProtocol`` (what ``accute-fl serve`` runs): the server itself
   stops reading a request head past ``MAX_HEAD_BYTES`` and answers 431, so the headers never
   reach memory as a whole (uvicorn's httptools parser has no limit of its own).
 """
@@ -17,11 +17,6 @@ from __future__ import annotations
 
 import json
 from typing import Any
-
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-#: The server's hard cap on a request head (request line + headers), above any configured limit.
-MAX_HEAD_BYTES = 64 * 1024
 
 
 class _BodyTooLarge(Exception):
@@ -96,36 +91,3 @@ class RequestLimits:
         start, body = _error(status, code, message)
         await send(start)
         await send(body)
-
-
-_HEAD_BODY = b'{"error": "headers_too_large", "message": "request head too large"}'
-_HEAD_TOO_LARGE = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-    b"connection: close\r\ncontent-length: " + str(len(_HEAD_BODY)).encode() + b"\r\n\r\n" + _HEAD_BODY
-)
-
-
-class LimitedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol that refuses a request head over ``MAX_HEAD_BYTES`` (431)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._head_bytes = 0
-        self._in_head = True
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._in_head = True
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._head_bytes = 0
-        super().on_headers_complete()
-
-    def data_received(self, data: bytes) -> None:
-        if self._in_head:
-            self._head_bytes += len(data)
-        super().data_received(data)
-        if self._in_head and self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
-            self.transport.write(_HEAD_TOO_LARGE)
-            self.transport.close()

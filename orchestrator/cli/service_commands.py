@@ -23,7 +23,7 @@ JSON_OPTION = typer.Option(False, "--json", help="Print JSON.")
 
 def uvicorn_options(host: str, port: int, workers: int, log_level: str, access_log: bool) -> dict[str, Any]:
     """uvicorn's arguments for the service (uvloop, httptools with a cap on request heads)."""
-    from orchestrator.edge import LimitedHttpToolsProtocol
+    from orchestrator.http_protocol import LimitedHttpToolsProtocol
 
     return {
         "app": "orchestrator.service:create_served_app",

@@ -193,7 +193,7 @@ def running_app(app: Any) -> Iterator[str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    from orchestrator.edge import LimitedHttpToolsProtocol
+    from orchestrator.http_protocol import LimitedHttpToolsProtocol
 
     config = uvicorn.Config(
         app, log_level="warning", lifespan="on", backlog=2048, http=LimitedHttpToolsProtocol
