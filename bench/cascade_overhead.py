@@ -347,6 +347,8 @@ def main() -> None:
         "ACCUTE_WEIGHTS_DIR": str(state / "weights"),
         "ACCUTE_CACHE_ENABLED": "false",
         "ACCUTE_CONFIG_CACHE_TTL_S": "5",
+        # The provider listens on loopback, which the egress policy refuses unless allowed.
+        "ACCUTE_EGRESS_ALLOW": "127.0.0.1",
     }
     provider_port, service_port = _free_port(), _free_port()
     context = multiprocessing.get_context("spawn")

@@ -13,9 +13,14 @@ and processes never lose an update.
 Charges by ``organizations.billing_model``: ``pay_as_you_go`` pays the list price;
 ``unlimited_tier`` pays nothing per request (tokens still counted); ``token_bundle`` and ``hybrid``
 draw the month's ``bundle_tokens_remaining`` (starting at ``ACCUTE_TOKEN_BUNDLE_TOKENS``) and pay
-the list price for the share of a request beyond it. Per-request charges are stored with the
-4 decimals of ``fallback_billing.total_cost_usd``; ``llm_usage_log.estimated_cost_usd`` keeps the
-list price with 6 decimals.
+the list price for the share of a request beyond it.
+
+Money is exact ``Decimal`` end to end and rounded once, per invoice line: a request's charge is its
+unrounded list price (tokens x price per 1M / 1M); the month's charges add up exactly in
+``fallback_billing.total_cost_exact_usd`` (12 decimals); the invoice line
+``total_cost_usd`` is always that exact sum rounded half up to 4 decimals (``invoice_line``), so
+100 requests of $0.0000135 bill $0.0014, not 100 x $0.0000. ``llm_usage_log.estimated_cost_usd``
+is a per-attempt log with the column's 6 decimals (display only; never summed into a bill).
 """
 
 from __future__ import annotations
@@ -52,11 +57,16 @@ def price(settings: Settings, model_id: str, input_tokens: int, output_tokens: i
     """List price in USD of a call, from the price table (per 1M input/output tokens)."""
     table = settings.price_table
     entry = table.get(model_id) or table.get("default") or {"input": 0.0, "output": 0.0}
-    cost = (
+    # Exact: the prices' decimal text, integer tokens, and a division by 10^6 (which terminates).
+    return (
         Decimal(input_tokens) * Decimal(str(entry.get("input", 0.0)))
         + Decimal(output_tokens) * Decimal(str(entry.get("output", 0.0)))
     ) / MILLION
-    return cost.quantize(USAGE_PLACES, rounding=ROUND_HALF_UP)
+
+
+def invoice_line(exact: Decimal) -> Decimal:
+    """The rounding rule, applied once per invoice line: half up to 4 decimals (1/100 of a cent)."""
+    return exact.quantize(BILLING_PLACES, rounding=ROUND_HALF_UP)
 
 
 def billing_period(today: date) -> tuple[date, date]:
@@ -106,6 +116,9 @@ class Outcome:
     vamn: list[VamnRow]
     billed_tokens: int = 0
     billed_cost: Decimal | None = None
+    caller: str = ""
+    """SHA-256 of the caller's token subject: request ids are idempotent per caller."""
+    request_hash: str | None = None
 
 
 class DuplicateRequest(Exception):
@@ -135,20 +148,22 @@ def record_batch(connection: Connection, settings: Settings, outcomes: Sequence[
     """
     if not outcomes:
         return []
-    claims: dict[tuple[uuid.UUID, str], tuple[int, uuid.UUID]] = {}
+    claims: dict[tuple[uuid.UUID, str, str], tuple[int, uuid.UUID]] = {}
     for index, outcome in enumerate(outcomes):
-        claims.setdefault((outcome.organization_id, outcome.request_id), (index, new_id()))
+        claims.setdefault((outcome.organization_id, outcome.caller, outcome.request_id), (index, new_id()))
     rows = [
         {
             "id": claim_id,
             "organization_id": org,
+            "caller": caller,
             "request_id": request_id,
+            "request_hash": outcomes[index].request_hash,
             "agent_slug": outcomes[index].agent_slug,
             "status": outcomes[index].status,
             "response_json": outcomes[index].response,
         }
-        for (org, request_id), (index, claim_id) in sorted(
-            claims.items(), key=lambda c: (str(c[0][0]), c[0][1])
+        for (org, caller, request_id), (index, claim_id) in sorted(
+            claims.items(), key=lambda c: (str(c[0][0]), c[0][1], c[0][2])
         )
     ]
     # One cached statement run for many rows (SQLAlchemy's "insertmanyvalues" sends them as
@@ -182,7 +197,7 @@ def _claim_statement(connection: Connection) -> Any:
     if statement is None:
         statement = (
             _insert(connection)(LlmRequest)
-            .on_conflict_do_nothing(index_elements=["organization_id", "request_id"])
+            .on_conflict_do_nothing(index_elements=["organization_id", "caller", "request_id"])
             .returning(LlmRequest.id)
         )
         _CLAIMS[connection.dialect.name] = statement
@@ -261,7 +276,7 @@ def _charge_all(
     """Add fallback requests to their organizations' rows for this month, organization by organization.
 
     ``pay_as_you_go`` and ``unlimited_tier`` charges do not depend on each other: one upsert per
-    organization adds their sums (each request's charge rounded to 4 decimals first, as one by one).
+    organization adds their exact sum.
     Bundle charges depend on what the earlier requests left of the bundle: one upsert per request,
     in order, in this transaction.
     """
@@ -281,9 +296,7 @@ def _charge_all(
             continue
         total = Decimal(0)
         if billing_model != "unlimited_tier":
-            total = sum(
-                (cost.quantize(BILLING_PLACES, rounding=ROUND_HALF_UP) for _, cost in mine), Decimal(0)
-            )
+            total = sum((cost for _, cost in mine), Decimal(0))
         tokens = sum(t for t, _ in mine)
         _upsert_billing(connection, settings, org, billing_model, tokens, len(mine), total, total, False)
 
@@ -302,11 +315,11 @@ def _charge_bundle(
         remaining = func.coalesce(table.c.bundle_tokens_remaining, 0)
         later_charge: Any = case(
             (remaining >= tokens, Decimal(0)),
-            (remaining <= 0, cost.quantize(BILLING_PLACES, rounding=ROUND_HALF_UP)),
-            else_=func.round(cost * (tokens - remaining) / tokens, 4),
+            (remaining <= 0, cost),
+            else_=cost * (tokens - remaining) / tokens,
         )
     else:
-        first_charge = cost.quantize(BILLING_PLACES, rounding=ROUND_HALF_UP)
+        first_charge = cost
         later_charge = first_charge
     _upsert_billing(
         connection, settings, organization_id, billing_model, tokens, 1, first_charge, later_charge, True
@@ -334,14 +347,17 @@ def _upsert_billing(
         "billing_period_end": end,
         "total_fallback_tokens": tokens,
         "total_fallback_requests": requests,
-        "total_cost_usd": first_charge,
+        "total_cost_usd": invoice_line(first_charge),
+        "total_cost_exact_usd": first_charge,
         "billing_model": billing_model,
         "bundle_tokens_remaining": max(settings.token_bundle_tokens - tokens, 0) if bundle else None,
     }
     updates: dict[str, Any] = {
         "total_fallback_tokens": table.c.total_fallback_tokens + tokens,
         "total_fallback_requests": table.c.total_fallback_requests + requests,
-        "total_cost_usd": table.c.total_cost_usd + later_charge,
+        # Rounded once, from the exact sum: never a sum of rounded charges.
+        "total_cost_exact_usd": table.c.total_cost_exact_usd + later_charge,
+        "total_cost_usd": func.round(table.c.total_cost_exact_usd + later_charge, 4),
         "updated_at": func.now(),
     }
     if bundle:
@@ -361,16 +377,18 @@ def _overage(cost: Decimal, tokens: int, remaining: Decimal) -> Decimal:
     if remaining >= tokens:
         return Decimal(0)
     if remaining <= 0:
-        return cost.quantize(BILLING_PLACES, rounding=ROUND_HALF_UP)
-    return (cost * (Decimal(tokens) - remaining) / Decimal(tokens)).quantize(
-        BILLING_PLACES, rounding=ROUND_HALF_UP
-    )
+        return cost
+    return cost * (Decimal(tokens) - remaining) / Decimal(tokens)
 
 
-def stored_response(session: Session, organization_id: uuid.UUID, request_id: str) -> LlmRequest | None:
+def stored_response(
+    session: Session, organization_id: uuid.UUID, request_id: str, caller: str = ""
+) -> LlmRequest | None:
     return session.scalars(
         select(LlmRequest).where(
-            LlmRequest.organization_id == organization_id, LlmRequest.request_id == request_id
+            LlmRequest.organization_id == organization_id,
+            LlmRequest.caller == caller,
+            LlmRequest.request_id == request_id,
         )
     ).first()
 
@@ -418,7 +436,8 @@ def billing_rows(session: Session, organization_id: uuid.UUID) -> list[dict[str,
             "billing_period_end": r.billing_period_end.isoformat(),
             "total_fallback_requests": r.total_fallback_requests,
             "total_fallback_tokens": r.total_fallback_tokens,
-            "total_cost_usd": str(Decimal(r.total_cost_usd).quantize(BILLING_PLACES)),
+            "total_cost_usd": str(invoice_line(Decimal(str(r.total_cost_exact_usd)))),
+            "total_cost_exact_usd": format(Decimal(str(r.total_cost_exact_usd)).normalize(), "f"),
             "billing_model": r.billing_model,
             "bundle_tokens_remaining": r.bundle_tokens_remaining,
             "invoice_status": r.invoice_status,

@@ -150,11 +150,38 @@ def _openai(target: Target, message: str, max_tokens: int, temperature: float) -
     return HttpCall(f"{target.base_url()}/chat/completions", headers, body)
 
 
+#: More tokens than any model produces or reads in one call: a reply claiming more is not believed.
+MAX_TOKENS_PER_CALL = 10_000_000
+
+
 def _int(value: Any) -> int:
-    return int(value) if isinstance(value, int | float) and value >= 0 else 0
+    """A token count from a reply: missing is 0; negative, fractional, huge or non-numbers are refused."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedReplyError("a token count is not a number")
+    if isinstance(value, float) and not value.is_integer():
+        raise MalformedReplyError("a token count is not a whole number")
+    if not 0 <= value <= MAX_TOKENS_PER_CALL:
+        raise MalformedReplyError("a token count is out of range")
+    return int(value)
+
+
+def _text(value: Any) -> str:
+    """Answer text: a string without U+0000 (which PostgreSQL cannot store in text or JSONB)."""
+    if not isinstance(value, str):
+        raise MalformedReplyError("the answer is not text")
+    if "\x00" in value:
+        raise MalformedReplyError("the answer contains U+0000")
+    return value
 
 
 def parse(provider: str, body: Any) -> Reply:
+    reply = _parse(provider, body)
+    return Reply(_text(reply.content), reply.input_tokens, reply.output_tokens)
+
+
+def _parse(provider: str, body: Any) -> Reply:
     try:
         if provider in OPENAI_FAMILY:
             usage = body.get("usage") or {}

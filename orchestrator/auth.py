@@ -16,7 +16,7 @@ import re
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -32,12 +32,14 @@ from schema import audit
 from schema.config import Settings
 from schema.db import transaction
 from schema.errors import AuthenticationError, InvalidInputError, PermissionDeniedError
-from schema.models import ServiceSigningKey
+from schema.models import ServiceSigningKey, User
 from schema.timeutil import utcnow
 from schema.validation import one_of, parse_uuid
 
 ROLES: tuple[str, ...] = ("platform_admin", "org_admin", "org_user", "node")
 VERIFIED_CACHE_SIZE = 10_000
+#: Database lookups of kids never seen before, per second (forged tokens cost no more than this).
+KID_MISSES_PER_S = 20
 _TTL = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -57,6 +59,8 @@ class Principal:
     subject: str
     organization_id: uuid.UUID | None
     roles: frozenset[str]
+    user_id: uuid.UUID | None = None
+    """The ``users`` row the subject names (a UUID ``sub`` of a user of the token's organization)."""
 
     def require_org(self, organization_id: uuid.UUID, roles: tuple[str, ...]) -> None:
         """The caller may act on ``organization_id`` with one of ``roles`` (platform admins may always)."""
@@ -77,6 +81,8 @@ class TokenService:
         self._verified: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
         self._verified_lock = threading.Lock()
         self.verified_cache_size = VERIFIED_CACHE_SIZE
+        self._unknown: OrderedDict[str, None] = OrderedDict()
+        self._misses: deque[float] = deque()
 
     # -- signing keys ------------------------------------------------------------------------------
     def _create_key(self, session: Session) -> ServiceSigningKey:
@@ -134,14 +140,35 @@ class TokenService:
         return row.kid
 
     def _public_key(self, kid: str) -> Any:
+        """The public key of ``kid``; unknown kids are looked up at most ``KID_MISSES_PER_S`` a second.
+
+        A kid is 32 lowercase hex digits (what ``_create_key`` makes); anything else (NUL, a
+        megabyte of text) is refused without a query. Kids not in the database are remembered
+        (bounded) and lookups of new unknown kids are rate limited, so forged tokens with random
+        kids cannot turn into one database query each.
+        """
         key = self._public.get(kid)
-        if key is None:
-            with transaction(self.engine) as session:
-                row = session.get(ServiceSigningKey, kid)
-                if row is None:
-                    raise AuthenticationError("unauthenticated")
-                key = serialization.load_pem_public_key(row.public_pem.encode())
-            self._public[kid] = key
+        if key is not None:
+            return key
+        if len(kid) != 32 or not all(c in "0123456789abcdef" for c in kid) or kid in self._unknown:
+            raise AuthenticationError("unauthenticated")
+        now = time.monotonic()
+        with self._lock:
+            while self._misses and now - self._misses[0] >= 1.0:
+                self._misses.popleft()
+            if len(self._misses) >= KID_MISSES_PER_S:
+                raise AuthenticationError("unauthenticated")
+        with transaction(self.engine) as session:
+            row = session.get(ServiceSigningKey, kid)
+            if row is None:
+                with self._lock:
+                    self._misses.append(now)
+                    self._unknown[kid] = None
+                    while len(self._unknown) > 4096:
+                        self._unknown.popitem(last=False)
+                raise AuthenticationError("unauthenticated")
+            key = serialization.load_pem_public_key(row.public_pem.encode())
+        self._public[kid] = key
         return key
 
     # -- tokens ------------------------------------------------------------------------------------
@@ -227,4 +254,21 @@ class TokenService:
             raise AuthenticationError("unauthenticated") from None
         if not roles or (org is None and "platform_admin" not in roles):
             raise AuthenticationError("unauthenticated")
-        return Principal(subject=str(claims["sub"]), organization_id=org, roles=roles), expires_at
+        subject = str(claims["sub"])
+        return Principal(subject, org, roles, self._user_of(subject, org)), expires_at
+
+    def _user_of(self, subject: str, organization_id: uuid.UUID | None) -> uuid.UUID | None:
+        """The user a token speaks for: its ``sub`` when that is the id of a user of its organization.
+
+        Checked once per token (verified tokens are cached), so usage rows can name the user
+        (``llm_usage_log.user_id``) without ever pointing at a user of another organization.
+        """
+        if organization_id is None or len(subject) != 36:
+            return None
+        try:
+            user_id = uuid.UUID(subject)
+        except ValueError:
+            return None
+        with transaction(self.engine) as session:
+            user = session.get(User, user_id)
+        return user_id if user is not None and user.organization_id == organization_id else None

@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
+import json
 import logging
+import math
 import random
 import time
 import uuid
@@ -40,7 +43,13 @@ from orchestrator.accounting import Outcome, UsageRow, VamnRow
 from orchestrator.cache import ResponseCache, cache_key
 from orchestrator.keys import KeyRing
 from orchestrator.limits import CircuitBreakers, RateLimiter
-from orchestrator.upstream import Upstream, UpstreamError, UpstreamTimeout
+from orchestrator.upstream import (
+    EgressDenied,
+    Upstream,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamTooLarge,
+)
 from orchestrator.vamn import VamnServer, count_tokens
 from orchestrator.writer import AccountingWriter
 from schema.config import Settings
@@ -74,6 +83,25 @@ class ChatRequest:
     workspace_id: uuid.UUID | None = None
     user_id: uuid.UUID | None = None
     client_request_id: bool = False
+    caller: str = ""
+    """SHA-256 (hex) of the caller's token subject (``caller_key``): request ids are per caller."""
+
+    @property
+    def request_hash(self) -> str:
+        """SHA-256 of what is asked: a reused request id must ask exactly this again."""
+        fields = [
+            self.agent_slug,
+            self.message,
+            str(self.session_id or ""),
+            str(self.workspace_id or ""),
+            str(self.max_tokens or ""),
+            repr(self.temperature),
+        ]
+        return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
+
+
+def caller_key(subject: str) -> str:
+    return hashlib.sha256(subject.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass
@@ -97,13 +125,54 @@ class _Failed(Exception):
 
 
 def _retry_after(value: str | None) -> float | None:
-    if not value:
+    """Seconds a ``Retry-After`` asks for; None when it is missing or not a finite, sane value.
+
+    A provider may send anything here (``soon``, ``nan``, ``inf``, ``-1``, a date from the year
+    9999): what is not a finite number of seconds or a valid HTTP date is ignored (the usual
+    backoff applies), never an error of ours.
+    """
+    if not value or len(value) > 64:
         return None
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return None if parsed is None else max(parsed.timestamp() - time.time(), 0.0)
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if parsed is None:
+            return None
+        try:
+            seconds = parsed.timestamp() - time.time()
+        except (OverflowError, ValueError, OSError):
+            return None
+    if not math.isfinite(seconds):
+        return None
+    return max(seconds, 0.0)
+
+
+#: Bodies up to this size are parsed on the event loop; larger ones in a thread (a 4 MiB JSON
+#: document takes tens of milliseconds to parse, which would stall every other request).
+INLINE_PARSE_BYTES = 64 * 1024
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads(body: bytes) -> Any:
+    """Strict JSON: no NaN/Infinity; nesting too deep for the parser is an error, not a crash."""
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply") from None
+
+
+async def _parse_json(body: bytes, timeout: float) -> Any:
+    if len(body) <= INLINE_PARSE_BYTES:
+        return _loads(body)
+    async with asyncio.timeout(max(timeout, 0.001)):
+        return await asyncio.to_thread(_loads, body)
 
 
 class Cascade:
@@ -130,6 +199,8 @@ class Cascade:
         self._loading: dict[uuid.UUID, asyncio.Future[_OrgState]] = {}
         self._generation: dict[uuid.UUID, int] = {}
         self._routing: dict[str, str] | None = None
+        self._inflight: dict[tuple[uuid.UUID, str, str], asyncio.Future[None]] = {}
+        self._org_slots: dict[uuid.UUID | None, asyncio.Semaphore] = {}
 
     # -- cached reads ------------------------------------------------------------------------------
     def invalidate(self, organization_id: uuid.UUID) -> None:
@@ -190,6 +261,18 @@ class Cascade:
         pending.add_done_callback(done)
         return pending
 
+    async def agent_slugs(self) -> list[str]:
+        """The agents requests may name (``agent_vamn_routing``)."""
+        if self._routing is None:
+
+            def read() -> dict[str, str]:
+                with transaction(self.engine) as session:
+                    rows = session.execute(select(AgentVamnRouting.agent_slug, AgentVamnRouting.primary_head))
+                    return {slug: head for slug, head in rows}
+
+            self._routing = await anyio.to_thread.run_sync(read)
+        return sorted(self._routing)
+
     def _check_session(self, request: ChatRequest) -> None:
         with transaction(self.engine) as session:
             row = session.get(AgentSession, request.session_id)
@@ -206,14 +289,38 @@ class Cascade:
             )
 
     async def chat(self, request: ChatRequest, timing: Timing | None = None) -> dict[str, Any]:
+        """Answer ``request``; copies of one (organization, caller, request id) run once.
+
+        Single flight: while a request id is being answered, copies of it that arrive (a client
+        retrying, a double submit) wait for the first and answer from what it stored, so the
+        provider is called once. Across worker processes the database decides: each process may
+        call once, one is accounted and billed, the others answer the stored answer.
+        """
         timing = timing or Timing()
         self.validate(request)
+        if not request.client_request_id:
+            return await self._chat(request, timing)
+        key = (request.organization_id, request.caller, request.request_id)
+        while (leader := self._inflight.get(key)) is not None:
+            await asyncio.shield(leader)
+            stored = await anyio.to_thread.run_sync(self._stored, request)
+            if stored is not None:
+                return stored
+            # The first copy ended before anything was stored (e.g. refused): try it ourselves.
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            return await self._chat(request, timing)
+        finally:
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
+            future.set_result(None)
+
+    async def _chat(self, request: ChatRequest, timing: Timing) -> dict[str, Any]:
         state = await self._org(request.organization_id)
         head = (self._routing or {}).get(request.agent_slug)
         if head is None:
-            raise NotFoundError(
-                f"agent '{request.agent_slug}' does not exist; use one of: {', '.join(sorted(self._routing or {}))}"
-            )
+            raise NotFoundError(f"agent '{request.agent_slug}' does not exist")
         if request.session_id is not None:
             await anyio.to_thread.run_sync(self._check_session, request)
         if request.client_request_id:
@@ -249,10 +356,15 @@ class Cascade:
             response=None,
             usage=[],
             vamn=[],
+            caller=request.caller,
+            # Only a client's id can be reused; a generated one needs no hash.
+            request_hash=request.request_hash if request.client_request_id else None,
         )
         deadline = time.monotonic() + self.settings.cascade_deadline_s
         health: dict[uuid.UUID, str] = {}
-        response = await self._tenant_tier(request, eligible, outcome, deadline, health, timing)
+        # The tenant tier stops early enough to leave the fallback its reserve.
+        tenant_deadline = deadline - self.fallback_reserve_s()
+        response = await self._tenant_tier(request, eligible, outcome, tenant_deadline, health, timing)
         if response is None:
             response = await self._vamn_tier(request, head, outcome, timing)
         if response is None:
@@ -284,11 +396,17 @@ class Cascade:
 
     def _stored(self, request: ChatRequest) -> dict[str, Any] | None:
         with transaction(self.engine) as session:
-            row = accounting.stored_response(session, request.organization_id, request.request_id)
+            row = accounting.stored_response(
+                session, request.organization_id, request.request_id, request.caller
+            )
             if row is None:
                 return None
-            if row.agent_slug != request.agent_slug:
-                raise ConflictError(f"request id {request.request_id} was used for another agent")
+            if row.agent_slug != request.agent_slug or (
+                row.request_hash is not None and row.request_hash != request.request_hash
+            ):
+                raise ConflictError(
+                    f"request id {request.request_id} was used for a different request; send a new request id"
+                )
             if row.response_json is None:
                 raise UpstreamUnavailableError(
                     f"request {request.request_id} failed earlier; retry with a new request id"
@@ -325,6 +443,9 @@ class Cascade:
                 )
             ],
             vamn=[],
+            caller=request.caller,
+            # Only a client's id can be reused; a generated one needs no hash.
+            request_hash=request.request_hash if request.client_request_id else None,
         )
         try:
             await self.writer.write(outcome)
@@ -343,31 +464,41 @@ class Cascade:
         health: dict[uuid.UUID, str],
         timing: Timing,
     ) -> dict[str, Any] | None:
-        estimate = count_tokens(request.message)
+        words = count_tokens(request.message)
         for config in eligible:
             if time.monotonic() >= deadline:
                 return None
             if not self.breakers.allow(config.id, config.unhealthy_for_s):
                 continue
-            if not self.limiter.try_acquire(config.id, config.rpm, config.tpm, estimate):
-                self.breakers.release(config.id)
-                log.info("skip config=%s reason=rate_limited", config.id)
-                continue
             max_tokens = min(
                 request.max_tokens or config.max_tokens or DEFAULT_MAX_TOKENS,
                 config.max_tokens or DEFAULT_MAX_TOKENS,
             )
+            # What this request may cost the tpm window: its words and all it may generate.
+            estimate = words + max_tokens
+            if not self.limiter.try_acquire(config.id, config.rpm, config.tpm, estimate):
+                self.breakers.release(config.id)
+                log.info("skip config=%s reason=rate_limited", config.id)
+                continue
             temperature = (
                 request.temperature
                 if request.temperature is not None
                 else (config.temperature if config.temperature is not None else DEFAULT_TEMPERATURE)
             )
             reply, rows = await self._call(
-                config.target, request.message, max_tokens, temperature, deadline, timing
+                config.target,
+                request.message,
+                max_tokens,
+                temperature,
+                deadline,
+                timing,
+                organization_id=request.organization_id,
             )
             for row in rows:
                 row.llm_config_id = config.id
             outcome.usage.extend(rows)
+            used = reply.input_tokens + reply.output_tokens if reply is not None else 0
+            self.limiter.settle(config.id, estimate, used)
             if reply is None:
                 if not rows:
                     self.breakers.release(config.id)
@@ -376,7 +507,6 @@ class Cascade:
                     health[config.id] = "unhealthy"
                     log.warning("circuit opened config=%s", config.id)
                 continue
-            self.limiter.record_tokens(config.id, reply.input_tokens + reply.output_tokens)
             if self.breakers.success(config.id) or config.health_status != "healthy":
                 health[config.id] = "healthy"
                 config.health_status = "healthy"
@@ -439,7 +569,16 @@ class Cascade:
             return None
         max_tokens = request.max_tokens or DEFAULT_MAX_TOKENS
         temperature = request.temperature if request.temperature is not None else DEFAULT_TEMPERATURE
-        reply, rows = await self._call(target, request.message, max_tokens, temperature, deadline, timing)
+        reply, rows = await self._call(
+            target,
+            request.message,
+            max_tokens,
+            temperature,
+            deadline,
+            timing,
+            guarded=False,
+            organization_id=request.organization_id,
+        )
         for row in rows:
             row.provider, row.is_fallback = FALLBACK_PROVIDER_NAME, True
         outcome.usage.extend(rows)
@@ -481,6 +620,60 @@ class Cascade:
         temperature: float,
         deadline: float,
         timing: Timing,
+        guarded: bool = True,
+        organization_id: uuid.UUID | None = None,
+    ) -> tuple[adapters.Reply | None, list[UsageRow]]:
+        """Up to ``retry_max_attempts`` attempts; ``guarded``: the egress policy applies (tenants).
+
+        The attempts hold one of the organization's ``ACCUTE_ORG_MAX_CONCURRENCY`` slots (a
+        bulkhead: one tenant's flood of requests to a hanging provider cannot take every
+        connection); waiting for it counts against ``deadline``, and a request that gets none in
+        time skips this provider without sending anything.
+        """
+        slot = self._org_slot(organization_id)
+        if slot.locked():  # only a full bulkhead needs a timer
+            try:
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                    await slot.acquire()
+            except TimeoutError:
+                log.info("skip provider=%s reason=organization_busy", target.provider)
+                return None, []
+        else:
+            await slot.acquire()
+        try:
+            return await self._attempts(target, message, max_tokens, temperature, deadline, timing, guarded)
+        finally:
+            slot.release()
+
+    def _org_slot(self, organization_id: uuid.UUID | None) -> asyncio.Semaphore:
+        slot = self._org_slots.get(organization_id)
+        if slot is None:
+            if len(self._org_slots) >= 10_000:  # forget organizations nobody is waiting on
+                self._org_slots = {k: v for k, v in self._org_slots.items() if v.locked() or v._waiters}
+            slot = self._org_slots[organization_id] = asyncio.Semaphore(self.settings.org_max_concurrency)
+        return slot
+
+    def fallback_reserve_s(self) -> float:
+        """Seconds of the deadline kept for the fallback: the tenant tier must stop before them.
+
+        One provider attempt's timeout, but at most a third of the deadline (so the tenant tier
+        always has two thirds). With the defaults (60 s deadline, 30 s attempts) the tenant
+        providers get 40 s and the fallback at least 20 s: a hanging tenant provider can no longer
+        use up the whole deadline.
+        """
+        if self.fallback_target() is None:
+            return 0.0
+        return min(self.settings.provider_timeout_s, self.settings.cascade_deadline_s / 3)
+
+    async def _attempts(
+        self,
+        target: adapters.Target,
+        message: str,
+        max_tokens: int,
+        temperature: float,
+        deadline: float,
+        timing: Timing,
+        guarded: bool,
     ) -> tuple[adapters.Reply | None, list[UsageRow]]:
         rows: list[UsageRow] = []
         call = adapters.build(target, message, max_tokens, temperature)
@@ -492,7 +685,7 @@ class Cascade:
             sent_at = utcnow()
             try:
                 reply = await self._send(
-                    target.provider, call, min(self.settings.provider_timeout_s, remaining)
+                    target.provider, call, min(self.settings.provider_timeout_s, remaining), guarded
                 )
             except _Failed as failed:
                 timing.upstream_s += time.perf_counter() - started
@@ -543,19 +736,35 @@ class Cascade:
             return reply, rows
         return None, rows
 
-    async def _send(self, provider: str, call: adapters.HttpCall, timeout: float) -> adapters.Reply:
+    async def _send(
+        self, provider: str, call: adapters.HttpCall, timeout: float, guarded: bool
+    ) -> adapters.Reply:
+        """One attempt: the exchange, decoding and parsing all within ``timeout``."""
+        started = time.monotonic()
         try:
-            response = await self.client.post_json(call.url, call.body, call.headers, timeout)
+            response = await self.client.post_json(
+                call.url, call.body, call.headers, timeout, guarded=guarded
+            )
         except UpstreamTimeout:
             raise _Failed("timeout", True) from None
+        except UpstreamTooLarge:
+            raise _Failed("response_too_large", False) from None
+        except EgressDenied:
+            raise _Failed("egress_denied", False) from None
         except UpstreamError:
             raise _Failed("connect_error", True) from None
         status = response.status
         if status == 429 or status >= 500:
             raise _Failed(f"http_{status}", True, _retry_after(response.headers.get("retry-after")))
-        if status >= 300:
+        if status >= 300 or status < 200:
             raise _Failed(f"http_{status}", False)
         try:
-            return adapters.parse(provider, response.json())
-        except (ValueError, adapters.MalformedReplyError):
+            body = await _parse_json(response.body, timeout - (time.monotonic() - started))
+        except TimeoutError:
+            raise _Failed("timeout", False) from None
+        except ValueError:
+            raise _Failed("bad_response", False) from None
+        try:
+            return adapters.parse(provider, body)
+        except adapters.MalformedReplyError:
             raise _Failed("bad_response", False) from None

@@ -19,6 +19,7 @@ from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Session
 
 from orchestrator.adapters import KEY_OPTIONAL, NEEDS_ENDPOINT, Target
+from orchestrator.egress import EgressError, EgressPolicy
 from orchestrator.keys import KeyRing
 from schema import audit
 from schema.errors import ConflictError, InvalidInputError, NotFoundError
@@ -82,21 +83,41 @@ class ConfigUpdate(BaseModel):
     workspace_id: uuid.UUID | None = None
 
 
-def _check_endpoint(endpoint: str | None) -> None:
+def _check_endpoint(endpoint: str | None, egress: EgressPolicy | None) -> None:
+    """A plain http(s) base URL: no credentials, spaces or control characters, a valid port, a
+    host that is not an internal address (``orchestrator.egress``; names are checked at connect)."""
     if endpoint is None:
         return
+    usage = "api_endpoint must be an http(s) base URL without credentials, e.g. https://host/v1"
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in endpoint):
+        raise InvalidInputError(f"{usage} (it contains spaces or control characters)")
     parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.username or parts.password:
-        raise InvalidInputError(
-            "api_endpoint must be an http(s) base URL without credentials, e.g. https://host/v1"
-        )
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        raise InvalidInputError(usage)
+    try:
+        port = parts.port
+    except ValueError:
+        raise InvalidInputError(f"{usage} (the port must be 1-65535)") from None
+    if port == 0:
+        raise InvalidInputError(f"{usage} (the port must be 1-65535)")
+    if egress is not None:
+        try:
+            egress.check_endpoint(endpoint)
+        except EgressError as exc:
+            raise InvalidInputError(str(exc)) from None
 
 
-def _check(session: Session, organization_id: uuid.UUID, row: TenantLlmConfig, has_key: bool) -> None:
+def _check(
+    session: Session,
+    organization_id: uuid.UUID,
+    row: TenantLlmConfig,
+    has_key: bool,
+    egress: EgressPolicy | None,
+) -> None:
     one_of(row.provider, LLM_PROVIDERS, "provider")
     clean_name(row.display_name, "display_name", max_length=100)
     clean_name(row.model_id, "model_id", max_length=200)
-    _check_endpoint(row.api_endpoint)
+    _check_endpoint(row.api_endpoint, egress)
     if row.provider in NEEDS_ENDPOINT and not row.api_endpoint:
         raise InvalidInputError(f"provider {row.provider} needs api_endpoint (its base URL)")
     if row.provider not in KEY_OPTIONAL and not has_key:
@@ -167,8 +188,17 @@ def _audit(session: Session, row: TenantLlmConfig, action: str, changed: list[st
     )
 
 
+def _check_key(key: SecretStr | None) -> None:
+    if key is not None and any(ord(c) < 32 or ord(c) == 127 for c in key.get_secret_value()):
+        raise InvalidInputError("api_key contains control characters (NUL, CR, LF...); paste the key alone")
+
+
 def create(
-    session: Session, keyring: KeyRing, organization_id: uuid.UUID, body: ConfigCreate
+    session: Session,
+    keyring: KeyRing,
+    organization_id: uuid.UUID,
+    body: ConfigCreate,
+    egress: EgressPolicy | None = None,
 ) -> TenantLlmConfig:
     row = TenantLlmConfig(
         id=uuid.uuid4(),
@@ -177,7 +207,8 @@ def create(
         health_status="unknown",
     )
     row.display_name, row.model_id = row.display_name.strip(), row.model_id.strip()
-    _check(session, organization_id, row, body.api_key is not None)
+    _check_key(body.api_key)
+    _check(session, organization_id, row, body.api_key is not None, egress)
     _duplicate(session, organization_id, row)
     if body.api_key is not None:
         row.api_key_encrypted = keyring.encrypt_secret(
@@ -201,18 +232,48 @@ def list_for(session: Session, organization_id: uuid.UUID) -> list[TenantLlmConf
     return list(session.scalars(query.order_by(TenantLlmConfig.priority, TenantLlmConfig.created_at)))
 
 
+def _destination(row: TenantLlmConfig) -> tuple[str | None, str | None]:
+    """What decides where the key is sent: the endpoint, and a fine-tuned model's own endpoint."""
+    return row.api_endpoint, str((row.config_json or {}).get("fine_tuned_model_id") or "") or None
+
+
 def update(
-    session: Session, keyring: KeyRing, organization_id: uuid.UUID, config_id: str, body: ConfigUpdate
+    session: Session,
+    keyring: KeyRing,
+    organization_id: uuid.UUID,
+    config_id: str,
+    body: ConfigUpdate,
+    egress: EgressPolicy | None = None,
 ) -> TenantLlmConfig:
+    """Apply a PATCH.
+
+    Changing where requests go (``api_endpoint``, or ``config_json.fine_tuned_model_id``) while a
+    key is stored needs the key again in the same PATCH (409 otherwise): the stored key was given
+    for its endpoint, and sending it to a new one would let whoever can PATCH (a tenant admin, or a
+    stolen admin token) read the "write-only" key at an endpoint of their choosing.
+    """
     row = get(session, organization_id, config_id)
+    _check_key(body.api_key)
+    before = _destination(row)
     changes = body.model_dump(exclude_unset=True, exclude={"api_key"})
     for name, value in changes.items():
         if value is None and name in ("display_name", "model_id", "priority", "is_active", "config_json"):
             raise InvalidInputError(f"{name} cannot be null")
         setattr(row, name, value)
+    if row.api_key_encrypted is not None and body.api_key is None and _destination(row) != before:
+        raise ConflictError(
+            "api_endpoint changed but api_key was not sent: the stored key is only ever sent to the "
+            "endpoint it was given for; send api_key again in the same PATCH"
+        )
     if isinstance(row.display_name, str):
         row.display_name, row.model_id = row.display_name.strip(), row.model_id.strip()
-    _check(session, organization_id, row, body.api_key is not None or row.api_key_encrypted is not None)
+    _check(
+        session,
+        organization_id,
+        row,
+        body.api_key is not None or row.api_key_encrypted is not None,
+        egress,
+    )
     _duplicate(session, organization_id, row)
     if body.api_key is not None:
         row.api_key_encrypted = keyring.encrypt_secret(

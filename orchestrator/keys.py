@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import os
 import secrets
 import struct
@@ -37,6 +38,8 @@ from schema.errors import ConfigurationError
 from schema.models import HsmKeyRegistry, OrganizationDataKey, ServiceSigningKey, TenantLlmConfig
 from schema.personal_data import PersonalDataVault
 from schema.timeutil import utcnow
+
+log = logging.getLogger("accute.orchestrator")
 
 NONCE_BYTES = 12
 KEY_BYTES = 32
@@ -78,8 +81,32 @@ def _open(key: bytes, blob: bytes, aad: bytes) -> bytes:
         ) from None
 
 
+def _check_private(path: Path) -> None:
+    """Refuse a KEK file others can read or write, or one in a folder others can write.
+
+    The file is created 0600 in a 0700 folder; a pre-existing one with looser modes (copied with
+    a default umask, a shared folder) would otherwise be used without a word.
+    """
+    try:
+        file_mode = path.stat().st_mode & 0o777
+        folder_mode = path.parent.stat().st_mode & 0o777
+    except OSError as exc:
+        raise ConfigurationError(f"the KEK file {path} is unreadable ({type(exc).__name__})") from None
+    if file_mode & 0o077:
+        raise ConfigurationError(
+            f"the KEK file {path} is accessible to other users (mode {file_mode:04o}); run chmod 600 {path}"
+        )
+    if folder_mode & 0o022:
+        raise ConfigurationError(
+            f"the KEK folder {path.parent} is writable by other users (mode {folder_mode:04o}); "
+            f"run chmod 700 {path.parent}"
+        )
+    if folder_mode & 0o005:
+        log.warning("the KEK folder %s is readable by other users (mode %04o)", path.parent, folder_mode)
+
+
 class LocalFileKek:
-    """KEK versions in a JSON file created 0600 (folder 0700) on first use."""
+    """KEK versions in a JSON file created 0600 (folder 0700) on first use; looser modes are refused."""
 
     name = "local"
 
@@ -98,6 +125,7 @@ class LocalFileKek:
                 return
             if not self.path.exists():
                 self._write({"1": AESGCM.generate_key(bit_length=256)}, "1", create=True)
+            _check_private(self.path)
             try:
                 document = json.loads(self.path.read_text())
                 keys = {v: base64.b64decode(k) for v, k in document["keys"].items()}

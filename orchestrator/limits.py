@@ -2,8 +2,10 @@
 
 Rate limits: a config is skipped when one more request would exceed ``rate_limit_rpm`` in the
 last 60 s, or when the tokens it used in the last 60 s plus this request's estimate (words of the
-message + ``max_tokens``) would exceed ``rate_limit_tpm``. Tokens actually used are recorded
-after each reply.
+message + ``max_tokens``) would exceed ``rate_limit_tpm``. The estimate is reserved when the
+request is let through (so concurrent requests see each other's share at once and cannot together
+exceed the limit), then corrected to the tokens actually used after the reply (``settle``), or
+given back when the provider answered nothing.
 
 Circuit breaker: ``circuit_failure_threshold`` consecutive failed requests open the circuit (the
 config's ``health_status`` becomes ``unhealthy``); after ``circuit_cooldown_s`` one trial request
@@ -52,15 +54,19 @@ class RateLimiter:
             if tpm is not None and window.token_sum + estimate > tpm:
                 return False
             window.requests.append(now)
+            window.tokens.append((now, estimate))
+            window.token_sum += estimate
             return True
 
-    def record_tokens(self, config_id: uuid.UUID, tokens: int) -> None:
-        if tokens <= 0:
+    def settle(self, config_id: uuid.UUID, reserved: int, used: int) -> None:
+        """Replace a request's reserved estimate by the tokens it used (0 when it failed)."""
+        delta = used - reserved
+        if delta == 0:
             return
         with self._lock:
             window = self._windows.setdefault(config_id, _Window())
-            window.tokens.append((time.monotonic(), tokens))
-            window.token_sum += tokens
+            window.tokens.append((time.monotonic(), delta))
+            window.token_sum += delta
 
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
@@ -125,6 +131,11 @@ class CircuitBreakers:
             recovered = breaker.state != CLOSED
             self._breakers[config_id] = _Breaker()
             return recovered
+
+    def reset(self, config_id: uuid.UUID) -> None:
+        """Forget the config's circuit (its admin changed it: the old verdict no longer applies)."""
+        with self._lock:
+            self._breakers.pop(config_id, None)
 
     def failure(self, config_id: uuid.UUID) -> bool:
         """Record a failed request; True when this opened the circuit."""

@@ -31,16 +31,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Engine
 
 from aggregation.weights_store import WeightsStore
-from orchestrator import accounting, configs
+from orchestrator import accounting, configs, openai_compat
 from orchestrator.auth import Principal, TokenService
 from orchestrator.cache import make_cache
-from orchestrator.cascade import Cascade, ChatRequest, Timing
+from orchestrator.cascade import Cascade, ChatRequest, Timing, caller_key
+from orchestrator.edge import RequestLimits
+from orchestrator.egress import EgressPolicy
 from orchestrator.keys import KeyRing, kek_provider
 from orchestrator.upstream import make_upstream
 from orchestrator.vamn import VamnServer
 from schema.config import Settings
 from schema.db import check_connection, make_engine, transaction
-from schema.errors import AccuteError, AuthenticationError, InvalidInputError
+from schema.errors import AccuteError, AuthenticationError, DatabaseUnavailableError, InvalidInputError
 from schema.migrate import require_current_schema
 
 log = logging.getLogger("accute.orchestrator")
@@ -49,6 +51,54 @@ CHAT_ROLES = ("org_admin", "org_user")
 ADMIN_ROLES = ("org_admin",)
 OVERHEAD_HEADER = "x-accute-overhead-ms"
 _STARTED = "accute.started"
+
+
+class _Unexpected:
+    """Pure ASGI middleware: an unexpected exception becomes a bare 500 and one log line.
+
+    Without it the exception reached uvicorn, which logged the full traceback, SQL parameters
+    included (one held a tenant's answer), whatever ``ACCUTE_DEBUG`` said. The traceback is logged
+    only when ``debug`` is on.
+    """
+
+    def __init__(self, app: Any, debug: bool) -> None:
+        self.app = app
+        self.debug = debug
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            log.error(
+                "unexpected %s on %s %s",
+                type(exc).__name__,
+                scope.get("method"),
+                scope.get("path"),
+                exc_info=self.debug,
+            )
+            if not started:
+                body = b'{"error":"internal"}'
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
 
 
 class _StartClock:
@@ -69,13 +119,15 @@ class Services:
     engine: Engine
     keyring: KeyRing
     tokens: TokenService
+    egress: EgressPolicy
     cascade: Cascade | None = None
 
 
 def build_services(settings: Settings, engine: Engine | None = None) -> Services:
     bound = engine or make_engine(settings)
     keyring = KeyRing(kek_provider(settings))
-    return Services(settings, bound, keyring, TokenService(bound, keyring, settings))
+    egress = EgressPolicy.parse(settings.egress_allow)
+    return Services(settings, bound, keyring, TokenService(bound, keyring, settings), egress)
 
 
 class ChatBody(BaseModel):
@@ -101,12 +153,31 @@ class ChatResponse(BaseModel):
     cache_hit: bool
 
 
+class ErrorBody(BaseModel):
+    """Every error: a code, and for all but 401/403 a one-line message saying what to do."""
+
+    error: str
+    message: str | None = None
+
+
+#: Errors any route may answer (documented in the OpenAPI of every route).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Malformed request"},
+    401: {"model": ErrorBody, "description": "Missing, invalid or expired bearer token"},
+    403: {"model": ErrorBody, "description": "The token may not act on this organization"},
+    404: {"model": ErrorBody, "description": "No such resource in this organization"},
+    413: {"model": ErrorBody, "description": "Request body over ACCUTE_MAX_REQUEST_BODY_BYTES"},
+    431: {"model": ErrorBody, "description": "Request headers over ACCUTE_MAX_REQUEST_HEADER_BYTES"},
+}
+
+
 class BillingRow(BaseModel):
     billing_period_start: str
     billing_period_end: str
     total_fallback_requests: int
     total_fallback_tokens: int
     total_cost_usd: str
+    total_cost_exact_usd: str
     billing_model: str
     bundle_tokens_remaining: int | None
     invoice_status: str | None
@@ -148,8 +219,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = make_upstream(
             settings.upstream_client,
-            max_connections=500,
+            max_connections=settings.upstream_max_connections,
+            max_per_origin=settings.upstream_max_per_origin,
+            reserved_connections=settings.upstream_reserved_fallback,
             max_idle_per_origin=200,
+            max_response_bytes=settings.provider_max_response_bytes,
+            egress=services.egress,
             **({"trust_env": True} if settings.upstream_client == "httpx" else {}),
         )
         cache = make_cache(settings)
@@ -170,9 +245,19 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         version="0.1.0",
         description="Tenant LLMs → VAMN → billed fallback, with encrypted keys, exact usage and billing.",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     app.state.services = services
+    # The last added runs first. Size limits come before anything reads the request
+    # (authentication included); the one-line 500 handler wraps them all (it must not see the
+    # limit's own signal for an oversize body, which RequestLimits turns into 413 below it).
     app.add_middleware(_StartClock)
+    app.add_middleware(
+        RequestLimits,
+        max_body_bytes=settings.max_request_body_bytes,
+        max_header_bytes=settings.max_request_header_bytes,
+    )
+    app.add_middleware(_Unexpected, debug=settings.debug)
 
     @app.exception_handler(AccuteError)
     async def accute_error(request: Request, exc: AccuteError) -> JSONResponse:
@@ -221,15 +306,25 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @app.get("/readyz", tags=["health"], summary="The database is reachable and migrated")
     def readyz() -> dict[str, str]:
-        check_connection(services.engine)
-        require_current_schema(services.engine)
+        # Anyone may call this: say what is wrong, never where the database is (its URL).
+        try:
+            check_connection(services.engine)
+        except DatabaseUnavailableError:
+            log.warning("readyz: the database is unreachable")
+            raise DatabaseUnavailableError("the database is unreachable") from None
+        try:
+            require_current_schema(services.engine)
+        except DatabaseUnavailableError:
+            raise DatabaseUnavailableError(
+                "the database schema is not current; run accute-fl db upgrade"
+            ) from None
         return {"status": "ready"}
 
     @app.post("/v1/orgs/{org}/llm-configs", status_code=201, tags=["llm-configs"])
     def create_config(org: AdminOrg, body: configs.ConfigCreate) -> dict[str, Any]:
         """Add a provider config; ``api_key`` is stored encrypted and never returned."""
         with transaction(services.engine) as session:
-            result = configs.as_dict(configs.create(session, services.keyring, org, body))
+            result = configs.as_dict(configs.create(session, services.keyring, org, body, services.egress))
         _invalidate(org)
         return result
 
@@ -246,8 +341,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     @app.patch("/v1/orgs/{org}/llm-configs/{config_id}", tags=["llm-configs"])
     def update_config(org: AdminOrg, config_id: str, body: configs.ConfigUpdate) -> dict[str, Any]:
         with transaction(services.engine) as session:
-            result = configs.as_dict(configs.update(session, services.keyring, org, config_id, body))
+            row = configs.update(session, services.keyring, org, config_id, body, services.egress)
+            result = configs.as_dict(row)
         _invalidate(org)
+        if services.cascade is not None:  # the admin changed it: its open circuit no longer applies
+            services.cascade.breakers.reset(row.id)
         return result
 
     @app.delete("/v1/orgs/{org}/llm-configs/{config_id}", status_code=204, tags=["llm-configs"])
@@ -311,6 +409,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             session_id=body.session_id,
             workspace_id=body.workspace_id,
             client_request_id=client_id is not None,
+            caller=caller_key(who.subject),
+            user_id=who.user_id,
         )
         timing = Timing()
         answer = await services.cascade.chat(request, timing)
@@ -341,6 +441,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 return accounting.billing_rows(session, org)
 
         return await anyio.to_thread.run_sync(read)
+
+    openai_compat.install(app, services, authenticate)
 
     def _invalidate(org: uuid.UUID) -> None:
         if services.cascade is not None:

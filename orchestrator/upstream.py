@@ -29,7 +29,9 @@ behaviour against both.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import socket
 import ssl
 import time
 import zlib
@@ -37,6 +39,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
+
+from orchestrator.egress import EgressPolicy
 
 MAX_HEAD_BYTES = 64 * 1024
 USER_AGENT = "accute-fl/0.1"
@@ -49,6 +53,14 @@ class UpstreamError(Exception):
 
 class UpstreamTimeout(UpstreamError):
     """The exchange did not finish within its timeout."""
+
+
+class UpstreamTooLarge(UpstreamError):
+    """The reply (after decompression) is over ``max_response_bytes``: not worth retrying."""
+
+
+class EgressDenied(UpstreamError):
+    """The egress policy refused the provider's address (nothing was sent)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,8 @@ class _Origin:
     host: str
     port: int
     host_header: str
+    guarded: bool = True
+    """Under the egress policy: guarded and exempt (fallback) connections are never shared."""
 
 
 @dataclass(frozen=True)
@@ -158,14 +172,14 @@ class _Connection(asyncio.Protocol):
     async def read_to_eof(self, limit: int) -> bytes:
         while not (self.eof or self.lost):
             if len(self.buffer) > limit:
-                raise UpstreamError("the response is larger than the limit")
+                raise UpstreamTooLarge("the response is larger than the limit")
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
         if len(self.buffer) > limit:
-            raise UpstreamError("the response is larger than the limit")
+            raise UpstreamTooLarge("the response is larger than the limit")
         chunk = bytes(self.buffer)
         self.buffer.clear()
         return chunk
@@ -176,31 +190,146 @@ def _check_header(name: str, value: str) -> None:
         raise UpstreamError("a request header name or value is not valid")
 
 
-def _decode(body: bytes, encoding: str) -> bytes:
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return body
-    try:
+#: Output produced per step of decompression; the loop gets control back between steps.
+DECODE_STEP = 1 << 20
+
+
+class _Decoder:
+    """Incremental gzip/deflate decoding that never holds more than ``limit`` decoded bytes.
+
+    ``zlib.decompress`` of a whole body would unpack a 0.5 MB bomb to 500 MB before any check;
+    here each step produces at most ``DECODE_STEP`` bytes (``max_length``) and the total is checked
+    after each, so a bomb stops at ``limit`` + one step.
+    """
+
+    def __init__(self, encoding: str, limit: int) -> None:
+        encoding = encoding.strip().lower()
+        self.limit = limit
+        self.out = bytearray()
+        self._raw_deflate = False
         if encoding in ("gzip", "x-gzip"):
-            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
-        if encoding == "deflate":
+            self._z: Any = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._z = zlib.decompressobj()
+        else:  # identity, or an encoding we did not ask for (the JSON parse will refuse it)
+            self._z = None
+        self.encoding = encoding
+
+    def steps(self, data: bytes) -> Any:
+        """Feed ``data``; a generator that yields after each step (so callers can yield too)."""
+        if self._z is None:
+            self.out += data
+            self._check()
+            return
+        pending = data
+        while pending:
             try:
-                return zlib.decompress(body)
+                chunk = self._z.decompress(pending, DECODE_STEP)
             except zlib.error:
-                return zlib.decompress(body, -zlib.MAX_WBITS)
-    except zlib.error:
-        raise UpstreamError(f"the {encoding} response body does not decode") from None
-    return body  # an encoding we did not ask for: left as is (the JSON parse will refuse it)
+                if self.encoding == "deflate" and not self._raw_deflate and not self.out:
+                    # Some servers send raw deflate (no zlib header): start again that way.
+                    self._raw_deflate = True
+                    self._z = zlib.decompressobj(-zlib.MAX_WBITS)
+                    continue
+                raise UpstreamError(f"the {self.encoding} response body does not decode") from None
+            self.out += chunk
+            self._check()
+            pending = self._z.unconsumed_tail
+            yield
+
+    def finish(self) -> bytes:
+        if self._z is not None:
+            try:
+                self.out += self._z.flush(DECODE_STEP)
+            except zlib.error:
+                raise UpstreamError(f"the {self.encoding} response body does not decode") from None
+            self._check()
+        return bytes(self.out)
+
+    def _check(self) -> None:
+        if len(self.out) > self.limit:
+            raise UpstreamTooLarge("the response is larger than the limit")
+
+
+async def _decode(body: bytes, encoding: str, limit: int) -> bytes:
+    """``body`` decoded, at most ``limit`` bytes, giving the loop back between 1 MiB steps."""
+    if not encoding or encoding.strip().lower() == "identity":
+        if len(body) > limit:
+            raise UpstreamTooLarge("the response is larger than the limit")
+        return body  # the common case: no copy
+    decoder = _Decoder(encoding, limit)
+    for _ in decoder.steps(body):
+        await asyncio.sleep(0)
+    return decoder.finish()
 
 
 class Upstream(Protocol):
     """What the cascade needs from an HTTP client."""
 
     async def post_json(
-        self, url: str, body: Any, headers: Mapping[str, str], timeout: float
+        self, url: str, body: Any, headers: Mapping[str, str], timeout: float, *, guarded: bool = True
     ) -> UpstreamResponse: ...
 
     async def aclose(self) -> None: ...
+
+
+async def resolve_checked(policy: EgressPolicy | None, host: str, port: int) -> str:
+    """The address to connect to for ``host``, after the egress policy saw every address it has.
+
+    Resolved here, once, and the connection goes to the returned address: a name cannot resolve
+    to a public address for the check and to an internal one for the connect (DNS rebinding).
+    Every address the name has must be allowed (one internal answer refuses the name).
+    """
+    if policy is None or policy.allowed_host(host):
+        return host
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise UpstreamError("cannot resolve the provider's host") from None
+    addresses = []
+    for info in infos:
+        try:
+            addresses.append(ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]))
+        except ValueError:
+            continue
+    if not addresses:
+        raise UpstreamError("cannot resolve the provider's host")
+    for address in addresses:
+        if not policy.allowed_address(address):
+            raise EgressDenied(
+                f"the provider's host resolves to an internal address ({address}); "
+                "the operator may allow it with ACCUTE_EGRESS_ALLOW"
+            )
+    return str(addresses[0])
+
+
+class _Bulkhead:
+    """Slots for requests in flight: per origin, for all tenant providers, and a reserved pool.
+
+    Tenant calls (``guarded``) take a slot of their origin (``max_per_origin``) and one of the
+    shared tenant pool (``max_connections``); the platform fallback (not guarded) has its own pool
+    (``reserved``), so tenants hanging on slow providers can never starve the fallback, and one
+    slow origin can never hold every slot.
+    """
+
+    def __init__(self, max_connections: int, max_per_origin: int, reserved: int) -> None:
+        self.max_per_origin = max_per_origin
+        self._tenants = asyncio.Semaphore(max_connections)
+        self._reserved = asyncio.Semaphore(reserved)
+        self._origins: dict[Any, asyncio.Semaphore] = {}
+
+    async def __call__(self, origin: Any, guarded: bool, work: Any) -> Any:
+        if not guarded:
+            async with self._reserved:
+                return await work()
+        slot = self._origins.get(origin)
+        if slot is None:
+            if len(self._origins) >= 4096:  # forget origins nobody is using
+                self._origins = {k: v for k, v in self._origins.items() if v.locked() or v._waiters}
+            slot = self._origins[origin] = asyncio.Semaphore(self.max_per_origin)
+        async with slot, self._tenants:
+            return await work()
 
 
 class UpstreamClient:
@@ -208,10 +337,13 @@ class UpstreamClient:
         self,
         *,
         max_connections: int = 500,
+        max_per_origin: int = 100,
+        reserved_connections: int = 100,
         max_idle_per_origin: int = 200,
         keepalive_expiry_s: float = 4.0,
-        max_response_bytes: int = 32 * 1024 * 1024,
+        max_response_bytes: int = 4 * 1024 * 1024,
         ssl_context: ssl.SSLContext | None = None,
+        egress: EgressPolicy | None = None,
     ) -> None:
         self.max_idle_per_origin = max_idle_per_origin
         self.keepalive_expiry_s = keepalive_expiry_s
@@ -219,24 +351,29 @@ class UpstreamClient:
         self._ssl = ssl_context
         self._idle: dict[_Origin, list[_Connection]] = {}
         self._targets: dict[str, _Target] = {}
-        self._slots = asyncio.Semaphore(max_connections)
+        self._bulkhead = _Bulkhead(max_connections, max_per_origin, reserved_connections)
+        self.egress = egress
         self._open: set[_Connection] = set()
         self._closed = False
 
     # -- public ------------------------------------------------------------------------------------
     async def post_json(
-        self, url: str, body: Any, headers: Mapping[str, str], timeout: float
+        self, url: str, body: Any, headers: Mapping[str, str], timeout: float, *, guarded: bool = True
     ) -> UpstreamResponse:
-        """POST ``body`` as JSON to ``url``; the complete response (any status)."""
+        """POST ``body`` as JSON to ``url``; the complete response (any status).
+
+        ``guarded``: the egress policy applies (tenant providers); False for the operator's fallback.
+        """
         if self._closed:
             raise UpstreamError("the client is closed")
-        target = self._target(url)
+        target = self._target(url, guarded)
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
         request = self._request_bytes(target, payload, headers)
         try:
             async with asyncio.timeout(timeout):
-                async with self._slots:
-                    return await self._exchange(target.origin, request)
+                return await self._bulkhead(  # type: ignore[no-any-return]
+                    target.origin, guarded, lambda: self._exchange(target.origin, request)
+                )
         except TimeoutError:
             raise UpstreamTimeout(f"no complete response within {timeout:.3g}s") from None
 
@@ -248,8 +385,9 @@ class UpstreamClient:
         self._idle.clear()
 
     # -- request -----------------------------------------------------------------------------------
-    def _target(self, url: str) -> _Target:
-        target = self._targets.get(url)
+    def _target(self, url: str, guarded: bool = True) -> _Target:
+        key = url if guarded else f"exempt {url}"
+        target = self._targets.get(key)
         if target is not None:
             return target
         parts = urlsplit(url)
@@ -266,10 +404,10 @@ class UpstreamClient:
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         if any(c in path for c in " \r\n\0"):
             raise UpstreamError("the provider URL path is not valid")
-        target = _Target(_Origin(scheme, parts.hostname, port, host_header), path)
+        target = _Target(_Origin(scheme, parts.hostname, port, host_header, guarded), path)
         if len(self._targets) >= 4096:
             self._targets.clear()
-        self._targets[url] = target
+        self._targets[key] = target
         return target
 
     @staticmethod
@@ -304,10 +442,11 @@ class UpstreamClient:
         context: ssl.SSLContext | None = None
         if origin.scheme == "https":
             context = self._ssl or _default_ssl_context()
+        address = await resolve_checked(self.egress if origin.guarded else None, origin.host, origin.port)
         try:
             _, connection = await loop.create_connection(
                 _Connection,
-                origin.host,
+                address,
                 origin.port,
                 ssl=context,
                 server_hostname=origin.host if context is not None else None,
@@ -381,14 +520,14 @@ class UpstreamClient:
             if len(lengths) != 1 or (length := lengths.pop()) < 0:
                 raise UpstreamError("the response has an invalid Content-Length")
             if length > limit:
-                raise UpstreamError("the response is larger than the limit")
+                raise UpstreamTooLarge("the response is larger than the limit")
             body = await connection.read_exactly(length)
         else:
             body = await connection.read_to_eof(limit)
             keep_alive = False
         if status == 101:
             keep_alive = False
-        body = _decode(body, headers.get("content-encoding", ""))
+        body = await _decode(body, headers.get("content-encoding", ""), limit)
         return UpstreamResponse(status, headers, body), keep_alive
 
 
@@ -410,7 +549,7 @@ async def _read_chunked(connection: _Connection, limit: int) -> bytes:
             return b"".join(parts)
         total += size
         if total > limit:
-            raise UpstreamError("the response is larger than the limit")
+            raise UpstreamTooLarge("the response is larger than the limit")
         chunk = await connection.read_exactly(size + 2)
         if not chunk.endswith(b"\r\n"):
             raise UpstreamError("the response has a malformed chunk")
@@ -422,7 +561,7 @@ def _parse_head(head: bytes) -> tuple[int, str, dict[str, str]]:
         text = head.decode("latin-1")
         status_line, _, rest = text.partition("\r\n")
         version, code, *_ = status_line.split(" ", 2)
-        if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3:
+        if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isdigit():
             raise ValueError(status_line)
         status = int(code)
     except (ValueError, UnicodeDecodeError):
@@ -455,59 +594,124 @@ def _default_ssl_context() -> ssl.SSLContext:
     return _SSL_CONTEXT
 
 
+class _GuardedBackend:
+    """An httpcore network backend that connects only to addresses the egress policy allows."""
+
+    def __init__(self, inner: Any, policy: EgressPolicy) -> None:
+        self.inner, self.policy = inner, policy
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> Any:
+        address = await resolve_checked(self.policy, host, port)
+        return await self.inner.connect_tcp(address, port, timeout, local_address, socket_options)
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> Any:
+        raise EgressDenied("unix sockets are not provider endpoints")
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
 class HttpxUpstream:
-    """``Upstream`` over httpx (HTTP/1.1 keep-alive pool; environment proxies when ``trust_env``)."""
+    """``Upstream`` over httpx (HTTP/1.1 keep-alive pool; environment proxies when ``trust_env``).
+
+    Two clients: tenant calls go through one whose connections are made by ``_GuardedBackend``
+    (the egress policy on the resolved address; TLS still verifies the name); the fallback through
+    one without it. With a proxy from the environment the backend checks the proxy's address, not
+    the provider's: the proxy must enforce egress then.
+    """
 
     def __init__(
         self,
         *,
         max_connections: int = 500,
+        max_per_origin: int = 100,
+        reserved_connections: int = 100,
         max_idle_per_origin: int = 200,
-        max_response_bytes: int = 32 * 1024 * 1024,
+        max_response_bytes: int = 4 * 1024 * 1024,
         ssl_context: ssl.SSLContext | None = None,
         trust_env: bool = False,
+        egress: EgressPolicy | None = None,
     ) -> None:
         import httpx
 
         self._httpx = httpx
         self.max_response_bytes = max_response_bytes
-        self._client = httpx.AsyncClient(
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_idle_per_origin
-            ),
-            verify=ssl_context or _default_ssl_context(),
-            trust_env=trust_env,
-            follow_redirects=False,
-            headers={"user-agent": USER_AGENT},
-        )
+        self._bulkhead = _Bulkhead(max_connections, max_per_origin, reserved_connections)
+
+        def client(limit: int, policy: EgressPolicy | None) -> Any:
+            transport = httpx.AsyncHTTPTransport(
+                verify=ssl_context or _default_ssl_context(),
+                trust_env=trust_env,
+                limits=httpx.Limits(
+                    max_connections=limit, max_keepalive_connections=min(max_idle_per_origin, limit)
+                ),
+            )
+            if policy is not None:
+                pool = transport._pool
+                pool._network_backend = _GuardedBackend(pool._network_backend, policy)  # type: ignore[assignment]
+            return httpx.AsyncClient(
+                transport=transport,
+                trust_env=trust_env,
+                follow_redirects=False,
+                headers={"user-agent": USER_AGENT},
+            )
+
+        self._client = client(max_connections, egress)
+        self._exempt = client(reserved_connections, None)
 
     async def post_json(
-        self, url: str, body: Any, headers: Mapping[str, str], timeout: float
+        self, url: str, body: Any, headers: Mapping[str, str], timeout: float, *, guarded: bool = True
     ) -> UpstreamResponse:
         httpx = self._httpx
+        parts = urlsplit(url)
+        origin = (parts.scheme, parts.hostname, parts.port)
+        client = self._client if guarded else self._exempt
         for name, value in headers.items():
             _check_header(name, value)
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-        sent = {"content-type": "application/json", **headers}
+        sent = {"content-type": "application/json", "accept-encoding": "gzip, deflate", **headers}
+        limit = self.max_response_bytes
+
+        async def exchange() -> UpstreamResponse:
+            async with client.stream("POST", url, content=payload, headers=sent) as response:
+                # Raw bytes through our bounded decoder: httpx's own decoding would unpack
+                # each network chunk whole (a 64 KiB chunk of a bomb is 64 MiB).
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > limit:
+                    raise UpstreamTooLarge("the response is larger than the limit")
+                decoder = _Decoder(response.headers.get("content-encoding", ""), limit)
+                received = 0
+                async for chunk in response.aiter_raw():
+                    received += len(chunk)
+                    if received > limit:
+                        raise UpstreamTooLarge("the response is larger than the limit")
+                    for _ in decoder.steps(chunk):
+                        await asyncio.sleep(0)
+                names = {k.lower(): v for k, v in response.headers.items()}
+                return UpstreamResponse(response.status_code, names, decoder.finish())
+
         try:
             async with asyncio.timeout(timeout):
-                async with self._client.stream("POST", url, content=payload, headers=sent) as response:
-                    chunks = bytearray()
-                    async for chunk in response.aiter_bytes():
-                        chunks += chunk
-                        if len(chunks) > self.max_response_bytes:
-                            raise UpstreamError(f"the response is over {self.max_response_bytes} bytes")
-                    names = {k.lower(): v for k, v in response.headers.items()}
-                    return UpstreamResponse(response.status_code, names, bytes(chunks))
+                return await self._bulkhead(origin, guarded, exchange)  # type: ignore[no-any-return]
         except TimeoutError:
             raise UpstreamTimeout(f"no complete response within {timeout:.3g}s") from None
         except httpx.TimeoutException:
             raise UpstreamTimeout(f"no complete response within {timeout:.3g}s") from None
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise UpstreamError(f"{type(exc).__name__} talking to the provider") from None
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        await self._exempt.aclose()
 
 
 def make_upstream(kind: str, **options: Any) -> Upstream:

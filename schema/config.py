@@ -134,6 +134,43 @@ class Settings(BaseSettings):
             "(honours HTTPS_PROXY and friends; about 1 ms more CPU per call)."
         ),
     )
+    provider_max_response_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Largest provider reply accepted, after decompression (bytes); larger is an error.",
+    )
+    egress_allow: str = Field(
+        default="",
+        description=(
+            "Comma-separated CIDRs or host names that tenant provider endpoints may reach although "
+            "private, loopback or otherwise internal (e.g. '10.0.0.0/8,ollama.internal'). "
+            "The platform fallback is not subject to the egress policy."
+        ),
+    )
+    max_request_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Largest HTTP request body accepted (bytes); 413 above."
+    )
+    max_request_header_bytes: int = Field(
+        default=32 * 1024, ge=1024, description="Largest request line + headers accepted (bytes); 431 above."
+    )
+    upstream_max_connections: int = Field(
+        default=500, ge=1, description="Provider requests in flight at once, all tenant providers together."
+    )
+    upstream_max_per_origin: int = Field(
+        default=100,
+        ge=1,
+        description="Provider requests in flight at once to one origin (scheme, host, port).",
+    )
+    upstream_reserved_fallback: int = Field(
+        default=100,
+        ge=1,
+        description="Connections reserved for the platform fallback (not shared with tenants).",
+    )
+    org_max_concurrency: int = Field(
+        default=64,
+        ge=1,
+        description="Provider calls one organization may have in flight at once (per process).",
+    )
     retry_max_attempts: int = Field(
         default=3, ge=1, le=10, description="Attempts per provider on 429, 5xx and timeouts."
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 
@@ -20,6 +21,24 @@ keys_app = typer.Typer(
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON.")
 
 
+def uvicorn_options(host: str, port: int, workers: int, log_level: str, access_log: bool) -> dict[str, Any]:
+    """uvicorn's arguments for the service (uvloop, httptools with a cap on request heads)."""
+    from orchestrator.http_protocol import LimitedHttpToolsProtocol
+
+    return {
+        "app": "orchestrator.service:create_served_app",
+        "factory": True,
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "loop": "uvloop",
+        "http": LimitedHttpToolsProtocol,
+        "log_level": log_level,
+        "access_log": access_log,
+        "backlog": 4096,
+    }
+
+
 def run_server(
     host: str, port: int, workers: int = 1, log_level: str = "info", access_log: bool = False
 ) -> None:
@@ -29,21 +48,21 @@ def run_server(
     and accounting writer; usage, billing and idempotency are exact across workers (the database
     decides), but a config's rpm/tpm limit is enforced per process (N workers may send up to N
     times the limit) and a circuit opens per process.
+
+    With more than one worker this process becomes ``python -m orchestrator.served`` (``exec``,
+    same pid, same signals), so that the spawned workers do not re-import the whole CLI
+    (``orchestrator.served`` says why).
     """
+    if workers > 1:
+        import os
+
+        args = [host, str(port), str(workers), log_level, "1" if access_log else "0"]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "orchestrator.served", *args])
     import uvicorn
 
-    uvicorn.run(
-        "orchestrator.service:create_served_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
-        log_level=log_level,
-        access_log=access_log,
-        backlog=4096,
-    )
+    uvicorn.run(**uvicorn_options(host, port, workers, log_level, access_log))
 
 
 def serve(

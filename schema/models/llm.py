@@ -142,6 +142,11 @@ class FallbackBilling(Base):
     total_cost_usd: Mapped[Decimal] = mapped_column(
         Numeric(12, 4), default=Decimal(0), server_default=text("0")
     )
+    """The invoice line: ``total_cost_exact_usd`` rounded once, half up, to 4 decimals."""
+    total_cost_exact_usd: Mapped[Decimal] = mapped_column(
+        Numeric(24, 12), default=Decimal(0), server_default=text("0")
+    )
+    """Exact sum of the period's charges (each request's list price, unrounded)."""
     billing_model: Mapped[str] = mapped_column(String(50))
     bundle_tokens_remaining: Mapped[int | None] = mapped_column(BigInteger)
     invoice_id: Mapped[uuid.UUID | None] = mapped_column(UUIDType, ForeignKey("invoices.id"))

@@ -14,7 +14,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint, true
+from sqlalchemy import Boolean, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint, text, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from schema.base import Base, created_at, uuid_pk
@@ -55,11 +55,15 @@ class LlmRequest(Base):
     """The outcome of one chat request id of an organization (idempotency record)."""
 
     __tablename__ = "llm_requests"
-    __table_args__ = (UniqueConstraint("organization_id", "request_id"),)
+    __table_args__ = (UniqueConstraint("organization_id", "caller", "request_id"),)
 
     id: Mapped[uuid.UUID] = uuid_pk()
     organization_id: Mapped[uuid.UUID] = mapped_column(UUIDType, ForeignKey("organizations.id"))
+    caller: Mapped[str] = mapped_column(String(64), default="", server_default=text("''"))
+    """SHA-256 (hex) of the token subject that sent the request: ids are scoped per caller."""
     request_id: Mapped[str] = mapped_column(String(100))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    """SHA-256 (hex) of the request (agent, message, options): a reused id must ask the same."""
     agent_slug: Mapped[str] = mapped_column(String(100))
     status: Mapped[str] = mapped_column(String(50))
     response_json: Mapped[dict[str, Any] | None] = mapped_column(JSONBType)

@@ -38,6 +38,8 @@ def make_settings(tmp_path: Path, fallback_url: str | None, **overrides: Any) ->
         "provider_timeout_s": 5.0,
         "cascade_deadline_s": 20.0,
         "config_cache_ttl_s": 0.0,
+        # The fake providers listen on loopback, which the egress policy refuses by default.
+        "egress_allow": "127.0.0.1",
     }
     values.update(overrides)
     return Settings(**values)

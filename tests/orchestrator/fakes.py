@@ -9,9 +9,11 @@ and records every request. ``script`` queues replies (status, headers) served be
 from __future__ import annotations
 
 import json
+import socket
+import socketserver
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -191,7 +193,11 @@ def running_app(app: Any) -> Iterator[str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", backlog=2048)
+    from orchestrator.http_protocol import LimitedHttpToolsProtocol
+
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="on", backlog=2048, http=LimitedHttpToolsProtocol
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -204,3 +210,93 @@ def running_app(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+# --- hostile providers ----------------------------------------------------------------------------
+
+HostileReply = Callable[[bytes, bytes, socket.socket], None]
+"""Answers one request (head, body) by writing whatever it likes to the socket."""
+
+
+@dataclass
+class HostileProvider:
+    """A raw TCP server on loopback that answers every request with ``reply`` (bombs, garbage...)."""
+
+    reply: HostileReply
+    url: str = ""
+    requests: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self) -> None:
+        with self._lock:
+            self.requests += 1
+
+
+def _read_request(conn: socket.socket) -> tuple[bytes, bytes] | None:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    while len(rest) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        rest += chunk
+    return head, rest[:length]
+
+
+@contextmanager
+def running_hostile(reply: HostileReply) -> Iterator[HostileProvider]:
+    """Serve ``reply`` on 127.0.0.1; one request per connection (the reply decides what to send)."""
+    provider = HostileProvider(reply)
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            conn: socket.socket = self.request
+            try:
+                request = _read_request(conn)
+                if request is None:
+                    return
+                provider.count()
+                reply(request[0], request[1], conn)
+            except OSError:
+                return
+
+    class Server(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+        request_queue_size = 1024
+
+    server = Server(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    provider.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield provider
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def http_reply(
+    body: bytes, status: str = "200 OK", headers: dict[str, str] | None = None, length: bool = True
+) -> bytes:
+    lines = [f"HTTP/1.1 {status}", "content-type: application/json", "connection: close"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    if length:
+        lines.append(f"content-length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def openai_body(content: str = "ok", prompt: Any = 10, completion: Any = 20) -> bytes:
+    """An OpenAI chat completion; numbers are written as given (so 'Infinity' or 3e9 can be sent)."""
+    usage = f'"usage":{{"prompt_tokens":{prompt},"completion_tokens":{completion}}}'
+    choice = f'{{"index":0,"message":{{"role":"assistant","content":{json.dumps(content)}}}}}'
+    return f'{{"choices":[{choice}],{usage}}}'.encode()

@@ -11,8 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 
+from orchestrator import accounting
 from orchestrator.service import create_app
 from schema import directory
 from schema.db import transaction
@@ -173,3 +176,55 @@ def test_redis_cache_hits_are_logged_not_billed_and_never_cross_tenants(
     a, b = _cache_checks(service, fallback)
     client = redis.Redis.from_url(REDIS_URL)
     assert len(client.keys(f"accute:cache:{a}:*")) == 1 and len(client.keys(f"accute:cache:{b}:*")) == 1
+
+
+#: gpt-4o-mini's list prices: one fallback call (10 in, 20 out) costs $0.0000135.
+MINI_PRICES = {"fallback-model": {"input": 0.15, "output": 0.60}}
+
+
+def test_cheap_requests_add_up_exactly_and_round_once_per_invoice_line(
+    service_factory: Callable[..., Service],
+) -> None:
+    # Prepare
+    service = service_factory(price_table=MINI_PRICES)
+    org = service.org()
+
+    # Execute
+    costs = [service.chat(org, f"question {i}").json()["estimated_cost"] for i in range(100)]
+    billing = service.client.get(f"/v1/orgs/{org}/billing", headers=service.headers(org)).json()
+
+    # Assert: 100 x 0.0000135 = 0.00135 exactly, rounded once (half up) to 0.0014; not 100 x 0.0000.
+    assert costs == [0.0000135] * 100
+    assert billing[0]["total_fallback_requests"] == 100
+    assert Decimal(billing[0]["total_cost_exact_usd"]) == Decimal("0.00135")
+    assert billing[0]["total_cost_usd"] == "0.0014"
+    with transaction(service.engine) as session:
+        row = session.scalars(select(FallbackBilling).where(FallbackBilling.organization_id == org)).one()
+        assert Decimal(str(row.total_cost_usd)) == Decimal("0.0014")
+
+
+@given(
+    st.integers(0, 10**7),
+    st.integers(0, 10**7),
+    st.integers(0, 10**7),
+    st.integers(0, 10**7),
+    st.decimals(min_value=0, max_value=100, places=4),
+    st.decimals(min_value=0, max_value=100, places=4),
+)
+def test_price_is_exact_and_additive(
+    in_a: int, out_a: int, in_b: int, out_b: int, price_in: Decimal, price_out: Decimal
+) -> None:
+    settings = make_settings(
+        Path("/nonexistent"), None, price_table={"m": {"input": float(price_in), "output": float(price_out)}}
+    )
+    whole = accounting.price(settings, "m", in_a + in_b, out_a + out_b)
+    parts = accounting.price(settings, "m", in_a, out_a) + accounting.price(settings, "m", in_b, out_b)
+    assert whole == parts
+    assert (
+        whole
+        == (
+            Decimal(in_a + in_b) * Decimal(str(float(price_in)))
+            + Decimal(out_a + out_b) * Decimal(str(float(price_out)))
+        )
+        / 10**6
+    )

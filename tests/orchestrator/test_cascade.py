@@ -176,10 +176,11 @@ def test_exhausted_rate_limit_skips_the_config(
 def test_token_rate_limit_skips_the_config(
     service: Service, provider_factory: Callable[..., FakeProvider], fallback: FakeProvider
 ) -> None:
-    # Prepare: 32 tokens per minute; each call uses 30 and the next one's estimate is 5 (its words).
+    # Prepare: 32 tokens per minute; a request is estimated at its 5 words + max_tokens 20 = 25
+    # (reserved when it is let through), then counted as the 30 it used.
     own = provider_factory(api_key="k")
     org = service.org()
-    service.add_config(org, api_endpoint=own.url, api_key="k", rate_limit_tpm=32)
+    service.add_config(org, api_endpoint=own.url, api_key="k", rate_limit_tpm=32, max_tokens=20)
 
     # Execute
     providers = [service.chat(org).json()["provider"] for _ in range(2)]
@@ -279,12 +280,17 @@ def test_deadline_bounds_the_whole_request(
     response = service.chat(org)
     elapsed = time.monotonic() - started
 
-    # Assert: 504, nothing billed, the timed-out attempt logged.
+    # Assert: 504, nothing billed; the tenant attempt stopped early enough for the fallback to
+    # be tried in the reserve, and both timed-out attempts are logged.
     assert response.status_code == 504
     assert response.json()["error"] == "deadline_exceeded"
     assert elapsed < 1.8
     assert _billing(service, org) is None
-    assert [(r.status, r.error_code) for r in _usage(service, org)] == [("error", "timeout")]
+    rows = sorted(_usage(service, org), key=lambda r: r.is_fallback)
+    assert [(r.status, r.error_code, r.is_fallback) for r in rows] == [
+        ("error", "timeout", False),
+        ("error", "timeout", True),
+    ]
 
 
 def test_everything_down_is_502_and_nothing_billed(service: Service, fallback: FakeProvider) -> None:

@@ -98,3 +98,18 @@ def test_serve_with_two_workers_answers_and_accounts_every_request(
         requests = session.scalar(select(func.count()).select_from(LlmRequest))
         usage = session.scalar(select(func.count()).select_from(LlmUsageLog))
     assert (requests, usage, len(fallback.received)) == (40, 40, 40)
+
+
+def test_the_module_workers_reimport_is_lean() -> None:
+    # Prepare: what a spawned worker imports again (the parent's main module, as __mp_main__).
+    code = (
+        "import sys, runpy; runpy.run_module('orchestrator.served', run_name='__mp_main__'); "
+        "print(sorted(m for m in sys.modules if m.startswith(('orchestrator', 'typer', 'fastapi', 'torch'))))"
+    )
+
+    # Execute
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+    # Assert: nothing of the CLI, the service or any heavy library; only the module itself.
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['orchestrator']"
