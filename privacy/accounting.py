@@ -25,7 +25,6 @@ from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
-from opacus.accountants import PRVAccountant
 from scipy import special
 
 from privacy.events import (
@@ -236,6 +235,8 @@ MAX_PRV_POINTS = 4_000_000
 
 
 def _prv_run(history: list[tuple[float, float, int]], delta: float, eps_error: float) -> float:
+    from opacus.accountants import PRVAccountant  # torch: only PRV callers pay for it
+
     accountant = PRVAccountant()
     accountant.history = list(history)
     with warnings.catch_warnings(), np.errstate(all="ignore"):

@@ -7,15 +7,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
 
 def emit_json(payload: Any) -> None:
     sys.stdout.write(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def emit_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    from rich.console import Console  # only tables need rich; --json output stays light
+    from rich.table import Table
+
     console = Console()
     if not rows:
         console.print(f"{title}: none")
