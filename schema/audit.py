@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import groupby
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import Row, func, select, text
 from sqlalchemy.orm import Session
 
 from schema.bulk import insert_rows
@@ -281,25 +281,68 @@ class ChainReport:
     reason: str | None
 
 
+_VERIFY_COLUMNS = (
+    ImmutableAuditLog.id,
+    ImmutableAuditLog.organization_id,
+    ImmutableAuditLog.user_id,
+    ImmutableAuditLog.action,
+    ImmutableAuditLog.resource_type,
+    ImmutableAuditLog.resource_id,
+    ImmutableAuditLog.action_data,
+    ImmutableAuditLog.ip_address,
+    ImmutableAuditLog.user_agent,
+    ImmutableAuditLog.previous_hash,
+    ImmutableAuditLog.record_hash,
+    ImmutableAuditLog.created_at,
+)
+_VERIFY_FETCH = 5000
+
+
 def verify(session: Session, organization_id: uuid.UUID | None = None) -> list[ChainReport]:
-    """Re-hash every record of each chain (or of one organization's) and report the first break."""
-    query = select(ImmutableAuditLog).order_by(ImmutableAuditLog.organization_id, ImmutableAuditLog.id)
+    """Re-hash every record of each chain (or of one organization's) and report the first break.
+
+    Rows stream in chain order as plain tuples (no ORM objects kept), so memory stays that of one
+    chain whatever the size of the log.
+    """
+    query = select(*_VERIFY_COLUMNS).order_by(ImmutableAuditLog.organization_id, ImmutableAuditLog.id)
     if organization_id is not None:
         query = query.where(ImmutableAuditLog.organization_id == organization_id)
-    records = session.scalars(query)
-    return [
-        _verify_chain(org, list(chain)) for org, chain in groupby(records, key=lambda r: r.organization_id)
-    ]
+    rows = session.execute(query.execution_options(yield_per=_VERIFY_FETCH))
+    return [_verify_chain(org, chain) for org, chain in groupby(rows, key=lambda r: r.organization_id)]
 
 
-def _verify_chain(organization_id: uuid.UUID, chain: list[ImmutableAuditLog]) -> ChainReport:
+def _verify_chain(organization_id: uuid.UUID, chain: Iterable[Row[Any]]) -> ChainReport:
     expected_previous = GENESIS_HASH
-    for record in chain:
-        if record.previous_hash != expected_previous:
-            reason = "previous_hash does not match the record before it"
-            return ChainReport(str(organization_id), len(chain), False, record.id, reason)
-        if compute_hash(record) != record.record_hash:
-            reason = "record_hash does not match the record's content"
-            return ChainReport(str(organization_id), len(chain), False, record.id, reason)
-        expected_previous = record.record_hash
-    return ChainReport(str(organization_id), len(chain), True, None, None)
+    broken: tuple[int, str] | None = None
+    count = 0
+    for row in chain:
+        count += 1
+        if broken is not None:
+            continue
+        (
+            record_id,
+            org,
+            user_id,
+            action,
+            resource_type,
+            resource_id,
+            data,
+            ip,
+            agent,
+            previous,
+            stored,
+            created,
+        ) = row
+        if previous != expected_previous:
+            broken = (record_id, "previous_hash does not match the record before it")
+            continue
+        canonical = _canonical_fields(
+            org, user_id, action, resource_type, resource_id, data, ip, agent, previous, created
+        )
+        if hashlib.sha256(canonical).hexdigest() != stored:
+            broken = (record_id, "record_hash does not match the record's content")
+            continue
+        expected_previous = stored
+    if broken is not None:
+        return ChainReport(str(organization_id), count, False, broken[0], broken[1])
+    return ChainReport(str(organization_id), count, True, None, None)

@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import ARRAY, JSON, Table
+from sqlalchemy import ARRAY, JSON, Connection, Table
 from sqlalchemy.orm import Session
 
 #: Rows per executemany call on SQLite (bounds the memory of one parameter list).
@@ -52,6 +52,35 @@ def insert_rows(session: Session, table: Table, columns: Sequence[str], rows: It
                 copy.write_row(row)
                 count += 1
         return count
+    if any(column.default is not None for column in table.c if column.name not in columns):
+        return _insert_with_defaults(connection, table, columns, rows)
+    # Values converted by the columns' own bind processors, then the driver's executemany: what
+    # SQLAlchemy's executemany does, without building and compiling a parameter dict per row.
+    impls = [table.c[name].type.dialect_impl(connection.dialect) for name in columns]
+    processors = [impl.bind_processor(connection.dialect) for impl in impls]
+    placeholders = ", ".join("?" for _ in columns)
+    names = ", ".join(f'"{table.c[name].name}"' for name in columns)
+    statement = f'INSERT INTO "{table.name}" ({names}) VALUES ({placeholders})'
+    count = 0
+    batch: list[tuple[Any, ...]] = []
+    for row in rows:
+        batch.append(
+            tuple(v if p is None or v is None else p(v) for p, v in zip(processors, row, strict=True))
+        )
+        if len(batch) >= EXECUTEMANY_BATCH:
+            connection.exec_driver_sql(statement, batch)
+            count += len(batch)
+            batch = []
+    if batch:
+        connection.exec_driver_sql(statement, batch)
+        count += len(batch)
+    return count
+
+
+def _insert_with_defaults(
+    connection: Connection, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> int:
+    """SQLAlchemy's executemany, which fills in the Python-side defaults of omitted columns."""
     count = 0
     batch: list[dict[str, Any]] = []
     for row in rows:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
@@ -145,13 +146,13 @@ def _create_fresh(
         if plan.epsilon_cap is not None:
             budget_id = uuid.uuid4()
             budgets.append((budget_id, org, model_type, float(plan.epsilon_cap), delta, 0))
-            data = {
+            capped: dict[str, Any] = {
                 "model_type": model_type,
                 "previous": {"epsilon_cap": None, "delta": None},
                 "epsilon_cap": float(plan.epsilon_cap),
                 "delta": delta,
             }
-            chain.append(AuditEntry("privacy_budget.set", "privacy_budget", budget_id, data))
+            chain.append(AuditEntry("privacy_budget.set", "privacy_budget", budget_id, capped))
     table = {
         "organizations": Organization.__table__,
         "users": User.__table__,

@@ -68,9 +68,10 @@ class LazyGroup(TyperGroup):
             return click.Group.resolve_command(self, ctx, args)
         except click.UsageError as exc:
             matches = get_close_matches(args[0], self.list_commands(ctx)) if args else []
-            if matches:
-                exc.message = f"{exc.message.rstrip('.')}. Did you mean {', '.join(map(repr, matches))}?"
-            raise
+            if not matches:
+                raise
+            suggestion = f"{exc.message.rstrip('.')}. Did you mean {', '.join(map(repr, matches))}?"
+            raise click.UsageError(suggestion, ctx=exc.ctx) from None
 
 
 def lazy_group(commands: Mapping[str, LazyCommand]) -> type[LazyGroup]:
