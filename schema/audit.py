@@ -16,7 +16,7 @@ from datetime import datetime
 from itertools import groupby
 from typing import Any
 
-from sqlalchemy import Row, func, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from schema.bulk import insert_rows
@@ -311,7 +311,7 @@ def verify(session: Session, organization_id: uuid.UUID | None = None) -> list[C
     return [_verify_chain(org, chain) for org, chain in groupby(rows, key=lambda r: r.organization_id)]
 
 
-def _verify_chain(organization_id: uuid.UUID, chain: Iterable[Row[tuple[Any, ...]]]) -> ChainReport:
+def _verify_chain(organization_id: uuid.UUID, chain: Iterable[Any]) -> ChainReport:
     expected_previous = GENESIS_HASH
     broken: tuple[int, str] | None = None
     count = 0
@@ -332,7 +332,7 @@ def _verify_chain(organization_id: uuid.UUID, chain: Iterable[Row[tuple[Any, ...
             previous,
             stored,
             created,
-        ) = tuple(row)
+        ) = row
         if previous != expected_previous:
             broken = (record_id, "previous_hash does not match the record before it")
             continue
