@@ -80,10 +80,13 @@ def commands(org: str) -> dict[str, list[str]]:
 
 
 def run_once(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Wall and child CPU seconds of one process; a failing command stops the bench."""
+    """Wall and child CPU seconds of one process; a failing command stops the bench.
+
+    The process runs in its tree (``python -c`` puts the working directory first on sys.path).
+    """
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(argv, env=env, cwd=env["PYTHONPATH"], capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:

@@ -82,7 +82,9 @@ def main() -> int:
                 str(args.rounds),
                 str(args.steps),
             ]
-            done = subprocess.run([*argv, folder], env=env, capture_output=True, text=True, check=False)
+            done = subprocess.run(
+                [*argv, folder], env=env, cwd=ROOT, capture_output=True, text=True, check=False
+            )
         if done.returncode != 0:
             print(f"{tenants}: failed\n{done.stderr[-3000:]}")
             failed = True

@@ -98,6 +98,7 @@ def main() -> int:
                     done = subprocess.run(
                         [sys.executable, "-c", CHILD, url, str(tenants), folder],
                         env=env,
+                        cwd=tree,  # `python -c` puts the working directory first on sys.path
                         capture_output=True,
                         text=True,
                         check=False,
