@@ -14,12 +14,11 @@ which adds only what is missing.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from consent_gate.records import DEFAULT_CONSENT_VERSION, grant
@@ -34,9 +33,6 @@ from schema.timeutil import utcnow
 
 #: Tenants per transaction.
 BATCH_TENANTS = 1000
-#: SQLite page cache while preparing (KiB). Random UUID keys touch pages all over each index; with
-#: SQLite's default 2 MiB cache, batches get slower as the file grows.
-SQLITE_CACHE_KIB = 256 * 1024
 
 SIMULATION_NAMESPACE = uuid.UUID("5d0c3f4e-6a7b-4c1d-9e2f-a1b2c3d4e5f6")
 BILLING_MODEL = "pay_as_you_go"
@@ -82,7 +78,7 @@ def prepare_tenants(
     ids: list[uuid.UUID] = []
     for start in range(0, len(plans), batch_tenants):
         batch = plans[start : start + batch_tenants]
-        with transaction(engine) as session, _sqlite_cache(session):
+        with transaction(engine) as session:
             names = [plan.organization_name for plan in batch]
             query = select(Organization.name, Organization.id).where(Organization.name.in_(names))
             existing: dict[str, uuid.UUID] = {name: org for name, org in session.execute(query)}
@@ -97,18 +93,6 @@ def prepare_tenants(
                     existing.get(plan.organization_name) or organization_id_for(plan.organization_name)
                 )
     return ids
-
-
-@contextmanager
-def _sqlite_cache(session: Session) -> Iterator[None]:
-    """A larger page cache for this connection while the batch runs (SQLite only), then the old one."""
-    if session.get_bind().dialect.name != "sqlite":
-        yield
-        return
-    previous = int(session.execute(text("PRAGMA cache_size")).scalar_one())
-    session.execute(text(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}"))
-    yield  # on an error the session is unusable; the pooled connection keeps the larger cache (a cap, not memory)
-    session.execute(text(f"PRAGMA cache_size = {previous}"))
 
 
 def _create_fresh(
