@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import uuid
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, func, select
@@ -13,9 +12,9 @@ from sqlalchemy import Engine, func, select
 from consent_gate import eligibility, take_snapshot
 from consent_gate.policy import ConsentPolicy
 from privacy import ledger
-from schema import audit, migrate
+from schema import audit
 from schema.config import Settings
-from schema.db import make_engine, transaction
+from schema.db import transaction
 from schema.models import ConsentEvent, ImmutableAuditLog, Organization, PrivacyBudget, User, UserConsent
 from simulations.synthetic import firm_user_ids
 from simulations.tenants import (
@@ -231,19 +230,3 @@ def test_tampered_bulk_record_breaks_the_chain(engine: Engine) -> None:
 
     assert len(broken) == 1
     assert broken[0].reason == "record_hash does not match the record's content"
-
-
-def test_sqlite_page_cache_is_restored_after_preparing(tmp_path: Path) -> None:
-    """The larger page cache is for the batch only; the pooled connection gets its old one back."""
-    engine = make_engine(f"sqlite:///{tmp_path / 'cache.db'}")
-    migrate.upgrade(engine)
-    with engine.connect() as connection:
-        before = connection.exec_driver_sql("PRAGMA cache_size").scalar_one()
-
-    prepare_tenants(engine, plans(2), model_type=TASK, required_consents=REQUIRED, delta=1e-5)
-
-    with engine.connect() as connection:
-        after = connection.exec_driver_sql("PRAGMA cache_size").scalar_one()
-    engine.dispose()
-    assert after == before
-    assert count(engine, Organization) == 2
