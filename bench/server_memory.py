@@ -7,6 +7,7 @@ preparation time, the per-round times, and the process's peak RSS after preparat
 end (the ServerApp runs in this process; Ray's workers are other processes, not counted).
 
     .venv/bin/python bench/server_memory.py [--tenants 1000,10000] [--sampled 10] [--rounds 2] [--steps 5]
+        [--task time_estimation]
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import json, logging, os, resource, sys, time
 from pathlib import Path
-tenants, sampled, rounds, steps, folder = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
-                                           int(sys.argv[4]), Path(sys.argv[5]))
+tenants, sampled, rounds, steps, task, folder = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
+                                                 int(sys.argv[4]), sys.argv[5], Path(sys.argv[6]))
 from schema.config import Settings
 from schema.db import make_engine
 from schema.migrate import upgrade
@@ -46,14 +47,14 @@ class Progress:
         marks["rounds"].append(time.perf_counter())
     def finished(self):
         pass
-spec = SimulationSpec(tenants=tenants, fraction=sampled / tenants, rounds=rounds, steps=steps,
+spec = SimulationSpec(task=task, tenants=tenants, fraction=sampled / tenants, rounds=rounds, steps=steps,
                       out=str(folder / "out"), run_name="memory", dp="local", epsilon_cap=1000.0)
 rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 started = time.perf_counter()
 simulate(spec, settings, progress=Progress())
 stamps = [marks["prepared"], *marks["rounds"]]
 print(json.dumps({
-    "tenants": tenants, "sampled_per_round": sampled, "rounds": rounds, "steps": steps,
+    "task": task, "tenants": tenants, "sampled_per_round": sampled, "rounds": rounds, "steps": steps,
     "prepare_s": round(marks["prepared"] - started, 1),
     "round_s": [round(b - a, 1) for a, b in zip(stamps, stamps[1:])],
     "rss_imports_mb": round(rss_start), "rss_after_prepare_mb": round(marks["rss_prepared_mb"]),
@@ -68,6 +69,7 @@ def main() -> int:
     parser.add_argument("--sampled", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--task", default="time_estimation", help="digits allows at most 1797 tenants.")
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     failed = False
