@@ -31,7 +31,6 @@ from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
-from opacus.accountants import PRVAccountant
 from scipy import special
 
 from privacy.events import (
@@ -249,6 +248,8 @@ PRV_DOMAIN_LIMIT = 700.0
 
 
 def _prv_run(history: tuple[tuple[float, float, int], ...], delta: float, eps_error: float) -> float:
+    from opacus.accountants import PRVAccountant  # torch: only PRV callers pay for it
+
     accountant = PRVAccountant()
     accountant.history = list(history)
     with warnings.catch_warnings(), np.errstate(all="ignore"):

@@ -3,7 +3,7 @@
 ``prepare_federation`` creates one organization per tenant with the firm's users (their ids are the
 synthetic firm's, so every record belongs to a real ``users`` row), grants the consents a share of
 them hold, sets budget caps, and writes the manifest that tells each simulated SuperNode which
-tenant it is. ``run_federation`` runs the same ServerApp and ClientApp as a deployment.
+tenant it is (in bulk, a transaction per thousand tenants: ``simulations.tenants``). ``run_federation`` runs the same ServerApp and ClientApp as a deployment.
 """
 
 from __future__ import annotations
@@ -12,28 +12,22 @@ import json
 import logging
 import os
 import random
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine
 
 from consent_gate.policy import ConsentPolicy
-from consent_gate.records import grant
 from fl_client import protocol
 from fl_client.app import MANIFEST_ENV, make_client_app
 from fl_server.app import make_server_app
 from fl_server.config import RunConfig
 from fl_server.strategy import RoundRecord
-from privacy import ledger
-from schema import audit
 from schema.config import Settings
-from schema.db import transaction
-from schema.models import Organization, User
 from simulations.synthetic import firm_user_ids
+from simulations.tenants import TenantPlan, prepare_tenants
 
 
 @dataclass(frozen=True)
@@ -45,33 +39,8 @@ class TenantSetup:
     epsilon_cap: float | None
 
 
-SIMULATION_NAMESPACE = uuid.UUID("5d0c3f4e-6a7b-4c1d-9e2f-a1b2c3d4e5f6")
-
-
 def tenant_name(index: int) -> str:
     return f"tenant-{index}"
-
-
-def _create_organization(session: Session, name: str) -> Organization:
-    """``create_organization`` with an id derived from the (unique) name.
-
-    Nodes draw their DP noise from a seed that mixes in the organization id, so the same
-    simulation seed gives the same run in a fresh database only if the ids are the same too.
-    """
-    organization = Organization(
-        id=uuid.uuid5(SIMULATION_NAMESPACE, name), name=name, billing_model="pay_as_you_go"
-    )
-    session.add(organization)
-    session.flush()
-    audit.append(
-        session,
-        organization_id=organization.id,
-        action="organization.created",
-        resource_type="organization",
-        resource_id=organization.id,
-        data={"name": name, "billing_model": "pay_as_you_go", "source": "simulation"},
-    )
-    return organization
 
 
 def prepare_federation(
@@ -90,44 +59,30 @@ def prepare_federation(
 ) -> list[TenantSetup]:
     """Create (or reuse) the tenants' organizations, users, consents and caps; write the manifest."""
     required = ConsentPolicy.default().required_consents(task)
-    setups: list[TenantSetup] = []
-    nodes: list[dict[str, Any]] = []
+    plans: list[TenantPlan] = []
     for index in range(tenants):
         name = tenant_name(index)
         user_ids = firm_user_ids(seed, index)
-        with transaction(engine) as session:
-            org_name = f"{name_prefix}{name}"
-            organization = session.scalar(select(Organization).where(Organization.name == org_name))
-            if organization is None:
-                organization = _create_organization(session, org_name)
-            existing = set(session.scalars(select(User.id).where(User.organization_id == organization.id)))
-            for user_id in user_ids:
-                uid = uuid.UUID(user_id)
-                if uid not in existing:
-                    session.add(
-                        User(id=uid, organization_id=organization.id, email=f"{user_id[:8]}@{name}.example")
-                    )
-            session.flush()
-            consenting = round(len(user_ids) * consent_share)
-            rng = random.Random(f"{seed}:{index}:consent")
-            for user_id in rng.sample(user_ids, consenting):
-                for consent_type in required:
-                    grant(session, organization.id, user_id, consent_type, reason="simulation")
-            cap = (epsilon_caps or {}).get(index)
-            if cap is not None:
-                ledger.set_budget(
-                    session,
-                    organization.id,
-                    task,
-                    cap,
-                    delta,
-                    policy=ledger.LedgerPolicy(default_delta=delta),
-                )
-            setups.append(TenantSetup(name, str(organization.id), len(user_ids), consenting, cap))
+        consenting = round(len(user_ids) * consent_share)
+        rng = random.Random(f"{seed}:{index}:consent")
+        chosen = tuple(rng.sample(user_ids, consenting))
+        cap = (epsilon_caps or {}).get(index)
+        plans.append(TenantPlan(name, f"{name_prefix}{name}", tuple(user_ids), chosen, cap))
+    organization_ids = prepare_tenants(
+        engine, plans, model_type=task, required_consents=required, delta=delta
+    )
+    setups: list[TenantSetup] = []
+    nodes: list[dict[str, Any]] = []
+    for index, (plan, organization_id) in enumerate(zip(plans, organization_ids, strict=True)):
+        setups.append(
+            TenantSetup(
+                plan.name, str(organization_id), len(plan.user_ids), len(plan.consenting), plan.epsilon_cap
+            )
+        )
         nodes.append(
             {
-                protocol.NODE_ORGANIZATION: str(organization.id),
-                protocol.NODE_TENANT: name,
+                protocol.NODE_ORGANIZATION: str(organization_id),
+                protocol.NODE_TENANT: plan.name,
                 "data-source": "synthetic",
                 "data-seed": seed,
                 "tenant-index": index,

@@ -17,23 +17,79 @@ from collections.abc import Sequence
 
 import click
 import typer
-from typer.main import get_command
+from typer.main import get_group
 
-from orchestrator.cli import (
-    admin_commands,
-    audit_commands,
-    consent_commands,
-    db_commands,
-    node_commands,
-    privacy_audit_command,
-    privacy_commands,
-    run_local_command,
-    runs_commands,
-    service_commands,
-    simulate_command,
-    status_command,
-)
+from orchestrator.cli.lazy import LazyCommand, lazy_group
 from schema.errors import AccuteError
+
+#: Every command, imported only when it runs (`accute-fl --help` imports none of them). To add a
+#: command group: one line here, the help being the first paragraph of its Typer's ``help``.
+COMMANDS: dict[str, LazyCommand] = {
+    "db": LazyCommand(
+        "orchestrator.cli.db_commands", "app", "Create, migrate and inspect the database schema."
+    ),
+    "org": LazyCommand("orchestrator.cli.admin_commands", "org_app", "Organizations (tenants)."),
+    "user": LazyCommand("orchestrator.cli.admin_commands", "user_app", "Users of an organization."),
+    "audit": LazyCommand("orchestrator.cli.audit_commands", "app", "The hash-chained audit log."),
+    "consent": LazyCommand(
+        "orchestrator.cli.consent_commands",
+        "consent_app",
+        "Users' consents and the consent snapshot a tenant node trains on.",
+    ),
+    "dsr": LazyCommand(
+        "orchestrator.cli.consent_commands",
+        "dsr_app",
+        "Data subject requests (GDPR/CCPA): file, list, process.",
+    ),
+    "privacy": LazyCommand(
+        "orchestrator.cli.privacy_commands",
+        "privacy_app",
+        "Differential privacy math: epsilon and noise.",
+    ),
+    "budget": LazyCommand(
+        "orchestrator.cli.privacy_commands",
+        "budget_app",
+        "Privacy budgets of tenants: caps, spending, history.",
+    ),
+    "status": LazyCommand(
+        "orchestrator.cli.status_command",
+        "status",
+        "Show the database, its schema revision, and how many tenants, users and agent routes it holds.",
+    ),
+    "serve": LazyCommand(
+        "orchestrator.cli.service_commands",
+        "serve",
+        "Run the HTTP service (OpenAPI at /docs and /openapi.json).",
+    ),
+    "simulate": LazyCommand(
+        "orchestrator.cli.simulate_command",
+        "simulate_cmd",
+        "Run a governed DP federation of synthetic tenants and write a validation report.",
+    ),
+    "run-local": LazyCommand(
+        "orchestrator.cli.run_local_command",
+        "run_local",
+        "Run a governed federation on real Flower processes on this machine and write report.json.",
+    ),
+    "node": LazyCommand(
+        "orchestrator.cli.node_commands",
+        "node_app",
+        "A tenant node's own privacy ledger and kept evaluations.",
+    ),
+    "runs": LazyCommand(
+        "orchestrator.cli.runs_commands",
+        "app",
+        "Federated training runs: status, rounds, participants, ε.",
+    ),
+    "token": LazyCommand(
+        "orchestrator.cli.service_commands", "token_app", "Bearer tokens for the HTTP service."
+    ),
+    "keys": LazyCommand(
+        "orchestrator.cli.service_commands",
+        "keys_app",
+        "Key rotation (KEK, organization data keys, token signing key).",
+    ),
+}
 
 app = typer.Typer(
     name="accute-fl",
@@ -41,24 +97,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=lazy_group(COMMANDS),
 )
-app.add_typer(db_commands.app, name="db")
-app.add_typer(admin_commands.org_app, name="org")
-app.add_typer(admin_commands.user_app, name="user")
-app.add_typer(audit_commands.app, name="audit")
-app.add_typer(consent_commands.consent_app, name="consent")
-app.add_typer(consent_commands.dsr_app, name="dsr")
-privacy_commands.privacy_app.command("audit")(privacy_audit_command.audit)
-app.add_typer(privacy_commands.privacy_app, name="privacy")
-app.add_typer(privacy_commands.budget_app, name="budget")
-app.add_typer(node_commands.node_app, name="node")
-app.command("status")(status_command.status)
-app.command("serve")(service_commands.serve)
-app.command("simulate")(simulate_command.simulate_cmd)
-app.command("run-local")(run_local_command.run_local)
-app.add_typer(runs_commands.app, name="runs")
-app.add_typer(service_commands.token_app, name="token")
-app.add_typer(service_commands.keys_app, name="keys")
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 70
@@ -92,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    command = get_command(app)
+    command = get_group(app)
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         result = command.main(args=args, prog_name="accute-fl", standalone_mode=False)

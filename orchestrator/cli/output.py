@@ -7,9 +7,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
 
 def emit_json(payload: Any) -> None:
     sys.stdout.write(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
@@ -27,6 +24,9 @@ def natural_width(title: str, cells: list[list[str]], columns: Sequence[str]) ->
 
 def emit_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
     """A table that never cuts an id: piped output is as wide as its content, a terminal folds long cells."""
+    from rich.console import Console  # only tables need rich; --json output stays light
+    from rich.table import Table
+
     console = Console()
     if not rows:
         console.print(f"{title}: none")

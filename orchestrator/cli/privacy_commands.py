@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
+from orchestrator.cli import privacy_audit_command
 from orchestrator.cli.context import load_settings, organization_id, ready_engine
 from orchestrator.cli.output import emit
-from privacy import accounting, ledger
+from privacy import accounting
 from schema.db import transaction
 from schema.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from privacy import ledger
 
 privacy_app = typer.Typer(help="Differential privacy math: epsilon and noise.", no_args_is_help=True)
 budget_app = typer.Typer(help="Privacy budgets of tenants: caps, spending, history.", no_args_is_help=True)
@@ -56,6 +60,8 @@ def _accountant(name: str | None) -> str:
 
 
 def _policy() -> ledger.LedgerPolicy:
+    from privacy import ledger  # the ORM models: only budget commands need them
+
     return ledger.LedgerPolicy.from_settings(load_settings())
 
 
@@ -143,6 +149,8 @@ def budget_set(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Set the privacy budget cap (epsilon, delta) of a tenant for a model type, per unit of privacy."""
+    from privacy import ledger
+
     policy = _policy()
     with transaction(ready_engine()) as session:
         statuses = ledger.set_budget(session, org, model_type, epsilon_cap, delta, policy=policy, unit=unit)
@@ -157,6 +165,8 @@ def budget_show(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Every budget with epsilon spent and remaining; status ok, near_cap (>= 80 %) or exhausted."""
+    from privacy import ledger
+
     policy = _policy()
     with transaction(ready_engine()) as session:
         rows = [s.as_dict() for s in ledger.budget_rows(session, org, policy=policy)]
@@ -168,7 +178,13 @@ def budget_history(
     org: str = ORG_OPTION, model_type: str = MODEL_TYPE_OPTION, as_json: bool = JSON_OPTION
 ) -> None:
     """A tenant's DP events for a model type, in order, with epsilon after each."""
+    from privacy import ledger
+
     policy = _policy()
     with transaction(ready_engine()) as session:
         rows = [e.as_dict() for e in ledger.history(session, org, model_type, policy=policy)]
     _show(rows, as_json, "Privacy ledger", HISTORY_COLUMNS)
+
+
+# `privacy audit` lives in its own module (its mechanisms import torch only when it runs).
+privacy_app.command("audit")(privacy_audit_command.audit)

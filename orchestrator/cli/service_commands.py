@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import typer
 
-from orchestrator.auth import parse_ttl
 from orchestrator.cli.context import load_settings, organization_id, ready_engine
 from orchestrator.cli.output import emit
-from orchestrator.service import build_services
 from schema.db import transaction
 from schema.validation import parse_uuid
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from orchestrator.auth import TokenService
+    from orchestrator.keys import KeyRing
 
 token_app = typer.Typer(help="Bearer tokens for the HTTP service.", no_args_is_help=True)
 keys_app = typer.Typer(
@@ -37,6 +41,23 @@ def uvicorn_options(host: str, port: int, workers: int, log_level: str, access_l
         "access_log": access_log,
         "backlog": 4096,
     }
+
+
+class KeyServices(NamedTuple):
+    engine: Engine
+    keyring: KeyRing
+    tokens: TokenService
+
+
+def _services() -> KeyServices:
+    """The keyring and token service as ``orchestrator.service.build_services`` makes them, without
+    the HTTP stack: ``token`` and ``keys`` commands do not import FastAPI."""
+    from orchestrator.auth import TokenService
+    from orchestrator.keys import KeyRing, kek_provider
+
+    settings, bound = load_settings(), ready_engine()
+    keyring = KeyRing(kek_provider(settings))
+    return KeyServices(bound, keyring, TokenService(bound, keyring, settings))
 
 
 def run_server(
@@ -94,7 +115,9 @@ def token_issue(
     subject: str | None = typer.Option(None, "--subject", help="The token's 'sub' claim."),
 ) -> None:
     """Print a signed token (the last line of stdout)."""
-    services = build_services(load_settings(), ready_engine())
+    from orchestrator.auth import parse_ttl
+
+    services = _services()
     token = services.tokens.issue(role=role, organization_id=org, subject=subject, ttl_s=parse_ttl(ttl))
     sys.stdout.write(token + "\n")
 
@@ -102,7 +125,7 @@ def token_issue(
 @keys_app.command("rotate-kek")
 def rotate_kek(as_json: bool = JSON_OPTION) -> None:
     """New key-encryption key version; every data key and signing key is re-wrapped under it."""
-    services = build_services(load_settings(), ready_engine())
+    services = _services()
     with transaction(services.engine) as session:
         version = services.keyring.rotate_kek(session)
     emit({"kek_version": version}, as_json, "KEK rotated", ("kek_version",))
@@ -114,7 +137,7 @@ def rotate_org(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """New data key for one organization; its provider API keys are re-encrypted under it."""
-    services = build_services(load_settings(), ready_engine())
+    services = _services()
     with transaction(services.engine) as session:
         version = services.keyring.rotate_data_key(session, parse_uuid(org, "organization id"))
     emit(
@@ -128,7 +151,7 @@ def rotate_org(
 @keys_app.command("rotate-signing")
 def rotate_signing(as_json: bool = JSON_OPTION) -> None:
     """New token signing key; tokens signed by the old one stay valid until they expire."""
-    services = build_services(load_settings(), ready_engine())
+    services = _services()
     with transaction(services.engine) as session:
         kid = services.tokens.rotate_signing_key(session)
     emit({"kid": kid}, as_json, "Signing key rotated", ("kid",))

@@ -1,0 +1,238 @@
+"""Commands that neither train nor account with PRV start without the deep-learning stack.
+
+Each command runs in a fresh interpreter (the tree on PYTHONPATH, a migrated SQLite file in a
+temporary folder) through the real entry point; the interpreter then reports which heavy
+packages ended up in ``sys.modules``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from consent_gate import dsr, records
+from orchestrator.cli import main as cli_main
+from orchestrator.cli.lazy import LazyGroup, command_help
+from privacy import ledger
+from privacy.events import DpSgdEvent
+from schema import directory, migrate
+from schema.db import make_engine, transaction
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = ("torch", "opacus", "flwr", "sklearn", "matplotlib", "ray")
+COMMAND_MODULES = tuple(sorted({c.module for c in cli_main.COMMANDS.values()}))
+
+# Runs the CLI in this interpreter, then writes the exit code and the loaded modules we care about.
+PROBE = """
+import json, os, sys
+from orchestrator.cli.main import main
+code = main(sys.argv[1:])
+watched = [m for m in json.loads(os.environ["PROBE_WATCH"]) if m in sys.modules]
+with open(os.environ["PROBE_OUT"], "w") as out:
+    json.dump({"code": code, "loaded": watched}, out)
+"""
+
+
+@dataclass(frozen=True)
+class Probe:
+    code: int
+    loaded: list[str]
+    stdout: str
+    stderr: str
+
+
+@dataclass(frozen=True)
+class Tenant:
+    url: str
+    organization_id: str
+    user_id: str
+    folder: Path
+
+
+@pytest.fixture(scope="module")
+def tenant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenant]:
+    """A migrated SQLite file with one organization, a user, a consent, a budget with an event, a DSR."""
+    folder = tmp_path_factory.mktemp("startup")
+    url = f"sqlite:///{folder / 'cli.db'}"
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    policy = ledger.LedgerPolicy()
+    with transaction(engine) as session:
+        org = directory.create_organization(session, "Startup & Co", "pay_as_you_go")
+        user = directory.create_user(session, str(org.id), "ada@startup.example")
+    with transaction(engine) as session:
+        records.grant(session, str(org.id), str(user.id), "federated_learning", "v1")
+        ledger.set_budget(session, str(org.id), "digits", 8.0, 1e-5, policy=policy)
+        dsr.file_request(session, str(org.id), str(user.id), "access")
+    with transaction(engine) as session:
+        event = DpSgdEvent(noise_multiplier=1.1, sample_rate=0.01, steps=50)
+        ledger.charge(session, str(org.id), "digits", event, aggregation_round=1, policy=policy)
+    engine.dispose()
+    yield Tenant(url, str(org.id), str(user.id), folder)
+
+
+def probe(tenant: Tenant, args: list[str], watch: tuple[str, ...] = HEAVY) -> Probe:
+    out = tenant.folder / "probe.json"
+    out.unlink(missing_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCUTE_")} | {
+        "PYTHONPATH": str(ROOT),
+        "ACCUTE_DATABASE_URL": tenant.url,
+        "PROBE_OUT": str(out),
+        "PROBE_WATCH": json.dumps(list(watch)),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *args],
+        cwd=tenant.folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    return Probe(report["code"], report["loaded"], done.stdout, done.stderr)
+
+
+def light_commands(tenant: Tenant) -> dict[str, list[str]]:
+    org, user = tenant.organization_id, tenant.user_id
+    return {
+        "help": ["--help"],
+        "budget show": ["budget", "show", "--json"],
+        "budget history": ["budget", "history", "--org", org, "--model-type", "digits", "--json"],
+        "consent show": ["consent", "show", "--org", org, "--user", user],
+        "dsr list": ["dsr", "list", "--json"],
+        "org list": ["org", "list"],
+        "user list": ["user", "list", "--org", org, "--json"],
+        "audit verify": ["audit", "verify", "--json"],
+        "privacy epsilon": [
+            "privacy",
+            "epsilon",
+            "--noise-multiplier",
+            "1.1",
+            "--sample-rate",
+            "0.01",
+            "--steps",
+            "100",
+            "--delta",
+            "1e-5",
+            "--accountant",
+            "rdp",
+            "--json",
+        ],
+        "db current": ["db", "current", "--json"],
+        "status": ["status", "--json"],
+        "token issue": ["token", "issue", "--role", "org_admin", "--org", org],
+    }
+
+
+LIGHT = (
+    "help",
+    "budget show",
+    "budget history",
+    "consent show",
+    "dsr list",
+    "org list",
+    "user list",
+    "audit verify",
+    "privacy epsilon",
+    "db current",
+    "status",
+    "token issue",
+)
+
+
+@pytest.mark.parametrize("name", LIGHT)
+def test_command_runs_without_heavy_imports(tenant: Tenant, name: str) -> None:
+    # Prepare
+    args = light_commands(tenant)[name]
+
+    # Execute
+    result = probe(tenant, args)
+
+    # Assert
+    assert result.code == 0, result.stderr
+    assert result.loaded == [], f"`accute-fl {' '.join(args)}` imported {result.loaded}"
+
+
+def test_commands_report_what_they_read(tenant: Tenant) -> None:
+    """The probes above ran real commands: their output is the tenant's data, not an empty shell."""
+    commands = light_commands(tenant)
+
+    budgets = json.loads(probe(tenant, commands["budget show"]).stdout)
+    history = json.loads(probe(tenant, commands["budget history"]).stdout)
+    requests = json.loads(probe(tenant, commands["dsr list"]).stdout)
+    chains = json.loads(probe(tenant, commands["audit verify"]).stdout)
+    epsilon = json.loads(probe(tenant, commands["privacy epsilon"]).stdout)
+    token = probe(tenant, commands["token issue"]).stdout.strip().splitlines()[-1]
+
+    assert [(b["organization_id"], b["model_type"]) for b in budgets] == [(tenant.organization_id, "digits")]
+    assert budgets[0]["epsilon_spent"] > 0
+    assert [e["aggregation_round"] for e in history] == [1]
+    assert [r["request_type"] for r in requests] == ["access"]
+    assert chains and all(c["ok"] for c in chains)
+    assert 0 < epsilon["epsilon"] < 10
+    assert token.count(".") == 2  # a JWT: header.claims.signature
+
+
+def test_help_imports_no_command_module(tenant: Tenant) -> None:
+    result = probe(tenant, ["--help"], watch=(*COMMAND_MODULES, "schema.models", "sqlalchemy.orm"))
+
+    assert result.code == 0
+    assert result.loaded == []
+    for name in cli_main.COMMANDS:
+        assert name in result.stdout
+
+
+def test_a_command_imports_only_its_own_module(tenant: Tenant) -> None:
+    result = probe(tenant, ["org", "list", "--json"], watch=COMMAND_MODULES)
+
+    assert result.code == 0
+    assert result.loaded == ["orchestrator.cli.admin_commands"]
+
+
+def test_prv_accountant_still_loads_opacus_when_asked(tenant: Tenant) -> None:
+    args = light_commands(tenant)["privacy epsilon"]
+    args[args.index("rdp")] = "prv"
+
+    result = probe(tenant, args, watch=("opacus",))
+
+    assert result.code == 0, result.stderr
+    assert result.loaded == ["opacus"]
+    prv, rdp = (
+        json.loads(result.stdout)["epsilon"],
+        json.loads(probe(tenant, light_commands(tenant)["privacy epsilon"]).stdout)["epsilon"],
+    )
+    assert 0 < prv <= rdp
+
+
+@pytest.mark.parametrize("name", sorted(cli_main.COMMANDS))
+def test_registered_help_line_matches_the_command(name: str) -> None:
+    """`--help` shows the registry's line without importing; it must say what the command says."""
+    spec = cli_main.COMMANDS[name]
+
+    loaded = spec.load(name)
+
+    assert loaded.name == name
+    assert command_help(loaded) == spec.help
+
+
+def test_unknown_command_suggests_a_lazy_one(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli_main.main(["budgte", "show"])
+
+    assert code == 2
+    assert "Did you mean 'budget'" in capsys.readouterr().err
+
+
+def test_root_group_is_lazy() -> None:
+    group = cli_main.get_group(cli_main.app)
+
+    assert isinstance(group, LazyGroup)
+    assert list(group.list_commands(None))[: len(cli_main.COMMANDS)] == list(cli_main.COMMANDS)  # type: ignore[arg-type]
