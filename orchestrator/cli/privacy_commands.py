@@ -72,6 +72,8 @@ def _readable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _json_safe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A non-private release's epsilon (+inf) as the string "inf": JSON has no infinity."""
+    from privacy import ledger
+
     return [
         {k: ledger.finite_or_inf(v) if isinstance(v, float) else v for k, v in row.items()} for row in rows
     ]

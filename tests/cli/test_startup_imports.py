@@ -173,7 +173,10 @@ def test_commands_report_what_they_read(tenant: Tenant) -> None:
     epsilon = json.loads(probe(tenant, commands["privacy epsilon"]).stdout)
     token = probe(tenant, commands["token issue"]).stdout.strip().splitlines()[-1]
 
-    assert [(b["organization_id"], b["model_type"]) for b in budgets] == [(tenant.organization_id, "digits")]
+    # One budget per unit of privacy (record, tenant, user), each its own epsilon.
+    assert sorted((b["organization_id"], b["model_type"], b["unit"]) for b in budgets) == [
+        (tenant.organization_id, "digits", unit) for unit in ("record", "tenant", "user")
+    ]
     assert budgets[0]["epsilon_spent"] > 0
     assert [e["aggregation_round"] for e in history] == [1]
     assert [r["request_type"] for r in requests] == ["access"]
