@@ -218,6 +218,51 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def dp_description(config: dict[str, Any]) -> str:
+    """The DP parameters that apply: local DP-SGD's, the server's central Gaussian's, or both."""
+    dp = config["dp"]
+    parts = []
+    if dp in ("local", "both"):
+        parts.append(
+            f"local DP-SGD z={config['noise_multiplier']:.4g}, C={config['clip_norm']:g}, "
+            f"q={config['sample_rate']:g}, {config['steps']} steps/round"
+        )
+    if dp in ("central", "both"):
+        parts.append(
+            f"central Gaussian z={config['central_noise_multiplier']:.4g}, "
+            f"C={config['central_clip_norm']:g}, q={config['fraction']:g} per round"
+        )
+    if not parts:
+        return f"DP **off** (no privacy; {config['steps']} steps/round)"
+    return f"DP **{dp}** ({'; '.join(parts)}, δ={config['delta']:g})"
+
+
+def headline(final: dict[str, Any], metric: str) -> list[str]:
+    """The held-out metric first, the train metric beside it (where it exists), then the model."""
+    test_set = final.get("test_set") or {}
+    where = (
+        f"on the server's test set ({test_set['records']} records no tenant holds: {test_set['source']})"
+        if test_set
+        else "on the tenants' held-out users"
+    )
+    round_note = f", model of round {final['metric_round']}" if final.get("metric_round") else ""
+    train = final.get("train_metric")
+    train_note = (
+        f" Train {metric} (pooled training records): {_fmt(train)}."
+        if train is not None
+        else " No train metric (a DP run releases none)."
+        if test_set
+        else ""
+    )
+    return [
+        f"Held-out {metric}: **{_fmt(final.get('test_metric', final['metric']))}** {where}{round_note}."
+        f"{train_note}",
+        "",
+        f"Model {final['model_name']} {final['model_version']} ({final['deployment_status']}), "
+        f"weights `{final['weights_checksum']}`.",
+    ]
+
+
 def write_markdown(
     path: Path, report: dict[str, Any], rows: list[dict[str, Any]], sweep: list[dict[str, Any]], metric: str
 ) -> None:
@@ -237,13 +282,10 @@ def write_markdown(
         f"# Simulation report: {config['run_name']}",
         "",
         f"Task **{config['task']}**, {len(report['tenants'])} tenants, {config['rounds']} rounds, "
-        f"fraction {config['fraction']:g}, DP **{config['dp']}** (z={config['noise_multiplier']:.4g}, "
-        f"C={config['clip_norm']:g}, q={config['sample_rate']:g}, {config['steps']} steps/round, "
-        f"δ={config['delta']:g}), seed {config['seed']}.",
+        f"fraction {config['fraction']:g}, {dp_description(config)}, seed {config['seed']}.",
         "",
         *warning,
-        f"Final {metric}: **{_fmt(final['metric'])}**; model {final['model_name']} "
-        f"{final['model_version']} ({final['deployment_status']}), weights `{final['weights_checksum']}`.",
+        *headline(final, metric),
         "",
         f"![{metric} per round](metric.png)",
         "",

@@ -26,7 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fl_server.config import DpMode, RunConfig
 from schema.errors import InvalidInputError
-from simulations.synthetic import firm_user_ids
+from simulations.synthetic import DIGITS_TEST_SIZE, firm_user_ids
+
+DIGITS_TRAIN_SIZE = 1797 - DIGITS_TEST_SIZE
+#: The nodes' default held-out share of users (RunConfig.holdout_fraction).
+HOLDOUT_FRACTION = 0.2
 
 Partition = Literal["iid", "dirichlet", "size"]
 
@@ -150,8 +154,11 @@ class SimulationSpec(BaseModel):
         for point in self.sweep:
             if not point > 0:
                 raise ValueError(f"sweep epsilon must be positive or inf, got {point}")
-        if self.tenants > 1797 and self.task == "digits":
-            raise ValueError("digits has 1797 examples: at most 1797 tenants")
+        if self.task == "digits" and self.tenants > DIGITS_TRAIN_SIZE:
+            raise ValueError(
+                f"digits has {DIGITS_TRAIN_SIZE} training examples (the rest is the server's test set): "
+                f"at most {DIGITS_TRAIN_SIZE} tenants"
+            )
         self.withdrawals()
         self.erasures()
         RunConfig.parse(self._run_values(self.noise_multiplier or 1.0))
@@ -236,7 +243,27 @@ class SimulationSpec(BaseModel):
             "delta": self.delta,
             "seed": self.seed,
             "round_timeout_s": 600.0,
+            "expected_batch_size": self.expected_batch_size(
+                self.sample_rate if self.sample_rate is not None else defaults.sample_rate
+            ),
         }
+
+    def expected_batch_size(self, sample_rate: float) -> float:
+        """A public denominator for DP-SGD: q times a tenant's mean number of training records.
+
+        The simulator made the data, so this is public here. Without it the server falls back to
+        q times the consenting *users*, which at record level is far below the batch a node draws
+        (digits firms have a few users and hundreds of records), and scales every step up by that
+        ratio: training diverges (a non-private 3-tenant digits run stayed at chance).
+        """
+        from simulations.synthetic import firm_profile
+
+        if self.task == "digits":
+            mean_records = DIGITS_TRAIN_SIZE / self.tenants
+        else:
+            firms = range(min(self.tenants, 200))
+            mean_records = sum(firm_profile(self.seed, i).n_records for i in firms) / len(firms)
+        return max(1.0, sample_rate * mean_records * (1.0 - HOLDOUT_FRACTION))
 
     def run_config(self) -> RunConfig:
         """The governed run's config; ``--target-epsilon`` becomes the noise multiplier for all rounds."""

@@ -91,7 +91,11 @@ def _summary(console: Console, result: SimulationResult, path: Path) -> None:
     console.print(table)
     final = report["final"]
     metric = "-" if final["metric"] is None else f"{final['metric']:.4f}"
-    console.print(f"final metric {metric}; model {final['model_name']} {final['model_version']}")
+    train = final.get("train_metric")
+    train_note = "" if train is None else f" (train {train:.4f})"
+    console.print(
+        f"held-out metric {metric}{train_note}; model {final['model_name']} {final['model_version']}"
+    )
     for point in result.sweep:
         console.print(
             f"ε={point['epsilon']}: federated {point['federated_metric']:.4f}, "
