@@ -37,6 +37,7 @@ def tenant_rows(report: dict[str, Any], users: dict[str, tuple[int, int]]) -> li
                 "rounds_skipped_consent": statuses.pop("rejected_consent", 0),
                 "rounds_skipped_budget": statuses.pop("rejected_budget", 0),
                 "dp_events": len(tenant["dp_events"]),
+                "epsilon_run": tenant.get("epsilon_run", tenant["epsilon_spent"]),
                 "epsilon_spent": tenant["epsilon_spent"],
                 "epsilon_cap": tenant["epsilon_cap"],
             }
@@ -95,23 +96,28 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p")
 
 
 def plot_epsilon(path: Path, report: dict[str, Any]) -> None:
-    """ε per tenant per round, each tenant with its own colour, marker and end label; caps labelled."""
+    """This run's ε per tenant per round (not the lifetime ledger: an earlier run's spend would make
+    round 1 jump), each tenant with its own colour, marker and end label; skipped rounds marked
+    with a grey x; the lifetime total in the legend where it differs; caps labelled."""
     tenants = report["tenants"]
-    ranked = sorted(tenants, key=lambda n: (-_finite(tenants[n]["epsilon_spent"]), n))
+    ranked = sorted(tenants, key=lambda n: (-_finite(_run_eps(tenants[n])), n))
     shown = sorted(ranked[:MAX_PLOTTED_TENANTS], key=_tenant_order)
     rounds = [0] + [r["round"] for r in report["rounds"]]
     fig, ax = plt.subplots(figsize=(7.2, 4.2), dpi=110)
     delta = report["config"].get("delta")
-    ax.set_title("ε per tenant (dashed: cap)")
+    ax.set_title("ε of this run per tenant (dashed: lifetime cap)")
     if not shown or not report["rounds"]:
         _no_data(ax, "no tenant took part in a round")
     else:
         colors = plt.get_cmap("tab20")
         caps_drawn: set[float] = set()
+        skip_labelled = False
         ends: list[tuple[float, float, str]] = []
         for i, name in enumerate(shown):
             color = colors(i % 20)
-            values = [0.0] + [_finite(r["epsilon"].get(name, 0.0)) for r in report["rounds"]]
+            values = [0.0] + [
+                _finite(r.get("epsilon_run", r["epsilon"]).get(name, 0.0)) for r in report["rounds"]
+            ]
             # Overlapping tenants: a small horizontal offset per tenant keeps every marker visible.
             offset = (i - (len(shown) - 1) / 2) * min(0.25 / max(len(shown), 1), 0.04)
             ax.plot(
@@ -120,8 +126,20 @@ def plot_epsilon(path: Path, report: dict[str, Any]) -> None:
                 marker=_MARKERS[i % len(_MARKERS)],
                 markersize=4,
                 color=color,
-                label=name,
+                label=_legend(name, tenants[name]),
             )
+            skipped = [k for k, r in enumerate(report["rounds"], start=1) if name in r.get("skipped", {})]
+            if skipped:
+                ax.plot(
+                    [rounds[k] + offset for k in skipped],
+                    [values[k] for k in skipped],
+                    linestyle="none",
+                    marker="x",
+                    markersize=6,
+                    color="0.4",
+                    label=None if skip_labelled else "skipped round",
+                )
+                skip_labelled = True
             ends.append((rounds[-1] + offset, values[-1], name))
             cap = float(tenants[name]["epsilon_cap"])
             if math.isfinite(cap) and cap not in caps_drawn:
@@ -142,12 +160,24 @@ def plot_epsilon(path: Path, report: dict[str, Any]) -> None:
         ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
         ax.set_ylabel(f"ε spent (δ={delta:g})" if isinstance(delta, int | float) else "ε spent")
         if len(tenants) > len(shown):
-            ax.set_title(f"ε per tenant (dashed: cap) — {len(shown)} of {len(tenants)}, most spent")
+            ax.set_title(f"ε of this run (dashed: lifetime cap) — {len(shown)} of {len(tenants)}, most spent")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _run_eps(tenant: dict[str, Any]) -> Any:
+    return tenant.get("epsilon_run", tenant["epsilon_spent"])
+
+
+def _legend(name: str, tenant: dict[str, Any]) -> str:
+    """The tenant's name, with its lifetime ε when earlier runs spent some too."""
+    lifetime, run = _finite(tenant["epsilon_spent"]), _finite(_run_eps(tenant))
+    if lifetime != run:
+        return f"{name} (lifetime ε {_fmt(lifetime)})"
+    return name
 
 
 def _label_line_ends(ax: Any, ends: list[tuple[float, float, str]]) -> None:
@@ -320,17 +350,18 @@ def write_markdown(
         "",
         "Full table: [tenants.csv](tenants.csv).",
         "",
-        "| tenant | users (consenting) | sampled | skipped consent | skipped budget | ε spent | ε cap |",
-        "|---|---|---|---|---|---|---|",
+        "| tenant | users (consenting) | sampled | skipped consent | skipped budget | ε this run "
+        "| ε lifetime | ε cap |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows[:50]:
         lines.append(
             f"| {row['tenant']} | {row['users']} ({row['consenting_users']}) | {row['rounds_sampled']} "
             f"| {row['rounds_skipped_consent']} | {row['rounds_skipped_budget']} "
-            f"| {_fmt(row['epsilon_spent'])} | {_fmt(row['epsilon_cap'])} |"
+            f"| {_fmt(row['epsilon_run'])} | {_fmt(row['epsilon_spent'])} | {_fmt(row['epsilon_cap'])} |"
         )
     if len(rows) > 50:
-        lines.append(f"| … {len(rows) - 50} more in tenants.csv | | | | | | |")
+        lines.append(f"| … {len(rows) - 50} more in tenants.csv | | | | | | | |")
     path.write_text("\n".join(lines) + "\n")
 
 

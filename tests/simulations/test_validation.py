@@ -99,6 +99,8 @@ def test_with_dp_every_epsilon_is_capped_and_equals_ledger_and_an_independent_ac
         assert tenant["epsilon_spent"] == pytest.approx(
             independent_epsilon(tenant["dp_events"], delta), rel=1e-3
         )
+        # A fresh database: this run's epsilon is the lifetime one.
+        assert tenant["epsilon_run"] == pytest.approx(tenant["epsilon_spent"])
         # The per-round series ends at the ledger's value.
         assert report["rounds"][-1]["epsilon"][name] == pytest.approx(tenant["epsilon_spent"])
     assert report["tenants"]["tenant-2"]["epsilon_cap"] == 2.5
