@@ -34,9 +34,7 @@ def test_records(spec: SimulationSpec) -> list[dict[str, Any]]:
 
 
 def tenant_organization_id(spec: SimulationSpec, index: int) -> str:
-    from simulations.runner import org_prefix
-
-    return str(uuid.uuid5(_SIMULATION_NAMESPACE, f"{org_prefix(spec.seed)}tenant-{index}"))
+    return str(uuid.uuid5(_SIMULATION_NAMESPACE, f"{spec.org_prefix()}tenant-{index}"))
 
 
 def training_records(

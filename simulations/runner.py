@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from schema.db import make_engine, transaction
 from schema.errors import ConflictError
 from schema.migrate import require_current_schema
 from schema.models import FlRoundOutcome, FlRun, Organization
+from simulations import preflight
 from simulations.federation import TenantSetup, prepare_federation, run_federation
 from simulations.heldout import server_evaluate
 from simulations.scenario import SimulationSpec
@@ -158,6 +160,10 @@ def max_epsilon(engine: Engine, run_name: str, server_round: int) -> float:
     return float(value or 0.0)
 
 
+def print_warning(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def run_one(
     spec: SimulationSpec,
     settings: Settings,
@@ -167,12 +173,20 @@ def run_one(
     executor: Executor = run_federation,
     progress: Progress | None = None,
     label: str = "",
+    warn: Callable[[str], None] = print_warning,
 ) -> RunOutcome:
     """Prepare the tenants, run the governed federation, return its report."""
     progress = progress or SilentProgress()
     started = time.perf_counter()
     config = spec.run_config()
     check_new_run(engine, config.run_name)
+    policy = ledger.LedgerPolicy.from_settings(settings)
+    caps = {f"tenant-{i}": cap for i, cap in spec.epsilon_caps().items()}
+    names = [(f"tenant-{i}", f"{spec.org_prefix()}tenant-{i}") for i in range(spec.tenants)]
+    for line in preflight.check(
+        preflight.forecast(engine, config, names, caps, spec.delta, policy), config.rounds
+    ):
+        warn(line)
     setups = prepare_federation(
         engine,
         task=spec.task,
@@ -184,7 +198,7 @@ def run_one(
         delta=spec.delta,
         partition=spec.partition,
         alpha=spec.alpha,
-        name_prefix=org_prefix(spec.seed),
+        name_prefix=spec.org_prefix(),
     )
     scenario = ConsentScenario(engine, spec, setups)
     stamps: list[float] = []
@@ -204,7 +218,6 @@ def run_one(
         server_evaluate(spec),
     )
     progress.finished()
-    policy = ledger.LedgerPolicy.from_settings(settings)
     report = build_report(engine, config.run_name, settings.weights_dir, policy)
     report["scenario"] = scenario.log
     add_held_out_final(report, spec, config, setups)

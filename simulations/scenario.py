@@ -119,6 +119,9 @@ class SimulationSpec(BaseModel):
     seed: int = Field(default=1, ge=1, le=2**31 - 1)
     out: str = "simulation-report"
     sweep: list[float] = Field(default_factory=list)
+    #: New organizations for this run (named after it) instead of the seed's shared ones, whose
+    #: ledgers earlier runs have spent: a repeatable run (the demo's default).
+    fresh_tenants: bool = False
 
     @field_validator("task")
     @classmethod
@@ -213,6 +216,11 @@ class SimulationSpec(BaseModel):
             if self.consenting(event.tenant) < 1:
                 raise InvalidInputError(f"tenant-{event.tenant} has no consenting user to file an erasure")
         return sorted(events, key=lambda e: (e.after_round, e.tenant))
+
+    def org_prefix(self) -> str:
+        """Organization names of this simulation's tenants: ``sim{seed}-tenant-K``, shared by every
+        run of the seed (their ledgers carry over), or ``sim{seed}-{run}-tenant-K`` when fresh."""
+        return f"sim{self.seed}-{self.run_name}-" if self.fresh_tenants else f"sim{self.seed}-"
 
     def epsilon_caps(self) -> dict[int, float]:
         caps = {i: self.epsilon_cap for i in range(self.tenants)} if self.epsilon_cap is not None else {}

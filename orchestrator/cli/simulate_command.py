@@ -143,6 +143,11 @@ def simulate_cmd(
     out: Path | None = typer.Option(None, "--out", help="Report directory (default simulation-report)."),
     sweep: str | None = typer.Option(None, "--sweep", help="epsilon=0.5,1,2,4,8,inf: accuracy against ε."),
     run_name: str | None = typer.Option(None, "--run-name", help="Run name (default sim-<timestamp>)."),
+    fresh_tenants: bool = typer.Option(
+        False,
+        "--fresh-tenants",
+        help="New organizations named after the run (empty ledgers) instead of the seed's shared ones.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="Print only the report path."),
 ) -> None:
     """Run a governed DP federation of synthetic tenants and write a validation report."""
@@ -167,6 +172,7 @@ def simulate_cmd(
         "seed": seed,
         "out": str(out) if out is not None else None,
         "run_name": run_name,
+        "fresh_tenants": fresh_tenants or None,
     }
     values |= {k: v for k, v in flags.items() if v is not None}
     if cap:
