@@ -155,7 +155,11 @@ def run_federation(
 
     os.environ[MANIFEST_ENV] = str(manifest_path.resolve())
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    flwr_log = logging.getLogger("flwr")
+    # Quieter only: the CLI may have set ERROR (--quiet, and Flower's deprecation notice); resetting it
+    # to WARNING here printed that notice again.
+    if flwr_log.level < logging.WARNING:
+        flwr_log.setLevel(logging.WARNING)
     run_simulation(
         server_app=make_server_app(config, settings, on_round, server_evaluate),
         client_app=make_client_app(),

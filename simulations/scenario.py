@@ -107,6 +107,10 @@ class SimulationSpec(BaseModel):
     noise_multiplier: float | None = Field(default=None, ge=0, le=1000)
     target_epsilon: float | None = Field(default=None, gt=0)
     clip: float | None = Field(default=None, gt=0)
+    #: Central DP (``--dp central|both``): the server's Gaussian noise multiplier on the clipped sum
+    #: of tenant updates, and the clip of each tenant's update (default: ``noise_multiplier`` / ``clip``).
+    central_noise_multiplier: float | None = Field(default=None, gt=0, le=1000)
+    central_clip: float | None = Field(default=None, gt=0)
     steps: int | None = Field(default=None, ge=1, le=100_000)
     sample_rate: float | None = Field(default=None, gt=0, le=1)
     lr: float | None = Field(default=None, gt=0)
@@ -146,6 +150,16 @@ class SimulationSpec(BaseModel):
             raise ValueError("give --noise-multiplier or --target-epsilon, not both")
         if self.target_epsilon is not None and (self.dp == DpMode.OFF or self.dp == DpMode.BOTH):
             raise ValueError("--target-epsilon needs --dp local or --dp central")
+        if (
+            self.central_noise_multiplier is not None or self.central_clip is not None
+        ) and not self.dp.central:
+            raise ValueError("--central-noise-multiplier and --central-clip need --dp central or --dp both")
+        if (
+            self.central_noise_multiplier is not None
+            and self.target_epsilon is not None
+            and self.dp == DpMode.CENTRAL
+        ):
+            raise ValueError("give --central-noise-multiplier or --target-epsilon, not both")
         if self.target_epsilon is not None and math.isinf(self.target_epsilon):
             raise ValueError("--target-epsilon must be finite (use --dp off for no privacy)")
         for name, cap in self.caps.items():
@@ -247,7 +261,7 @@ class SimulationSpec(BaseModel):
             "steps": self.steps if self.steps is not None else defaults.steps,
             "lr": self.lr if self.lr is not None else defaults.lr,
             "central_noise_multiplier": central_noise,
-            "central_clip_norm": clip,
+            "central_clip_norm": self.central_clip if self.central_clip is not None else clip,
             "delta": self.delta,
             "seed": self.seed,
             "round_timeout_s": 600.0,
@@ -284,7 +298,7 @@ class SimulationSpec(BaseModel):
             if self.noise_multiplier is not None
             else get_task(self.task).defaults.noise_multiplier
         )
-        central = z
+        central = self.central_noise_multiplier if self.central_noise_multiplier is not None else z
         if self.target_epsilon is not None:
             if self.dp == DpMode.LOCAL:
                 z = noise_multiplier_for(
@@ -296,9 +310,14 @@ class SimulationSpec(BaseModel):
 
     def for_epsilon(self, epsilon: float, run_name: str) -> SimulationSpec:
         """The same simulation at another privacy level (``inf``: DP off); for sweeps."""
-        values = self.model_dump() | {"run_name": run_name, "sweep": [], "noise_multiplier": None}
+        values = self.model_dump() | {
+            "run_name": run_name,
+            "sweep": [],
+            "noise_multiplier": None,
+            "central_noise_multiplier": None,
+        }
         if math.isinf(epsilon):
-            values |= {"dp": DpMode.OFF, "target_epsilon": None}
+            values |= {"dp": DpMode.OFF, "target_epsilon": None, "central_clip": None}
         else:
             dp = self.dp if self.dp in (DpMode.LOCAL, DpMode.CENTRAL) else DpMode.LOCAL
             values |= {"dp": dp, "target_epsilon": epsilon}

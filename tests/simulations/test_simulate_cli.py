@@ -44,6 +44,8 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         (["--delta", "2"], "delta"),
         (["--seed", "0"], "seed"),
         (["--config", "missing.toml"], "does not exist"),
+        (["--central-noise-multiplier", "2", "--dp", "local"], "need --dp central"),
+        (["--central-clip", "0"], "central-clip"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(
@@ -122,3 +124,43 @@ def test_a_run_that_trains_nothing_exits_non_zero_with_the_reason(
     report = json.loads((workdir / "rep" / "report.json").read_text())
     assert "rejected_budget" in report["nothing_trained"]
     assert "This run trained nothing" in (workdir / "rep" / "report.md").read_text()
+
+
+def test_central_flags_reach_the_run_config_and_the_local_ones_stay_apart() -> None:
+    # Execute
+    from simulations.scenario import SimulationSpec
+
+    config = SimulationSpec(
+        dp="central", noise_multiplier=0.9, clip=1.5, central_noise_multiplier=4.0, central_clip=0.25
+    ).run_config()
+
+    # Assert
+    assert (config.central_noise_multiplier, config.central_clip_norm) == (4.0, 0.25)
+    assert (config.noise_multiplier, config.clip_norm) == (0.9, 1.5)
+
+
+def test_help_shows_defaults_and_choices(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare
+    monkeypatch.setenv("COLUMNS", "200")
+
+    # Execute
+    code = main(["simulate", "--help"])
+
+    # Assert
+    text = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert code == 0
+    assert "Number of synthetic tenants. (default: 5)" in text
+    assert "DP mode: off, local, central or both. (default: local)" in text
+    assert "digits" in text and "time_estimation" in text
+    assert "--central-noise-multiplier" in text and "--fresh-tenants" in text
+
+
+def test_the_progress_detail_fits_an_80_column_line() -> None:
+    from orchestrator.cli.simulate_command import progress_detail
+
+    detail = progress_detail(100, 100, 99_999, "0.9876", 123.456)
+    # spinner 2 + label 8 + bar 10 + "5/5" 8 + elapsed 8 + spaces: 40 left for the detail.
+    assert len(detail) <= 40
+    assert detail.startswith("100/100 ok")
