@@ -26,13 +26,14 @@ def tenant_rows(report: dict[str, Any], users: dict[str, tuple[int, int]]) -> li
             status = "sampled" if name in rnd["participants"] else rnd["skipped"].get(name)
             if status:
                 statuses[status] = statuses.get(status, 0) + 1
+        # A consenting count of -1: not known (run-local reads only the users); written as empty.
         total, consenting = users.get(name, (0, 0))
         rows.append(
             {
                 "tenant": name,
                 "organization_id": tenant["organization_id"],
                 "users": total,
-                "consenting_users": consenting,
+                "consenting_users": consenting if consenting >= 0 else None,
                 "rounds_sampled": statuses.pop("sampled", 0),
                 "rounds_skipped_consent": statuses.pop("rejected_consent", 0),
                 "rounds_skipped_budget": statuses.pop("rejected_budget", 0),
@@ -356,7 +357,7 @@ def write_markdown(
     ]
     for row in rows[:50]:
         lines.append(
-            f"| {row['tenant']} | {row['users']} ({row['consenting_users']}) | {row['rounds_sampled']} "
+            f"| {row['tenant']} | {row['users']} ({_fmt(row['consenting_users'])}) | {row['rounds_sampled']} "
             f"| {row['rounds_skipped_consent']} | {row['rounds_skipped_budget']} "
             f"| {_fmt(row['epsilon_run'])} | {_fmt(row['epsilon_spent'])} | {_fmt(row['epsilon_cap'])} |"
         )
