@@ -177,8 +177,9 @@ def budget_history(
     from fl_server.event_runs import runs_of_events
 
     with transaction(ready_engine()) as session:
-        _check_model_type(session, model_type)
-        entries = ledger.history(session, org, model_type, policy=policy)
+        entries = ledger.history(session, org, model_type, policy=policy)  # an unknown org: exit 3
+        if not entries:
+            _check_model_type(session, model_type)
         runs = runs_of_events(session, model_type, entries)
         name = _organization_names(session, {org}).get(org)
     rows = [{"organization": name, "run": runs.get(e.id), **e.as_dict()} for e in entries]

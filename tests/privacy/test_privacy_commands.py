@@ -200,8 +200,11 @@ def test_budget_set_show_and_history(ready_cli: Runner) -> None:
     # Assert
     assert set_result.code == 0, set_result.err
     # Without --unit the cap is set in every unit of privacy, each its own ledger (sorted by unit).
+    name = shown[0]["organization"]
+    assert name.startswith("firm-")
     assert shown == [
         {
+            "organization": name,
             "organization_id": org,
             "model_type": "tax_rules",
             "unit": unit,
@@ -259,7 +262,7 @@ def test_budget_history_lists_charged_events_with_epsilon_after_each(
         (("--org", "ORG", "--model-type", "m", "--epsilon", "1", "--delta", "1.5"), 2, "delta"),
         (("--org", "ORG", "--model-type", "m", "--epsilon", "1", "--delta", "0"), 2, "delta"),
         (("--org", "ORG", "--model-type", " ", "--epsilon", "1", "--delta", "1e-5"), 2, "model type"),
-        (("--org", "not-a-uuid", "--model-type", "m", "--epsilon", "1", "--delta", "1e-5"), 2, "not a UUID"),
+        (("--org", "not-a-uuid", "--model-type", "m", "--epsilon", "1", "--delta", "1e-5"), 3, "no organization is named"),
         (
             ("--org", str(uuid.UUID(int=7)), "--model-type", "m", "--epsilon", "1", "--delta", "1e-5"),
             3,
