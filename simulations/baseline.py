@@ -6,7 +6,7 @@ pooled model has the same (ε, δ) as each tenant of the federation. Without loc
 ``central`` where the noise is added by the server) it trains without privacy.
 
 It trains on what the nodes train on (each tenant's non-held-out users, ``heldout.training_records``)
-and is measured on the server's test set (``heldout.test_records``), the records the federation's
+and is measured on the server's test set (``heldout.held_out_records``), the records the federation's
 headline metric is measured on: the two numbers compare generalisation, not memorisation.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 from fl_client.dp_training import evaluate, train
 from fl_client.tasks import get_task
 from fl_server.config import RunConfig
-from simulations.heldout import test_records, training_records
+from simulations.heldout import held_out_records, training_records
 from simulations.scenario import SimulationSpec
 
 
@@ -43,4 +43,4 @@ def centralized(spec: SimulationSpec, config: RunConfig) -> float:
         dp=config.dp.local,
         expected_batch_size=max(1.0, config.sample_rate * len(records)),
     )
-    return float(evaluate(task, result.state, test_records(spec), consented_user_ids=None).value)
+    return float(evaluate(task, result.state, held_out_records(spec), consented_user_ids=None).value)

@@ -29,7 +29,7 @@ ServerEvaluate = Callable[[dict[str, np.ndarray]], float | None]
 _SIMULATION_NAMESPACE = uuid.UUID("5d0c3f4e-6a7b-4c1d-9e2f-a1b2c3d4e5f6")
 
 
-def test_records(spec: SimulationSpec) -> list[dict[str, Any]]:
+def held_out_records(spec: SimulationSpec) -> list[dict[str, Any]]:
     return server_test_records(spec.task, seed=spec.seed, num_tenants=spec.tenants)
 
 
@@ -79,7 +79,7 @@ def metric_of(
 
 def server_evaluate(spec: SimulationSpec) -> ServerEvaluate:
     """The held-out metric of a round's global model on the server's test set."""
-    records = test_records(spec)
+    records = held_out_records(spec)
 
     def evaluate_on_test_set(arrays: dict[str, np.ndarray]) -> float | None:
         return metric_of(spec.task, arrays, records)

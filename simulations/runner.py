@@ -233,7 +233,7 @@ def add_held_out_final(
     metric is that one here) and ``final.train_metric`` (the final model on the pooled training
     records, only for a non-DP run: elsewhere it would be a metric of private records with no
     privacy accounted for it)."""
-    from simulations.heldout import metric_of, test_records, training_records
+    from simulations.heldout import held_out_records, metric_of, training_records
 
     final = report["final"]
     evaluated = [r for r in report["rounds"] if r.get("metric") is not None]
@@ -241,7 +241,7 @@ def add_held_out_final(
     final["metric_round"] = evaluated[-1]["round"] if evaluated else None
     final["test_metric"] = final["metric"]
     final["test_set"] = {
-        "records": len(test_records(spec)),
+        "records": len(held_out_records(spec)),
         "source": "fixed public split of the digits no tenant holds"
         if spec.task == "digits"
         else "synthetic records drawn apart from every tenant's (own random stream)",

@@ -262,7 +262,11 @@ def test_budget_history_lists_charged_events_with_epsilon_after_each(
         (("--org", "ORG", "--model-type", "m", "--epsilon", "1", "--delta", "1.5"), 2, "delta"),
         (("--org", "ORG", "--model-type", "m", "--epsilon", "1", "--delta", "0"), 2, "delta"),
         (("--org", "ORG", "--model-type", " ", "--epsilon", "1", "--delta", "1e-5"), 2, "model type"),
-        (("--org", "not-a-uuid", "--model-type", "m", "--epsilon", "1", "--delta", "1e-5"), 3, "no organization is named"),
+        (
+            ("--org", "not-a-uuid", "--model-type", "m", "--epsilon", "1", "--delta", "1e-5"),
+            3,
+            "no organization is named",
+        ),
         (
             ("--org", str(uuid.UUID(int=7)), "--model-type", "m", "--epsilon", "1", "--delta", "1e-5"),
             3,
