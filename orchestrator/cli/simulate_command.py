@@ -96,20 +96,29 @@ def progress_detail(accepted: int, dispatched: int, skipped: int, metric: str, m
     return f"{accepted}/{dispatched} ok {skipped} skip · {metric} · ε≤{max_epsilon:.2f}"[:40]
 
 
+def _eps(value: Any) -> str:
+    return "∞" if value == "inf" else f"{float(value):.4f}"
+
+
 def _summary(console: Console, result: SimulationResult, path: Path) -> None:
     report = result.main.report
     table = Table(title=f"{report['config']['run_name']}: {len(report['tenants'])} tenants")
-    for column in ("tenant", "sampled", "skipped", "ε spent", "ε cap"):
+    for column in ("tenant", "sampled", "skipped", "ε this run", "ε lifetime", "ε cap"):
         table.add_column(column, justify="right" if column != "tenant" else "left")
     tenants = list(report["tenants"].items())
     for name, tenant in tenants[:20]:
         sampled = sum(1 for r in report["rounds"] if name in r["participants"])
         skipped = sum(1 for r in report["rounds"] if name in r["skipped"])
         table.add_row(
-            name, str(sampled), str(skipped), f"{tenant['epsilon_spent']:.4f}", f"{tenant['epsilon_cap']:g}"
+            name,
+            str(sampled),
+            str(skipped),
+            _eps(tenant.get("epsilon_run", tenant["epsilon_spent"])),
+            _eps(tenant["epsilon_spent"]),
+            f"{tenant['epsilon_cap']:g}",
         )
     if len(tenants) > 20:
-        table.add_row(f"… {len(tenants) - 20} more", "", "", "", "")
+        table.add_row(f"… {len(tenants) - 20} more", "", "", "", "", "")
     console.print(table)
     final = report["final"]
     metric = "-" if final["metric"] is None else f"{final['metric']:.4f}"
