@@ -242,7 +242,7 @@ def add_held_out_final(
     final["test_metric"] = final["metric"]
     final["test_set"] = {
         "records": len(held_out_records(spec)),
-        "source": "fixed public split of the digits no tenant holds"
+        "source": "a fixed public split of the bundled digits"
         if spec.task == "digits"
         else "synthetic records drawn apart from every tenant's (own random stream)",
     }
