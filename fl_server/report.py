@@ -13,9 +13,20 @@ Shape (shared by ``run-local`` and ``simulate``)::
 ``unit`` names what the run's epsilon protects (the run's local DP-SGD unit, "tenant" for a
 central-DP-only run). Epsilons of different units are never added or mixed: ``epsilon_spent``
 and the rounds' ``epsilon`` are the run unit's ledger, ``epsilon_by_unit`` lists every unit's.
-``dp_events`` are the tenant's whole ledger for the model type, in order, each naming its unit,
-so an independent accountant replaying one unit's events must find that unit's epsilon. A
-non-private release makes epsilon +inf, written "inf" (JSON has no infinity).
+``epsilon_spent`` is the tenant's lifetime ledger (every run of the model type); ``epsilon_run``
+is this run's own events alone, composed with the same accountant at the budget's delta, and
+``dp_events`` are this run's events only, in ledger order, each naming its unit and round, so an
+independent accountant replaying them must find ``epsilon_run``. The rounds' ``epsilon_run``
+follow it round by round (``epsilon`` stays the lifetime value after that round).
+
+Which events are this run's: a local (DP-SGD or non-private) event is linked to a contribution,
+and that contribution to this run by its round outcome (exact). A central event has no
+contribution; it is this run's when its round is one of the run's, its parameters are the run's
+central parameters, and it was charged while the run was active (from the run's creation to its
+last update, open-ended while running). Two concurrent runs of one task with identical central
+parameters over the same tenant could not be told apart that way; nothing else links them
+without a schema change. A non-private release makes epsilon +inf, written "inf" (JSON has no
+infinity).
 """
 
 from __future__ import annotations
@@ -27,7 +38,8 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from fl_server.config import DpMode, RunConfig
-from privacy import ledger
+from privacy import accounting, ledger
+from privacy.events import CentralDpEvent, event_from_row
 from privacy.ledger import finite_or_inf
 from schema.db import transaction
 from schema.errors import NotFoundError
@@ -70,6 +82,12 @@ def build_report(
             name: ledger.history(session, org, config.task, policy=policy)
             for name, org in sorted(tenants.items())
         }
+        contributions = {str(o.contribution_id) for o in outcomes if o.contribution_id is not None}
+        window = (iso(run.created_at) or "", None if run.status == "running" else iso(run.updated_at))
+        own = {
+            name: [e for e in entries if _is_this_runs(e, contributions, config, window)]
+            for name, entries in histories.items()
+        }
         statuses = {
             name: ledger.budget_rows(session, org, policy=policy) for name, org in sorted(tenants.items())
         }
@@ -79,6 +97,14 @@ def build_report(
             .where(FlPublishedModel.run_id == run.id)
         ).first()
         started = iso(run.created_at)
+        #: The budget's delta of each tenant's ledger per unit (the platform default without a budget row).
+        deltas: dict[str, dict[str, float]] = {
+            name: defaultdict(
+                lambda: policy.default_delta,
+                {r.unit: r.delta for r in statuses[name] if r.model_type == config.task},
+            )
+            for name in tenants
+        }
 
         by_round: dict[int, list[FlRoundOutcome]] = defaultdict(list)
         for outcome in outcomes:
@@ -91,6 +117,16 @@ def build_report(
                 for name, entries in histories.items()
             }
             summary = summaries.get(number)
+            epsilon_run = {
+                name: finite_or_inf(
+                    _run_epsilon(
+                        [e for e in entries if e.unit == unit and (e.aggregation_round or 0) <= number],
+                        deltas[name][unit],
+                        policy,
+                    )
+                )
+                for name, entries in own.items()
+            }
             rounds.append(
                 {
                     "round": number,
@@ -100,9 +136,14 @@ def build_report(
                     "statuses": dict(Counter(r.status for r in rows)),
                     "metric": summary.metric_value if summary else None,
                     "epsilon": epsilon,
+                    "epsilon_run": epsilon_run,
                 }
             )
         tenant_report = {}
+        skipped_rounds: dict[str, list[int]] = defaultdict(list)
+        for outcome in outcomes:
+            if not outcome.sampled:
+                skipped_rounds[outcome.tenant].append(outcome.aggregation_round)
         for name, org in sorted(tenants.items()):
             rows_for_task = {row.unit: row for row in statuses[name] if row.model_type == config.task}
             status = rows_for_task.get(unit)
@@ -112,6 +153,17 @@ def build_report(
                 "epsilon_cap": status.epsilon_cap if status else policy.default_epsilon_cap,
                 "delta": status.delta if status else policy.default_delta,
                 "epsilon_spent": finite_or_inf(status.epsilon_spent if status else 0.0),
+                "epsilon_run": finite_or_inf(
+                    _run_epsilon([e for e in own[name] if e.unit == unit], deltas[name][unit], policy)
+                ),
+                "epsilon_run_by_unit": {
+                    u: finite_or_inf(
+                        _run_epsilon([e for e in own[name] if e.unit == u], deltas[name][u], policy)
+                    )
+                    for u in sorted({e.unit for e in own[name]})
+                },
+                "rounds_skipped": sorted(skipped_rounds.get(name, [])),
+                "lifetime_dp_events": len(histories[name]),
                 "epsilon_by_unit": {
                     u: finite_or_inf(row.epsilon_spent) for u, row in sorted(rows_for_task.items())
                 },
@@ -122,8 +174,10 @@ def build_report(
                         "noise_multiplier": e.noise_multiplier,
                         "sample_rate": e.sample_rate,
                         "steps": e.steps,
+                        "clip_norm": e.clip_norm,
+                        "aggregation_round": e.aggregation_round,
                     }
-                    for e in histories[name]
+                    for e in own[name]
                 ],
             }
         final: dict[str, Any] = {
@@ -144,12 +198,44 @@ def build_report(
                 "deployment_status": model.deployment_status,
             }
         return {
-            "config": config.model_dump(mode="json") | {"delta": config.delta},
+            "config": config.model_dump(mode="json") | {"delta": config.delta, "privacy_unit": unit},
             "unit": unit,
             "rounds": rounds,
             "tenants": tenant_report,
             "final": final,
         }
+
+
+def _is_this_runs(
+    entry: ledger.HistoryEntry, contributions: set[str], config: RunConfig, window: tuple[str, str | None]
+) -> bool:
+    """Whether a ledger event was charged by this run (see the module docstring for the join)."""
+    if entry.contribution_id is not None:
+        return entry.contribution_id in contributions
+    if entry.mechanism != CentralDpEvent.mechanism or not config.dp.central:
+        return False
+    start, end = window
+    created = entry.created_at or ""
+    return (
+        entry.aggregation_round is not None
+        and 1 <= entry.aggregation_round <= config.rounds
+        and entry.noise_multiplier == config.central_noise_multiplier
+        and entry.sample_rate == config.fraction
+        and entry.clip_norm == config.central_clip_norm
+        and created >= start
+        and (end is None or created <= end)
+    )
+
+
+def _run_epsilon(entries: list[ledger.HistoryEntry], delta: float, policy: ledger.LedgerPolicy) -> float:
+    """Epsilon of these events alone (one unit), with the ledger's accountant at the budget's delta."""
+    if not entries:
+        return 0.0
+    events = [
+        event_from_row(e.mechanism, e.noise_multiplier, e.sample_rate, e.steps, e.clip_norm, e.unit)
+        for e in entries
+    ]
+    return accounting.epsilon(events, delta, policy.accountant)
 
 
 def _epsilon_at(entries: list[ledger.HistoryEntry], server_round: int, run_started: str | None) -> float:

@@ -24,7 +24,7 @@ from fl_client import protocol
 from fl_client.app import MANIFEST_ENV, make_client_app
 from fl_server.app import make_server_app
 from fl_server.config import RunConfig
-from fl_server.strategy import RoundRecord
+from fl_server.strategy import RoundRecord, ServerEvaluate
 from schema.config import Settings
 from simulations.synthetic import firm_user_ids
 from simulations.tenants import TenantPlan, prepare_tenants
@@ -102,15 +102,21 @@ def run_federation(
     manifest_path: Path,
     tenants: int,
     on_round: Callable[[RoundRecord], None] | None = None,
+    server_evaluate: ServerEvaluate | None = None,
 ) -> None:
-    """Run the governed ServerApp and the tenant ClientApp on Flower's simulation engine."""
+    """Run the governed ServerApp and the tenant ClientApp on Flower's simulation engine;
+    ``server_evaluate`` (the server's test set) gives each round's headline metric."""
     from flwr.simulation import run_simulation
 
     os.environ[MANIFEST_ENV] = str(manifest_path.resolve())
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    flwr_log = logging.getLogger("flwr")
+    # Quieter only: the CLI may have set ERROR (--quiet, and Flower's deprecation notice); resetting it
+    # to WARNING here printed that notice again.
+    if flwr_log.level < logging.WARNING:
+        flwr_log.setLevel(logging.WARNING)
     run_simulation(
-        server_app=make_server_app(config, settings, on_round),
+        server_app=make_server_app(config, settings, on_round, server_evaluate),
         client_app=make_client_app(),
         num_supernodes=tenants,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}},

@@ -26,17 +26,19 @@ def tenant_rows(report: dict[str, Any], users: dict[str, tuple[int, int]]) -> li
             status = "sampled" if name in rnd["participants"] else rnd["skipped"].get(name)
             if status:
                 statuses[status] = statuses.get(status, 0) + 1
+        # A consenting count of -1: not known (run-local reads only the users); written as empty.
         total, consenting = users.get(name, (0, 0))
         rows.append(
             {
                 "tenant": name,
                 "organization_id": tenant["organization_id"],
                 "users": total,
-                "consenting_users": consenting,
+                "consenting_users": consenting if consenting >= 0 else None,
                 "rounds_sampled": statuses.pop("sampled", 0),
                 "rounds_skipped_consent": statuses.pop("rejected_consent", 0),
                 "rounds_skipped_budget": statuses.pop("rejected_budget", 0),
                 "dp_events": len(tenant["dp_events"]),
+                "epsilon_run": tenant.get("epsilon_run", tenant["epsilon_spent"]),
                 "epsilon_spent": tenant["epsilon_spent"],
                 "epsilon_cap": tenant["epsilon_cap"],
             }
@@ -95,23 +97,28 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p")
 
 
 def plot_epsilon(path: Path, report: dict[str, Any]) -> None:
-    """ε per tenant per round, each tenant with its own colour, marker and end label; caps labelled."""
+    """This run's ε per tenant per round (not the lifetime ledger: an earlier run's spend would make
+    round 1 jump), each tenant with its own colour, marker and end label; skipped rounds marked
+    with a grey x; the lifetime total in the legend where it differs; caps labelled."""
     tenants = report["tenants"]
-    ranked = sorted(tenants, key=lambda n: (-_finite(tenants[n]["epsilon_spent"]), n))
+    ranked = sorted(tenants, key=lambda n: (-_finite(_run_eps(tenants[n])), n))
     shown = sorted(ranked[:MAX_PLOTTED_TENANTS], key=_tenant_order)
     rounds = [0] + [r["round"] for r in report["rounds"]]
     fig, ax = plt.subplots(figsize=(7.2, 4.2), dpi=110)
     delta = report["config"].get("delta")
-    ax.set_title("ε per tenant (dashed: cap)")
+    ax.set_title("ε of this run per tenant (dashed: lifetime cap)")
     if not shown or not report["rounds"]:
         _no_data(ax, "no tenant took part in a round")
     else:
         colors = plt.get_cmap("tab20")
         caps_drawn: set[float] = set()
+        skip_labelled = False
         ends: list[tuple[float, float, str]] = []
         for i, name in enumerate(shown):
             color = colors(i % 20)
-            values = [0.0] + [_finite(r["epsilon"].get(name, 0.0)) for r in report["rounds"]]
+            values = [0.0] + [
+                _finite(r.get("epsilon_run", r["epsilon"]).get(name, 0.0)) for r in report["rounds"]
+            ]
             # Overlapping tenants: a small horizontal offset per tenant keeps every marker visible.
             offset = (i - (len(shown) - 1) / 2) * min(0.25 / max(len(shown), 1), 0.04)
             ax.plot(
@@ -120,8 +127,20 @@ def plot_epsilon(path: Path, report: dict[str, Any]) -> None:
                 marker=_MARKERS[i % len(_MARKERS)],
                 markersize=4,
                 color=color,
-                label=name,
+                label=_legend(name, tenants[name]),
             )
+            skipped = [k for k, r in enumerate(report["rounds"], start=1) if name in r.get("skipped", {})]
+            if skipped:
+                ax.plot(
+                    [rounds[k] + offset for k in skipped],
+                    [values[k] for k in skipped],
+                    linestyle="none",
+                    marker="x",
+                    markersize=6,
+                    color="0.4",
+                    label=None if skip_labelled else "skipped round",
+                )
+                skip_labelled = True
             ends.append((rounds[-1] + offset, values[-1], name))
             cap = float(tenants[name]["epsilon_cap"])
             if math.isfinite(cap) and cap not in caps_drawn:
@@ -142,12 +161,24 @@ def plot_epsilon(path: Path, report: dict[str, Any]) -> None:
         ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
         ax.set_ylabel(f"ε spent (δ={delta:g})" if isinstance(delta, int | float) else "ε spent")
         if len(tenants) > len(shown):
-            ax.set_title(f"ε per tenant (dashed: cap) — {len(shown)} of {len(tenants)}, most spent")
+            ax.set_title(f"ε of this run (dashed: lifetime cap) — {len(shown)} of {len(tenants)}, most spent")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _run_eps(tenant: dict[str, Any]) -> Any:
+    return tenant.get("epsilon_run", tenant["epsilon_spent"])
+
+
+def _legend(name: str, tenant: dict[str, Any]) -> str:
+    """The tenant's name, with its lifetime ε when earlier runs spent some too."""
+    lifetime, run = _finite(tenant["epsilon_spent"]), _finite(_run_eps(tenant))
+    if lifetime != run:
+        return f"{name} (lifetime ε {_fmt(lifetime)})"
+    return name
 
 
 def _label_line_ends(ax: Any, ends: list[tuple[float, float, str]]) -> None:
@@ -218,6 +249,51 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def dp_description(config: dict[str, Any]) -> str:
+    """The DP parameters that apply: local DP-SGD's, the server's central Gaussian's, or both."""
+    dp = config["dp"]
+    parts = []
+    if dp in ("local", "both"):
+        parts.append(
+            f"local DP-SGD z={config['noise_multiplier']:.4g}, C={config['clip_norm']:g}, "
+            f"q={config['sample_rate']:g}, {config['steps']} steps/round"
+        )
+    if dp in ("central", "both"):
+        parts.append(
+            f"central Gaussian z={config['central_noise_multiplier']:.4g}, "
+            f"C={config['central_clip_norm']:g}, q={config['fraction']:g} per round"
+        )
+    if not parts:
+        return f"DP **off** (no privacy; {config['steps']} steps/round)"
+    return f"DP **{dp}** ({'; '.join(parts)}, δ={config['delta']:g})"
+
+
+def headline(final: dict[str, Any], metric: str) -> list[str]:
+    """The held-out metric first, the train metric beside it (where it exists), then the model."""
+    test_set = final.get("test_set") or {}
+    where = (
+        f"on the server's test set ({test_set['records']} records no tenant holds: {test_set['source']})"
+        if test_set
+        else "on the tenants' held-out users"
+    )
+    round_note = f", model of round {final['metric_round']}" if final.get("metric_round") else ""
+    train = final.get("train_metric")
+    train_note = (
+        f" Train {metric} (pooled training records): {_fmt(train)}."
+        if train is not None
+        else " No train metric (a DP run releases none)."
+        if test_set
+        else ""
+    )
+    return [
+        f"Held-out {metric}: **{_fmt(final.get('test_metric', final['metric']))}** {where}{round_note}."
+        f"{train_note}",
+        "",
+        f"Model {final['model_name']} {final['model_version']} ({final['deployment_status']}), "
+        f"weights `{final['weights_checksum']}`.",
+    ]
+
+
 def write_markdown(
     path: Path, report: dict[str, Any], rows: list[dict[str, Any]], sweep: list[dict[str, Any]], metric: str
 ) -> None:
@@ -237,13 +313,10 @@ def write_markdown(
         f"# Simulation report: {config['run_name']}",
         "",
         f"Task **{config['task']}**, {len(report['tenants'])} tenants, {config['rounds']} rounds, "
-        f"fraction {config['fraction']:g}, DP **{config['dp']}** (z={config['noise_multiplier']:.4g}, "
-        f"C={config['clip_norm']:g}, q={config['sample_rate']:g}, {config['steps']} steps/round, "
-        f"δ={config['delta']:g}), seed {config['seed']}.",
+        f"fraction {config['fraction']:g}, {dp_description(config)}, seed {config['seed']}.",
         "",
         *warning,
-        f"Final {metric}: **{_fmt(final['metric'])}**; model {final['model_name']} "
-        f"{final['model_version']} ({final['deployment_status']}), weights `{final['weights_checksum']}`.",
+        *headline(final, metric),
         "",
         f"![{metric} per round](metric.png)",
         "",
@@ -278,17 +351,18 @@ def write_markdown(
         "",
         "Full table: [tenants.csv](tenants.csv).",
         "",
-        "| tenant | users (consenting) | sampled | skipped consent | skipped budget | ε spent | ε cap |",
-        "|---|---|---|---|---|---|---|",
+        "| tenant | users (consenting) | sampled | skipped consent | skipped budget | ε this run "
+        "| ε lifetime | ε cap |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows[:50]:
         lines.append(
-            f"| {row['tenant']} | {row['users']} ({row['consenting_users']}) | {row['rounds_sampled']} "
+            f"| {row['tenant']} | {row['users']} ({_fmt(row['consenting_users'])}) | {row['rounds_sampled']} "
             f"| {row['rounds_skipped_consent']} | {row['rounds_skipped_budget']} "
-            f"| {_fmt(row['epsilon_spent'])} | {_fmt(row['epsilon_cap'])} |"
+            f"| {_fmt(row['epsilon_run'])} | {_fmt(row['epsilon_spent'])} | {_fmt(row['epsilon_cap'])} |"
         )
     if len(rows) > 50:
-        lines.append(f"| … {len(rows) - 50} more in tenants.csv | | | | | | |")
+        lines.append(f"| … {len(rows) - 50} more in tenants.csv | | | | | | | |")
     path.write_text("\n".join(lines) + "\n")
 
 

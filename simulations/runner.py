@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from consent_gate import dsr
 from consent_gate.gate import take_snapshot
 from consent_gate.policy import ConsentPolicy
 from consent_gate.records import withdraw
-from fl_server.config import RunConfig
+from fl_server.config import DpMode, RunConfig
 from fl_server.report import build_report
 from fl_server.strategy import RoundRecord
 from privacy import ledger
@@ -39,10 +40,15 @@ from schema.db import make_engine, transaction
 from schema.errors import ConflictError
 from schema.migrate import require_current_schema
 from schema.models import FlRoundOutcome, FlRun, Organization
+from simulations import preflight
 from simulations.federation import TenantSetup, prepare_federation, run_federation
+from simulations.heldout import server_evaluate
 from simulations.scenario import SimulationSpec
 
-Executor = Callable[[RunConfig, Settings, Path, int, Callable[[RoundRecord], None]], None]
+#: (config, settings, manifest, tenants, on_round, server_evaluate): runs the governed federation.
+Executor = Callable[
+    [RunConfig, Settings, Path, int, Callable[[RoundRecord], None], Callable[..., float | None] | None], None
+]
 
 
 class Progress(Protocol):
@@ -154,6 +160,10 @@ def max_epsilon(engine: Engine, run_name: str, server_round: int) -> float:
     return float(value or 0.0)
 
 
+def print_warning(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def run_one(
     spec: SimulationSpec,
     settings: Settings,
@@ -163,12 +173,20 @@ def run_one(
     executor: Executor = run_federation,
     progress: Progress | None = None,
     label: str = "",
+    warn: Callable[[str], None] = print_warning,
 ) -> RunOutcome:
     """Prepare the tenants, run the governed federation, return its report."""
     progress = progress or SilentProgress()
     started = time.perf_counter()
     config = spec.run_config()
     check_new_run(engine, config.run_name)
+    policy = ledger.LedgerPolicy.from_settings(settings)
+    caps = {f"tenant-{i}": cap for i, cap in spec.epsilon_caps().items()}
+    names = [(f"tenant-{i}", f"{spec.org_prefix()}tenant-{i}") for i in range(spec.tenants)]
+    for line in preflight.check(
+        preflight.forecast(engine, config, names, caps, spec.delta, policy), config.rounds
+    ):
+        warn(line)
     setups = prepare_federation(
         engine,
         task=spec.task,
@@ -180,7 +198,7 @@ def run_one(
         delta=spec.delta,
         partition=spec.partition,
         alpha=spec.alpha,
-        name_prefix=org_prefix(spec.seed),
+        name_prefix=spec.org_prefix(),
     )
     scenario = ConsentScenario(engine, spec, setups)
     stamps: list[float] = []
@@ -191,14 +209,50 @@ def run_one(
         scenario.after_round(record.server_round)
         progress.round_done(record, max_epsilon(engine, config.run_name, record.server_round))
 
-    executor(config, settings, work_dir / f"manifest-{config.run_name}.json", spec.tenants, on_round)
+    executor(
+        config,
+        settings,
+        work_dir / f"manifest-{config.run_name}.json",
+        spec.tenants,
+        on_round,
+        server_evaluate(spec),
+    )
     progress.finished()
-    policy = ledger.LedgerPolicy.from_settings(settings)
     report = build_report(engine, config.run_name, settings.weights_dir, policy)
     report["scenario"] = scenario.log
+    add_held_out_final(report, spec, config, setups)
     first = stamps[0] - started if stamps else None
     per_round = [b - a for a, b in itertools.pairwise(stamps)]
     return RunOutcome(report, setups, scenario.log, first, per_round)
+
+
+def add_held_out_final(
+    report: dict[str, Any], spec: SimulationSpec, config: RunConfig, setups: list[TenantSetup]
+) -> None:
+    """``final.test_metric`` (the last evaluated model on the server's test set; every round's
+    metric is that one here) and ``final.train_metric`` (the final model on the pooled training
+    records, only for a non-DP run: elsewhere it would be a metric of private records with no
+    privacy accounted for it)."""
+    from simulations.heldout import held_out_records, metric_of, training_records
+
+    final = report["final"]
+    evaluated = [r for r in report["rounds"] if r.get("metric") is not None]
+    final["metric"] = evaluated[-1]["metric"] if evaluated else None
+    final["metric_round"] = evaluated[-1]["round"] if evaluated else None
+    final["test_metric"] = final["metric"]
+    final["test_set"] = {
+        "records": len(held_out_records(spec)),
+        "source": "a fixed public split of the bundled digits"
+        if spec.task == "digits"
+        else "synthetic records drawn apart from every tenant's (own random stream)",
+    }
+    final["train_metric"] = None
+    if config.dp == DpMode.OFF and final.get("weights_checksum"):
+        from aggregation.weights_store import WeightsStore
+
+        arrays = WeightsStore(Path(final["weights_path"]).parent).get(final["weights_checksum"])
+        records = training_records(spec, config.holdout_fraction, [s.organization_id for s in setups])
+        final["train_metric"] = metric_of(spec.task, arrays, records)
 
 
 def simulate(

@@ -26,7 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fl_server.config import DpMode, RunConfig
 from schema.errors import InvalidInputError
-from simulations.synthetic import firm_user_ids
+from simulations.synthetic import DIGITS_TEST_SIZE, firm_user_ids
+
+DIGITS_TRAIN_SIZE = 1797 - DIGITS_TEST_SIZE
+#: The nodes' default held-out share of users (RunConfig.holdout_fraction).
+HOLDOUT_FRACTION = 0.2
 
 Partition = Literal["iid", "dirichlet", "size"]
 
@@ -103,6 +107,10 @@ class SimulationSpec(BaseModel):
     noise_multiplier: float | None = Field(default=None, ge=0, le=1000)
     target_epsilon: float | None = Field(default=None, gt=0)
     clip: float | None = Field(default=None, gt=0)
+    #: Central DP (``--dp central|both``): the server's Gaussian noise multiplier on the clipped sum
+    #: of tenant updates, and the clip of each tenant's update (default: ``noise_multiplier`` / ``clip``).
+    central_noise_multiplier: float | None = Field(default=None, gt=0, le=1000)
+    central_clip: float | None = Field(default=None, gt=0)
     steps: int | None = Field(default=None, ge=1, le=100_000)
     sample_rate: float | None = Field(default=None, gt=0, le=1)
     lr: float | None = Field(default=None, gt=0)
@@ -115,6 +123,9 @@ class SimulationSpec(BaseModel):
     seed: int = Field(default=1, ge=1, le=2**31 - 1)
     out: str = "simulation-report"
     sweep: list[float] = Field(default_factory=list)
+    #: New organizations for this run (named after it) instead of the seed's shared ones, whose
+    #: ledgers earlier runs have spent: a repeatable run (the demo's default).
+    fresh_tenants: bool = False
 
     @field_validator("task")
     @classmethod
@@ -139,6 +150,16 @@ class SimulationSpec(BaseModel):
             raise ValueError("give --noise-multiplier or --target-epsilon, not both")
         if self.target_epsilon is not None and (self.dp == DpMode.OFF or self.dp == DpMode.BOTH):
             raise ValueError("--target-epsilon needs --dp local or --dp central")
+        if (
+            self.central_noise_multiplier is not None or self.central_clip is not None
+        ) and not self.dp.central:
+            raise ValueError("--central-noise-multiplier and --central-clip need --dp central or --dp both")
+        if (
+            self.central_noise_multiplier is not None
+            and self.target_epsilon is not None
+            and self.dp == DpMode.CENTRAL
+        ):
+            raise ValueError("give --central-noise-multiplier or --target-epsilon, not both")
         if self.target_epsilon is not None and math.isinf(self.target_epsilon):
             raise ValueError("--target-epsilon must be finite (use --dp off for no privacy)")
         for name, cap in self.caps.items():
@@ -150,8 +171,11 @@ class SimulationSpec(BaseModel):
         for point in self.sweep:
             if not point > 0:
                 raise ValueError(f"sweep epsilon must be positive or inf, got {point}")
-        if self.tenants > 1797 and self.task == "digits":
-            raise ValueError("digits has 1797 examples: at most 1797 tenants")
+        if self.task == "digits" and self.tenants > DIGITS_TRAIN_SIZE:
+            raise ValueError(
+                f"digits has {DIGITS_TRAIN_SIZE} training examples (the rest is the server's test set): "
+                f"at most {DIGITS_TRAIN_SIZE} tenants"
+            )
         self.withdrawals()
         self.erasures()
         RunConfig.parse(self._run_values(self.noise_multiplier or 1.0))
@@ -207,6 +231,11 @@ class SimulationSpec(BaseModel):
                 raise InvalidInputError(f"tenant-{event.tenant} has no consenting user to file an erasure")
         return sorted(events, key=lambda e: (e.after_round, e.tenant))
 
+    def org_prefix(self) -> str:
+        """Organization names of this simulation's tenants: ``sim{seed}-tenant-K``, shared by every
+        run of the seed (their ledgers carry over), or ``sim{seed}-{run}-tenant-K`` when fresh."""
+        return f"sim{self.seed}-{self.run_name}-" if self.fresh_tenants else f"sim{self.seed}-"
+
     def epsilon_caps(self) -> dict[int, float]:
         caps = {i: self.epsilon_cap for i in range(self.tenants)} if self.epsilon_cap is not None else {}
         caps |= {tenant_index(name, self.tenants): cap for name, cap in self.caps.items()}
@@ -232,11 +261,31 @@ class SimulationSpec(BaseModel):
             "steps": self.steps if self.steps is not None else defaults.steps,
             "lr": self.lr if self.lr is not None else defaults.lr,
             "central_noise_multiplier": central_noise,
-            "central_clip_norm": clip,
+            "central_clip_norm": self.central_clip if self.central_clip is not None else clip,
             "delta": self.delta,
             "seed": self.seed,
             "round_timeout_s": 600.0,
+            "expected_batch_size": self.expected_batch_size(
+                self.sample_rate if self.sample_rate is not None else defaults.sample_rate
+            ),
         }
+
+    def expected_batch_size(self, sample_rate: float) -> float:
+        """A public denominator for DP-SGD: q times a tenant's mean number of training records.
+
+        The simulator made the data, so this is public here. Without it the server falls back to
+        q times the consenting *users*, which at record level is far below the batch a node draws
+        (digits firms have a few users and hundreds of records), and scales every step up by that
+        ratio: training diverges (a non-private 3-tenant digits run stayed at chance).
+        """
+        from simulations.synthetic import firm_profile
+
+        if self.task == "digits":
+            mean_records = DIGITS_TRAIN_SIZE / self.tenants
+        else:
+            firms = range(min(self.tenants, 200))
+            mean_records = sum(firm_profile(self.seed, i).n_records for i in firms) / len(firms)
+        return max(1.0, sample_rate * mean_records * (1.0 - HOLDOUT_FRACTION))
 
     def run_config(self) -> RunConfig:
         """The governed run's config; ``--target-epsilon`` becomes the noise multiplier for all rounds."""
@@ -249,7 +298,7 @@ class SimulationSpec(BaseModel):
             if self.noise_multiplier is not None
             else get_task(self.task).defaults.noise_multiplier
         )
-        central = z
+        central = self.central_noise_multiplier if self.central_noise_multiplier is not None else z
         if self.target_epsilon is not None:
             if self.dp == DpMode.LOCAL:
                 z = noise_multiplier_for(
@@ -261,9 +310,14 @@ class SimulationSpec(BaseModel):
 
     def for_epsilon(self, epsilon: float, run_name: str) -> SimulationSpec:
         """The same simulation at another privacy level (``inf``: DP off); for sweeps."""
-        values = self.model_dump() | {"run_name": run_name, "sweep": [], "noise_multiplier": None}
+        values = self.model_dump() | {
+            "run_name": run_name,
+            "sweep": [],
+            "noise_multiplier": None,
+            "central_noise_multiplier": None,
+        }
         if math.isinf(epsilon):
-            values |= {"dp": DpMode.OFF, "target_epsilon": None}
+            values |= {"dp": DpMode.OFF, "target_epsilon": None, "central_clip": None}
         else:
             dp = self.dp if self.dp in (DpMode.LOCAL, DpMode.CENTRAL) else DpMode.LOCAL
             values |= {"dp": dp, "target_epsilon": epsilon}

@@ -328,9 +328,51 @@ _ACCOUNTING: dict[str, Callable[[np.random.Generator, FirmProfile, _Staff], Synt
 SYNTHETIC_TASKS: tuple[str, ...] = (*_ACCOUNTING, "digits")
 
 
+#: The digits no tenant holds: a fixed public split (the same for every seed), the server's test set.
+DIGITS_TEST_SIZE = 360
+_DIGITS_TEST_SEED = 20_240_517
+#: Records of the accounting tasks' server-side test set (drawn from every firm, on its own stream).
+ACCOUNTING_TEST_SIZE = 2000
+
+
+@cache
+def digits_split() -> tuple[np.ndarray, np.ndarray]:
+    """(training indices, test indices) of the bundled digits: the test split is fixed and public."""
+    order = np.random.default_rng(_DIGITS_TEST_SEED).permutation(len(digits_labels()))
+    return np.sort(order[DIGITS_TEST_SIZE:]), np.sort(order[:DIGITS_TEST_SIZE])
+
+
 @cache
 def _digits_partition(num_tenants: int, scheme: str, alpha: float, seed: int) -> tuple[np.ndarray, ...]:
-    return tuple(partition(digits_labels(), num_tenants, scheme, seed, alpha))
+    """The tenants' shares of the training digits (indices into ``digits_records()``)."""
+    train, _ = digits_split()
+    labels = np.asarray(digits_labels())[train]
+    return tuple(train[part] for part in partition(labels.tolist(), num_tenants, scheme, seed, alpha))
+
+
+def server_test_records(task: str, *, seed: int, num_tenants: int) -> list[SyntheticRecord]:
+    """The server-side test set: records no tenant holds.
+
+    ``digits``: the fixed public split (``digits_split``). Accounting tasks: records drawn from each
+    firm's distribution on a separate random stream ("test"), about ``ACCOUNTING_TEST_SIZE`` in all,
+    spread over (at most 200 of) the federation's firms, so a model is judged on the population it
+    serves but never on a record a tenant trained on.
+    """
+    if task not in SYNTHETIC_TASKS:
+        raise InvalidInputError(f"no synthetic data for {task!r}; known: {', '.join(SYNTHETIC_TASKS)}")
+    if task == "digits":
+        all_digits = digits_records()
+        return [dict(all_digits[int(i)]) | {"user_id": "public-test"} for i in digits_split()[1]]
+    firms = range(min(max(num_tenants, 1), 200))
+    per_firm = max(5, ACCOUNTING_TEST_SIZE // len(firms))
+    make = _ACCOUNTING[task]
+    records: list[SyntheticRecord] = []
+    for index in firms:
+        profile = firm_profile(seed, index)
+        rng = _rng(seed, index, f"{task}:test")
+        staff = _staff(profile, firm_user_ids(seed, index), rng)
+        records.extend(make(rng, profile, staff) for _ in range(per_firm))
+    return records
 
 
 def tenant_records(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -31,6 +32,7 @@ ORG_OPTION = typer.Option(..., "--org", help="Organization id or name.", callbac
 MODEL_TYPE_OPTION = typer.Option(..., "--model-type", help="Model type (task) the budget is for.")
 
 BUDGET_COLUMNS = (
+    "organization",
     "organization_id",
     "model_type",
     "unit",
@@ -44,6 +46,7 @@ BUDGET_COLUMNS = (
 )
 HISTORY_COLUMNS = (
     "id",
+    "run",
     "mechanism",
     "unit",
     "noise_multiplier",
@@ -172,6 +175,8 @@ def budget_show(
     policy = _policy()
     with transaction(ready_engine()) as session:
         rows = [s.as_dict() for s in ledger.budget_rows(session, org, policy=policy)]
+        names = _organization_names(session, {str(r["organization_id"]) for r in rows})
+    rows = [{"organization": names.get(str(r["organization_id"])), **r} for r in rows]
     _show(rows, as_json, "Privacy budgets", BUDGET_COLUMNS)
 
 
@@ -183,9 +188,47 @@ def budget_history(
     from privacy import ledger
 
     policy = _policy()
+    from fl_server.event_runs import runs_of_events
+
     with transaction(ready_engine()) as session:
-        rows = [e.as_dict() for e in ledger.history(session, org, model_type, policy=policy)]
-    _show(rows, as_json, "Privacy ledger", HISTORY_COLUMNS)
+        entries = ledger.history(session, org, model_type, policy=policy)  # an unknown org: exit 3
+        if not entries:
+            _check_model_type(session, model_type)
+        runs = runs_of_events(session, model_type, entries)
+        name = _organization_names(session, {org}).get(org)
+    rows = [{"organization": name, "run": runs.get(e.id), **e.as_dict()} for e in entries]
+    _show(rows, as_json, f"Privacy ledger of {name} for {model_type}", HISTORY_COLUMNS)
+
+
+def _organization_names(session: Any, ids: set[str]) -> dict[str, str]:
+    from sqlalchemy import select
+
+    from schema.models import Organization
+
+    if not ids:
+        return {}
+    wanted = [uuid.UUID(i) for i in ids]
+    return {
+        str(org_id): name
+        for org_id, name in session.execute(
+            select(Organization.id, Organization.name).where(Organization.id.in_(wanted))
+        )
+    }
+
+
+def _check_model_type(session: Any, model_type: str) -> None:
+    """A model type is known when the consent policy names it or some ledger has charged it; else
+    refuse with the known ones (a typo must not look like an empty history)."""
+    from sqlalchemy import select
+
+    from consent_gate.policy import ConsentPolicy
+    from schema.models import PrivacyBudget, PrivacyLedgerEvent
+
+    known = set(ConsentPolicy.default().model_types)
+    known |= set(session.scalars(select(PrivacyBudget.model_type).distinct()))
+    known |= set(session.scalars(select(PrivacyLedgerEvent.model_type).distinct()))
+    if model_type not in known:
+        raise InvalidInputError(f"unknown model type '{model_type}'; known: {', '.join(sorted(known))}")
 
 
 # `privacy audit` lives in its own module (its mechanisms import torch only when it runs).

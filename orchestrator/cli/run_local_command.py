@@ -1,15 +1,148 @@
-"""`accute-fl run-local`: a real SuperLink and N SuperNodes on loopback, one governed run, report.json."""
+"""`accute-fl run-local`: a real SuperLink and N SuperNodes on loopback, one governed run, a report.
+
+Before any process starts, the run name is checked against the database the run will use: a
+completed run of that name is a conflict (exit 4, pick another ``--run-name``); an unfinished one
+is resumed at its next round. While the run goes, a thread reads the database and prints a line
+per completed round. At the end the report folder holds the same files as ``simulate``:
+report.json, tenants.csv, metric.png, epsilon.png and report.md.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import threading
+import uuid
 from pathlib import Path
+from typing import Any
 
 import typer
+from sqlalchemy import Engine, func, select
 
 from fl_server.config import DpMode
-from fl_server.deploy import run_local as deploy_run_local
-from schema.errors import InvalidInputError
+from schema.config import Settings
+from schema.db import make_engine, transaction
+from schema.errors import ConflictError, InvalidInputError
+from schema.models import FlRoundOutcome, FlRoundSummary, FlRun, Organization, User
+
+
+def default_run_name(task: str, nodes: int, rounds: int, seed: int) -> str:
+    """The name ``fl_server.deploy.run_local`` gives a run without ``--run-name``."""
+    return f"local-{task}-{nodes}n-{rounds}r-s{seed}"
+
+
+def database_url(out: Path) -> str:
+    """The database the deployment will use (``fl_server.deploy.LocalDeployment``'s rule)."""
+    return os.environ.get("ACCUTE_DATABASE_URL") or f"sqlite:///{out.resolve() / 'accute.db'}"
+
+
+def check_run_name(url: str, name: str) -> None:
+    """Refuse (exit 4) a name a completed run already has; an unfinished run of the name resumes.
+
+    A database that does not exist yet (or has no schema yet) has no runs: nothing to check.
+    """
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return
+    engine = make_engine(Settings(database_url=url))
+    try:
+        from sqlalchemy import inspect
+
+        if not inspect(engine).has_table(FlRun.__tablename__):
+            return
+        with transaction(engine) as session:
+            status = session.scalar(select(FlRun.status).where(FlRun.name == name))
+    finally:
+        engine.dispose()
+    if status == "completed":
+        raise ConflictError(
+            f"run '{name}' already completed in this database; pick another name with --run-name"
+        )
+
+
+class RoundPrinter:
+    """Polls the database and prints one line per completed round of the run (a daemon thread)."""
+
+    def __init__(self, url: str, run_name: str, rounds: int, interval_s: float = 2.0) -> None:
+        self.url, self.run_name, self.rounds, self.interval_s = url, run_name, rounds, interval_s
+        self.printed = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> RoundPrinter:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        engine: Engine | None = None
+        while not self.stop.wait(self.interval_s):
+            try:
+                engine = engine or make_engine(Settings(database_url=self.url))
+                for line in self.new_lines(engine):
+                    typer.echo(line)
+            except Exception:
+                continue
+        if engine is not None:
+            engine.dispose()
+
+    def new_lines(self, engine: Engine) -> list[str]:
+        """Lines for the rounds completed since the last call."""
+        lines: list[str] = []
+        with transaction(engine) as session:
+            run = session.scalar(select(FlRun).where(FlRun.name == self.run_name))
+            if run is None:
+                return lines
+            for number in range(self.printed + 1, run.last_completed_round + 1):
+                summary = session.scalar(
+                    select(FlRoundSummary).where(
+                        FlRoundSummary.run_id == run.id, FlRoundSummary.aggregation_round == number
+                    )
+                )
+                skipped = session.scalar(
+                    select(func.count())
+                    .select_from(FlRoundOutcome)
+                    .where(
+                        FlRoundOutcome.run_id == run.id,
+                        FlRoundOutcome.aggregation_round == number,
+                        FlRoundOutcome.sampled.is_(False),
+                    )
+                )
+                metric = (
+                    "-" if summary is None or summary.metric_value is None else f"{summary.metric_value:.4f}"
+                )
+                accepted = summary.accepted if summary is not None else 0
+                lines.append(
+                    f"round {number}/{self.rounds}: {accepted} accepted, {skipped or 0} skipped, metric {metric}"
+                )
+                self.printed = number
+        return lines
+
+
+def write_outputs(report_path: Path, url: str) -> Path:
+    """report.md, tenants.csv and the plots beside report.json (as ``simulate`` writes them)."""
+    from fl_client.tasks import get_task
+    from simulations.outputs import write_report
+
+    report: dict[str, Any] = json.loads(report_path.read_text())
+    engine = make_engine(Settings(database_url=url))
+    try:
+        with transaction(engine) as session:
+            users: dict[str, tuple[int, int]] = {}
+            for name, tenant in report["tenants"].items():
+                org = uuid.UUID(tenant["organization_id"])
+                if session.get(Organization, org) is not None:
+                    count = session.scalar(
+                        select(func.count()).select_from(User).where(User.organization_id == org)
+                    )
+                    users[name] = (int(count or 0), -1)
+    finally:
+        engine.dispose()
+    metric = get_task(report["config"]["task"]).metric.name
+    return write_report(report_path.parent, report, users, [], metric)
 
 
 def run_local(
@@ -28,7 +161,10 @@ def run_local(
         ..., "--out", help="Folder for report.json, logs, the SQLite database, weights."
     ),
     run_name: str | None = typer.Option(
-        None, "--run-name", help="Run name; the same name resumes a stopped run at its next round."
+        None,
+        "--run-name",
+        help="Run name (default local-TASK-Nn-Rr-sSEED); an unfinished run of the name resumes, "
+        "a completed one is refused (exit 4).",
     ),
     round_timeout_s: float = typer.Option(
         600.0, "--round-timeout", help="Seconds to wait for a round's replies."
@@ -40,7 +176,7 @@ def run_local(
         help="TLS (a throwaway CA in OUT/credentials) and SuperNode authentication, as across machines.",
     ),
 ) -> None:
-    """Run a governed federation on real Flower processes on this machine and write report.json."""
+    """Run a governed federation on real Flower processes on this machine and write its report."""
     if nodes < 1 or nodes > 64:
         raise InvalidInputError("--nodes must be between 1 and 64")
     if rounds < 1:
@@ -49,17 +185,26 @@ def run_local(
         raise InvalidInputError("--run-name may use letters, digits, '.', '_' and '-' (at most 100)")
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"--out {out} exists and is not a folder")
-    report = deploy_run_local(
-        out,
-        task=task,
-        nodes=nodes,
-        rounds=rounds,
-        dp=dp,
-        seed=seed,
-        run_name=run_name,
-        timeout_s=timeout_s,
-        extra={"round_timeout_s": round_timeout_s},
-        secure=secure,
-    )
+    name = run_name or default_run_name(task, nodes, rounds, seed)
+    url = database_url(out)
+    check_run_name(url, name)  # before any process starts
+
+    from fl_server.deploy import run_local as deploy_run_local
+
+    with RoundPrinter(url, name, rounds):
+        report = deploy_run_local(
+            out,
+            task=task,
+            nodes=nodes,
+            rounds=rounds,
+            dp=dp,
+            seed=seed,
+            run_name=name,
+            timeout_s=timeout_s,
+            extra={"round_timeout_s": round_timeout_s},
+            secure=secure,
+        )
+    markdown = write_outputs(report, url).parent / "report.md"
     typer.echo(f"report: {report}")
+    typer.echo(f"        {markdown}")
     typer.echo(f"logs:   {report.parent / 'logs'}")

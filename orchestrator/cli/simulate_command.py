@@ -17,7 +17,14 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from fl_server.config import RunConfig
@@ -37,6 +44,17 @@ from simulations.runner import (
 from simulations.scenario import SimulationSpec, build_spec, load_toml, parse_caps, parse_sweep
 
 
+def _default(field: str) -> str:
+    value = SimulationSpec.model_fields[field].default
+    return str(getattr(value, "value", value))
+
+
+def _choices(field: str) -> str:
+    from simulations.synthetic import SYNTHETIC_TASKS
+
+    return ", ".join(SYNTHETIC_TASKS) if field == "task" else ""
+
+
 class RichProgress:
     """One bar per run: rounds done, tenants done in the last round, metric, largest epsilon."""
 
@@ -46,27 +64,26 @@ class RichProgress:
         self.task_id: Any = None
 
     def started(self, spec: SimulationSpec, config: RunConfig, label: str) -> None:
+        # Fits 80 columns: spinner and clock move within a round; the detail is at most ~38 characters.
         self.progress = Progress(
+            SpinnerColumn(),
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=10),
             MofNCompleteColumn(),
             TextColumn("{task.fields[detail]}"),
             TimeElapsedColumn(),
             console=self.console,
+            refresh_per_second=4,
         )
         self.progress.start()
-        self.task_id = self.progress.add_task(
-            f"{label} {config.run_name}", total=config.rounds, detail="starting Flower's simulation engine…"
-        )
+        self.console.print(f"{label} {config.run_name}: {config.rounds} rounds, {spec.tenants} tenants")
+        self.task_id = self.progress.add_task(label[:8], total=config.rounds, detail="starting Flower…")
 
     def round_done(self, record: RoundRecord, max_epsilon: float) -> None:
         assert self.progress is not None
         accepted = sum(1 for s in record.statuses.values() if s == "accepted")
         metric = "-" if record.metric is None else f"{record.metric:.4f}"
-        detail = (
-            f"round {record.server_round}: {accepted}/{len(record.statuses)} tenants done, "
-            f"{len(record.skipped)} skipped · metric {metric} · max ε {max_epsilon:.3f}"
-        )
+        detail = progress_detail(accepted, len(record.statuses), len(record.skipped), metric, max_epsilon)
         self.progress.update(self.task_id, advance=1, detail=detail)
 
     def finished(self) -> None:
@@ -74,24 +91,42 @@ class RichProgress:
             self.progress.stop()
 
 
+def progress_detail(accepted: int, dispatched: int, skipped: int, metric: str, max_epsilon: float) -> str:
+    """The round's one-line detail, short enough for an 80-column progress line."""
+    return f"{accepted}/{dispatched} ok {skipped} skip · {metric} · ε≤{max_epsilon:.2f}"[:40]
+
+
+def _eps(value: Any) -> str:
+    return "∞" if value == "inf" else f"{float(value):.4f}"
+
+
 def _summary(console: Console, result: SimulationResult, path: Path) -> None:
     report = result.main.report
     table = Table(title=f"{report['config']['run_name']}: {len(report['tenants'])} tenants")
-    for column in ("tenant", "sampled", "skipped", "ε spent", "ε cap"):
+    for column in ("tenant", "sampled", "skipped", "ε this run", "ε lifetime", "ε cap"):
         table.add_column(column, justify="right" if column != "tenant" else "left")
     tenants = list(report["tenants"].items())
     for name, tenant in tenants[:20]:
         sampled = sum(1 for r in report["rounds"] if name in r["participants"])
         skipped = sum(1 for r in report["rounds"] if name in r["skipped"])
         table.add_row(
-            name, str(sampled), str(skipped), f"{tenant['epsilon_spent']:.4f}", f"{tenant['epsilon_cap']:g}"
+            name,
+            str(sampled),
+            str(skipped),
+            _eps(tenant.get("epsilon_run", tenant["epsilon_spent"])),
+            _eps(tenant["epsilon_spent"]),
+            f"{tenant['epsilon_cap']:g}",
         )
     if len(tenants) > 20:
-        table.add_row(f"… {len(tenants) - 20} more", "", "", "", "")
+        table.add_row(f"… {len(tenants) - 20} more", "", "", "", "", "")
     console.print(table)
     final = report["final"]
     metric = "-" if final["metric"] is None else f"{final['metric']:.4f}"
-    console.print(f"final metric {metric}; model {final['model_name']} {final['model_version']}")
+    train = final.get("train_metric")
+    train_note = "" if train is None else f" (train {train:.4f})"
+    console.print(
+        f"held-out metric {metric}{train_note}; model {final['model_name']} {final['model_version']}"
+    )
     for point in result.sweep:
         console.print(
             f"ε={point['epsilon']}: federated {point['federated_metric']:.4f}, "
@@ -104,30 +139,60 @@ def _summary(console: Console, result: SimulationResult, path: Path) -> None:
 
 def simulate_cmd(
     config: Path | None = typer.Option(None, "--config", help="TOML file with the simulation's values."),
-    task: str | None = typer.Option(None, "--task", help="Model type: digits, time_estimation, …"),
-    tenants: int | None = typer.Option(None, "--tenants", help="Number of synthetic tenants."),
-    rounds: int | None = typer.Option(None, "--rounds", help="Rounds of federated training."),
-    fraction: float | None = typer.Option(
-        None, "--fraction", help="Share of admitted tenants sampled per round."
+    task: str | None = typer.Option(
+        None, "--task", help=f"Model type: {_choices('task')}. (default: {_default('task')})"
     ),
-    partition: str | None = typer.Option(None, "--partition", help="digits split: iid, dirichlet or size."),
-    alpha: float | None = typer.Option(None, "--alpha", help="Dirichlet concentration (smaller: more skew)."),
-    dp: str | None = typer.Option(None, "--dp", help="off, local, central or both."),
+    tenants: int | None = typer.Option(
+        None, "--tenants", help=f"Number of synthetic tenants. (default: {_default('tenants')})"
+    ),
+    rounds: int | None = typer.Option(
+        None, "--rounds", help=f"Rounds of federated training. (default: {_default('rounds')})"
+    ),
+    fraction: float | None = typer.Option(
+        None,
+        "--fraction",
+        help=f"Share of admitted tenants sampled per round. (default: {_default('fraction')})",
+    ),
+    partition: str | None = typer.Option(
+        None, "--partition", help=f"digits split: iid, dirichlet or size. (default: {_default('partition')})"
+    ),
+    alpha: float | None = typer.Option(
+        None, "--alpha", help=f"Dirichlet concentration (smaller: more skew). (default: {_default('alpha')})"
+    ),
+    dp: str | None = typer.Option(
+        None, "--dp", help=f"DP mode: off, local, central or both. (default: {_default('dp')})"
+    ),
     noise_multiplier: float | None = typer.Option(
-        None, "--noise-multiplier", help="DP-SGD noise multiplier z."
+        None, "--noise-multiplier", help="DP-SGD noise multiplier z. (default: the task's)"
     ),
     target_epsilon: float | None = typer.Option(
         None, "--target-epsilon", help="Calibrate z so the whole run spends at most this epsilon."
     ),
-    clip: float | None = typer.Option(None, "--clip", help="Clipping norm C."),
+    clip: float | None = typer.Option(None, "--clip", help="Clipping norm C. (default: the task's)"),
+    central_noise_multiplier: float | None = typer.Option(
+        None,
+        "--central-noise-multiplier",
+        help="Central DP: the server's noise multiplier on the clipped sum (default: --noise-multiplier).",
+    ),
+    central_clip: float | None = typer.Option(
+        None, "--central-clip", help="Central DP: clip of each tenant's update (default: --clip)."
+    ),
     steps: int | None = typer.Option(None, "--steps", help="DP-SGD steps per round (task default)."),
-    sample_rate: float | None = typer.Option(None, "--sample-rate", help="Poisson sampling rate q."),
+    sample_rate: float | None = typer.Option(
+        None, "--sample-rate", help="Poisson sampling rate q. (default: the task's)"
+    ),
     lr: float | None = typer.Option(None, "--lr", help="Learning rate (task default)."),
-    epsilon_cap: float | None = typer.Option(None, "--epsilon-cap", help="Budget cap of every tenant."),
+    epsilon_cap: float | None = typer.Option(
+        None,
+        "--epsilon-cap",
+        help="Budget cap of every tenant. (default: the platform's (ACCUTE_DEFAULT_EPSILON_CAP))",
+    ),
     cap: list[str] = typer.Option([], "--cap", help="tenant-K=EPSILON, one tenant's cap (repeatable)."),
-    delta: float | None = typer.Option(None, "--delta", help="Target delta."),
+    delta: float | None = typer.Option(None, "--delta", help=f"Target delta. (default: {_default('delta')})"),
     consent_share: float | None = typer.Option(
-        None, "--consent-share", help="Share of each tenant's users who consent (0-1)."
+        None,
+        "--consent-share",
+        help=f"Share of each tenant's users who consent (0-1). (default: {_default('consent_share')})",
     ),
     withdraw: list[str] = typer.Option(
         [], "--withdraw", help="ROUND:TENANT:COUNT: COUNT users withdraw after ROUND (repeatable)."
@@ -135,10 +200,21 @@ def simulate_cmd(
     erasure: list[str] = typer.Option(
         [], "--erasure", help="ROUND:TENANT: one user's erasure request after ROUND (repeatable)."
     ),
-    seed: int | None = typer.Option(None, "--seed", help="Seed of data, sampling and noise (>= 1)."),
+    seed: int | None = typer.Option(
+        None, "--seed", help=f"Seed of data, sampling and noise (>= 1). (default: {_default('seed')})"
+    ),
     out: Path | None = typer.Option(None, "--out", help="Report directory (default simulation-report)."),
-    sweep: str | None = typer.Option(None, "--sweep", help="epsilon=0.5,1,2,4,8,inf: accuracy against ε."),
+    sweep: str | None = typer.Option(
+        None,
+        "--sweep",
+        help="epsilon=0.5,1,2,4,8,inf: accuracy against ε; each point is its own federation in a fresh SQLite database under OUT/sweep/ (the main run uses the configured database).",
+    ),
     run_name: str | None = typer.Option(None, "--run-name", help="Run name (default sim-<timestamp>)."),
+    fresh_tenants: bool = typer.Option(
+        False,
+        "--fresh-tenants",
+        help="New organizations named after the run (empty ledgers) instead of the seed's shared ones.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="Print only the report path."),
 ) -> None:
     """Run a governed DP federation of synthetic tenants and write a validation report."""
@@ -154,6 +230,8 @@ def simulate_cmd(
         "noise_multiplier": noise_multiplier,
         "target_epsilon": target_epsilon,
         "clip": clip,
+        "central_noise_multiplier": central_noise_multiplier,
+        "central_clip": central_clip,
         "steps": steps,
         "sample_rate": sample_rate,
         "lr": lr,
@@ -163,6 +241,7 @@ def simulate_cmd(
         "seed": seed,
         "out": str(out) if out is not None else None,
         "run_name": run_name,
+        "fresh_tenants": fresh_tenants or None,
     }
     values |= {k: v for k, v in flags.items() if v is not None}
     if cap:

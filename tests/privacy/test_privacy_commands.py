@@ -200,8 +200,11 @@ def test_budget_set_show_and_history(ready_cli: Runner) -> None:
     # Assert
     assert set_result.code == 0, set_result.err
     # Without --unit the cap is set in every unit of privacy, each its own ledger (sorted by unit).
+    name = shown[0]["organization"]
+    assert name.startswith("firm-")
     assert shown == [
         {
+            "organization": name,
             "organization_id": org,
             "model_type": "tax_rules",
             "unit": unit,

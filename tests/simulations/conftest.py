@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from fl_client.app import make_client_app
 from fl_server.app import run_governed
 from fl_server.config import RunConfig
-from fl_server.strategy import RoundRecord
+from fl_server.strategy import RoundRecord, ServerEvaluate
 from schema.config import Settings
 from simulations.runner import SimulationResult, simulate
 from simulations.scenario import SimulationSpec
@@ -26,10 +26,11 @@ def in_process(
     manifest: Path,
     tenants: int,
     on_round: Callable[[RoundRecord], None],
+    server_evaluate: ServerEvaluate | None = None,
 ) -> None:
     nodes = json.loads(manifest.read_text())["tenants"]
     grid = LocalGrid(make_client_app(), {1000 + i: node for i, node in enumerate(nodes)})
-    run_governed(grid, config, settings, on_round)
+    run_governed(grid, config, settings, on_round, server_evaluate)
 
 
 @pytest.fixture

@@ -139,3 +139,69 @@ def test_report_md_says_in_words_that_nothing_was_trained(tmp_path: Path) -> Non
         "**This run trained nothing: no contribution was accepted in 1 round(s) (1 rejected_budget).**"
         in text
     )
+
+
+def _config(dp: str) -> dict[str, Any]:
+    return {
+        "run_name": "r",
+        "task": "digits",
+        "rounds": 2,
+        "fraction": 0.5,
+        "dp": dp,
+        "noise_multiplier": 1.1,
+        "clip_norm": 1.0,
+        "sample_rate": 0.1,
+        "steps": 5,
+        "central_noise_multiplier": 3.25,
+        "central_clip_norm": 0.75,
+        "seed": 1,
+        "delta": 1e-5,
+    }
+
+
+def test_report_md_headline_is_the_held_out_metric_with_the_train_metric_beside_it(tmp_path: Path) -> None:
+    # Prepare
+    report = _report(2, {"t-1": 0.0}, [0.5, 0.9]) | {
+        "final": {
+            "metric": 0.9,
+            "test_metric": 0.9,
+            "train_metric": 0.97,
+            "metric_round": 2,
+            "test_set": {"records": 360, "source": "fixed public split"},
+            "model_name": "digits",
+            "model_version": "r.r2",
+            "deployment_status": "active",
+            "weights_checksum": "x",
+        }
+    }
+    report["config"] = _config("off")
+
+    # Execute
+    outputs.write_markdown(tmp_path / "report.md", report, [], [], "accuracy")
+
+    # Assert
+    text = (tmp_path / "report.md").read_text()
+    assert "Held-out accuracy: **0.9** on the server's test set (360 records" in text
+    assert "Train accuracy (pooled training records): 0.97" in text
+
+
+def test_report_md_for_central_dp_shows_the_central_parameters_not_the_local_ones(tmp_path: Path) -> None:
+    # Prepare
+    report = _report(1, {"t-1": 0.0}, [0.5]) | {
+        "final": {
+            "metric": 0.5,
+            "model_name": "digits",
+            "model_version": None,
+            "deployment_status": None,
+            "weights_checksum": "x",
+        }
+    }
+    report["config"] = _config("central")
+
+    # Execute
+    outputs.write_markdown(tmp_path / "report.md", report, [], [], "accuracy")
+
+    # Assert
+    text = (tmp_path / "report.md").read_text()
+    assert "central Gaussian z=3.25, C=0.75" in text
+    assert "z=1.1" not in text and "DP-SGD" not in text

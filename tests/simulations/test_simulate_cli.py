@@ -44,6 +44,8 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         (["--delta", "2"], "delta"),
         (["--seed", "0"], "seed"),
         (["--config", "missing.toml"], "does not exist"),
+        (["--central-noise-multiplier", "2", "--dp", "local"], "need --dp central"),
+        (["--central-clip", "0"], "central-clip"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(
@@ -110,15 +112,71 @@ def test_simulate_runs_on_flowers_engine_and_writes_the_report(
 def test_a_run_that_trains_nothing_exits_non_zero_with_the_reason(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Prepare: caps so small that no tenant can afford one round
-    args = ["simulate", "--tenants", "2", "--rounds", "1", "--steps", "5", "--epsilon-cap", "0.01"]
+    # Prepare: no user consents (budgets are fine, so the pre-flight lets it start)
+    args = ["simulate", "--tenants", "2", "--rounds", "1", "--steps", "5", "--consent-share", "0"]
     # Execute
     code = main([*args, "--out", "rep", "--run-name", "idle", "--quiet"])
     # Assert: exit 9, one line naming the reason, and the report written and saying it in words
-    err = capsys.readouterr().err
+    # (Ray's actors may log to stderr too: only our error lines are counted.)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 9
-    assert err.startswith("error: the run trained nothing: ") and err.count("\n") == 1, err
-    assert "rejected_budget" in err
+    assert len(errors) == 1 and errors[0].startswith("error: the run trained nothing: "), errors
+    err = errors[0]
+    assert "rejected_consent" in err
     report = json.loads((workdir / "rep" / "report.json").read_text())
-    assert "rejected_budget" in report["nothing_trained"]
+    assert "rejected_consent" in report["nothing_trained"]
     assert "This run trained nothing" in (workdir / "rep" / "report.md").read_text()
+
+
+def test_central_flags_reach_the_run_config_and_the_local_ones_stay_apart() -> None:
+    # Execute
+    from simulations.scenario import SimulationSpec
+
+    config = SimulationSpec(
+        dp="central", noise_multiplier=0.9, clip=1.5, central_noise_multiplier=4.0, central_clip=0.25
+    ).run_config()
+
+    # Assert
+    assert (config.central_noise_multiplier, config.central_clip_norm) == (4.0, 0.25)
+    assert (config.noise_multiplier, config.clip_norm) == (0.9, 1.5)
+
+
+def test_help_shows_defaults_and_choices(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare
+    monkeypatch.setenv("COLUMNS", "200")
+
+    # Execute
+    code = main(["simulate", "--help"])
+
+    # Assert
+    text = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert code == 0
+    assert "Number of synthetic tenants. (default: 5)" in text
+    assert "DP mode: off, local, central or both. (default: local)" in text
+    assert "digits" in text and "time_estimation" in text
+    assert "--central-noise-multiplier" in text and "--fresh-tenants" in text
+
+
+def test_the_progress_detail_fits_an_80_column_line() -> None:
+    from orchestrator.cli.simulate_command import progress_detail
+
+    detail = progress_detail(100, 100, 99_999, "0.9876", 123.456)
+    # spinner 2 + label 8 + bar 10 + "5/5" 8 + elapsed 8 + spaces: 40 left for the detail.
+    assert len(detail) <= 40
+    assert detail.startswith("100/100 ok")
+
+
+def test_caps_no_tenant_can_pay_are_refused_by_the_pre_flight_before_flower_starts(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute
+    code = main(["simulate", "--tenants", "2", "--rounds", "1", "--epsilon-cap", "0.01", "--out", "rep"])
+
+    # Assert: exit 2, one line with the numbers, no report.
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: pre-flight: no tenant can pay for one round") and err.count("\n") == 1, err
+    assert "cap 0.01" in err
+    assert not (workdir / "rep" / "report.json").exists()

@@ -12,7 +12,7 @@ import pytest
 from fl_client.tasks import get_task
 from fl_client.tasks.digits import digits_records
 from schema.errors import InvalidInputError
-from simulations.synthetic import SYNTHETIC_TASKS, firm_profile, firm_user_ids, tenant_records
+from simulations.synthetic import SYNTHETIC_TASKS, digits_split, firm_profile, firm_user_ids, tenant_records
 
 
 @pytest.mark.parametrize("task", SYNTHETIC_TASKS)
@@ -69,9 +69,11 @@ def test_firms_differ_in_size_specialty_and_pace() -> None:
     assert max(hours) > 1.5 * min(hours)
 
 
-def test_digits_tenants_share_the_data_set_exactly_once() -> None:
-    # Prepare
-    pixels = [tuple(v for k, v in r.items() if k != "label") for r in digits_records()]
+def test_digits_tenants_share_the_training_split_exactly_once() -> None:
+    # Prepare: the tenants share every digit but the server's fixed test split.
+    train, _ = digits_split()
+    every = digits_records()
+    pixels = [tuple(v for k, v in every[int(i)].items() if k != "label") for i in train]
 
     # Execute
     shares = [

@@ -1,0 +1,102 @@
+"""`accute-fl run-local` around the deployment: the name check before any process, the per-round
+lines, and the same report files as `simulate` (no real Flower processes here: see
+tests/fl_server/test_run_local.py for those)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from fl_server.report import build_report
+from orchestrator.cli.run_local_command import RoundPrinter, check_run_name, write_outputs
+from privacy.ledger import LedgerPolicy
+from schema.db import transaction
+from schema.models import FlRun
+from simulations.runner import SimulationResult
+from tests.cli.conftest import Runner
+from tests.simulations.conftest import run_sim  # noqa: F401 (the fixture)
+
+
+def _add_run(engine: Engine, name: str, status: str) -> None:
+    with transaction(engine) as session:
+        session.add(FlRun(name=name, task="digits", config={}, status=status, seen_checksums=[]))
+
+
+def test_a_completed_run_name_is_refused_before_any_process_starts(
+    ready_cli: Runner, database_url: str, tmp_path: Path
+) -> None:
+    # Prepare
+    from schema.db import make_engine
+
+    engine = make_engine(database_url)
+    _add_run(engine, "done-before", "completed")
+    engine.dispose()
+    out = tmp_path / "out"
+
+    # Execute
+    result = ready_cli(
+        "run-local",
+        "--task",
+        "digits",
+        "--nodes",
+        "2",
+        "--rounds",
+        "1",
+        "--out",
+        str(out),
+        "--run-name",
+        "done-before",
+    )
+
+    # Assert: exit 4, one line naming the fix, and no deployment folder (logs, database, processes).
+    assert result.code == 4
+    assert "--run-name" in result.err and "done-before" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert not (out / "logs").exists()
+
+
+def test_an_unfinished_run_of_the_name_may_resume_and_a_new_database_has_no_runs(
+    engine: Engine, tmp_path: Path
+) -> None:
+    # Prepare
+    _add_run(engine, "stopped", "running")
+    url = engine.url.render_as_string(hide_password=False)
+
+    # Execute / Assert: no exception.
+    check_run_name(url, "stopped")
+    check_run_name(url, "never-seen")
+    check_run_name(f"sqlite:///{tmp_path / 'absent.db'}", "anything")
+    assert not (tmp_path / "absent.db").exists()
+
+
+def test_a_line_per_round_and_the_simulate_report_files(
+    run_sim: Callable[..., SimulationResult],  # noqa: F811 (the fixture imported above)
+    engine: Engine,
+    tmp_path: Path,
+) -> None:
+    # Prepare: a governed run in this database (in-process), its report.json as run-local writes it.
+    result = run_sim(run_name="local-like", dp="local", rounds=2, noise_multiplier=1.2, tenants=2)
+    url = engine.url.render_as_string(hide_password=False)
+    folder = tmp_path / "local-out"
+    folder.mkdir()
+    report = build_report(engine, "local-like", tmp_path / "w", LedgerPolicy(default_delta=1e-5))
+    (folder / "report.json").write_text(json.dumps(report, default=str))
+
+    # Execute
+    printer = RoundPrinter(url, "local-like", 2)
+    lines = printer.new_lines(engine)
+    again = printer.new_lines(engine)
+    written = write_outputs(folder / "report.json", url)
+
+    # Assert
+    assert [line.split(":")[0] for line in lines] == ["round 1/2", "round 2/2"]
+    assert "accepted" in lines[0] and "skipped" in lines[0]
+    assert again == []
+    assert written == folder / "report.json"
+    for name in ("report.md", "tenants.csv", "metric.png", "epsilon.png"):
+        assert (folder / name).stat().st_size > 0, name
+    assert "# Simulation report: local-like" in (folder / "report.md").read_text()
+    assert result.main.report["config"]["run_name"] == "local-like"
