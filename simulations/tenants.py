@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from consent_gate.records import DEFAULT_CONSENT_VERSION, grant
 from privacy import ledger
-from privacy.events import check_delta, check_epsilon
+from privacy.events import UNITS, check_delta, check_epsilon
 from schema import audit
 from schema.audit import AuditEntry
 from schema.bulk import insert_rows
@@ -126,7 +126,8 @@ def _create_fresh(
         for user_id in plan.user_ids:
             uid, email = uuid.UUID(user_id), user_email(user_id, plan.name)
             users.append((uid, org, email))
-            chain.append(AuditEntry("user.created", "user", uid, {"email": email, "source": REASON}))
+            # Ids only: an append-only record never holds an address (erasure could not reach it).
+            chain.append(AuditEntry("user.created", "user", uid, {"source": REASON}, uid))
         for user_id in plan.consenting:
             uid = uuid.UUID(user_id)
             for consent_type in required_consents:
@@ -140,19 +141,21 @@ def _create_fresh(
                 data = {
                     "consent_type": consent_type,
                     "consent_version": DEFAULT_CONSENT_VERSION,
-                    "reason": REASON,
-                }
+                }  # as records.grant without a vault: a reason enters the audit log only sealed
                 chain.append(AuditEntry("consent.granted", "user_consent", consent_id, data, uid))
         if plan.epsilon_cap is not None:
-            budget_id = uuid.uuid4()
-            budgets.append((budget_id, org, model_type, float(plan.epsilon_cap), delta, 0))
-            capped: dict[str, Any] = {
-                "model_type": model_type,
-                "previous": {"epsilon_cap": None, "delta": None},
-                "epsilon_cap": float(plan.epsilon_cap),
-                "delta": delta,
-            }
-            chain.append(AuditEntry("privacy_budget.set", "privacy_budget", budget_id, capped))
+            # As ledger.set_budget without a unit: the cap in every unit, each its own ledger.
+            for unit in UNITS:
+                budget_id = uuid.uuid4()
+                budgets.append((budget_id, org, model_type, unit, float(plan.epsilon_cap), delta, 0))
+                capped: dict[str, Any] = {
+                    "model_type": model_type,
+                    "unit": unit,
+                    "previous": {"epsilon_cap": None, "delta": None},
+                    "epsilon_cap": float(plan.epsilon_cap),
+                    "delta": delta,
+                }
+                chain.append(AuditEntry("privacy_budget.set", "privacy_budget", budget_id, capped))
     table = {
         "organizations": Organization.__table__,
         "users": User.__table__,
@@ -197,7 +200,7 @@ def _create_fresh(
     insert_rows(
         session,
         table["budgets"],  # type: ignore[arg-type]
-        ("id", "organization_id", "model_type", "epsilon_cap", "delta", "event_count"),
+        ("id", "organization_id", "model_type", "unit", "epsilon_cap", "delta", "event_count"),
         budgets,
     )
     audit.append_chains(session, chains)
@@ -225,7 +228,8 @@ def _complete_existing(
                 action="user.created",
                 resource_type="user",
                 resource_id=uid,
-                data={"email": email, "source": REASON},
+                user_id=uid,
+                data={"source": REASON},
             )
     for user_id in plan.consenting:
         for consent_type in required_consents:

@@ -69,7 +69,7 @@ COMMANDS: dict[str, LazyCommand] = {
     "run-local": LazyCommand(
         "orchestrator.cli.run_local_command",
         "run_local",
-        "Run a governed federation on real Flower processes on this machine and write report.json.",
+        "Run a governed federation on real Flower processes on this machine and write its report.",
     ),
     "node": LazyCommand(
         "orchestrator.cli.node_commands",

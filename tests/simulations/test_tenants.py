@@ -12,6 +12,7 @@ from sqlalchemy import Engine, func, select
 from consent_gate import eligibility, take_snapshot
 from consent_gate.policy import ConsentPolicy
 from privacy import ledger
+from privacy.events import UNITS
 from schema import audit
 from schema.config import Settings
 from schema.db import transaction
@@ -65,7 +66,7 @@ def test_bulk_preparation_counts_and_audit(engine: Engine) -> None:
     assert ids == [organization_id_for(p.organization_name) for p in planned]
     users = sum(len(p.user_ids) for p in planned)
     grants = sum(len(p.consenting) for p in planned) * len(REQUIRED)
-    caps = sum(1 for p in planned if p.epsilon_cap is not None)
+    caps = sum(1 for p in planned if p.epsilon_cap is not None) * len(UNITS)  # a cap in every unit
     assert count(engine, Organization) == 25
     assert count(engine, User) == users
     assert count(engine, UserConsent) == grants
@@ -75,6 +76,9 @@ def test_bulk_preparation_counts_and_audit(engine: Engine) -> None:
     assert {r.organization_id for r in reports} == {str(i) for i in ids}
     with transaction(engine) as session:
         actions = Counter(session.scalars(select(ImmutableAuditLog.action)))
+    with transaction(engine) as session:
+        payloads = [str(d) for d in session.scalars(select(ImmutableAuditLog.action_data))]
+    assert not [p for p in payloads if "@" in p], "an address reached the append-only audit log"
     assert actions == {
         "organization.created": 25,
         "user.created": users,
@@ -95,8 +99,10 @@ def test_bulk_tenants_are_eligible_with_their_consenting_users(engine: Engine) -
     assert all(v.eligible for v in verdicts), [v.reason for v in verdicts]
     assert [sorted(map(str, s.user_ids)) for s in snapshots] == [sorted(p.consenting) for p in planned]
     for plan, rows in zip(planned, statuses, strict=True):
-        assert [(r.model_type, r.epsilon_cap, r.epsilon_spent) for r in rows] == (
-            [(TASK, plan.epsilon_cap, 0.0)] if plan.epsilon_cap is not None else []
+        assert sorted((r.model_type, r.unit, r.epsilon_cap, r.epsilon_spent) for r in rows) == (
+            [(TASK, unit, plan.epsilon_cap, 0.0) for unit in sorted(UNITS)]
+            if plan.epsilon_cap is not None
+            else []
         )
 
 
@@ -168,7 +174,9 @@ def test_bulk_rows_match_the_single_row_path(engine: Engine) -> None:
 
         def budget_rows(org: uuid.UUID) -> list[tuple[Any, ...]]:
             rows = session.scalars(select(PrivacyBudget).where(PrivacyBudget.organization_id == org)).all()
-            return [(b.model_type, b.epsilon_cap, b.delta, b.event_count, b.rdp_curve) for b in rows]
+            return sorted(
+                (b.model_type, b.unit, b.epsilon_cap, b.delta, b.event_count, b.rdp_curve) for b in rows
+            )
 
         assert consent_rows(bulk_id) == consent_rows(single_id)
         assert event_rows(bulk_id) == event_rows(single_id)
