@@ -25,6 +25,18 @@ platform default without a budget), never at the run's. A run whose delta is lar
 tenant's budget delta would claim a weaker guarantee than the tenant accepted; that tenant sits
 the run out (``rejected_budget``, with the two deltas), and the other tenants go on.
 
+Round attempts. Every start (or resume) of a run is a new attempt (``FlRun.attempt``), and every
+outcome row names the attempt that wrote it. On resume, the rows earlier attempts left in rounds
+that never committed become ``aborted`` (their ledger events stay: the releases were real), so a
+round's accepted contributions and weights come from one attempt only.
+
+The run lease. One server drives a run: the server that starts it holds a lease (owner, heartbeat,
+expiry) renewed at every admission, dispatch, judgement and commit under a row lock on the run
+(``SELECT … FOR UPDATE`` on PostgreSQL), and a commit also requires the run to be exactly one round
+behind. A second server on a live lease is refused (``ConflictError`` naming the owner); a lease
+whose owner process is gone (same host) or that lapsed may be taken over, and the old owner's next
+judgement or commit then fails instead of double counting.
+
 One organization, one node: a node naming an organization another node already speaks for in the
 run (or an unknown organization, or an invalid id) is skipped with a logged, audited reason.
 """
@@ -33,9 +45,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -56,6 +71,7 @@ from schema.errors import BudgetExceededError, ConflictError
 from schema.models import (
     FederatedLearningContribution,
     FlNodeBinding,
+    FlPublishedModel,
     FlRoundOutcome,
     FlRoundSummary,
     FlRun,
@@ -72,6 +88,8 @@ REJECTED_CONSENT_CHANGED = "rejected_consent_changed"
 REJECTED_BUDGET = "rejected_budget"
 REJECTED_INVALID = "rejected_invalid"
 FAILED = "failed"
+#: Written by an attempt of a round that never committed; its charges stay.
+ABORTED = "aborted"
 STATUSES = (
     DISPATCHED,
     ACCEPTED,
@@ -80,7 +98,14 @@ STATUSES = (
     REJECTED_BUDGET,
     REJECTED_INVALID,
     FAILED,
+    ABORTED,
 )
+
+#: Reason of a bound tenant whose node is not connected when a round starts.
+OFFLINE = "offline"
+
+#: A run lease lasts at least this long past its last heartbeat (and 3 round timeouts + 30 s).
+LEASE_MIN_S = 60.0
 
 #: ``gradient_checksum`` is NOT NULL; a tenant that sent nothing gets this marker.
 NO_UPDATE = "none"
@@ -140,6 +165,35 @@ class RunState:
     last_completed_round: int
     weights_checksum: str | None
     seen: SeenChecksums
+    attempt: int = 1
+    #: The run had completed before this start: nothing is left to train (maybe to publish).
+    completed: bool = False
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive timestamps; they were written in UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def _owner_alive(owner: str) -> bool:
+    """Whether the lease owner (``host:pid:token``) may still be running. Only a process on this
+    host can be checked; any other is presumed alive until its lease lapses."""
+    host, _, rest = owner.partition(":")
+    if host != socket.gethostname():
+        return True
+    try:
+        pid = int(rest.partition(":")[0])
+    except ValueError:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Governor:
@@ -153,13 +207,65 @@ class Governor:
         self.policy = ledger.LedgerPolicy.from_settings(settings)
         self.settings = settings
         self.run_id: uuid.UUID | None = None
+        #: Who holds the run lease: host, process and a token unique to this Governor.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.attempt = 0
+
+    # --- the run lease ------------------------------------------------------------------------
+
+    def lease_seconds(self) -> float:
+        """Longer than the longest silence of a healthy server (training plus evaluation timeouts)."""
+        return max(LEASE_MIN_S, 3 * self.config.round_timeout_s + 30.0)
+
+    def _renew(self, run: FlRun, now: datetime) -> None:
+        run.lease_owner = self.owner
+        run.heartbeat_at = now
+        run.lease_expires_at = now + timedelta(seconds=self.lease_seconds())
+
+    def _take_lease(self, run: FlRun) -> None:
+        now = datetime.now(UTC)
+        owner, expires = run.lease_owner, _utc(run.lease_expires_at)
+        if (
+            owner is not None
+            and owner != self.owner
+            and expires is not None
+            and expires > now
+            and _owner_alive(owner)
+        ):
+            raise ConflictError(
+                f"run '{run.name}' is driven by server {owner} (lease until {expires.isoformat()}); "
+                "stop that server or wait for its lease to lapse"
+            )
+        self._renew(run, now)
+
+    def _hold_lease(self, session: Any) -> FlRun:
+        """The run row, locked, with this server's lease renewed; another owner means we were
+        replaced and must stop before writing anything."""
+        run: FlRun | None = session.get(FlRun, self.run_id, with_for_update=True, populate_existing=True)
+        assert run is not None
+        if run.lease_owner != self.owner:
+            raise ConflictError(
+                f"run '{run.name}' was taken over by server {run.lease_owner}; this server stops"
+            )
+        self._renew(run, datetime.now(UTC))
+        return run
+
+    def release_lease(self) -> None:
+        """Give the lease up (a server stopping on an error), so a restart need not wait for it."""
+        if self.run_id is None:
+            return
+        with transaction(self.engine) as session:
+            run = session.get(FlRun, self.run_id, with_for_update=True)
+            if run is not None and run.lease_owner == self.owner:
+                run.lease_owner = None
+                run.lease_expires_at = None
 
     # --- run lifecycle ------------------------------------------------------------------------
 
     def start_run(self) -> RunState:
         """Create the run, or resume it at its next round; a completed run is not started again."""
         with transaction(self.engine) as session:
-            run = session.scalar(select(FlRun).where(FlRun.name == self.config.run_name))
+            run = session.scalar(select(FlRun).where(FlRun.name == self.config.run_name).with_for_update())
             if run is None:
                 run = FlRun(
                     name=self.config.run_name,
@@ -168,6 +274,7 @@ class Governor:
                     status="running",
                     last_completed_round=0,
                     seen_checksums=[],
+                    attempt=0,
                 )
                 session.add(run)
                 session.flush()
@@ -179,39 +286,68 @@ class Governor:
                     resource_id=run.id,
                     data={"name": run.name, "task": run.task, "rounds": self.config.rounds},
                 )
-            elif run.status == "completed":
-                raise ConflictError(f"run '{run.name}' already completed; choose a new run name")
             elif run.task != self.config.task:
                 raise ConflictError(f"run '{run.name}' trains {run.task}, not {self.config.task}")
             self.run_id = run.id
-            self._close_stale_dispatches(session, run)
+            if run.status == "completed":
+                # Nothing to train; the caller publishes it if a crash came before the publication.
+                return RunState(
+                    run.id,
+                    run.last_completed_round,
+                    run.weights_checksum,
+                    SeenChecksums(run.seen_checksums),
+                    run.attempt,
+                    completed=True,
+                )
+            self._take_lease(run)
+            run.attempt += 1
+            self.attempt = run.attempt
+            self._abort_earlier_attempts(session, run)
             return RunState(
-                run.id, run.last_completed_round, run.weights_checksum, SeenChecksums(run.seen_checksums)
+                run.id,
+                run.last_completed_round,
+                run.weights_checksum,
+                SeenChecksums(run.seen_checksums),
+                run.attempt,
             )
 
-    def _close_stale_dispatches(self, session: Any, run: FlRun) -> None:
-        """A server that died between dispatch and judgement left rows ``dispatched``: they become
-        ``failed``. Their charges stay: the node may have trained and sent its update."""
+    def _abort_earlier_attempts(self, session: Any, run: FlRun) -> None:
+        """Rows earlier attempts wrote in rounds that never committed become ``aborted``: the round
+        is run again by this attempt, and only its rows count. Their charges stay (the server may
+        have released the instruction, and the node may have trained and sent its update)."""
         stale = session.scalars(
             select(FlRoundOutcome).where(
                 FlRoundOutcome.run_id == run.id,
-                FlRoundOutcome.status == DISPATCHED,
+                FlRoundOutcome.attempt < run.attempt,
+                FlRoundOutcome.status != ABORTED,
                 FlRoundOutcome.aggregation_round > run.last_completed_round,
             )
         )
-        reason = "the server stopped before this reply was judged; the dispatch stays charged"
         for outcome in stale:
-            outcome.status = FAILED
-            outcome.reason = reason
-            contribution = session.get(FederatedLearningContribution, outcome.contribution_id)
+            was = outcome.status + (f": {outcome.reason}" if outcome.reason else "")
+            outcome.reason = (
+                f"round attempt {outcome.attempt} was interrupted before the round committed (it was "
+                f"{was}); any charge stays"
+            )
+            outcome.status = ABORTED
+            contribution = (
+                session.get(FederatedLearningContribution, outcome.contribution_id)
+                if outcome.contribution_id is not None
+                else None
+            )
             if contribution is not None:
-                contribution.status = FAILED
+                contribution.status = ABORTED
+                contribution.contribution_weight = Decimal(0)
 
-    def complete_run(self) -> None:
+    def complete_run(self, publish: Callable[[Any, FlRun], Any] | None = None) -> Any:
+        """Mark the run completed and, in the same transaction, publish it (``publish(session, run)``):
+        a crash cannot leave a completed run unpublished. Returns what ``publish`` returned."""
         with transaction(self.engine) as session:
-            run = session.get(FlRun, self.run_id)
-            assert run is not None
+            run = self._hold_lease(session)
             run.status = "completed"
+            run.lease_owner = None
+            run.lease_expires_at = None
+            published = publish(session, run) if publish is not None else None
             audit.append(
                 session,
                 organization_id=None,
@@ -220,6 +356,7 @@ class Governor:
                 resource_id=run.id,
                 data={"rounds": run.last_completed_round, "weights_checksum": run.weights_checksum},
             )
+            return published
 
     # --- node identity ------------------------------------------------------------------------
 
@@ -320,6 +457,36 @@ class Governor:
                 admission.admitted[tenant.node_id] = tenant
         return admission
 
+    def mark_offline(self, server_round: int, tenants: Iterable[Tenant]) -> None:
+        """Bound tenants whose node is not connected this round: ``failed``, reason ``offline``
+        (nothing instructed, nothing charged)."""
+        tenants = list(tenants)
+        if not tenants:
+            return
+        with transaction(self.engine) as session:
+            for tenant in sorted(tenants, key=lambda t: t.name):
+                self._skip(
+                    session,
+                    server_round,
+                    tenant,
+                    FAILED,
+                    OFFLINE,
+                )
+
+    def publish_completed(self, publish: Callable[[Any, FlRun], Any] | None) -> Any:
+        """A run that completed but was never published (a crash between the two, before they
+        shared a transaction) is published now; a published one is not started again."""
+        with transaction(self.engine) as session:
+            run = session.get(FlRun, self.run_id, with_for_update=True)
+            assert run is not None
+            published = session.scalar(
+                select(FlPublishedModel.id).where(FlPublishedModel.run_id == run.id).limit(1)
+            )
+            if publish is None or published is not None:
+                raise ConflictError(f"run '{run.name}' already completed; choose a new run name")
+            log.warning("run %s completed but was never published; publishing it now", run.name)
+            return publish(session, run)
+
     def _budget_refusal(self, session: Any, tenant: Tenant) -> str | None:
         """Why the tenant may not take part: a run delta above its budget's, or a cap the round would pass.
 
@@ -369,6 +536,7 @@ class Governor:
         everyone = {t.node_id: t for t in [*population, *chosen]}
         population_ids = {t.node_id for t in population}
         with transaction(self.engine) as session:
+            self._hold_lease(session)
             # A fixed lock order (organization, then unit) so concurrent runs cannot deadlock.
             for tenant in sorted(everyone.values(), key=lambda t: t.organization_id):
                 central_refusal: str | None = None
@@ -521,6 +689,7 @@ class Governor:
         """
         tenant, instruction = dispatch.tenant, dispatch.instruction
         with transaction(self.engine) as session:
+            self._hold_lease(session)
             verdict = self._decide(session, tenant, instruction, report, update, error, validator, reference)
             contribution = session.get(FederatedLearningContribution, dispatch.contribution_id)
             assert contribution is not None
@@ -610,6 +779,7 @@ class Governor:
             contribution_id=contribution_id,
             dp_event=dp_event,
             epsilon_after=epsilon_after,
+            attempt=self.attempt,
         )
         session.add(outcome)
         session.flush()
@@ -681,14 +851,27 @@ class Governor:
         weights: Mapping[uuid.UUID, float],
         seen: SeenChecksums,
         metric: float | None,
+        outlier: Mapping[uuid.UUID, str] | None = None,
     ) -> None:
-        """Close a round atomically: weights, summary and the resume point (charges were made at dispatch)."""
+        """Close a round atomically: weights, summary and the resume point (charges were made at dispatch).
+
+        Under the run's row lock, by the lease holder only, and only as the next round: a server
+        that lost its lease, or a round another attempt already committed, writes nothing.
+        ``weights`` are the shares the aggregator used per organization, of this attempt only.
+        """
         with transaction(self.engine) as session:
+            run = self._hold_lease(session)
+            if run.last_completed_round != server_round - 1:
+                raise ConflictError(
+                    f"run '{run.name}' is at round {run.last_completed_round}; round {server_round} "
+                    "cannot be committed twice or out of order"
+                )
             total = sum(weights.values())
             outcomes = session.scalars(
                 select(FlRoundOutcome).where(
                     FlRoundOutcome.run_id == self.run_id,
                     FlRoundOutcome.aggregation_round == server_round,
+                    FlRoundOutcome.attempt == self.attempt,
                     FlRoundOutcome.status == ACCEPTED,
                 )
             )
@@ -697,8 +880,9 @@ class Governor:
                 contribution = session.get(FederatedLearningContribution, outcome.contribution_id)
                 if contribution is not None:
                     contribution.contribution_weight = Decimal(f"{share:.6f}")
-            run = session.get(FlRun, self.run_id)
-            assert run is not None
+                if outlier is not None and outcome.organization_id in outlier:
+                    outcome.outlier = True
+                    outcome.reason = outlier[outcome.organization_id]
             run.last_completed_round = server_round
             run.weights_checksum = weights_checksum
             run.seen_checksums = sorted(seen)
@@ -707,7 +891,7 @@ class Governor:
                     run_id=self.run_id,
                     aggregation_round=server_round,
                     metric_name=self.task.metric.name,
-                    metric_value=None if metric is None or math.isnan(metric) else metric,
+                    metric_value=finite(metric),
                     accepted=len(weights),
                     weights_checksum=weights_checksum,
                 )
@@ -729,7 +913,12 @@ class Governor:
                 )
             )
             if summary is not None:
-                summary.metric_value = None if metric is None or math.isnan(metric) else metric
+                summary.metric_value = finite(metric)
+
+
+def finite(value: float | None) -> float | None:
+    """A metric as stored and reported: NaN and ±inf (a diverged model) become NULL, never invalid JSON."""
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
 def _dp_params_problem(instruction: TrainInstruction, report: TrainReport) -> str | None:

@@ -123,6 +123,7 @@ class GovernedStrategy(Strategy):
         *,
         on_round: Callable[[RoundRecord], None] | None = None,
         server_evaluate: ServerEvaluate | None = None,
+        publish: Callable[[Any, Any], Any] | None = None,
     ) -> None:
         self.inner = inner
         self.governor = governor
@@ -130,6 +131,10 @@ class GovernedStrategy(Strategy):
         self.config = governor.config
         self.on_round = on_round
         self.server_evaluate = server_evaluate
+        #: ``publish(session, run)``, run in the transaction that completes the run.
+        self.publish = publish
+        #: What ``publish`` returned (None when nothing was published).
+        self.publication: Any = None
         self.tenants: dict[int, Tenant] = {}
         #: Nodes skipped at binding (unknown organization, one already bound…), with why.
         self.skipped_nodes: dict[int, str] = {}
@@ -174,18 +179,43 @@ class GovernedStrategy(Strategy):
             # Flower's node sampling uses the module-level RNG; seeded only in non-private runs.
             random.seed(self.config.seed)
         state = self.governor.start_run()
+        try:
+            return self._drive(grid, initial_arrays, rounds, timeout, state)
+        except BaseException:
+            # A server stopping on an error gives its lease up, so a restart need not wait for it.
+            try:
+                self.governor.release_lease()
+            except Exception:
+                log.exception("could not release the run lease")
+            raise
+
+    def _drive(
+        self, grid: Grid, initial_arrays: ArrayRecord, rounds: int, timeout: float, state: Any
+    ) -> GovernedResult:
         arrays = arrays_from_record(initial_arrays, copy=True)
         if state.weights_checksum:
             # Resume from the committed weights, in the model's own parameter order (the store's
             # file sorts names; nodes and checksums use the model's order).
             stored = self.weights.get(state.weights_checksum)
             arrays = {name: stored[name] for name in arrays}
+        if state.completed:
+            self.publication = self.governor.publish_completed(self.publish)
+            return GovernedResult(arrays, [], state.last_completed_round)
         spec = ModelSpec.from_arrays(arrays)
         history: list[RoundRecord] = []
+        first = True
         for server_round in range(state.last_completed_round + 1, rounds + 1):
-            self._identify(grid, timeout)
+            # ``min_nodes`` gates the first round this server runs; later rounds go on with the
+            # nodes that are online (bound tenants that are not: failed, reason offline).
+            online = self._identify(grid, timeout, wait=first)
+            first = False
             record = RoundRecord(server_round)
-            arrays = self._train_round(grid, server_round, arrays, spec, state.seen, record, timeout)
+            offline = [t for n, t in self.tenants.items() if n not in online]
+            self.governor.mark_offline(server_round, offline)
+            record.statuses.update({t.name: FAILED for t in offline})
+            arrays = self._train_round(
+                grid, server_round, arrays, spec, state.seen, record, timeout, online=online
+            )
             node_metric = self._evaluate_round(grid, server_round, arrays, timeout)
             # A server-side test set (public data no tenant holds) gives the headline metric, in
             # DP runs too: evaluating public data spends no one's privacy.
@@ -194,19 +224,23 @@ class GovernedStrategy(Strategy):
             history.append(record)
             if self.on_round is not None:
                 self.on_round(record)
-        self.governor.complete_run()
+        self.publication = self.governor.complete_run(self.publish)
         return GovernedResult(arrays, history, rounds)
 
-    def _identify(self, grid: Grid, timeout: float) -> None:
-        """Ask unknown nodes which organization they speak for; wait for ``min_nodes`` first."""
+    def _identify(self, grid: Grid, timeout: float, *, wait: bool = True) -> set[int]:
+        """Ask unknown nodes which organization they speak for; return the nodes online now.
+
+        With ``wait`` (the first round), wait until ``min_nodes`` are connected first.
+        """
         deadline = time.monotonic() + timeout
-        while len(node_ids := list(grid.get_node_ids())) < self.config.min_nodes:
+        while len(node_ids := list(grid.get_node_ids())) < self.config.min_nodes and wait:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {len(node_ids)} of {self.config.min_nodes} nodes connected")
             time.sleep(0.2)
+        online = set(node_ids)
         unknown = [n for n in node_ids if n not in self.tenants and n not in self.skipped_nodes]
         if not unknown:
-            return
+            return online
         messages = [
             Message(RecordDict({}), dst_node_id=node_id, message_type="query.identify", group_id="identify")
             for node_id in unknown
@@ -225,6 +259,7 @@ class GovernedStrategy(Strategy):
                 self.skipped_nodes[node_id] = reason or "skipped"
             else:
                 self.tenants[node_id] = tenant
+        return online
 
     def _train_round(
         self,
@@ -235,8 +270,10 @@ class GovernedStrategy(Strategy):
         seen: Any,
         record: RoundRecord,
         timeout: float,
+        online: set[int] | None = None,
     ) -> Arrays:
-        admission = self.governor.admit(server_round, self.tenants.values())
+        present = [t for n, t in self.tenants.items() if online is None or n in online]
+        admission = self.governor.admit(server_round, present)
         record.skipped.update(admission.skipped)
         central_dp = self.config.dp.central
         shown = self._poisson_sample(admission.admitted) if central_dp else dict(admission.admitted)
