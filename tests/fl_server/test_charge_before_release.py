@@ -185,9 +185,7 @@ def test_crash_after_dispatch_then_resume_charges_every_release_at_least_once(ma
     # The interrupted attempt's rows are aborted (charges kept); round 2 counts attempt 2 only:
     # one accepted contribution per tenant, weights summing to 1.
     with transaction(fed.engine) as session:
-        round_2 = session.scalars(
-            select(FlRoundOutcome).where(FlRoundOutcome.aggregation_round == 2)
-        ).all()
+        round_2 = session.scalars(select(FlRoundOutcome).where(FlRoundOutcome.aggregation_round == 2)).all()
         stale = [o for o in round_2 if o.attempt == 1]
         current = [o for o in round_2 if o.attempt == 2]
         weights = [

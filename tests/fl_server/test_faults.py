@@ -42,7 +42,9 @@ def test_a_node_lost_after_round_1_fails_offline_and_the_run_completes(make_fede
     assert statuses[(1, "tenant-1")] == ("accepted", None)
     for server_round in (2, 3, 4):
         assert statuses[(server_round, "tenant-1")] == ("failed", "offline")
-        assert statuses[(server_round, "tenant-0")][0] == statuses[(server_round, "tenant-2")][0] == "accepted"
+        assert (
+            statuses[(server_round, "tenant-0")][0] == statuses[(server_round, "tenant-2")][0] == "accepted"
+        )
     with transaction(fed.engine) as session:
         run = session.scalar(select(FlRun))
         assert run is not None and run.status == "completed" and run.last_completed_round == 4
@@ -98,7 +100,9 @@ def test_a_replaced_server_can_neither_judge_nor_commit(make_federation) -> None
         assert run is not None and run.last_completed_round == 1 and run.weights_checksum == "c" * 64
 
 
-def test_a_crash_while_publishing_leaves_the_run_to_be_completed_and_published_on_restart(make_federation) -> None:  # type: ignore[no-untyped-def]
+def test_a_crash_while_publishing_leaves_the_run_to_be_completed_and_published_on_restart(
+    make_federation,
+) -> None:  # type: ignore[no-untyped-def]
     # Prepare: the publication fails inside the completing transaction (a crash between the two).
     fed = make_federation()
     config = fed.config(rounds=1)
