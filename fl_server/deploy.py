@@ -122,7 +122,7 @@ def die_with_parent() -> None:
 def marked_processes(marker: str) -> list[int]:
     """Processes of this user whose environment carries ``MARKER_ENV=marker``."""
     needle = f"{MARKER_ENV}={marker}".encode()
-    found = []
+    found: list[int] = []
     proc = Path("/proc")
     if not proc.is_dir():
         return found
