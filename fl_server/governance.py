@@ -101,6 +101,11 @@ STATUSES = (
     ABORTED,
 )
 
+#: What a tenant can truthfully claim as its example count in a non-DP run (weights by counts):
+#: its consent snapshot's users times this many records each (tenants hold 8-25 records a user).
+#: A claim above it is rejected as an outlier: a self-reported 10^9 once took 0.999999 of FedAvg.
+MAX_RECORDS_PER_USER = 100
+
 #: Reason of a bound tenant whose node is not connected when a round starts.
 OFFLINE = "offline"
 
@@ -700,6 +705,10 @@ class Governor:
             assert outcome is not None
             outcome.status = verdict.status
             outcome.reason = verdict.reason
+            # An update too large, or a weight larger than the tenant can hold: flagged as an attacker would be.
+            outcome.outlier = verdict.status == REJECTED_INVALID and (verdict.reason or "").startswith(
+                ("norm_exceeded", "invalid_weight")
+            )
             if verdict.status == ACCEPTED:
                 consent_gate.record_snapshot_use(
                     session,
@@ -750,6 +759,7 @@ class Governor:
             reference=reference,
             claimed_checksum=report.update_checksum,
             weight=None if self.config.dp != DpMode.OFF else report.num_examples,
+            max_weight=max(1, len(instruction.user_ids)) * MAX_RECORDS_PER_USER,
         )
         if not isinstance(checked, Accepted):
             return Verdict(REJECTED_INVALID, f"{checked.reason}: {checked.message}")

@@ -42,6 +42,7 @@ from flwr.serverapp.strategy import Strategy
 
 from aggregation import CentralDPSum, ModelSpec, UpdateValidator, make_aggregator
 from aggregation.flwr_adapter import arrays_from_record, record_from_arrays
+from aggregation.ops import global_norm
 from aggregation.weights_store import WeightsStore
 from fl_client import protocol
 from fl_client.protocol import EvalInstruction, NodeIdentity, TrainReport
@@ -92,6 +93,30 @@ class AdmittedGrid(Grid):
         return self._grid.send_and_receive(messages, timeout=timeout)
 
 
+#: The default update-norm bound (no ``max_update_norm``, no central clipping): this many times the
+#: median norm of accepted updates, once at least ``MIN_NORMS_FOR_BOUND`` norms are known.
+NORM_BOUND_FACTOR = 5.0
+MIN_NORMS_FOR_BOUND = 3
+
+
+def _norm_bound(norms: list[Any]) -> float | None:
+    known = [float(n) for n in norms if n is not None]
+    if len(known) < MIN_NORMS_FOR_BOUND:
+        return None
+    median = float(np.median(known))
+    return NORM_BOUND_FACTOR * median if median > 0 else None
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """One train reply, parsed once: report, weights, transport error, and ||update - global||."""
+
+    report: TrainReport | None
+    update: Arrays | None
+    error: str | None
+    norm: float | None
+
+
 @dataclass
 class RoundRecord:
     """What one round did, for the report."""
@@ -139,6 +164,8 @@ class GovernedStrategy(Strategy):
         #: Nodes skipped at binding (unknown organization, one already bound…), with why.
         self.skipped_nodes: dict[int, str] = {}
         self._participants: dict[int, Dispatch] = {}
+        #: Norms of the updates the last round accepted (the default norm bound's reference).
+        self._last_round_norms: list[float] = []
         self._sampler = random.SystemRandom()
 
     # The Strategy interface: sampling and evaluation are the wrapped strategy's.
@@ -320,14 +347,20 @@ class GovernedStrategy(Strategy):
         )
         aggregator = None if central is not None else make_aggregator(self.config.aggregator, spec)
         weights: dict[Any, float] = {}
-        pending = {m.metadata.dst_node_id for m in messages}
-        for node_id, reply in _collect(grid, messages, timeout):
-            pending.discard(node_id)
-            dispatch = batch.dispatched[node_id]
-            verdict, update, report = self._judge(server_round, dispatch, reply, validator, arrays)
+        order: list[Any] = []  # organizations in the aggregator's add order
+        accepted_norms: list[float] = []
+
+        def settle(dispatch: Dispatch, parsed: Parsed, bound: float | None) -> None:
+            if bound is not None:
+                validator.max_norm = bound if configured is None else min(configured, bound)
+            verdict = self._judge(server_round, dispatch, parsed, validator, arrays)
+            validator.max_norm = configured
             record.statuses[dispatch.tenant.name] = verdict.status
+            report, update = parsed.report, parsed.update
             if verdict.status != ACCEPTED or update is None or report is None:
-                continue
+                return
+            if parsed.norm is not None:
+                accepted_norms.append(parsed.norm)
             # DP runs: uniform weights (a record count is private); dp=off may weight by counts.
             weight = float(report.num_examples) if self.config.dp == DpMode.OFF else 1.0
             if central is not None:
@@ -336,6 +369,35 @@ class GovernedStrategy(Strategy):
                 assert aggregator is not None
                 aggregator.add(update, weight=weight)
             weights[dispatch.tenant.organization_id] = weight
+            order.append(dispatch.tenant.organization_id)
+
+        configured = self.config.max_update_norm
+        # Without a configured bound and without central clipping, the server bounds update norms
+        # itself: NORM_BOUND_FACTOR x the median norm of the updates accepted (this round and the
+        # last), decided once MIN_NORMS_FOR_BOUND norms are known (earlier replies wait, at most
+        # that many models in memory). A boosted update (x50) is rejected and flagged.
+        guard = configured is None and central is None
+        held: list[tuple[Dispatch, Parsed]] = []
+        pending = {m.metadata.dst_node_id for m in messages}
+        for node_id, reply in _collect(grid, messages, timeout):
+            pending.discard(node_id)
+            dispatch = batch.dispatched[node_id]
+            parsed = self._parse(reply, spec, arrays)
+            if not guard or parsed.norm is None:
+                settle(dispatch, parsed, None)
+                continue
+            held.append((dispatch, parsed))
+            bound = _norm_bound([*self._last_round_norms, *accepted_norms, *(p.norm for _, p in held)])
+            if bound is None:
+                continue
+            for waiting, waiting_parsed in held:
+                settle(waiting, waiting_parsed, bound)
+            held.clear()
+        if held:  # fewer norms than the bound needs: judged without a default bound
+            bound = _norm_bound([*self._last_round_norms, *accepted_norms, *(p.norm for _, p in held)])
+            for waiting, waiting_parsed in held:
+                settle(waiting, waiting_parsed, bound)
+        self._last_round_norms = list(accepted_norms) or self._last_round_norms
         for node_id in pending:  # timed out: the dispatch stays charged
             dispatch = batch.dispatched[node_id]
             self.governor.judge(
@@ -350,6 +412,7 @@ class GovernedStrategy(Strategy):
             record.statuses[dispatch.tenant.name] = FAILED
 
         new_arrays = arrays
+        outlier: dict[Any, str] = {}
         if central is not None and batch.central_charged:
             # Always released, always noised, over a public denominator: fraction x admitted tenants.
             denominator = self.config.fraction * len(batch.central_charged)
@@ -360,6 +423,15 @@ class GovernedStrategy(Strategy):
         elif central is None and len(weights) >= self.config.min_accepted:
             assert aggregator is not None
             new_arrays = {n: np.asarray(a, dtype=arrays[n].dtype) for n, a in aggregator.result().items()}
+            # Record the shares the aggregator actually used (Krum: the selected only; median and
+            # trimmed mean: equal), and flag what a robust aggregator found far from the others.
+            weights = dict(zip(order, aggregator.used_weights(), strict=True))
+            outliers = getattr(aggregator, "outliers", None)
+            if outliers is not None:
+                for index in outliers():
+                    outlier[order[index]] = (
+                        f"outlier: {self.config.aggregator} found this update far from the round's others"
+                    )
         else:
             log.warning(
                 "round %s: %s accepted, %s needed; global model unchanged",
@@ -374,6 +446,7 @@ class GovernedStrategy(Strategy):
             weights=weights,
             seen=validator.seen,
             metric=None,
+            outlier=outlier,
         )
         return new_arrays
 
@@ -383,36 +456,43 @@ class GovernedStrategy(Strategy):
         fraction = self.config.fraction
         return {n: t for n, t in admitted.items() if fraction >= 1.0 or self._sampler.random() < fraction}
 
+    @staticmethod
+    def _parse(reply: Message, spec: ModelSpec, reference: Arrays) -> Parsed:
+        """The reply's report and weights, and the update's norm when it can be computed."""
+        if reply.has_error():
+            return Parsed(None, None, f"node error: {reply.error.reason}", None)
+        try:
+            report = TrainReport.from_record(protocol.config_of(reply.content, protocol.REPORT))
+            update = (
+                arrays_from_record(protocol.arrays_of(reply.content))
+                if protocol.ARRAYS in reply.content
+                else None
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            return Parsed(None, None, f"malformed reply: {exc}", None)
+        norm: float | None = None
+        if update is not None and spec.mismatch(update) is None:
+            value = global_norm({name: update[name] for name in spec.names}, reference)
+            norm = value if math.isfinite(value) else None
+        return Parsed(report, update, None, norm)
+
     def _judge(
         self,
         server_round: int,
         dispatch: Dispatch,
-        reply: Message,
+        parsed: Parsed,
         validator: UpdateValidator,
         reference: Arrays,
-    ) -> tuple[Verdict, Arrays | None, TrainReport | None]:
-        report: TrainReport | None = None
-        update: Arrays | None = None
-        error: str | None = None
-        if reply.has_error():
-            error = f"node error: {reply.error.reason}"
-        else:
-            try:
-                report = TrainReport.from_record(protocol.config_of(reply.content, protocol.REPORT))
-                if protocol.ARRAYS in reply.content:
-                    update = arrays_from_record(protocol.arrays_of(reply.content))
-            except (KeyError, ValueError, TypeError) as exc:
-                report, update, error = None, None, f"malformed reply: {exc}"
-        verdict = self.governor.judge(
+    ) -> Verdict:
+        return self.governor.judge(
             server_round,
             dispatch,
-            report,
-            update,
-            error=error,
+            parsed.report,
+            parsed.update,
+            error=parsed.error,
             validator=validator,
             reference=reference,
         )
-        return verdict, update, report
 
     def _evaluate_round(self, grid: Grid, server_round: int, arrays: Arrays, timeout: float) -> float | None:
         # The round's participants evaluate the new global model on their held-out consented users:
