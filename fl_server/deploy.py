@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import ssl
@@ -42,6 +43,7 @@ from typing import IO, Any
 
 import httpx
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import DBAPIError
 
 from fl_client import protocol
 from fl_server.config import DpMode, RunConfig
@@ -50,7 +52,7 @@ from fl_server.report import build_report
 from privacy import ledger
 from schema.config import Settings
 from schema.db import make_engine, transaction
-from schema.errors import AccuteError, InvalidInputError
+from schema.errors import AccuteError, DatabaseUnavailableError, InvalidInputError
 from schema.migrate import require_current_schema, upgrade
 from schema.models import FlRun
 from simulations.federation import prepare_federation
@@ -489,7 +491,12 @@ class LocalDeployment:
                 raise DeploymentError(
                     f"flower-superlink stopped (code {link.process.returncode}); see {link.log_path}"
                 )
-            state = self.db_run(run_name) if run_name else None
+            try:
+                state = self.db_run(run_name) if run_name else None
+            except (DatabaseUnavailableError, DBAPIError) as exc:
+                # A database restart is the ServerApp's to ride out (it retries); keep waiting.
+                log.warning("database unavailable while waiting for the run (%s); still waiting", exc)
+                state = None
             if (state is not None and state[0] == "completed") or time.monotonic() >= next_flower:
                 status = self.flower_status(run_id)
                 if status.startswith("finished"):
@@ -537,6 +544,23 @@ class LocalDeployment:
         self.stop()
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXCEPTION = re.compile(r"\b([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Timeout))(?::\s*(.*))?$")
+
+
+def last_exception_line(log_text: str) -> str | None:
+    """The last ``SomeError: message`` line of a ServerApp log (its final traceback's cause), for
+    the one-line CLI error; None when the log shows no exception."""
+    for raw in reversed(log_text.splitlines()):
+        line = _ANSI.sub("", raw).strip()
+        match = _EXCEPTION.search(line)
+        if match is None or line.startswith(("File ", "Traceback")):
+            continue
+        name, message = match.group(1), (match.group(2) or "").strip()
+        return f"{name}: {message}"[:300] if message else name
+    return None
+
+
 def run_overrides(
     run_name: str, task: str, rounds: int, dp: DpMode, seed: int, nodes: int, **extra: Any
 ) -> dict[str, Any]:
@@ -575,8 +599,11 @@ def run_local(
         run_id = deployment.submit(overrides)
         status = deployment.wait(run_id, name)
         if status != "finished:completed":
+            log_path = deployment.logs / f"serverapp-{run_id}.log"
+            cause = last_exception_line(log_path.read_text(errors="replace")) if log_path.exists() else None
             raise DeploymentError(
-                f"run '{name}' ended {status}; see {deployment.logs / f'serverapp-{run_id}.log'} "
-                "(run again with the same --run-name to resume)"
+                f"run '{name}' ended {status}"
+                + (f" ({cause})" if cause else "")
+                + f"; see {log_path} (run again with the same --run-name to resume)"
             )
         return deployment.report(name)

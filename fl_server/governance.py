@@ -47,15 +47,17 @@ import logging
 import math
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 import consent_gate
 from aggregation import Accepted, ModelSpec, SeenChecksums, UpdateValidator
@@ -67,7 +69,7 @@ from privacy.events import UNITS, CentralDpEvent, DpEvent, DpSgdEvent, NonPrivat
 from schema import audit
 from schema.config import Settings
 from schema.db import transaction
-from schema.errors import BudgetExceededError, ConflictError
+from schema.errors import BudgetExceededError, ConflictError, DatabaseUnavailableError
 from schema.models import (
     FederatedLearningContribution,
     FlNodeBinding,
@@ -79,6 +81,7 @@ from schema.models import (
 )
 
 log = logging.getLogger("accute.fl_server")
+_T = TypeVar("_T")
 
 #: Instructed and charged; the reply has not been judged yet (a crash leaves it so until resume).
 DISPATCHED = "dispatched"
@@ -687,6 +690,36 @@ class Governor:
         validator: UpdateValidator,
         reference: Arrays,
     ) -> Verdict:
+        """``_judge_once``, retried on a transient database error (the verdict is written in one
+        transaction, so a retry rewrites the same row; a checksum the failed try recorded as seen
+        is forgotten first, or the retry would call the update a replay)."""
+        claimed = (
+            str(report.update_checksum).lower() if report is not None and report.update_checksum else None
+        )
+        known = claimed is not None and claimed in validator.seen
+
+        def once() -> Verdict:
+            return self._judge_once(
+                server_round, dispatch, report, update, error=error, validator=validator, reference=reference
+            )
+
+        def undo() -> None:
+            if claimed is not None and not known:
+                validator.seen.discard(claimed)
+
+        return retry_transient(once, f"judging {dispatch.tenant.name} in round {server_round}", undo)
+
+    def _judge_once(
+        self,
+        server_round: int,
+        dispatch: Dispatch,
+        report: TrainReport | None,
+        update: Arrays | None,
+        *,
+        error: str | None,
+        validator: UpdateValidator,
+        reference: Arrays,
+    ) -> Verdict:
         """Decide one reply's status and update its contribution and outcome in one transaction.
 
         Nothing is charged here: the instructed events were charged at dispatch, and stay charged
@@ -863,6 +896,31 @@ class Governor:
         metric: float | None,
         outlier: Mapping[uuid.UUID, str] | None = None,
     ) -> None:
+        """``_commit_round_once``, retried on a transient database error: a retry after a commit
+        that did land (the acknowledgement was lost) finds the round committed with these weights
+        and stops there."""
+        retry_transient(
+            lambda: self._commit_round_once(
+                server_round,
+                weights_checksum=weights_checksum,
+                weights=weights,
+                seen=seen,
+                metric=metric,
+                outlier=outlier,
+            ),
+            f"committing round {server_round}",
+        )
+
+    def _commit_round_once(
+        self,
+        server_round: int,
+        *,
+        weights_checksum: str,
+        weights: Mapping[uuid.UUID, float],
+        seen: SeenChecksums,
+        metric: float | None,
+        outlier: Mapping[uuid.UUID, str] | None = None,
+    ) -> None:
         """Close a round atomically: weights, summary and the resume point (charges were made at dispatch).
 
         Under the run's row lock, by the lease holder only, and only as the next round: a server
@@ -871,6 +929,8 @@ class Governor:
         """
         with transaction(self.engine) as session:
             run = self._hold_lease(session)
+            if run.last_completed_round == server_round and run.weights_checksum == weights_checksum:
+                return  # this commit landed already (a retry after a lost acknowledgement)
             if run.last_completed_round != server_round - 1:
                 raise ConflictError(
                     f"run '{run.name}' is at round {run.last_completed_round}; round {server_round} "
@@ -916,6 +976,9 @@ class Governor:
             )
 
     def record_metric(self, server_round: int, metric: float | None) -> None:
+        retry_transient(lambda: self._record_metric_once(server_round, metric), "recording the metric")
+
+    def _record_metric_once(self, server_round: int, metric: float | None) -> None:
         with transaction(self.engine) as session:
             summary = session.scalar(
                 select(FlRoundSummary).where(
@@ -924,6 +987,35 @@ class Governor:
             )
             if summary is not None:
                 summary.metric_value = finite(metric)
+
+
+#: Waits between tries on a transient database error (about 30 s in all: a PostgreSQL restart).
+RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A lost connection or a database that is briefly unavailable, not a bug or a conflict
+    (``schema.db.transaction`` reports an OperationalError as DatabaseUnavailableError)."""
+    if isinstance(exc, OperationalError | DatabaseUnavailableError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def retry_transient(operation: Callable[[], _T], what: str, undo: Callable[[], None] | None = None) -> _T:
+    """Run ``operation`` (one transaction), again after each transient database error, with
+    backoff; ``undo`` reverts in-memory state a failed try changed. Safe because every operation
+    retried here is idempotent per round attempt."""
+    for delay in (*RETRY_DELAYS_S, None):
+        try:
+            return operation()
+        except (DBAPIError, DatabaseUnavailableError) as exc:
+            if delay is None or not is_transient(exc):
+                raise
+            if undo is not None:
+                undo()
+            log.warning("database error while %s (%s); retrying in %gs", what, exc, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def finite(value: float | None) -> float | None:

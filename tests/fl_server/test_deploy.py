@@ -66,3 +66,22 @@ def test_the_next_start_kills_what_a_killed_run_local_left_behind(tmp_path: Path
         other.wait()
         if left.poll() is None:
             left.kill()
+
+
+def test_the_cli_error_names_the_serverapps_last_exception() -> None:
+    from fl_server.deploy import last_exception_line
+
+    log = (
+        "\x1b[92mINFO \x1b[0m:      configure_train: Sampled 3 nodes (out of 3)\n"
+        "Traceback (most recent call last):\n"
+        '  File "/x/fl_server/strategy.py", line 200, in start\n'
+        "    raise TimeoutError(f'only {n} of {m} nodes connected')\n"
+        "TimeoutError: only 2 of 3 nodes connected\n"
+        "\x1b[92mINFO \x1b[0m:      Run finished\n"
+    )
+    assert last_exception_line(log) == "TimeoutError: only 2 of 3 nodes connected"
+    assert (
+        last_exception_line("schema.errors.ConflictError: run 'r' is driven by server h:1:a\n")
+        == "schema.errors.ConflictError: run 'r' is driven by server h:1:a"
+    )
+    assert last_exception_line("INFO : all rounds done\nINFO : published\n") is None

@@ -94,7 +94,9 @@ def test_a_replaced_server_can_neither_judge_nor_commit(make_federation) -> None
         second.commit_round(2, weights_checksum="b" * 64, weights={}, seen=SeenChecksums([]), metric=None)
     second.commit_round(1, weights_checksum="c" * 64, weights={}, seen=SeenChecksums([]), metric=None)
     with pytest.raises(ConflictError, match="twice"):
-        second.commit_round(1, weights_checksum="c" * 64, weights={}, seen=SeenChecksums([]), metric=None)
+        second.commit_round(1, weights_checksum="d" * 64, weights={}, seen=SeenChecksums([]), metric=None)
+    # The same commit again (a retry after a lost acknowledgement) changes nothing.
+    second.commit_round(1, weights_checksum="c" * 64, weights={}, seen=SeenChecksums([]), metric=None)
     with transaction(fed.engine) as session:
         run = session.scalar(select(FlRun))
         assert run is not None and run.last_completed_round == 1 and run.weights_checksum == "c" * 64
@@ -155,3 +157,42 @@ def test_a_completed_but_unpublished_run_is_published_on_the_next_start(make_fed
             .where(FederatedLearningContribution.status == "accepted")
         )
         assert accepted == 3  # nothing trained again
+
+
+def test_a_commit_waits_out_a_locked_database_and_lands_once(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    # Prepare: a real SQLite file; another process-like connection holds it exclusively for longer
+    # than the busy timeout (10 s), so the first try fails with "database is locked".
+    import sqlite3
+    import threading
+    import time
+
+    from fl_server.config import RunConfig
+    from schema import migrate
+    from schema.config import Settings
+    from schema.db import make_engine
+
+    path = tmp_path / "fl.db"
+    engine = make_engine(f"sqlite:///{path}")
+    migrate.upgrade(engine)
+    governor = Governor(engine, RunConfig(run_name="locked", task="digits", round_timeout_s=1.0), Settings())
+    governor.start_run()
+    locker = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    release = threading.Timer(11.0, lambda: locker.execute("COMMIT"))
+    release.start()
+
+    # Execute
+    started = time.monotonic()
+    try:
+        governor.commit_round(1, weights_checksum="e" * 64, weights={}, seen=SeenChecksums([]), metric=None)
+    finally:
+        release.join()
+        locker.close()
+
+    # Assert: it failed once, was retried, and landed exactly once.
+    assert time.monotonic() - started > 10.0
+    assert any("retrying" in r.getMessage() for r in caplog.records)
+    with transaction(engine) as session:
+        run = session.scalar(select(FlRun))
+        assert run is not None and run.last_completed_round == 1 and run.weights_checksum == "e" * 64
+    engine.dispose()
