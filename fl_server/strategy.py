@@ -47,7 +47,7 @@ from aggregation.weights_store import WeightsStore
 from fl_client import protocol
 from fl_client.protocol import EvalInstruction, NodeIdentity, TrainReport
 from fl_server.config import DpMode
-from fl_server.governance import ACCEPTED, FAILED, Dispatch, Governor, Tenant, Verdict
+from fl_server.governance import ACCEPTED, FAILED, Dispatch, Governor, Tenant, Verdict, finite
 from privacy import secure_noise
 
 log = logging.getLogger("accute.fl_server")
@@ -246,7 +246,10 @@ class GovernedStrategy(Strategy):
             node_metric = self._evaluate_round(grid, server_round, arrays, timeout)
             # A server-side test set (public data no tenant holds) gives the headline metric, in
             # DP runs too: evaluating public data spends no one's privacy.
-            record.metric = self.server_evaluate(arrays) if self.server_evaluate is not None else node_metric
+            # A diverged model's inf/NaN becomes None: stored as NULL, reported as null.
+            record.metric = finite(
+                self.server_evaluate(arrays) if self.server_evaluate is not None else node_metric
+            )
             self.governor.record_metric(server_round, record.metric)
             history.append(record)
             if self.on_round is not None:

@@ -196,3 +196,20 @@ def test_a_commit_waits_out_a_locked_database_and_lands_once(tmp_path, caplog) -
         run = session.scalar(select(FlRun))
         assert run is not None and run.last_completed_round == 1 and run.weights_checksum == "e" * 64
     engine.dispose()
+
+
+def test_a_diverged_models_metric_is_stored_as_null(make_federation) -> None:  # type: ignore[no-untyped-def]
+    # Prepare: a server-side evaluation that reports +inf (a diverged model's loss).
+    fed = make_federation()
+    rounds: list[RoundRecord] = []
+
+    # Execute
+    fed.run(fed.config(rounds=1), server_evaluate=lambda arrays: float("inf"), on_round=rounds.append)
+
+    # Assert
+    from schema.models import FlRoundSummary
+
+    with transaction(fed.engine) as session:
+        summary = session.scalar(select(FlRoundSummary))
+        assert summary is not None and summary.metric_value is None
+    assert rounds[0].metric is None
