@@ -115,8 +115,14 @@ class UpdateValidator:
         claimed_checksum: str | None = None,
         weight: float | None = None,
         record: bool = True,
+        max_weight: float | None = None,
     ) -> Verdict:
-        """Check `update`; with `record`, an accepted checksum is added to `seen` (validate, then change state)."""
+        """Check `update`; with `record`, an accepted checksum is added to `seen` (validate, then change state).
+
+        ``max_weight`` overrides the validator's bound for this update (the server's own bound on
+        what this sender can truthfully claim).
+        """
+        weight_cap = self.max_weight if max_weight is None else max_weight
         if reference is not None:
             self.spec.require(reference)
         problem = self.spec.mismatch(update)
@@ -124,8 +130,8 @@ class UpdateValidator:
             return Rejected(*problem)
         if weight is not None:
             why = weight_problem(weight)
-            if why is None and self.max_weight is not None and float(weight) > self.max_weight:
-                why = f"weight {weight} exceeds the maximum {self.max_weight}"
+            if why is None and weight_cap is not None and float(weight) > weight_cap:
+                why = f"weight {weight} exceeds the maximum {weight_cap:g}"
             if why is not None:
                 return Rejected(RejectReason.INVALID_WEIGHT, why)
 

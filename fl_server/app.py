@@ -20,7 +20,7 @@ from fl_client import protocol
 from fl_client.tasks import get_task
 from fl_server.config import RunConfig
 from fl_server.governance import Governor
-from fl_server.publish import Publication, PublishGate, publish_run
+from fl_server.publish import Publication, PublishGate, publisher
 from fl_server.strategy import GovernedResult, GovernedStrategy, RoundRecord, ServerEvaluate
 from schema.config import Settings
 from schema.db import make_engine
@@ -58,14 +58,20 @@ def run_governed(
         require_current_schema(engine)
         governor = Governor(engine, config, settings)
         store = WeightsStore(settings.weights_dir)
+        # Published in the transaction that completes the run (or, after a crash between the
+        # two in older versions, on the next start): never completed and unpublished.
         strategy = GovernedStrategy(
-            inner_strategy(config), governor, store, on_round=on_round, server_evaluate=server_evaluate
+            inner_strategy(config),
+            governor,
+            store,
+            on_round=on_round,
+            server_evaluate=server_evaluate,
+            publish=publisher(config, PublishGate.from_settings(settings)),
         )
         task = get_task(config.task)
         initial = {k: v.detach().numpy() for k, v in task.initial_state(config.seed).items()}
         result = strategy.start(grid, record_from_arrays(initial))
-        final_metric = result.rounds[-1].metric if result.rounds else None
-        publication = publish_run(engine, config, final_metric, PublishGate.from_settings(settings))
+        publication: Publication = strategy.publication
         return result, publication
     finally:
         engine.dispose()

@@ -15,7 +15,11 @@ authentication (``--enable-supernode-auth``, each node's ECDSA key registered wi
   ``$FLWR_HOME/config.toml`` inside the output folder (the user's ~/.flwr is never touched).
 
 Every process starts in its own session and is stopped with its whole process tree (SuperLink and
-SuperNode start detached ``flower-superexec`` children) on success, error and Ctrl-C.
+SuperNode start detached ``flower-superexec`` children) on success, error and Ctrl-C. If
+``run-local`` itself is killed (SIGKILL), its direct children get SIGTERM from the kernel
+(``PR_SET_PDEATHSIG``), and every process it started carries a marker in its environment, written
+to ``OUT/processes.json``: the next start in the same output folder kills whatever still carries
+it (a detached ServerApp would otherwise go on and publish).
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import ssl
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +43,7 @@ from typing import IO, Any
 
 import httpx
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import DBAPIError
 
 from fl_client import protocol
 from fl_server.config import DpMode, RunConfig
@@ -45,7 +52,7 @@ from fl_server.report import build_report
 from privacy import ledger
 from schema.config import Settings
 from schema.db import make_engine, transaction
-from schema.errors import AccuteError, InvalidInputError
+from schema.errors import AccuteError, DatabaseUnavailableError, InvalidInputError
 from schema.migrate import require_current_schema, upgrade
 from schema.models import FlRun
 from simulations.federation import prepare_federation
@@ -92,6 +99,60 @@ def node_config_arg(node: Mapping[str, Any]) -> str:
 def run_config_arg(values: Mapping[str, Any]) -> str:
     """Run config overrides as ``flwr run --run-config`` (dashed keys, TOML values)."""
     return " ".join(f"{key.replace('_', '-')}={json.dumps(value)}" for key, value in values.items())
+
+
+# --- processes that die with run-local -------------------------------------------------------------
+
+#: The environment variable that marks every process one ``run-local`` started (inherited by all
+#: descendants, detached or not).
+MARKER_ENV = "ACCUTE_RUN_LOCAL_ID"
+PIDFILE = "processes.json"
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: the kernel sends the child SIGTERM when its parent dies (Linux only)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the pidfile is the fallback
+        pass
+
+
+def marked_processes(marker: str) -> list[int]:
+    """Processes of this user whose environment carries ``MARKER_ENV=marker``."""
+    needle = f"{MARKER_ENV}={marker}".encode()
+    found: list[int] = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return found
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def clean_stale_processes(out: Path) -> list[int]:
+    """Kill what an earlier, killed ``run-local`` in ``out`` left running; returns their pids."""
+    pidfile = out / PIDFILE
+    try:
+        marker = str(json.loads(pidfile.read_text())["marker"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    stale = [p for p in marked_processes(marker) if _alive(p)]
+    _signal_all(stale, signal.SIGKILL)
+    if stale:
+        log.warning("killed %d process(es) an earlier run-local left in %s", len(stale), out)
+    pidfile.unlink(missing_ok=True)
+    return stale
 
 
 # --- process trees --------------------------------------------------------------------------------
@@ -193,6 +254,8 @@ class LocalDeployment:
     secure: bool = False
     tls: TlsFiles | None = None
     node_keys: dict[str, NodeKey] = field(default_factory=dict)
+    #: Marks every process this deployment starts (``MARKER_ENV``), recorded in ``OUT/processes.json``.
+    marker: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -242,6 +305,7 @@ class LocalDeployment:
         env["ACCUTE_WEIGHTS_DIR"] = str(Path(self._settings.weights_dir).resolve())
         env.pop(protocol.RUN_MANIFEST, None)
         env.pop("ACCUTE_FL_MANIFEST", None)
+        env[MARKER_ENV] = self.marker
         return env
 
     def _spawn(self, name: str, args: list[str]) -> Managed:
@@ -255,6 +319,7 @@ class LocalDeployment:
             env=self._env(),
             cwd=self.out,
             start_new_session=True,  # Ctrl-C reaches us; we stop the trees in order
+            preexec_fn=die_with_parent,  # a killed run-local takes its children along
         )
         managed = Managed(name, process, log_path, log_file)
         self.processes.append(managed)
@@ -354,6 +419,9 @@ class LocalDeployment:
         return self._spawn(name, self.supernode_args(node, key))
 
     def start(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        clean_stale_processes(self.out)
+        (self.out / PIDFILE).write_text(json.dumps({"marker": self.marker, "pid": os.getpid()}))
         self.prepare()
         self.start_superlink()
         for index in range(self.nodes):
@@ -423,7 +491,12 @@ class LocalDeployment:
                 raise DeploymentError(
                     f"flower-superlink stopped (code {link.process.returncode}); see {link.log_path}"
                 )
-            state = self.db_run(run_name) if run_name else None
+            try:
+                state = self.db_run(run_name) if run_name else None
+            except (DatabaseUnavailableError, DBAPIError) as exc:
+                # A database restart is the ServerApp's to ride out (it retries); keep waiting.
+                log.warning("database unavailable while waiting for the run (%s); still waiting", exc)
+                state = None
             if (state is not None and state[0] == "completed") or time.monotonic() >= next_flower:
                 status = self.flower_status(run_id)
                 if status.startswith("finished"):
@@ -460,6 +533,8 @@ class LocalDeployment:
         for managed in reversed(self.processes):
             if not managed.log_file.closed:
                 self.stop_process(managed)
+        if self.processes:
+            clean_stale_processes(self.out)  # anything that escaped its tree; removes the pidfile
         self.engine.dispose()
 
     def __enter__(self) -> LocalDeployment:
@@ -467,6 +542,23 @@ class LocalDeployment:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXCEPTION = re.compile(r"\b([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Timeout))(?::\s*(.*))?$")
+
+
+def last_exception_line(log_text: str) -> str | None:
+    """The last ``SomeError: message`` line of a ServerApp log (its final traceback's cause), for
+    the one-line CLI error; None when the log shows no exception."""
+    for raw in reversed(log_text.splitlines()):
+        line = _ANSI.sub("", raw).strip()
+        match = _EXCEPTION.search(line)
+        if match is None or line.startswith(("File ", "Traceback")):
+            continue
+        name, message = match.group(1), (match.group(2) or "").strip()
+        return f"{name}: {message}"[:300] if message else name
+    return None
 
 
 def run_overrides(
@@ -507,8 +599,11 @@ def run_local(
         run_id = deployment.submit(overrides)
         status = deployment.wait(run_id, name)
         if status != "finished:completed":
+            log_path = deployment.logs / f"serverapp-{run_id}.log"
+            cause = last_exception_line(log_path.read_text(errors="replace")) if log_path.exists() else None
             raise DeploymentError(
-                f"run '{name}' ended {status}; see {deployment.logs / f'serverapp-{run_id}.log'} "
-                "(run again with the same --run-name to resume)"
+                f"run '{name}' ended {status}"
+                + (f" ({cause})" if cause else "")
+                + f"; see {log_path} (run again with the same --run-name to resume)"
             )
         return deployment.report(name)

@@ -25,6 +25,18 @@ platform default without a budget), never at the run's. A run whose delta is lar
 tenant's budget delta would claim a weaker guarantee than the tenant accepted; that tenant sits
 the run out (``rejected_budget``, with the two deltas), and the other tenants go on.
 
+Round attempts. Every start (or resume) of a run is a new attempt (``FlRun.attempt``), and every
+outcome row names the attempt that wrote it. On resume, the rows earlier attempts left in rounds
+that never committed become ``aborted`` (their ledger events stay: the releases were real), so a
+round's accepted contributions and weights come from one attempt only.
+
+The run lease. One server drives a run: the server that starts it holds a lease (owner, heartbeat,
+expiry) renewed at every admission, dispatch, judgement and commit under a row lock on the run
+(``SELECT … FOR UPDATE`` on PostgreSQL), and a commit also requires the run to be exactly one round
+behind. A second server on a live lease is refused (``ConflictError`` naming the owner); a lease
+whose owner process is gone (same host) or that lapsed may be taken over, and the old owner's next
+judgement or commit then fails instead of double counting.
+
 One organization, one node: a node naming an organization another node already speaks for in the
 run (or an unknown organization, or an invalid id) is skipped with a logged, audited reason.
 """
@@ -33,14 +45,19 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
+import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 import consent_gate
 from aggregation import Accepted, ModelSpec, SeenChecksums, UpdateValidator
@@ -52,10 +69,11 @@ from privacy.events import UNITS, CentralDpEvent, DpEvent, DpSgdEvent, NonPrivat
 from schema import audit
 from schema.config import Settings
 from schema.db import transaction
-from schema.errors import BudgetExceededError, ConflictError
+from schema.errors import BudgetExceededError, ConflictError, DatabaseUnavailableError
 from schema.models import (
     FederatedLearningContribution,
     FlNodeBinding,
+    FlPublishedModel,
     FlRoundOutcome,
     FlRoundSummary,
     FlRun,
@@ -63,6 +81,7 @@ from schema.models import (
 )
 
 log = logging.getLogger("accute.fl_server")
+_T = TypeVar("_T")
 
 #: Instructed and charged; the reply has not been judged yet (a crash leaves it so until resume).
 DISPATCHED = "dispatched"
@@ -72,6 +91,8 @@ REJECTED_CONSENT_CHANGED = "rejected_consent_changed"
 REJECTED_BUDGET = "rejected_budget"
 REJECTED_INVALID = "rejected_invalid"
 FAILED = "failed"
+#: Written by an attempt of a round that never committed; its charges stay.
+ABORTED = "aborted"
 STATUSES = (
     DISPATCHED,
     ACCEPTED,
@@ -80,7 +101,21 @@ STATUSES = (
     REJECTED_BUDGET,
     REJECTED_INVALID,
     FAILED,
+    ABORTED,
 )
+
+#: What a tenant can truthfully claim as its example count in a non-DP run (weights by counts):
+#: its consent snapshot's users times this many records each (tenants hold 8-25 records a user).
+#: A claim above it is rejected as an outlier: a self-reported 10^9 once took 0.999999 of FedAvg.
+MAX_RECORDS_PER_USER = 100
+
+#: Reason of a bound tenant whose node is not connected when a round starts.
+OFFLINE = "offline"
+
+#: A run lease lasts at least this long past its last heartbeat (and 3 round timeouts + 30 s).
+LEASE_MIN_S = 60.0
+#: A heartbeat younger than this is not rewritten (judgements come in by the thousand).
+LEASE_RENEW_S = 5.0
 
 #: ``gradient_checksum`` is NOT NULL; a tenant that sent nothing gets this marker.
 NO_UPDATE = "none"
@@ -140,6 +175,38 @@ class RunState:
     last_completed_round: int
     weights_checksum: str | None
     seen: SeenChecksums
+    attempt: int = 1
+    #: The run had completed before this start: nothing is left to train (maybe to publish).
+    completed: bool = False
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive timestamps; they were written in UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def _owner_alive(owner: str) -> bool:
+    """Whether the lease owner (``host:pid:token``) may still be running. Only a process on this
+    host can be checked; any other is presumed alive until its lease lapses."""
+    host, _, rest = owner.partition(":")
+    if host != socket.gethostname():
+        return True
+    try:
+        pid = int(rest.partition(":")[0])
+    except ValueError:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed server its parent has not reaped yet is a zombie: gone
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 class Governor:
@@ -153,13 +220,68 @@ class Governor:
         self.policy = ledger.LedgerPolicy.from_settings(settings)
         self.settings = settings
         self.run_id: uuid.UUID | None = None
+        #: Who holds the run lease: host, process and a token unique to this Governor.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.attempt = 0
+
+    # --- the run lease ------------------------------------------------------------------------
+
+    def lease_seconds(self) -> float:
+        """Longer than the longest silence of a healthy server (training plus evaluation timeouts)."""
+        return max(LEASE_MIN_S, 3 * self.config.round_timeout_s + 30.0)
+
+    def _renew(self, run: FlRun, now: datetime) -> None:
+        run.lease_owner = self.owner
+        run.heartbeat_at = now
+        run.lease_expires_at = now + timedelta(seconds=self.lease_seconds())
+
+    def _take_lease(self, run: FlRun) -> None:
+        now = datetime.now(UTC)
+        owner, expires = run.lease_owner, _utc(run.lease_expires_at)
+        if (
+            owner is not None
+            and owner != self.owner
+            and expires is not None
+            and expires > now
+            and _owner_alive(owner)
+        ):
+            raise ConflictError(
+                f"run '{run.name}' is driven by server {owner} (lease until {expires.isoformat()}); "
+                "stop that server or wait for its lease to lapse"
+            )
+        self._renew(run, now)
+
+    def _hold_lease(self, session: Any) -> FlRun:
+        """The run row, locked, with this server's lease renewed; another owner means we were
+        replaced and must stop before writing anything."""
+        run: FlRun | None = session.get(FlRun, self.run_id, with_for_update=True, populate_existing=True)
+        assert run is not None
+        if run.lease_owner != self.owner:
+            raise ConflictError(
+                f"run '{run.name}' was taken over by server {run.lease_owner}; this server stops"
+            )
+        now = datetime.now(UTC)
+        last = _utc(run.heartbeat_at)
+        if last is None or (now - last).total_seconds() >= LEASE_RENEW_S:
+            self._renew(run, now)  # at most one write every few seconds on the hot path
+        return run
+
+    def release_lease(self) -> None:
+        """Give the lease up (a server stopping on an error), so a restart need not wait for it."""
+        if self.run_id is None:
+            return
+        with transaction(self.engine) as session:
+            run = session.get(FlRun, self.run_id, with_for_update=True)
+            if run is not None and run.lease_owner == self.owner:
+                run.lease_owner = None
+                run.lease_expires_at = None
 
     # --- run lifecycle ------------------------------------------------------------------------
 
     def start_run(self) -> RunState:
         """Create the run, or resume it at its next round; a completed run is not started again."""
         with transaction(self.engine) as session:
-            run = session.scalar(select(FlRun).where(FlRun.name == self.config.run_name))
+            run = session.scalar(select(FlRun).where(FlRun.name == self.config.run_name).with_for_update())
             if run is None:
                 run = FlRun(
                     name=self.config.run_name,
@@ -168,6 +290,7 @@ class Governor:
                     status="running",
                     last_completed_round=0,
                     seen_checksums=[],
+                    attempt=0,
                 )
                 session.add(run)
                 session.flush()
@@ -179,39 +302,68 @@ class Governor:
                     resource_id=run.id,
                     data={"name": run.name, "task": run.task, "rounds": self.config.rounds},
                 )
-            elif run.status == "completed":
-                raise ConflictError(f"run '{run.name}' already completed; choose a new run name")
             elif run.task != self.config.task:
                 raise ConflictError(f"run '{run.name}' trains {run.task}, not {self.config.task}")
             self.run_id = run.id
-            self._close_stale_dispatches(session, run)
+            if run.status == "completed":
+                # Nothing to train; the caller publishes it if a crash came before the publication.
+                return RunState(
+                    run.id,
+                    run.last_completed_round,
+                    run.weights_checksum,
+                    SeenChecksums(run.seen_checksums),
+                    run.attempt,
+                    completed=True,
+                )
+            self._take_lease(run)
+            run.attempt += 1
+            self.attempt = run.attempt
+            self._abort_earlier_attempts(session, run)
             return RunState(
-                run.id, run.last_completed_round, run.weights_checksum, SeenChecksums(run.seen_checksums)
+                run.id,
+                run.last_completed_round,
+                run.weights_checksum,
+                SeenChecksums(run.seen_checksums),
+                run.attempt,
             )
 
-    def _close_stale_dispatches(self, session: Any, run: FlRun) -> None:
-        """A server that died between dispatch and judgement left rows ``dispatched``: they become
-        ``failed``. Their charges stay: the node may have trained and sent its update."""
+    def _abort_earlier_attempts(self, session: Any, run: FlRun) -> None:
+        """Rows earlier attempts wrote in rounds that never committed become ``aborted``: the round
+        is run again by this attempt, and only its rows count. Their charges stay (the server may
+        have released the instruction, and the node may have trained and sent its update)."""
         stale = session.scalars(
             select(FlRoundOutcome).where(
                 FlRoundOutcome.run_id == run.id,
-                FlRoundOutcome.status == DISPATCHED,
+                FlRoundOutcome.attempt < run.attempt,
+                FlRoundOutcome.status != ABORTED,
                 FlRoundOutcome.aggregation_round > run.last_completed_round,
             )
         )
-        reason = "the server stopped before this reply was judged; the dispatch stays charged"
         for outcome in stale:
-            outcome.status = FAILED
-            outcome.reason = reason
-            contribution = session.get(FederatedLearningContribution, outcome.contribution_id)
+            was = outcome.status + (f": {outcome.reason}" if outcome.reason else "")
+            outcome.reason = (
+                f"round attempt {outcome.attempt} was interrupted before the round committed (it was "
+                f"{was}); any charge stays"
+            )
+            outcome.status = ABORTED
+            contribution = (
+                session.get(FederatedLearningContribution, outcome.contribution_id)
+                if outcome.contribution_id is not None
+                else None
+            )
             if contribution is not None:
-                contribution.status = FAILED
+                contribution.status = ABORTED
+                contribution.contribution_weight = Decimal(0)
 
-    def complete_run(self) -> None:
+    def complete_run(self, publish: Callable[[Any, FlRun], Any] | None = None) -> Any:
+        """Mark the run completed and, in the same transaction, publish it (``publish(session, run)``):
+        a crash cannot leave a completed run unpublished. Returns what ``publish`` returned."""
         with transaction(self.engine) as session:
-            run = session.get(FlRun, self.run_id)
-            assert run is not None
+            run = self._hold_lease(session)
             run.status = "completed"
+            run.lease_owner = None
+            run.lease_expires_at = None
+            published = publish(session, run) if publish is not None else None
             audit.append(
                 session,
                 organization_id=None,
@@ -220,6 +372,7 @@ class Governor:
                 resource_id=run.id,
                 data={"rounds": run.last_completed_round, "weights_checksum": run.weights_checksum},
             )
+            return published
 
     # --- node identity ------------------------------------------------------------------------
 
@@ -320,6 +473,36 @@ class Governor:
                 admission.admitted[tenant.node_id] = tenant
         return admission
 
+    def mark_offline(self, server_round: int, tenants: Iterable[Tenant]) -> None:
+        """Bound tenants whose node is not connected this round: ``failed``, reason ``offline``
+        (nothing instructed, nothing charged)."""
+        tenants = list(tenants)
+        if not tenants:
+            return
+        with transaction(self.engine) as session:
+            for tenant in sorted(tenants, key=lambda t: t.name):
+                self._skip(
+                    session,
+                    server_round,
+                    tenant,
+                    FAILED,
+                    OFFLINE,
+                )
+
+    def publish_completed(self, publish: Callable[[Any, FlRun], Any] | None) -> Any:
+        """A run that completed but was never published (a crash between the two, before they
+        shared a transaction) is published now; a published one is not started again."""
+        with transaction(self.engine) as session:
+            run = session.get(FlRun, self.run_id, with_for_update=True)
+            assert run is not None
+            published = session.scalar(
+                select(FlPublishedModel.id).where(FlPublishedModel.run_id == run.id).limit(1)
+            )
+            if publish is None or published is not None:
+                raise ConflictError(f"run '{run.name}' already completed; choose a new run name")
+            log.warning("run %s completed but was never published; publishing it now", run.name)
+            return publish(session, run)
+
     def _budget_refusal(self, session: Any, tenant: Tenant) -> str | None:
         """Why the tenant may not take part: a run delta above its budget's, or a cap the round would pass.
 
@@ -369,6 +552,7 @@ class Governor:
         everyone = {t.node_id: t for t in [*population, *chosen]}
         population_ids = {t.node_id for t in population}
         with transaction(self.engine) as session:
+            self._hold_lease(session)
             # A fixed lock order (organization, then unit) so concurrent runs cannot deadlock.
             for tenant in sorted(everyone.values(), key=lambda t: t.organization_id):
                 central_refusal: str | None = None
@@ -514,6 +698,36 @@ class Governor:
         validator: UpdateValidator,
         reference: Arrays,
     ) -> Verdict:
+        """``_judge_once``, retried on a transient database error (the verdict is written in one
+        transaction, so a retry rewrites the same row; a checksum the failed try recorded as seen
+        is forgotten first, or the retry would call the update a replay)."""
+        claimed = (
+            str(report.update_checksum).lower() if report is not None and report.update_checksum else None
+        )
+        known = claimed is not None and claimed in validator.seen
+
+        def once() -> Verdict:
+            return self._judge_once(
+                server_round, dispatch, report, update, error=error, validator=validator, reference=reference
+            )
+
+        def undo() -> None:
+            if claimed is not None and not known:
+                validator.seen.discard(claimed)
+
+        return retry_transient(once, f"judging {dispatch.tenant.name} in round {server_round}", undo)
+
+    def _judge_once(
+        self,
+        server_round: int,
+        dispatch: Dispatch,
+        report: TrainReport | None,
+        update: Arrays | None,
+        *,
+        error: str | None,
+        validator: UpdateValidator,
+        reference: Arrays,
+    ) -> Verdict:
         """Decide one reply's status and update its contribution and outcome in one transaction.
 
         Nothing is charged here: the instructed events were charged at dispatch, and stay charged
@@ -521,6 +735,7 @@ class Governor:
         """
         tenant, instruction = dispatch.tenant, dispatch.instruction
         with transaction(self.engine) as session:
+            self._hold_lease(session)
             verdict = self._decide(session, tenant, instruction, report, update, error, validator, reference)
             contribution = session.get(FederatedLearningContribution, dispatch.contribution_id)
             assert contribution is not None
@@ -531,6 +746,10 @@ class Governor:
             assert outcome is not None
             outcome.status = verdict.status
             outcome.reason = verdict.reason
+            # An update too large, or a weight larger than the tenant can hold: flagged as an attacker would be.
+            outcome.outlier = verdict.status == REJECTED_INVALID and (verdict.reason or "").startswith(
+                ("norm_exceeded", "invalid_weight")
+            )
             if verdict.status == ACCEPTED:
                 consent_gate.record_snapshot_use(
                     session,
@@ -581,6 +800,7 @@ class Governor:
             reference=reference,
             claimed_checksum=report.update_checksum,
             weight=None if self.config.dp != DpMode.OFF else report.num_examples,
+            max_weight=max(1, len(instruction.user_ids)) * MAX_RECORDS_PER_USER,
         )
         if not isinstance(checked, Accepted):
             return Verdict(REJECTED_INVALID, f"{checked.reason}: {checked.message}")
@@ -610,6 +830,7 @@ class Governor:
             contribution_id=contribution_id,
             dp_event=dp_event,
             epsilon_after=epsilon_after,
+            attempt=self.attempt,
         )
         session.add(outcome)
         session.flush()
@@ -681,14 +902,54 @@ class Governor:
         weights: Mapping[uuid.UUID, float],
         seen: SeenChecksums,
         metric: float | None,
+        outlier: Mapping[uuid.UUID, str] | None = None,
     ) -> None:
-        """Close a round atomically: weights, summary and the resume point (charges were made at dispatch)."""
+        """``_commit_round_once``, retried on a transient database error: a retry after a commit
+        that did land (the acknowledgement was lost) finds the round committed with these weights
+        and stops there."""
+        retry_transient(
+            lambda: self._commit_round_once(
+                server_round,
+                weights_checksum=weights_checksum,
+                weights=weights,
+                seen=seen,
+                metric=metric,
+                outlier=outlier,
+            ),
+            f"committing round {server_round}",
+        )
+
+    def _commit_round_once(
+        self,
+        server_round: int,
+        *,
+        weights_checksum: str,
+        weights: Mapping[uuid.UUID, float],
+        seen: SeenChecksums,
+        metric: float | None,
+        outlier: Mapping[uuid.UUID, str] | None = None,
+    ) -> None:
+        """Close a round atomically: weights, summary and the resume point (charges were made at dispatch).
+
+        Under the run's row lock, by the lease holder only, and only as the next round: a server
+        that lost its lease, or a round another attempt already committed, writes nothing.
+        ``weights`` are the shares the aggregator used per organization, of this attempt only.
+        """
         with transaction(self.engine) as session:
+            run = self._hold_lease(session)
+            if run.last_completed_round == server_round and run.weights_checksum == weights_checksum:
+                return  # this commit landed already (a retry after a lost acknowledgement)
+            if run.last_completed_round != server_round - 1:
+                raise ConflictError(
+                    f"run '{run.name}' is at round {run.last_completed_round}; round {server_round} "
+                    "cannot be committed twice or out of order"
+                )
             total = sum(weights.values())
             outcomes = session.scalars(
                 select(FlRoundOutcome).where(
                     FlRoundOutcome.run_id == self.run_id,
                     FlRoundOutcome.aggregation_round == server_round,
+                    FlRoundOutcome.attempt == self.attempt,
                     FlRoundOutcome.status == ACCEPTED,
                 )
             )
@@ -697,8 +958,9 @@ class Governor:
                 contribution = session.get(FederatedLearningContribution, outcome.contribution_id)
                 if contribution is not None:
                     contribution.contribution_weight = Decimal(f"{share:.6f}")
-            run = session.get(FlRun, self.run_id)
-            assert run is not None
+                if outlier is not None and outcome.organization_id in outlier:
+                    outcome.outlier = True
+                    outcome.reason = outlier[outcome.organization_id]
             run.last_completed_round = server_round
             run.weights_checksum = weights_checksum
             run.seen_checksums = sorted(seen)
@@ -707,7 +969,7 @@ class Governor:
                     run_id=self.run_id,
                     aggregation_round=server_round,
                     metric_name=self.task.metric.name,
-                    metric_value=None if metric is None or math.isnan(metric) else metric,
+                    metric_value=finite(metric),
                     accepted=len(weights),
                     weights_checksum=weights_checksum,
                 )
@@ -722,6 +984,9 @@ class Governor:
             )
 
     def record_metric(self, server_round: int, metric: float | None) -> None:
+        retry_transient(lambda: self._record_metric_once(server_round, metric), "recording the metric")
+
+    def _record_metric_once(self, server_round: int, metric: float | None) -> None:
         with transaction(self.engine) as session:
             summary = session.scalar(
                 select(FlRoundSummary).where(
@@ -729,7 +994,41 @@ class Governor:
                 )
             )
             if summary is not None:
-                summary.metric_value = None if metric is None or math.isnan(metric) else metric
+                summary.metric_value = finite(metric)
+
+
+#: Waits between tries on a transient database error (about 30 s in all: a PostgreSQL restart).
+RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A lost connection or a database that is briefly unavailable, not a bug or a conflict
+    (``schema.db.transaction`` reports an OperationalError as DatabaseUnavailableError)."""
+    if isinstance(exc, OperationalError | DatabaseUnavailableError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def retry_transient(operation: Callable[[], _T], what: str, undo: Callable[[], None] | None = None) -> _T:
+    """Run ``operation`` (one transaction), again after each transient database error, with
+    backoff; ``undo`` reverts in-memory state a failed try changed. Safe because every operation
+    retried here is idempotent per round attempt."""
+    for delay in (*RETRY_DELAYS_S, None):
+        try:
+            return operation()
+        except (DBAPIError, DatabaseUnavailableError) as exc:
+            if delay is None or not is_transient(exc):
+                raise
+            if undo is not None:
+                undo()
+            log.warning("database error while %s (%s); retrying in %gs", what, exc, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def finite(value: float | None) -> float | None:
+    """A metric as stored and reported: NaN and ±inf (a diverged model) become NULL, never invalid JSON."""
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
 def _dp_params_problem(instruction: TrainInstruction, report: TrainReport) -> str | None:

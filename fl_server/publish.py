@@ -12,10 +12,11 @@ snapshots that trained it is linked to the new version either way.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
 import consent_gate
 from fl_client.tasks import TaskSpec, get_task
@@ -23,7 +24,7 @@ from fl_server.config import RunConfig
 from schema import registry
 from schema.config import Settings
 from schema.db import transaction
-from schema.models import FlPublishedModel, FlRun
+from schema.models import FlPublishedModel, FlRoundSummary, FlRun
 
 
 @dataclass(frozen=True)
@@ -82,53 +83,79 @@ class Publication:
 def publish_run(
     engine: Engine, config: RunConfig, metric: float | None, gate: PublishGate | None = None
 ) -> Publication:
-    task = get_task(config.task)
-    gate = gate or PublishGate()
+    """Publish a committed run in a transaction of its own (tests and tools; a server publishes in
+    the transaction that completes the run, ``publisher``)."""
     with transaction(engine) as session:
         run = session.scalar(select(FlRun).where(FlRun.name == config.run_name))
         if run is None or run.weights_checksum is None:
             raise RuntimeError(f"run {config.run_name} has no committed weights to publish")
-        version = f"{run.name}.r{run.last_completed_round}"
-        row = registry.publish(
-            session,
-            model_name=config.published_model_name,
-            model_version=version,
-            head_type=task.head_type,
-            weights_checksum=run.weights_checksum,
-        )
-        active = registry.active_for_head(session, task.head_type)
-        reference = None
-        if active is not None:
-            reference = session.scalar(
-                select(FlPublishedModel).where(FlPublishedModel.registry_id == active.id)
-            )
-        active_metric = (
-            reference.metric_value
-            if reference is not None and reference.metric_name == task.metric.name
-            else None
-        )
-        refusal = gate.refusal(task, metric, active_metric)
-        if refusal is not None:
-            registry.reject(session, row.id, refusal)
-        else:
-            registry.activate(session, row.id)
-        session.add(
-            FlPublishedModel(
-                registry_id=row.id,
-                run_id=run.id,
-                aggregation_round=run.last_completed_round,
-                metric_name=task.metric.name,
-                metric_value=None if metric is None or math.isnan(metric) else metric,
-                higher_is_better=task.metric.higher_is_better,
+        return publish_in(session, config, run, metric, gate)
+
+
+def publisher(config: RunConfig, gate: PublishGate | None = None) -> Callable[[Session, FlRun], Publication]:
+    """``publish(session, run)`` for ``Governor.complete_run``: the run's final committed round,
+    with the held-out metric its round summary recorded."""
+
+    def publish(session: Session, run: FlRun) -> Publication:
+        if run.weights_checksum is None:
+            raise RuntimeError(f"run {config.run_name} has no committed weights to publish")
+        metric = session.scalar(
+            select(FlRoundSummary.metric_value).where(
+                FlRoundSummary.run_id == run.id,
+                FlRoundSummary.aggregation_round == run.last_completed_round,
             )
         )
-        consent_gate.link_model_version(session, run.name, row.model_name, row.model_version)
-        return Publication(
-            str(row.id),
-            row.model_name,
-            row.model_version,
-            row.head_type,
-            row.weights_checksum,
-            row.deployment_status or "",
-            metric,
+        return publish_in(session, config, run, metric, gate)
+
+    return publish
+
+
+def publish_in(
+    session: Session, config: RunConfig, run: FlRun, metric: float | None, gate: PublishGate | None = None
+) -> Publication:
+    """Register the run's final weights and activate them if the gate passes, in ``session``."""
+    task = get_task(config.task)
+    gate = gate or PublishGate()
+    assert run.weights_checksum is not None
+    version = f"{run.name}.r{run.last_completed_round}"
+    row = registry.publish(
+        session,
+        model_name=config.published_model_name,
+        model_version=version,
+        head_type=task.head_type,
+        weights_checksum=run.weights_checksum,
+    )
+    active = registry.active_for_head(session, task.head_type)
+    reference = None
+    if active is not None:
+        reference = session.scalar(select(FlPublishedModel).where(FlPublishedModel.registry_id == active.id))
+    active_metric = (
+        reference.metric_value
+        if reference is not None and reference.metric_name == task.metric.name
+        else None
+    )
+    refusal = gate.refusal(task, metric, active_metric)
+    if refusal is not None:
+        registry.reject(session, row.id, refusal)
+    else:
+        registry.activate(session, row.id)
+    session.add(
+        FlPublishedModel(
+            registry_id=row.id,
+            run_id=run.id,
+            aggregation_round=run.last_completed_round,
+            metric_name=task.metric.name,
+            metric_value=None if metric is None or not math.isfinite(metric) else metric,
+            higher_is_better=task.metric.higher_is_better,
         )
+    )
+    consent_gate.link_model_version(session, run.name, row.model_name, row.model_version)
+    return Publication(
+        str(row.id),
+        row.model_name,
+        row.model_version,
+        row.head_type,
+        row.weights_checksum,
+        row.deployment_status or "",
+        metric,
+    )

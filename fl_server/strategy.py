@@ -42,11 +42,12 @@ from flwr.serverapp.strategy import Strategy
 
 from aggregation import CentralDPSum, ModelSpec, UpdateValidator, make_aggregator
 from aggregation.flwr_adapter import arrays_from_record, record_from_arrays
+from aggregation.ops import global_norm
 from aggregation.weights_store import WeightsStore
 from fl_client import protocol
 from fl_client.protocol import EvalInstruction, NodeIdentity, TrainReport
 from fl_server.config import DpMode
-from fl_server.governance import ACCEPTED, FAILED, Dispatch, Governor, Tenant, Verdict
+from fl_server.governance import ACCEPTED, FAILED, Dispatch, Governor, Tenant, Verdict, finite
 from privacy import secure_noise
 
 log = logging.getLogger("accute.fl_server")
@@ -92,6 +93,30 @@ class AdmittedGrid(Grid):
         return self._grid.send_and_receive(messages, timeout=timeout)
 
 
+#: The default update-norm bound (no ``max_update_norm``, no central clipping): this many times the
+#: median norm of accepted updates, once at least ``MIN_NORMS_FOR_BOUND`` norms are known.
+NORM_BOUND_FACTOR = 5.0
+MIN_NORMS_FOR_BOUND = 3
+
+
+def _norm_bound(norms: list[Any]) -> float | None:
+    known = [float(n) for n in norms if n is not None]
+    if len(known) < MIN_NORMS_FOR_BOUND:
+        return None
+    median = float(np.median(known))
+    return NORM_BOUND_FACTOR * median if median > 0 else None
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """One train reply, parsed once: report, weights, transport error, and ||update - global||."""
+
+    report: TrainReport | None
+    update: Arrays | None
+    error: str | None
+    norm: float | None
+
+
 @dataclass
 class RoundRecord:
     """What one round did, for the report."""
@@ -123,6 +148,7 @@ class GovernedStrategy(Strategy):
         *,
         on_round: Callable[[RoundRecord], None] | None = None,
         server_evaluate: ServerEvaluate | None = None,
+        publish: Callable[[Any, Any], Any] | None = None,
     ) -> None:
         self.inner = inner
         self.governor = governor
@@ -130,10 +156,16 @@ class GovernedStrategy(Strategy):
         self.config = governor.config
         self.on_round = on_round
         self.server_evaluate = server_evaluate
+        #: ``publish(session, run)``, run in the transaction that completes the run.
+        self.publish = publish
+        #: What ``publish`` returned (None when nothing was published).
+        self.publication: Any = None
         self.tenants: dict[int, Tenant] = {}
         #: Nodes skipped at binding (unknown organization, one already bound…), with why.
         self.skipped_nodes: dict[int, str] = {}
         self._participants: dict[int, Dispatch] = {}
+        #: Norms of the updates the last round accepted (the default norm bound's reference).
+        self._last_round_norms: list[float] = []
         self._sampler = random.SystemRandom()
 
     # The Strategy interface: sampling and evaluation are the wrapped strategy's.
@@ -174,39 +206,71 @@ class GovernedStrategy(Strategy):
             # Flower's node sampling uses the module-level RNG; seeded only in non-private runs.
             random.seed(self.config.seed)
         state = self.governor.start_run()
+        try:
+            return self._drive(grid, initial_arrays, rounds, timeout, state)
+        except BaseException:
+            # A server stopping on an error gives its lease up, so a restart need not wait for it.
+            try:
+                self.governor.release_lease()
+            except Exception:
+                log.exception("could not release the run lease")
+            raise
+
+    def _drive(
+        self, grid: Grid, initial_arrays: ArrayRecord, rounds: int, timeout: float, state: Any
+    ) -> GovernedResult:
         arrays = arrays_from_record(initial_arrays, copy=True)
         if state.weights_checksum:
             # Resume from the committed weights, in the model's own parameter order (the store's
             # file sorts names; nodes and checksums use the model's order).
             stored = self.weights.get(state.weights_checksum)
             arrays = {name: stored[name] for name in arrays}
+        if state.completed:
+            self.publication = self.governor.publish_completed(self.publish)
+            return GovernedResult(arrays, [], state.last_completed_round)
         spec = ModelSpec.from_arrays(arrays)
         history: list[RoundRecord] = []
+        first = True
         for server_round in range(state.last_completed_round + 1, rounds + 1):
-            self._identify(grid, timeout)
+            # ``min_nodes`` gates the first round this server runs; later rounds go on with the
+            # nodes that are online (bound tenants that are not: failed, reason offline).
+            online = self._identify(grid, timeout, wait=first)
+            first = False
             record = RoundRecord(server_round)
-            arrays = self._train_round(grid, server_round, arrays, spec, state.seen, record, timeout)
+            offline = [t for n, t in self.tenants.items() if n not in online]
+            self.governor.mark_offline(server_round, offline)
+            record.statuses.update({t.name: FAILED for t in offline})
+            arrays = self._train_round(
+                grid, server_round, arrays, spec, state.seen, record, timeout, online=online
+            )
             node_metric = self._evaluate_round(grid, server_round, arrays, timeout)
             # A server-side test set (public data no tenant holds) gives the headline metric, in
             # DP runs too: evaluating public data spends no one's privacy.
-            record.metric = self.server_evaluate(arrays) if self.server_evaluate is not None else node_metric
+            # A diverged model's inf/NaN becomes None: stored as NULL, reported as null.
+            record.metric = finite(
+                self.server_evaluate(arrays) if self.server_evaluate is not None else node_metric
+            )
             self.governor.record_metric(server_round, record.metric)
             history.append(record)
             if self.on_round is not None:
                 self.on_round(record)
-        self.governor.complete_run()
+        self.publication = self.governor.complete_run(self.publish)
         return GovernedResult(arrays, history, rounds)
 
-    def _identify(self, grid: Grid, timeout: float) -> None:
-        """Ask unknown nodes which organization they speak for; wait for ``min_nodes`` first."""
+    def _identify(self, grid: Grid, timeout: float, *, wait: bool = True) -> set[int]:
+        """Ask unknown nodes which organization they speak for; return the nodes online now.
+
+        With ``wait`` (the first round), wait until ``min_nodes`` are connected first.
+        """
         deadline = time.monotonic() + timeout
-        while len(node_ids := list(grid.get_node_ids())) < self.config.min_nodes:
+        while len(node_ids := list(grid.get_node_ids())) < self.config.min_nodes and wait:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {len(node_ids)} of {self.config.min_nodes} nodes connected")
             time.sleep(0.2)
+        online = set(node_ids)
         unknown = [n for n in node_ids if n not in self.tenants and n not in self.skipped_nodes]
         if not unknown:
-            return
+            return online
         messages = [
             Message(RecordDict({}), dst_node_id=node_id, message_type="query.identify", group_id="identify")
             for node_id in unknown
@@ -225,6 +289,7 @@ class GovernedStrategy(Strategy):
                 self.skipped_nodes[node_id] = reason or "skipped"
             else:
                 self.tenants[node_id] = tenant
+        return online
 
     def _train_round(
         self,
@@ -235,8 +300,10 @@ class GovernedStrategy(Strategy):
         seen: Any,
         record: RoundRecord,
         timeout: float,
+        online: set[int] | None = None,
     ) -> Arrays:
-        admission = self.governor.admit(server_round, self.tenants.values())
+        present = [t for n, t in self.tenants.items() if online is None or n in online]
+        admission = self.governor.admit(server_round, present)
         record.skipped.update(admission.skipped)
         central_dp = self.config.dp.central
         shown = self._poisson_sample(admission.admitted) if central_dp else dict(admission.admitted)
@@ -283,14 +350,20 @@ class GovernedStrategy(Strategy):
         )
         aggregator = None if central is not None else make_aggregator(self.config.aggregator, spec)
         weights: dict[Any, float] = {}
-        pending = {m.metadata.dst_node_id for m in messages}
-        for node_id, reply in _collect(grid, messages, timeout):
-            pending.discard(node_id)
-            dispatch = batch.dispatched[node_id]
-            verdict, update, report = self._judge(server_round, dispatch, reply, validator, arrays)
+        order: list[Any] = []  # organizations in the aggregator's add order
+        accepted_norms: list[float] = []
+
+        def settle(dispatch: Dispatch, parsed: Parsed, bound: float | None) -> None:
+            if bound is not None:
+                validator.max_norm = bound if configured is None else min(configured, bound)
+            verdict = self._judge(server_round, dispatch, parsed, validator, arrays)
+            validator.max_norm = configured
             record.statuses[dispatch.tenant.name] = verdict.status
+            report, update = parsed.report, parsed.update
             if verdict.status != ACCEPTED or update is None or report is None:
-                continue
+                return
+            if parsed.norm is not None:
+                accepted_norms.append(parsed.norm)
             # DP runs: uniform weights (a record count is private); dp=off may weight by counts.
             weight = float(report.num_examples) if self.config.dp == DpMode.OFF else 1.0
             if central is not None:
@@ -299,6 +372,35 @@ class GovernedStrategy(Strategy):
                 assert aggregator is not None
                 aggregator.add(update, weight=weight)
             weights[dispatch.tenant.organization_id] = weight
+            order.append(dispatch.tenant.organization_id)
+
+        configured = self.config.max_update_norm
+        # Without a configured bound and without central clipping, the server bounds update norms
+        # itself: NORM_BOUND_FACTOR x the median norm of the updates accepted (this round and the
+        # last), decided once MIN_NORMS_FOR_BOUND norms are known (earlier replies wait, at most
+        # that many models in memory). A boosted update (x50) is rejected and flagged.
+        guard = configured is None and central is None
+        held: list[tuple[Dispatch, Parsed]] = []
+        pending = {m.metadata.dst_node_id for m in messages}
+        for node_id, reply in _collect(grid, messages, timeout):
+            pending.discard(node_id)
+            dispatch = batch.dispatched[node_id]
+            parsed = self._parse(reply, spec, arrays)
+            if not guard or parsed.norm is None:
+                settle(dispatch, parsed, None)
+                continue
+            held.append((dispatch, parsed))
+            bound = _norm_bound([*self._last_round_norms, *accepted_norms, *(p.norm for _, p in held)])
+            if bound is None:
+                continue
+            for waiting, waiting_parsed in held:
+                settle(waiting, waiting_parsed, bound)
+            held.clear()
+        if held:  # fewer norms than the bound needs: judged without a default bound
+            bound = _norm_bound([*self._last_round_norms, *accepted_norms, *(p.norm for _, p in held)])
+            for waiting, waiting_parsed in held:
+                settle(waiting, waiting_parsed, bound)
+        self._last_round_norms = list(accepted_norms) or self._last_round_norms
         for node_id in pending:  # timed out: the dispatch stays charged
             dispatch = batch.dispatched[node_id]
             self.governor.judge(
@@ -313,6 +415,7 @@ class GovernedStrategy(Strategy):
             record.statuses[dispatch.tenant.name] = FAILED
 
         new_arrays = arrays
+        outlier: dict[Any, str] = {}
         if central is not None and batch.central_charged:
             # Always released, always noised, over a public denominator: fraction x admitted tenants.
             denominator = self.config.fraction * len(batch.central_charged)
@@ -323,6 +426,15 @@ class GovernedStrategy(Strategy):
         elif central is None and len(weights) >= self.config.min_accepted:
             assert aggregator is not None
             new_arrays = {n: np.asarray(a, dtype=arrays[n].dtype) for n, a in aggregator.result().items()}
+            # Record the shares the aggregator actually used (Krum: the selected only; median and
+            # trimmed mean: equal), and flag what a robust aggregator found far from the others.
+            weights = dict(zip(order, aggregator.used_weights(), strict=True))
+            outliers = getattr(aggregator, "outliers", None)
+            if outliers is not None:
+                for index in outliers():
+                    outlier[order[index]] = (
+                        f"outlier: {self.config.aggregator} found this update far from the round's others"
+                    )
         else:
             log.warning(
                 "round %s: %s accepted, %s needed; global model unchanged",
@@ -337,6 +449,7 @@ class GovernedStrategy(Strategy):
             weights=weights,
             seen=validator.seen,
             metric=None,
+            outlier=outlier,
         )
         return new_arrays
 
@@ -346,36 +459,43 @@ class GovernedStrategy(Strategy):
         fraction = self.config.fraction
         return {n: t for n, t in admitted.items() if fraction >= 1.0 or self._sampler.random() < fraction}
 
+    @staticmethod
+    def _parse(reply: Message, spec: ModelSpec, reference: Arrays) -> Parsed:
+        """The reply's report and weights, and the update's norm when it can be computed."""
+        if reply.has_error():
+            return Parsed(None, None, f"node error: {reply.error.reason}", None)
+        try:
+            report = TrainReport.from_record(protocol.config_of(reply.content, protocol.REPORT))
+            update = (
+                arrays_from_record(protocol.arrays_of(reply.content))
+                if protocol.ARRAYS in reply.content
+                else None
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            return Parsed(None, None, f"malformed reply: {exc}", None)
+        norm: float | None = None
+        if update is not None and spec.mismatch(update) is None:
+            value = global_norm({name: update[name] for name in spec.names}, reference)
+            norm = value if math.isfinite(value) else None
+        return Parsed(report, update, None, norm)
+
     def _judge(
         self,
         server_round: int,
         dispatch: Dispatch,
-        reply: Message,
+        parsed: Parsed,
         validator: UpdateValidator,
         reference: Arrays,
-    ) -> tuple[Verdict, Arrays | None, TrainReport | None]:
-        report: TrainReport | None = None
-        update: Arrays | None = None
-        error: str | None = None
-        if reply.has_error():
-            error = f"node error: {reply.error.reason}"
-        else:
-            try:
-                report = TrainReport.from_record(protocol.config_of(reply.content, protocol.REPORT))
-                if protocol.ARRAYS in reply.content:
-                    update = arrays_from_record(protocol.arrays_of(reply.content))
-            except (KeyError, ValueError, TypeError) as exc:
-                report, update, error = None, None, f"malformed reply: {exc}"
-        verdict = self.governor.judge(
+    ) -> Verdict:
+        return self.governor.judge(
             server_round,
             dispatch,
-            report,
-            update,
-            error=error,
+            parsed.report,
+            parsed.update,
+            error=parsed.error,
             validator=validator,
             reference=reference,
         )
-        return verdict, update, report
 
     def _evaluate_round(self, grid: Grid, server_round: int, arrays: Arrays, timeout: float) -> float | None:
         # The round's participants evaluate the new global model on their held-out consented users:

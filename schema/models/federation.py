@@ -10,11 +10,23 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text, true
+from sqlalchemy import (
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
+    true,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from schema.base import Base, created_at, updated_at, uuid_pk
-from schema.types import JSONBType, UUIDType
+from schema.types import JSONBType, TimestampTZ, UUIDType
 
 
 class FlRun(Base):
@@ -32,6 +44,12 @@ class FlRun(Base):
     weights_checksum: Mapped[str | None] = mapped_column(String(64))
     #: Checksums of every update accepted so far: a resubmitted one is a replay.
     seen_checksums: Mapped[list[str]] = mapped_column(JSONBType, default=list)
+    #: How many times a server started (or resumed) the run; a round's rows name the attempt that wrote them.
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    #: The run lease: which server drives the run, its last sign of life and when the lease lapses.
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(TimestampTZ)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(TimestampTZ)
     created_at: Mapped[datetime | None] = created_at()
     updated_at: Mapped[datetime | None] = updated_at()
 
@@ -62,7 +80,12 @@ class FlRoundOutcome(Base):
     """One tenant's fate in one round: taken part (with the contribution row) or skipped, and why."""
 
     __tablename__ = "fl_round_outcomes"
-    __table_args__ = (Index("idx_fl_outcomes_run_round", "run_id", "aggregation_round"),)
+    __table_args__ = (
+        Index("idx_fl_outcomes_run_round", "run_id", "aggregation_round"),
+        UniqueConstraint(
+            "run_id", "aggregation_round", "organization_id", "attempt", name="uq_fl_round_outcomes_attempt"
+        ),
+    )
 
     id: Mapped[uuid.UUID] = uuid_pk()
     run_id: Mapped[uuid.UUID] = mapped_column(UUIDType, ForeignKey("fl_runs.id"))
@@ -79,6 +102,10 @@ class FlRoundOutcome(Base):
     #: The DP parameters the node used, as charged: {"noise_multiplier", "sample_rate", "steps"}.
     dp_event: Mapped[dict[str, Any] | None] = mapped_column(JSONBType)
     epsilon_after: Mapped[float | None] = mapped_column(Float)
+    #: The run's attempt (``FlRun.attempt``) that wrote the row; earlier attempts' rows become ``aborted``.
+    attempt: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    #: A robust aggregator found the update far from the others (Krum-excluded or far from the median).
+    outlier: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime | None] = created_at()
 
 

@@ -32,6 +32,8 @@ class LocalGrid(Grid):
         }
         self.tamper: dict[int, Tamper] = {}
         self.down: set[int] = set()
+        #: Nodes that left: the link no longer lists them, and messages to them are never answered.
+        self.offline: set[int] = set()
         self._replies: dict[str, Message] = {}
         self.sent: list[Message] = []
 
@@ -46,7 +48,7 @@ class LocalGrid(Grid):
         raise NotImplementedError
 
     def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
+        return [n for n in self.contexts if n not in self.offline]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
@@ -55,6 +57,8 @@ class LocalGrid(Grid):
             self.sent.append(message)
             node_id = message.metadata.dst_node_id
             ids.append(message.metadata.message_id)
+            if node_id in self.offline:
+                continue
             if node_id in self.down and message.metadata.message_type.startswith("train"):
                 continue  # died while training: never answers, the server's timeout decides
             try:

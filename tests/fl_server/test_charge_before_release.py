@@ -182,13 +182,25 @@ def test_crash_after_dispatch_then_resume_charges_every_release_at_least_once(ma
     for index in range(3):
         org = fed.tenants[index].organization_id
         assert len(events_of(fed, index)) >= replies[org] >= 3
+    # The interrupted attempt's rows are aborted (charges kept); round 2 counts attempt 2 only:
+    # one accepted contribution per tenant, weights summing to 1.
     with transaction(fed.engine) as session:
-        stale = session.scalars(
-            select(FlRoundOutcome).where(
-                FlRoundOutcome.aggregation_round == 2, FlRoundOutcome.status == FAILED
-            )
-        ).all()
-    assert stale and all("server stopped" in (s.reason or "") for s in stale)
+        round_2 = session.scalars(select(FlRoundOutcome).where(FlRoundOutcome.aggregation_round == 2)).all()
+        stale = [o for o in round_2 if o.attempt == 1]
+        current = [o for o in round_2 if o.attempt == 2]
+        weights = [
+            float(session.get(FederatedLearningContribution, o.contribution_id).contribution_weight)  # type: ignore[union-attr]
+            for o in current
+        ]
+        aborted_contributions = [
+            session.get(FederatedLearningContribution, o.contribution_id).status  # type: ignore[union-attr]
+            for o in stale
+        ]
+    assert stale and all(o.status == "aborted" and "interrupted" in (o.reason or "") for o in stale)
+    assert set(aborted_contributions) == {"aborted"}
+    assert sorted(o.tenant for o in current) == ["tenant-0", "tenant-1", "tenant-2"]
+    assert {o.status for o in current} == {"accepted"}
+    assert sum(weights) == pytest.approx(1.0, abs=1e-5)
 
 
 # --- non-private mode --------------------------------------------------------------------------

@@ -100,11 +100,12 @@ def test_run_local_command_completes_three_rounds_and_publishes(tmp_path: Path, 
 
 
 def test_killed_supernode_is_failed_and_the_run_completes(tmp_path: Path) -> None:
-    # Prepare
+    # Prepare: both nodes are required to start (min_nodes = 2); the run has 4 rounds.
     name = "kill-node"
     with deployment(tmp_path / "out") as dep:
         dep.start()
-        overrides = run_overrides(name, "digits", 2, DpMode.LOCAL, 2, 2, round_timeout_s=30, **TRAIN)
+        overrides = run_overrides(name, "digits", 4, DpMode.LOCAL, 2, 2, round_timeout_s=60, **TRAIN)
+        assert overrides["min_nodes"] == 2
         run_id = dep.submit(overrides)
         wait_for_round(dep, name, 1)
 
@@ -115,15 +116,14 @@ def test_killed_supernode_is_failed_and_the_run_completes(tmp_path: Path) -> Non
             os.kill(pid, signal.SIGKILL)
         status = dep.wait(run_id, name)
 
-        # Assert
+        # Assert: rounds 2-4 go on with the node that is left (no "only 1 of 2 nodes" abort).
         assert status == "finished:completed"
         assert outcomes(dep) == {
-            (1, "tenant-0"): "accepted",
-            (1, "tenant-1"): "accepted",
-            (2, "tenant-0"): "accepted",
-            (2, "tenant-1"): "failed",
+            **{(1, f"tenant-{i}"): "accepted" for i in range(2)},
+            **{(r, "tenant-0"): "accepted" for r in (2, 3, 4)},
+            **{(r, "tenant-1"): "failed" for r in (2, 3, 4)},
         }
-        assert dep.db_run(name) == ("completed", 2)
+        assert dep.db_run(name) == ("completed", 4)
         report = json.loads(dep.report(name).read_text())
         assert report["rounds"][1]["statuses"] == {"accepted": 1, "failed": 1}
         all_pids = [pid for p in dep.processes for pid in p.tree()]
