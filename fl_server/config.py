@@ -68,6 +68,9 @@ class RunConfig(BaseModel):
     #: Public denominator of a node's noisy step sum; None: derived by the server from the sample
     #: rate and the consent snapshot's size (a public quantity), never from a private record count.
     expected_batch_size: float | None = Field(default=None, gt=0)
+    #: A public assumption, not a measurement: records per consented user, used only to derive the
+    #: record-level ``expected_batch_size`` when it is unset. It sets the step size, never privacy.
+    records_per_user: float = Field(default=20.0, gt=0)
     #: Share of each tenant's consented users held out for evaluation (never trained on).
     holdout_fraction: float = Field(default=0.2, ge=0, lt=1)
 
@@ -92,6 +95,18 @@ class RunConfig(BaseModel):
         if self.unit is not None:
             return self.unit
         return "record" if self.task == "digits" else "user"
+
+    def expected_batch_size_for(self, consented_users: int) -> float:
+        """The public denominator of a node's noisy step sum: the configured one, or the expected
+        number of sampled units from public quantities only — users in the consent snapshot (known
+        to the server) at user level, times the assumed ``records_per_user`` at record level. Never a
+        node's private record count (dividing by that released it, issue 11); too small a value
+        makes steps too large (record level with the user count alone diverged), too large a value
+        only slows learning."""
+        if self.expected_batch_size is not None:
+            return self.expected_batch_size
+        units = max(consented_users, 1) * (self.records_per_user if self.privacy_unit == "record" else 1.0)
+        return max(1.0, self.sample_rate * units)
 
     @property
     def published_model_name(self) -> str:

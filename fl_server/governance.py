@@ -670,11 +670,7 @@ class Governor:
         return math.inf
 
     def _expected_batch_size(self, consented_users: int) -> float:
-        """A public denominator: the configured one, or the sample rate times the snapshot's users
-        (records at record level are private, so the snapshot's user count stands in for them)."""
-        if self.config.expected_batch_size is not None:
-            return self.config.expected_batch_size
-        return max(1.0, self.config.sample_rate * max(consented_users, 1))
+        return self.config.expected_batch_size_for(consented_users)
 
     def _node_seed(self, server_round: int, tenant: Tenant) -> int:
         """A seed only in explicitly non-private runs (dp=off): with DP on, noise the server could
