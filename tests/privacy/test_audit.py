@@ -250,9 +250,12 @@ def test_dp_sgd_ignores_a_server_chosen_seed() -> None:
 @pytest.mark.parametrize("unit", ["record", "user"])
 @pytest.mark.parametrize("broken", ["seed-reused", "count-released", "count-normalised"])
 def test_dp_sgd_releasing_the_canary_is_flagged(broken: str, unit: str) -> None:
-    result = audit.run_audit("dp-sgd", unit=unit, trials=200, broken=broken, **LEAKY)
-    assert (result.true_positives, result.false_positives) == (result.positives, 0)
-    assert not result.passed
+    result = audit.run_audit("dp-sgd", unit=unit, trials=400, broken=broken, **LEAKY)
+    # The canary shows in (nearly) every release with it and (nearly) never without it; a statistical
+    # leak (count-normalised) may miss or mistake a trial or two, the verdict must not change.
+    assert result.true_positives >= 0.9 * result.positives, result.as_dict()
+    assert result.false_positives <= 0.05 * result.negatives, result.as_dict()
+    assert not result.passed, result.as_dict()
 
 
 @pytest.mark.slow
