@@ -96,7 +96,6 @@ def build_report(
             .join(FlPublishedModel, FlPublishedModel.registry_id == VamnModelRegistry.id)
             .where(FlPublishedModel.run_id == run.id)
         ).first()
-        started = iso(run.created_at)
         #: The budget's delta of each tenant's ledger per unit (the platform default without a budget row).
         deltas: dict[str, dict[str, float]] = {
             name: defaultdict(
@@ -113,7 +112,11 @@ def build_report(
         for number in range(1, run.last_completed_round + 1):
             rows = by_round.get(number, [])
             epsilon = {
-                name: finite_or_inf(_epsilon_at([e for e in entries if e.unit == unit], number, started))
+                name: finite_or_inf(
+                    _epsilon_at(
+                        [e for e in entries if e.unit == unit], number, {e.id for e in own[name]}
+                    )
+                )
                 for name, entries in histories.items()
             }
             summary = summaries.get(number)
@@ -238,12 +241,15 @@ def _run_epsilon(entries: list[ledger.HistoryEntry], delta: float, policy: ledge
     return accounting.epsilon(events, delta, policy.accountant)
 
 
-def _epsilon_at(entries: list[ledger.HistoryEntry], server_round: int, run_started: str | None) -> float:
-    """The tenant's epsilon once round ``server_round`` of this run was charged (earlier runs included)."""
+def _epsilon_at(entries: list[ledger.HistoryEntry], server_round: int, own_ids: set[int]) -> float:
+    """The tenant's epsilon once round ``server_round`` of this run was charged (earlier runs included).
+
+    This run's events are known by id (``own``), not by time stamps: a stamp without microseconds
+    once sorted before its own run's start and cut the history short.
+    """
     value = 0.0
     for entry in entries:
-        in_this_run = run_started is None or (entry.created_at or "") >= run_started
-        if in_this_run and (entry.aggregation_round or 0) > server_round:
+        if entry.id in own_ids and (entry.aggregation_round or 0) > server_round:
             break
         value = entry.epsilon_after
     return value

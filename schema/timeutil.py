@@ -18,4 +18,5 @@ def as_utc(value: datetime) -> datetime:
 
 
 def iso(value: datetime | None) -> str | None:
-    return None if value is None else as_utc(value).isoformat()
+    """Fixed width (always microseconds), so that two stamps compare as strings as they do as times."""
+    return None if value is None else as_utc(value).isoformat(timespec="microseconds")
