@@ -485,3 +485,15 @@ def record_key_version(
 def personal_data_vault(settings: Settings) -> PersonalDataVault:
     """Per-user data keys (crypto-shredding) under the same KEK provider as the organizations' DEKs."""
     return PersonalDataVault(kek_provider(settings))
+
+
+def configured_kek(settings: Settings) -> KekProvider | None:
+    """The KEK provider when this host can use it without creating one, else None.
+
+    For commands that may run where the KEK is absent (``db upgrade`` on a migration host): the local
+    provider counts only when its file already exists (a new file here would be a stray KEK nobody
+    else holds), PKCS#11 only with a PIN.
+    """
+    if settings.key_provider == "pkcs11":
+        return kek_provider(settings) if settings.pkcs11_pin is not None else None
+    return LocalFileKek(settings.kek_file) if Path(settings.kek_file).exists() else None

@@ -8,9 +8,15 @@ Records carry ids, never personal data (issue 19): a personal value that must st
 the user's data key (``schema.personal_data``), so erasure makes it unreadable without touching
 the chain. A migration that must rewrite old payloads (0007 removed the emails of ``user.created``)
 re-hashes the chain from the first rewritten record and appends an ``audit.reanchored`` record
-naming the old head, the migration, the rewritten ids and the new head, bound by an HMAC keyed with
-the old head: whoever kept the old head (an external anchor) can check that this re-anchor, and no
-other change, leads from it to the new chain. ``verify`` checks every re-anchor record it meets.
+naming the old head, the migration, the rewritten ids and the new head. Its HMAC, keyed with the
+old head, binds the claim to that head (whoever kept the old head as an external anchor checks it);
+the service's Ed25519 signature beside the chain (``schema.audit_signing``) says who made it.
+``verify`` checks both for every re-anchor record it meets; an unsigned one is listed, not failed.
+
+``compute_hash``, ``rechain`` and ``reanchor_data`` are the chain's format and migrations import
+them on purpose: a migration must write exactly what ``verify`` of the same release accepts (a
+frozen copy would drift from ``verify`` precisely when the format changes). The price is a rule:
+never change them in place; a new format gets a new name and ``verify`` keeps accepting the old.
 """
 
 from __future__ import annotations
@@ -20,10 +26,10 @@ import hmac
 import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import groupby
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
@@ -32,9 +38,13 @@ from schema.bulk import insert_rows
 from schema.models import ImmutableAuditLog
 from schema.timeutil import iso, utcnow
 
+if TYPE_CHECKING:
+    from schema.audit_signing import SignatureBook
+
 GENESIS_HASH = "0" * 64
 SYSTEM_ORGANIZATION = uuid.UUID(int=0)
 REANCHOR_ACTION = "audit.reanchored"
+UNSIGNED = "unsigned"
 
 
 class RecordLike(Protocol):
@@ -261,7 +271,7 @@ def append_chains(session: Session, chains: Mapping[uuid.UUID, Sequence[AuditEnt
         previous = tails.get(org, GENESIS_HASH)
         for entry in chains[org]:
             data = json.loads(json.dumps(entry.data or {}, default=str))
-            canonical = _canonical_fields(
+            fields = (
                 org,
                 entry.user_id,
                 entry.action,
@@ -273,22 +283,8 @@ def append_chains(session: Session, chains: Mapping[uuid.UUID, Sequence[AuditEnt
                 previous,
                 created,
             )
-            record_hash = hashlib.sha256(canonical).hexdigest()
-            rows.append(
-                (
-                    org,
-                    entry.user_id,
-                    entry.action,
-                    entry.resource_type,
-                    entry.resource_id,
-                    data,
-                    None,
-                    None,
-                    previous,
-                    record_hash,
-                    created,
-                )
-            )
+            record_hash = hashlib.sha256(_canonical_fields(*fields)).hexdigest()
+            rows.append((*fields[:-1], record_hash, created))  # the columns of _AUDIT_COLUMNS
             previous = record_hash
         tails[org] = previous
     written = insert_rows(session, ImmutableAuditLog.__table__, _AUDIT_COLUMNS, rows)  # type: ignore[arg-type]
@@ -305,6 +301,8 @@ class ChainReport:
     first_bad_id: int | None
     reason: str | None
     reanchors: int = 0
+    unsigned_reanchors: list[int] = field(default_factory=list)
+    """Re-anchors with no service signature yet (``accute-fl audit sign-reanchors``)."""
 
 
 def reanchor_mac(old_head: str, new_head: str, migration: str, rewritten: list[int]) -> str:
@@ -380,22 +378,37 @@ _VERIFY_COLUMNS = (
 _VERIFY_FETCH = 5000
 
 
-def verify(session: Session, organization_id: uuid.UUID | None = None) -> list[ChainReport]:
+def verify(
+    session: Session,
+    organization_id: uuid.UUID | None = None,
+    *,
+    signatures: SignatureBook | None = None,
+) -> list[ChainReport]:
     """Re-hash every record of each chain (or of one organization's) and report the first break.
 
     Rows stream in chain order as plain tuples (no ORM objects kept), so memory stays that of one
-    chain whatever the size of the log.
+    chain whatever the size of the log. Each re-anchor record is checked against its stored
+    signature (``schema.audit_signing``; pass ``signatures`` to use a book whose keys were checked
+    against the KEK): a signature that does not verify breaks the chain, a missing one is listed
+    in ``unsigned_reanchors``.
     """
+    if signatures is None:
+        from schema import audit_signing
+
+        signatures = audit_signing.load(session, organization_id)
     query = select(*_VERIFY_COLUMNS).order_by(ImmutableAuditLog.organization_id, ImmutableAuditLog.id)
     if organization_id is not None:
         query = query.where(ImmutableAuditLog.organization_id == organization_id)
     rows = session.execute(query.execution_options(yield_per=_VERIFY_FETCH))
-    return [_verify_chain(org, chain) for org, chain in groupby(rows, key=lambda r: r.organization_id)]
+    return [
+        _verify_chain(org, chain, signatures) for org, chain in groupby(rows, key=lambda r: r.organization_id)
+    ]
 
 
-def _verify_chain(organization_id: uuid.UUID, chain: Iterable[Any]) -> ChainReport:
+def _verify_chain(organization_id: uuid.UUID, chain: Iterable[Any], signatures: SignatureBook) -> ChainReport:
     expected_previous = GENESIS_HASH
     reanchors = 0
+    unsigned: list[int] = []
     broken: tuple[int, str] | None = None
     count = 0
     for record in chain:
@@ -409,12 +422,14 @@ def _verify_chain(organization_id: uuid.UUID, chain: Iterable[Any]) -> ChainRepo
             broken = (record.id, "record_hash does not match the record's content")
             continue
         if record.action == REANCHOR_ACTION:
-            problem = _reanchor_problem(record)
-            if problem is not None:
+            problem = _reanchor_problem(record) or signatures.problem(record)
+            if problem == UNSIGNED:
+                unsigned.append(record.id)
+            elif problem is not None:
                 broken = (record.id, problem)
                 continue
             reanchors += 1
         expected_previous = record.record_hash
     if broken is not None:
-        return ChainReport(str(organization_id), count, False, broken[0], broken[1])
-    return ChainReport(str(organization_id), count, True, None, None, reanchors)
+        return ChainReport(str(organization_id), count, False, broken[0], broken[1], reanchors, unsigned)
+    return ChainReport(str(organization_id), count, True, None, None, reanchors, unsigned)

@@ -28,6 +28,17 @@ def upgrade(
         f"database {describe_url(bound.url)}: {before or 'empty'} -> {after} "
         f"({'up to date' if after == migrate.head_revision() else 'behind head'})"
     )
+    if after == migrate.head_revision():
+        from orchestrator.cli.audit_commands import sign_pending_reanchors
+
+        reanchors = sign_pending_reanchors(bound, required=False)
+        if reanchors["signed"]:
+            Console(stderr=True).print(f"signed {len(reanchors['signed'])} audit re-anchor record(s)")
+        if reanchors["unsigned"]:
+            Console(stderr=True).print(
+                f"{reanchors['unsigned']} audit re-anchor record(s) left unsigned (no KEK here); "
+                "run `accute-fl audit sign-reanchors` where the KEK is"
+            )
 
 
 @app.command()

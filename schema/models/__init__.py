@@ -3,6 +3,7 @@
 Importing this package registers all models on ``Base.metadata``.
 """
 
+from schema.models.audit_signing import AuditReanchorSignature, AuditSigningKey
 from schema.models.consent import DataSubjectRequest, UserConsent
 from schema.models.consent_lineage import (
     ConsentEvent,
@@ -71,6 +72,8 @@ __all__ = [
     "SPEC_TABLES",
     "AgentSession",
     "AgentVamnRouting",
+    "AuditReanchorSignature",
+    "AuditSigningKey",
     "BehavioralBiometrics",
     "ConsentEvent",
     "ConsentSnapshot",

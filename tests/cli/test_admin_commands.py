@@ -100,6 +100,7 @@ def test_admin_changes_are_audited_and_verify(ready_cli: Runner) -> None:
             "first_bad_id": None,
             "reason": None,
             "reanchors": 0,
+            "unsigned_reanchors": [],
         }
     ]
 

@@ -6,7 +6,9 @@ its first rewritten record and appends an ``audit.reanchored`` record (old head,
 rewritten ids, new head), bound by an HMAC keyed with the old head. It is a binding, not a
 signature: the signing keys are wrapped by the KEK, which lives outside the database (a key file or
 a PKCS#11 token named by the service's settings), and a migration runs on a bare database
-connection. ``accute-fl audit verify`` checks the re-anchor records.
+connection. Migration 0012 adds the service's signatures beside the chain; ``accute-fl db upgrade``
+signs this re-anchor when the KEK is configured, else ``accute-fl audit sign-reanchors`` does later.
+``accute-fl audit verify`` checks the re-anchor records and reports unsigned ones.
 
 Downgrade drops the table; the removed emails are not restored (the users table still holds the
 current addresses; putting personal data back into an append-only log would undo the point).
@@ -53,6 +55,9 @@ _audit = sa.table(
     sa.column("record_hash", sa.String()),
     sa.column("created_at", TimestampTZ),
 )
+# The columns as they are at this revision, frozen on purpose (not schema.audit's column list): a
+# later migration may add a column to the table, and this one must still select only what exists
+# when it runs. The hashing itself is imported: it must be what ``verify`` checks (schema.audit).
 _FIELDS = (
     "id",
     "organization_id",
