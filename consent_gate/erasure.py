@@ -25,8 +25,12 @@ What erasure does, store by store (the response names each, with row counts):
 - ``personal_data_keys``: the user's wrapped key destroyed.
 - ``hub_outbox``: a hook; until the hub registers its store the entry says so.
 
-Erasing rows does not erase bytes: SQLite keeps deleted content in free pages until ``VACUUM``;
-:func:`compact` runs it (and truncates the WAL) after an erasure commits.
+A new store (the hub outbox, issue 13) joins with :func:`register_store`; an access request then
+lists it and every erasure walks it, with no change here.
+
+Erasing rows does not erase bytes: SQLite keeps deleted content in free pages, PostgreSQL keeps
+dead row versions (and plain ``VACUUM`` leaves their bytes in the page's free space). :func:`compact`
+rewrites the tables the stores name once the erasure has committed (:mod:`consent_gate.compaction`).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Engine, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from consent_gate import records
+from consent_gate import compaction, records
 from consent_gate.lineage import user_lineage
 from schema import personal_data
 from schema.models import (
@@ -81,6 +85,9 @@ class Store:
     holds: str
     describe: Callable[[Session, User], dict[str, Any]]
     erase: Callable[[Session, ErasureContext], dict[str, Any]]
+    tables: tuple[str, ...] = ()
+    """Tables whose old row versions still hold the user's bytes after ``erase`` (rewritten or
+    deleted text, a destroyed key): :func:`compact` rewrites them once the erasure commits."""
 
 
 def _affected(result: Any) -> int:
@@ -172,10 +179,6 @@ def _requests_of(user: User) -> tuple[Any, ...]:
     return (DataSubjectRequest.organization_id == user.organization_id, DataSubjectRequest.user_id == user.id)
 
 
-def _describe_requests(session: Session, user: User) -> dict[str, Any]:
-    return {"rows": _count(session, DataSubjectRequest, *_requests_of(user))}
-
-
 def _erase_requests(session: Session, ctx: ErasureContext) -> dict[str, Any]:
     requests = session.scalars(select(DataSubjectRequest).where(*_requests_of(ctx.user))).all()
     for request in requests:
@@ -211,8 +214,8 @@ def _erase_exports(session: Session, ctx: ErasureContext) -> dict[str, Any]:
 
 
 # -- lineage -------------------------------------------------------------------------------------
-def _describe_members(session: Session, user: User) -> dict[str, Any]:
-    return {"rows": _count(session, ConsentSnapshotMember, ConsentSnapshotMember.user_id == user.id)}
+def _members_of(user: User) -> tuple[Any, ...]:
+    return (ConsentSnapshotMember.user_id == user.id,)
 
 
 def _keep_members(session: Session, ctx: ErasureContext) -> dict[str, Any]:
@@ -224,107 +227,87 @@ def _keep_members(session: Session, ctx: ErasureContext) -> dict[str, Any]:
 
 
 # -- usage and platform tables -------------------------------------------------------------------
-def _describe_usage(session: Session, user: User) -> dict[str, Any]:
-    return {
-        "rows": _count(
-            session,
-            LlmUsageLog,
-            LlmUsageLog.organization_id == user.organization_id,
-            LlmUsageLog.user_id == user.id,
-        )
-    }
+# Most of these stores are one table selected by the user: counting, detaching, deleting and keeping
+# them differ only in the statement, so each is built from the conditions that pick the user's rows.
+Conditions = Callable[[User], tuple[Any, ...]]
 
 
-def _erase_usage(session: Session, ctx: ErasureContext) -> dict[str, Any]:
-    result = session.execute(
-        update(LlmUsageLog)
-        .where(LlmUsageLog.organization_id == ctx.user.organization_id, LlmUsageLog.user_id == ctx.user.id)
-        .values(user_id=None)
-    )
-    return {"action": "user_id cleared; rows kept for billing", "rows": _affected(result)}
+def _counted(model: Any, conditions: Conditions) -> Callable[[Session, User], dict[str, Any]]:
+    def describe(session: Session, user: User) -> dict[str, Any]:
+        return {"rows": _count(session, model, *conditions(user))}
+
+    return describe
 
 
-def _describe_agent_sessions(session: Session, user: User) -> dict[str, Any]:
-    conditions = (AgentSession.organization_id == user.organization_id, AgentSession.user_id == user.id)
-    return {"rows": _count(session, AgentSession, *conditions)}
+def _detached(
+    model: Any, conditions: Conditions, kept_for: str
+) -> Callable[[Session, ErasureContext], dict[str, Any]]:
+    def erase(session: Session, ctx: ErasureContext) -> dict[str, Any]:
+        result = session.execute(update(model).where(*conditions(ctx.user)).values(user_id=None))
+        return {"action": f"user_id cleared; rows kept {kept_for}", "rows": _affected(result)}
+
+    return erase
 
 
-def _erase_agent_sessions(session: Session, ctx: ErasureContext) -> dict[str, Any]:
-    result = session.execute(
-        update(AgentSession)
-        .where(AgentSession.organization_id == ctx.user.organization_id, AgentSession.user_id == ctx.user.id)
-        .values(user_id=None)
-    )
-    return {"action": "user_id cleared; rows kept for the usage log", "rows": _affected(result)}
+def _deleted(model: Any, conditions: Conditions) -> Callable[[Session, ErasureContext], dict[str, Any]]:
+    def erase(session: Session, ctx: ErasureContext) -> dict[str, Any]:
+        return {
+            "action": "deleted",
+            "rows": _affected(session.execute(delete(model).where(*conditions(ctx.user)))),
+        }
+
+    return erase
 
 
-def _user_sessions(user: User) -> Any:
-    return select(UserSession.id).where(UserSession.user_id == user.id)
+def _kept(
+    model: Any, conditions: Conditions, why: str
+) -> Callable[[Session, ErasureContext], dict[str, Any]]:
+    def erase(session: Session, ctx: ErasureContext) -> dict[str, Any]:
+        return {"action": f"kept: {why}", "rows": _count(session, model, *conditions(ctx.user))}
+
+    return erase
 
 
-def _biometrics_of(user: User) -> Any:
-    return or_(
-        BehavioralBiometrics.user_id == user.id, BehavioralBiometrics.session_id.in_(_user_sessions(user))
-    )
+def _usage_of(user: User) -> tuple[Any, ...]:
+    return (LlmUsageLog.organization_id == user.organization_id, LlmUsageLog.user_id == user.id)
 
 
-def _describe_biometrics(session: Session, user: User) -> dict[str, Any]:
-    return {"rows": _count(session, BehavioralBiometrics, _biometrics_of(user))}
+def _agent_sessions_of(user: User) -> tuple[Any, ...]:
+    return (AgentSession.organization_id == user.organization_id, AgentSession.user_id == user.id)
 
 
-def _erase_biometrics(session: Session, ctx: ErasureContext) -> dict[str, Any]:
-    result = session.execute(delete(BehavioralBiometrics).where(_biometrics_of(ctx.user)))
-    return {"action": "deleted", "rows": _affected(result)}
+def _sessions_of(user: User) -> tuple[Any, ...]:
+    return (UserSession.user_id == user.id,)
 
 
-def _describe_sessions(session: Session, user: User) -> dict[str, Any]:
-    return {"rows": _count(session, UserSession, UserSession.user_id == user.id)}
+def _biometrics_of(user: User) -> tuple[Any, ...]:
+    by_session = BehavioralBiometrics.session_id.in_(select(UserSession.id).where(*_sessions_of(user)))
+    return (or_(BehavioralBiometrics.user_id == user.id, by_session),)
 
 
-def _erase_sessions(session: Session, ctx: ErasureContext) -> dict[str, Any]:
-    result = session.execute(delete(UserSession).where(UserSession.user_id == ctx.user.id))
-    return {"action": "deleted", "rows": _affected(result)}
-
-
-def _describe_devices(session: Session, user: User) -> dict[str, Any]:
-    return {"rows": _count(session, TrustedDevice, TrustedDevice.user_id == user.id)}
+def _devices_of(user: User) -> tuple[Any, ...]:
+    return (TrustedDevice.user_id == user.id,)
 
 
 def _erase_devices(session: Session, ctx: ErasureContext) -> dict[str, Any]:
-    devices = select(TrustedDevice.id).where(TrustedDevice.user_id == ctx.user.id)
+    devices = select(TrustedDevice.id).where(*_devices_of(ctx.user))
     unlinked = session.execute(
         update(ZeroTrustAccessLog).where(ZeroTrustAccessLog.device_id.in_(devices)).values(device_id=None)
     )
-    result = session.execute(delete(TrustedDevice).where(TrustedDevice.user_id == ctx.user.id))
-    return {"action": "deleted", "rows": _affected(result), "access_log_rows_unlinked": _affected(unlinked)}
+    done = _deleted(TrustedDevice, _devices_of)(session, ctx)
+    return {**done, "access_log_rows_unlinked": _affected(unlinked)}
 
 
 # -- security records (kept) ---------------------------------------------------------------------
-def _describe_access_log(session: Session, user: User) -> dict[str, Any]:
-    conditions = (
-        ZeroTrustAccessLog.organization_id == user.organization_id,
-        ZeroTrustAccessLog.user_id == user.id,
-    )
-    return {"rows": _count(session, ZeroTrustAccessLog, *conditions)}
+def _access_log_of(user: User) -> tuple[Any, ...]:
+    return (ZeroTrustAccessLog.organization_id == user.organization_id, ZeroTrustAccessLog.user_id == user.id)
 
 
-def _keep_access_log(session: Session, ctx: ErasureContext) -> dict[str, Any]:
-    return {
-        "action": "kept: security record under its own retention (pseudonymous id, devices unlinked)",
-        "rows": _describe_access_log(session, ctx.user)["rows"],
-    }
+def _anomalies_of(user: User) -> tuple[Any, ...]:
+    return (SecurityAnomaly.organization_id == user.organization_id, SecurityAnomaly.user_id == user.id)
 
 
-def _describe_anomalies(session: Session, user: User) -> dict[str, Any]:
-    conditions = (SecurityAnomaly.organization_id == user.organization_id, SecurityAnomaly.user_id == user.id)
-    return {"rows": _count(session, SecurityAnomaly, *conditions)}
-
-
-def _keep_anomalies(session: Session, ctx: ErasureContext) -> dict[str, Any]:
-    return {
-        "action": "kept: security record under its own retention (pseudonymous id)",
-        "rows": _describe_anomalies(session, ctx.user)["rows"],
-    }
+SECURITY_RETENTION = "security record under its own retention (pseudonymous id"
 
 
 # -- audit log and keys --------------------------------------------------------------------------
@@ -376,52 +359,79 @@ STORES: list[Store] = [
         "consents, with the IP address and user agent they were given from",
         _describe_consents,
         _erase_consents,
+        ("user_consents",),
     ),
     Store(
         "consent_events",
         "every grant and withdrawal, with origin and reason",
         _describe_events,
         _erase_events,
+        ("consent_events",),
     ),
     Store(
         "data_subject_requests",
         "the user's requests and the details written in them",
-        _describe_requests,
+        _counted(DataSubjectRequest, _requests_of),
         _erase_requests,
+        ("data_subject_requests",),
     ),
     Store(
         "exports",
         "access/portability exports kept in the requests' responses",
         _describe_exports,
         _erase_exports,
+        ("data_subject_requests",),
     ),
     Store(
         "consent_snapshot_members",
         "the consent snapshots (model lineage) that contained the user",
-        _describe_members,
+        _counted(ConsentSnapshotMember, _members_of),
         _keep_members,
     ),
-    Store("llm_usage_log", "LLM calls made by the user", _describe_usage, _erase_usage),
-    Store("agentSessions", "conversations with the agents", _describe_agent_sessions, _erase_agent_sessions),
+    Store(
+        "llm_usage_log",
+        "LLM calls made by the user",
+        _counted(LlmUsageLog, _usage_of),
+        _detached(LlmUsageLog, _usage_of, "for billing"),
+    ),
+    Store(
+        "agentSessions",
+        "conversations with the agents",
+        _counted(AgentSession, _agent_sessions_of),
+        _detached(AgentSession, _agent_sessions_of, "for the usage log"),
+    ),
     Store(
         "behavioral_biometrics",
         "behaviour hashes and device fingerprints of the user's sessions",
-        _describe_biometrics,
-        _erase_biometrics,
+        _counted(BehavioralBiometrics, _biometrics_of),
+        _deleted(BehavioralBiometrics, _biometrics_of),
+        ("behavioral_biometrics",),
     ),
-    Store("sessions", "login sessions", _describe_sessions, _erase_sessions),
-    Store("trustedDevices", "enrolled devices and their fingerprints", _describe_devices, _erase_devices),
+    Store(
+        "sessions",
+        "login sessions",
+        _counted(UserSession, _sessions_of),
+        _deleted(UserSession, _sessions_of),
+        ("sessions",),
+    ),
+    Store(
+        "trustedDevices",
+        "enrolled devices and their fingerprints",
+        _counted(TrustedDevice, _devices_of),
+        _erase_devices,
+        ("trustedDevices",),
+    ),
     Store(
         "zero_trust_access_log",
         "access decisions about the user's requests",
-        _describe_access_log,
-        _keep_access_log,
+        _counted(ZeroTrustAccessLog, _access_log_of),
+        _kept(ZeroTrustAccessLog, _access_log_of, f"{SECURITY_RETENTION}, devices unlinked)"),
     ),
     Store(
         "security_anomalies",
         "anomalies detected on the user's activity",
-        _describe_anomalies,
-        _keep_anomalies,
+        _counted(SecurityAnomaly, _anomalies_of),
+        _kept(SecurityAnomaly, _anomalies_of, f"{SECURITY_RETENTION})"),
     ),
     Store(
         "immutable_audit_log",
@@ -430,8 +440,14 @@ STORES: list[Store] = [
         _keep_audit,
     ),
     Store("hub_outbox", "events for the Fin(Ai)d hub", _describe_no_outbox, _erase_no_outbox),
-    Store("personal_data_keys", "the user's data key (wrapped by the KEK)", _describe_keys, _erase_keys),
-    Store("users", "the profile: email address", _describe_user, _erase_user),
+    Store(
+        "personal_data_keys",
+        "the user's data key (wrapped by the KEK)",
+        _describe_keys,
+        _erase_keys,
+        ("personal_data_keys",),
+    ),
+    Store("users", "the profile: email address", _describe_user, _erase_user, ("users",)),
 ]
 
 
@@ -439,6 +455,17 @@ def register_store(store: Store) -> None:
     """Add a store (or replace the one of the same name, e.g. the ``hub_outbox`` hook).
 
     A new store goes before ``personal_data_keys`` and ``users``, which an erasure handles last.
+    The hub's outbox registers itself this way when its module is imported, e.g.::
+
+        erasure.register_store(Store(
+            "hub_outbox", "events for the Fin(Ai)d hub",
+            describe=count_user_events,        # rows of pending and delivered events naming the user
+            erase=tombstone_user_events,       # payloads emptied (ids kept), undelivered ones dropped
+            tables=("hub_outbox",),            # rewritten by compact() after the erasure commits
+        ))
+
+    Events already delivered to the hub are outside this database: the outbox's ``erase`` must also
+    queue an erasure event for the hub, and its report say so.
     """
     for index, existing in enumerate(STORES):
         if existing.name == store.name:
@@ -473,20 +500,11 @@ def _holds_something(entry: dict[str, Any]) -> bool:
     return int(entry.get("rows", 0)) > 0
 
 
-def compact(engine: Engine) -> str:
-    """Make erased bytes unrecoverable from the database file where the backend allows it.
+def compact(engine: Engine, wait_s: float = compaction.SNAPSHOT_WAIT_S) -> dict[str, Any]:
+    """Make the erased bytes unreadable in the database files, after the erasure has committed.
 
-    SQLite: checkpoint and truncate the WAL, ``VACUUM`` (rewrites the file without free pages that
-    still hold old row images), checkpoint again. PostgreSQL: nothing here: dead row versions stay
-    in the heap until autovacuum reuses them (``VACUUM FULL`` rewrites a table but locks it); no
-    dump or query shows them, and the audit log's personal values are shredded, not deleted.
+    Rewrites the tables the stores name (:attr:`Store.tables`); see :mod:`consent_gate.compaction`
+    for what each backend does and what stays out of reach (WAL archives, backups).
     """
-    if engine.dialect.name != "sqlite":
-        return "not needed: dead row versions are invisible to every query and dump"
-    with engine.connect() as connection:
-        raw = connection.connection.driver_connection
-        assert raw is not None
-        raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        raw.execute("VACUUM")
-        raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    return "vacuumed"
+    tables = sorted({table for store in STORES for table in store.tables})
+    return compaction.compact(engine, tables, wait_s)

@@ -157,8 +157,9 @@ def dsr_process(
 ) -> None:
     """Carry out a request and complete it: access/portability export JSON (see --json) listing every
     store that holds the user's data; erasure walks the same stores (response_details says what was
-    done in each), shreds the user's data key, keeps the model lineage and, on SQLite, VACUUMs the
-    file so no erased bytes stay in free pages; restriction/objection withdraw training consents."""
+    done in each), shreds the user's data key, keeps the model lineage, then rewrites the touched
+    tables (SQLite: VACUUM; PostgreSQL: VACUUM FULL) so no erased bytes stay in free space or dead
+    rows (`compaction` says what was done); restriction/objection withdraw training consents."""
     from orchestrator.keys import personal_data_vault
 
     vault = personal_data_vault(load_settings()) if reject is not None else None
@@ -177,3 +178,11 @@ def dsr_process(
     if record["request_type"] == "erasure" and record["status"] == "completed":
         record["compaction"] = erasure.compact(bound)
     emit(record, as_json, f"Data subject request {record['status']}", REQUEST_COLUMNS)
+
+
+@dsr_app.command("compact")
+def dsr_compact(as_json: bool = JSON_OPTION) -> None:
+    """Rewrite the tables erasures touch again (SQLite: VACUUM; PostgreSQL: VACUUM FULL), e.g. when
+    `dsr process` reported its compaction incomplete (a busy table, an older open transaction)."""
+    result = erasure.compact(ready_engine())
+    emit(result, as_json, f"Compaction {result['status']}", ("status", "tables", "reason"))

@@ -118,21 +118,28 @@ def _erase(engine: Engine, world: World) -> dict[str, object]:
     with transaction(engine) as session:
         done = dsr.process_request(session, request.id)
         response = dict(done.response_details or {})
-    erasure.compact(engine)
+    erasure.compact(engine, wait_s=60)
     return response
 
 
 def _database_bytes(engine: Engine, tmp_path: Path) -> bytes:
-    """Every byte the database holds: the SQLite file and its side files, or a pg_dump."""
+    """Every byte the database holds: the SQLite file and its side files, or a pg_dump followed
+    by the raw files of every table, index and TOAST table of the schema (dead row versions too)."""
     if engine.dialect.name == "sqlite":
         path = Path(engine.url.database or "")
         sides = [path.with_name(path.name + s) for s in ("-wal", "-journal", "-shm")]
         return b"".join(p.read_bytes() for p in [path, *sides] if p.exists())
+    return _pg_dump(engine, tmp_path) + _pg_relation_files(engine)
+
+
+def _schema_of(engine: Engine) -> str:
+    return str(engine.url.query.get("options", "")).removeprefix("-csearch_path=")
+
+
+def _pg_dump(engine: Engine, tmp_path: Path) -> bytes:
     pg_dump = shutil.which("pg_dump")
     if pg_dump is None:
         pytest.fail("pg_dump is needed to search a PostgreSQL dump; install postgresql-client")
-    options = str(engine.url.query.get("options", ""))
-    schema_name = options.removeprefix("-csearch_path=")
     url = engine.url.set(drivername="postgresql", query={})
     target = tmp_path / "dump.sql"
     subprocess.run(
@@ -140,7 +147,7 @@ def _database_bytes(engine: Engine, tmp_path: Path) -> bytes:
             pg_dump,
             "--no-owner",
             "-n",
-            schema_name,
+            _schema_of(engine),
             "-f",
             str(target),
             url.render_as_string(hide_password=False),
@@ -151,6 +158,38 @@ def _database_bytes(engine: Engine, tmp_path: Path) -> bytes:
     dumped = target.read_bytes()
     assert b"CREATE TABLE" in dumped and b"immutable_audit_log" in dumped  # a real dump of our schema
     return dumped
+
+
+_RELATIONS = sa.text(
+    "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE n.nspname = :schema AND c.relkind IN ('r', 'i') "
+    "UNION SELECT t.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "JOIN pg_class t ON t.oid = c.reltoastrelid WHERE n.nspname = :schema"
+)
+
+
+def _pg_relation_files(engine: Engine) -> bytes:
+    """The files under the server's data directory, read through the server (``CHECKPOINT`` first,
+    so the files hold what the buffers hold): dead tuples no dump shows are searched too."""
+    with engine.connect() as connection:
+        allowed = connection.scalar(
+            sa.text(
+                "SELECT rolsuper OR pg_has_role(current_user, 'pg_read_server_files', 'MEMBER') "
+                "FROM pg_roles WHERE rolname = current_user"
+            )
+        )
+        if not allowed:
+            pytest.skip(
+                "reading PostgreSQL's table files needs a superuser or pg_read_server_files "
+                "(pg_read_binary_file); the test role has neither"
+            )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.exec_driver_sql("CHECKPOINT")
+        relations = connection.scalars(_RELATIONS, {"schema": _schema_of(engine)}).all()
+        read = sa.text("SELECT pg_read_binary_file(pg_relation_filepath(CAST(:r AS regclass)))")
+        files = [bytes(connection.scalar(read, {"r": r}) or b"") for r in relations]
+    assert len(files) > 20 and any(files)  # every table of the schema, not an empty list
+    return b"".join(files)
 
 
 def test_access_request_lists_every_store_that_holds_the_user(engine: Engine, tmp_path: Path) -> None:
@@ -252,11 +291,38 @@ def test_sqlite_keeps_erased_bytes_in_free_pages_until_compaction(
         dsr.process_request(session, request.id)
     uncompacted = _database_bytes(engine, tmp_path)
 
-    result = erasure.compact(engine)
+    result = erasure.compact(engine, wait_s=60)
 
     assert EMAIL.encode() in uncompacted
-    assert result == "vacuumed"
+    assert result["status"] == "vacuumed"
     assert EMAIL.encode() not in _database_bytes(engine, tmp_path)
+
+
+def test_postgres_keeps_erased_bytes_in_dead_tuples_until_compaction(
+    pg_engine: Engine, tmp_path: Path
+) -> None:
+    """Why erasure runs VACUUM FULL on PostgreSQL: no dump shows a dead row version, but the table
+    file keeps it (and plain VACUUM frees its space without zeroing it)."""
+    # Prepare
+    engine = pg_engine
+    world = _world(engine, tmp_path)
+    with transaction(engine) as session:
+        request = dsr.file_request(session, world.org, world.user, "erasure")
+    with transaction(engine) as session:
+        dsr.process_request(session, request.id)
+    dumped = _pg_dump(engine, tmp_path)
+    uncompacted = _pg_relation_files(engine)
+
+    # Execute
+    result = erasure.compact(engine, wait_s=60)
+
+    # Assert
+    assert EMAIL.encode() not in dumped and EMAIL.encode() in uncompacted
+    assert result["status"] == "vacuumed"
+    assert {"users", "user_consents", "personal_data_keys", "trustedDevices"} <= set(result["tables"])
+    compacted = _pg_relation_files(engine)
+    assert not any(secret.encode() in compacted for secret in SECRETS)
+    assert OTHER_EMAIL.encode() in compacted
 
 
 def test_gate_and_lineage_behave_as_before_for_the_other_users(engine: Engine, tmp_path: Path) -> None:
@@ -285,20 +351,46 @@ def test_gate_and_lineage_behave_as_before_for_the_other_users(engine: Engine, t
 
 
 def test_registered_store_is_listed_and_erased(engine: Engine, tmp_path: Path) -> None:
-    """The hook the hub outbox will use: a registered store replaces the placeholder."""
+    """The hook the hub outbox will use: a registered store replaces the placeholder, an access
+    request lists what it holds and an erasure walks it."""
+    # Prepare
     world = _world(engine, tmp_path)
     seen: list[uuid.UUID] = []
     outbox = erasure.Store(
         "hub_outbox",
         "events for the hub",
-        lambda session, user: {"rows": 2},
+        lambda session, user: {"rows": 2, "seen_user": str(user.id)},
         lambda session, ctx: seen.append(ctx.user.id) or {"action": "tombstoned", "rows": 2},
     )
+    extra = erasure.Store("usage_exports", "a new store", lambda s, u: {"rows": 1}, lambda s, c: {"rows": 1})
     original = list(erasure.STORES)
     erasure.register_store(outbox)
+    erasure.register_store(extra)
     try:
+        # Execute
+        with transaction(engine) as session:
+            access = dsr.file_request(session, world.org, world.user, "access")
+        with transaction(engine) as session:
+            export = (dsr.process_request(session, access.id).response_details or {})["export"]
         response = _erase(engine, world)
     finally:
         erasure.STORES[:] = original
+
+    # Assert
+    listed = {entry["store"]: entry for entry in export["stores"]}
+    assert listed["hub_outbox"] == {
+        "store": "hub_outbox",
+        "holds": "events for the hub",
+        "rows": 2,
+        "seen_user": str(world.user),
+    }
+    assert [entry["store"] for entry in export["stores"]][-3:] == [
+        "usage_exports",
+        "personal_data_keys",
+        "users",
+    ]
     assert seen == [world.user]
-    assert response["erased"]["stores"]["hub_outbox"] == {"action": "tombstoned", "rows": 2}  # type: ignore[index]
+    stores = response["erased"]["stores"]  # type: ignore[index]
+    assert stores["hub_outbox"] == {"action": "tombstoned", "rows": 2}
+    assert stores["usage_exports"] == {"rows": 1}
+    assert list(stores)[-2:] == ["personal_data_keys", "users"]
