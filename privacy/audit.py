@@ -177,8 +177,9 @@ def choose_threshold(
 
 
 @dataclass(frozen=True)
-class AuditResult:
-    """What an audit measured and what the accountant claims for the same mechanism."""
+class AuditVerdict:
+    """What every empirical audit reports (this one and ``privacy.audit_one_run``): the mechanism
+    measured, the accountant's claim for it and the lower bound the attacker's test proved."""
 
     mechanism: str
     unit: str
@@ -187,11 +188,41 @@ class AuditResult:
     sample_rate: float
     steps: int
     delta: float
-    trials: int
     confidence: float
     epsilon_lower_bound: float
     epsilon_claimed: float
     max_provable_epsilon: float
+
+    @property
+    def passed(self) -> bool:
+        """Whether the measurement is consistent with the claim (lower bound ≤ claimed)."""
+        return self.epsilon_lower_bound <= self.epsilon_claimed
+
+    def verdict_dict(self, method: str, trials: int) -> dict[str, Any]:
+        """The keys every audit prints, in the order the CLI shows them."""
+        return {
+            "epsilon_lower_bound": self.epsilon_lower_bound,
+            "epsilon_claimed": self.epsilon_claimed,
+            "trials": trials,
+            "confidence": self.confidence,
+            "mechanism": self.mechanism,
+            "unit": self.unit,
+            "max_provable_epsilon": self.max_provable_epsilon,
+            "passed": self.passed,
+            "method": method,
+            "broken": self.broken,
+            "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "steps": self.steps,
+            "delta": self.delta,
+        }
+
+
+@dataclass(frozen=True)
+class AuditResult(AuditVerdict):
+    """What a many-trial audit measured (Clopper-Pearson bounds on the attacker's test)."""
+
+    trials: int
     #: The statistic of the release the attacker's test used (one of STATISTICS; "-" when negated).
     statistic: str
     threshold: float
@@ -200,27 +231,9 @@ class AuditResult:
     positives: int
     negatives: int
 
-    @property
-    def passed(self) -> bool:
-        """Whether the measurement is consistent with the claim (lower bound ≤ claimed)."""
-        return self.epsilon_lower_bound <= self.epsilon_claimed
-
     def as_dict(self) -> dict[str, Any]:
         return {
-            "epsilon_lower_bound": self.epsilon_lower_bound,
-            "epsilon_claimed": self.epsilon_claimed,
-            "trials": self.trials,
-            "confidence": self.confidence,
-            "mechanism": self.mechanism,
-            "unit": self.unit,
-            "max_provable_epsilon": self.max_provable_epsilon,
-            "passed": self.passed,
-            "method": "clopper-pearson",
-            "broken": self.broken,
-            "noise_multiplier": self.noise_multiplier,
-            "sample_rate": self.sample_rate,
-            "steps": self.steps,
-            "delta": self.delta,
+            **self.verdict_dict("clopper-pearson", self.trials),
             "statistic": self.statistic,
             "threshold": self.threshold,
             "true_positives": self.true_positives,

@@ -73,42 +73,16 @@ def epsilon_bound(canaries: int, guesses: int, correct: int, delta: float, alpha
 
 
 @dataclass(frozen=True)
-class OneRunResult:
-    mechanism: str
-    unit: str
-    broken: str | None
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    delta: float
+class OneRunResult(audit.AuditVerdict):
+    """What a one-run audit measured: guesses on coin-flipped canaries of a single run."""
+
     canaries: int
-    confidence: float
-    epsilon_lower_bound: float
-    epsilon_claimed: float
-    max_provable_epsilon: float
     guesses: int
     correct: int
 
-    @property
-    def passed(self) -> bool:
-        return self.epsilon_lower_bound <= self.epsilon_claimed
-
     def as_dict(self) -> dict[str, Any]:
         return {
-            "epsilon_lower_bound": self.epsilon_lower_bound,
-            "epsilon_claimed": self.epsilon_claimed,
-            "trials": 1,
-            "confidence": self.confidence,
-            "mechanism": self.mechanism,
-            "unit": self.unit,
-            "max_provable_epsilon": self.max_provable_epsilon,
-            "passed": self.passed,
-            "method": "one-run",
-            "broken": self.broken,
-            "noise_multiplier": self.noise_multiplier,
-            "sample_rate": self.sample_rate,
-            "steps": self.steps,
-            "delta": self.delta,
+            **self.verdict_dict("one-run", 1),
             "canaries": self.canaries,
             "guesses": self.guesses,
             "correct": self.correct,
