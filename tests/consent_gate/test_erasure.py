@@ -192,6 +192,14 @@ def _pg_relation_files(engine: Engine) -> bytes:
     return b"".join(files)
 
 
+def _erase_uncompacted(engine: Engine, world: World) -> None:
+    """An erasure as ``dsr process`` commits it, before the compaction that follows it."""
+    with transaction(engine) as session:
+        request = dsr.file_request(session, world.org, world.user, "erasure")
+    with transaction(engine) as session:
+        dsr.process_request(session, request.id)
+
+
 def test_access_request_lists_every_store_that_holds_the_user(engine: Engine, tmp_path: Path) -> None:
     # Prepare
     world = _world(engine, tmp_path)
@@ -282,13 +290,9 @@ def test_sqlite_keeps_erased_bytes_in_free_pages_until_compaction(
     sqlite_engine: Engine, tmp_path: Path
 ) -> None:
     """Why erasure VACUUMs: without secure_delete an UPDATE or DELETE leaves the old row image in
-    the page (free pages are SQLite's; PostgreSQL is searched through pg_dump)."""
+    the page or on free pages."""
     engine = sqlite_engine
-    world = _world(engine, tmp_path)
-    with transaction(engine) as session:
-        request = dsr.file_request(session, world.org, world.user, "erasure")
-    with transaction(engine) as session:
-        dsr.process_request(session, request.id)
+    _erase_uncompacted(engine, _world(engine, tmp_path))
     uncompacted = _database_bytes(engine, tmp_path)
 
     result = erasure.compact(engine, wait_s=60)
@@ -305,11 +309,7 @@ def test_postgres_keeps_erased_bytes_in_dead_tuples_until_compaction(
     file keeps it (and plain VACUUM frees its space without zeroing it)."""
     # Prepare
     engine = pg_engine
-    world = _world(engine, tmp_path)
-    with transaction(engine) as session:
-        request = dsr.file_request(session, world.org, world.user, "erasure")
-    with transaction(engine) as session:
-        dsr.process_request(session, request.id)
+    _erase_uncompacted(engine, _world(engine, tmp_path))
     dumped = _pg_dump(engine, tmp_path)
     uncompacted = _pg_relation_files(engine)
 
