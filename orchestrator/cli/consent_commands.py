@@ -153,6 +153,11 @@ def dsr_process(
     processed_by: str | None = typer.Option(
         None, "--by", help="Id of the user processing it (same organization)."
     ),
+    compact: bool = typer.Option(
+        True,
+        "--compact/--no-compact",
+        help="After an erasure, rewrite the touched tables now (default), or leave it to `dsr compact`.",
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Carry out a request and complete it: access/portability export JSON (see --json) listing every
@@ -176,7 +181,11 @@ def dsr_process(
         )
         record = dsr.request_as_dict(request)
     if record["request_type"] == "erasure" and record["status"] == "completed":
-        record["compaction"] = erasure.compact(bound)
+        record["compaction"] = (
+            erasure.compact(bound)
+            if compact
+            else {"status": "deferred", "reason": "run `accute-fl dsr compact` before the erasure deadline"}
+        )
     emit(record, as_json, f"Data subject request {record['status']}", REQUEST_COLUMNS)
 
 

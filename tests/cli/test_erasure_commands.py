@@ -40,3 +40,21 @@ def test_access_lists_stores_and_erasure_reports_them_then_verify_passes(
     assert ("users" in record["compaction"]["tables"]) == database_url.startswith("postgresql")
     assert chains.code == 0 and all(chain["ok"] for chain in chains.json())
     assert again.code == 0 and again.json()["status"] == "vacuumed"
+
+
+def test_an_erasure_may_leave_compaction_to_dsr_compact(ready_cli: Runner, database_url: str) -> None:
+    # Prepare
+    tenant = setup_tenant(ready_cli, "Deferred", users=1)
+    erase = ready_cli(
+        "dsr", "file", "--org", tenant["id"], "--user", tenant["users"][0], "--type", "erasure", "--json"
+    ).json()
+
+    # Execute
+    erased = ready_cli("dsr", "process", erase["id"], "--no-compact", "--json")
+    compacted = ready_cli("dsr", "compact", "--json")
+
+    # Assert
+    assert erased.code == 0 and erased.json()["status"] == "completed"
+    assert erased.json()["compaction"]["status"] == "deferred"
+    assert compacted.code == 0 and compacted.json()["status"] == "vacuumed"
+    assert ("personal_data_keys" in compacted.json()["tables"]) == database_url.startswith("postgresql")
