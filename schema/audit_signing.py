@@ -241,3 +241,15 @@ def public_keys(session: Session) -> list[dict[str, Any]]:
     """The signing keys anyone may verify with (never the private half)."""
     rows: Iterable[AuditSigningKey] = session.scalars(select(AuditSigningKey).order_by(AuditSigningKey.kid))
     return [{"kid": r.kid, "algorithm": ALGORITHM, "public_key": r.public_key} for r in rows]
+
+
+def rewrap_keys(session: Session, kek: KeyWrapper) -> int:
+    """Re-wrap every audit signing key under the KEK's current version (after a KEK rotation;
+    ``orchestrator.keys.KeyRing.rotate_kek`` should call it beside the other re-wraps)."""
+    rows = session.scalars(select(AuditSigningKey)).all()
+    for row in rows:
+        public = _decode_public(row.public_key)
+        seed = kek.unwrap(row.kek_version, row.private_wrapped, _key_aad(row.kid, public))
+        row.kek_version, row.private_wrapped = kek.wrap(seed, _key_aad(row.kid, public))
+    session.flush()
+    return len(rows)

@@ -27,6 +27,7 @@ from schema.models import (
     BehavioralBiometrics,
     ImmutableAuditLog,
     LlmUsageLog,
+    PersonalDataKey,
     TrustedDevice,
     User,
     UserSession,
@@ -229,6 +230,10 @@ def test_after_erasure_no_personal_byte_is_left_and_the_chain_verifies(
     world = _world(engine, tmp_path)
     before = _database_bytes(engine, tmp_path)
     assert all(secret.encode() in before for secret in SECRETS)
+    with transaction(engine) as session:
+        key_row = session.get(PersonalDataKey, world.user)
+        assert key_row is not None and key_row.wrapped_key is not None
+        wrapped_key = bytes(key_row.wrapped_key)  # with the KEK, this opens every sealed value
 
     # Execute
     response = _erase(engine, world)
@@ -238,6 +243,7 @@ def test_after_erasure_no_personal_byte_is_left_and_the_chain_verifies(
     for secret in SECRETS:
         assert secret.encode() not in after, f"{secret!r} survived the erasure"
     assert OTHER_EMAIL.encode() in after  # the search would have found an address
+    assert wrapped_key in before and wrapped_key not in after  # the shredded key left the files too
     # ... every store reported ...
     stores = response["erased"]["stores"]  # type: ignore[index]
     assert list(stores) == [store.name for store in erasure.STORES]

@@ -160,3 +160,30 @@ def test_a_reanchor_in_a_chain_broken_before_it_is_not_signed(empty_engine: Engi
     # Assert
     assert signed == [] and left == [chain[-1].id]
     assert keys == []
+
+
+def test_rewrapped_signing_keys_still_sign_and_verify_after_a_kek_rotation(
+    empty_engine: Engine, tmp_path: Path
+) -> None:
+    # Prepare: a signed re-anchor, then the KEK rotated.
+    engine = empty_engine
+    org = _reanchored(engine)
+    kek = LocalFileKek(tmp_path / "kek.json")
+    with transaction(engine) as session:
+        (first,) = audit_signing.sign_pending(session, kek)
+        before = session.scalars(select(AuditSigningKey)).one().kek_version
+    new_version = kek.rotate()
+
+    # Execute
+    with transaction(engine) as session:
+        rewrapped = audit_signing.rewrap_keys(session, kek)
+    with transaction(engine) as session:
+        key = session.scalars(select(AuditSigningKey)).one()
+        distrusted = audit_signing.authenticate_keys(session, kek)
+        book = audit_signing.load(session, org)
+        (report,) = audit.verify(session, org, signatures=book)
+
+    # Assert
+    assert rewrapped == 1 and before != new_version and key.kek_version == new_version
+    assert key.kid == first["kid"] and distrusted == []
+    assert report.ok and report.unsigned_reanchors == []
