@@ -21,7 +21,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -38,6 +38,13 @@ from schema.models import ConsentEvent, User, UserConsent  # noqa: E402
 from schema.timeutil import utcnow  # noqa: E402
 
 CONSENTS = ("ai_training", "federated_learning", "vamn_contribution")
+ORIGIN = ("203.0.113.7", "Mozilla/5.0 (X11; Linux x86_64) BenchBrowser/1.0")
+KEYS = ("id", "organization_id", "user_id", "consent_type")
+VERSIONED = ("consent_version", "ip_address", "user_agent")
+
+
+def _table(model: Any) -> sa.Table:
+    return cast(sa.Table, model.__table__)
 
 
 def populate(engine: Engine, users: int) -> tuple[uuid.UUID, list[uuid.UUID]]:
@@ -47,51 +54,14 @@ def populate(engine: Engine, users: int) -> tuple[uuid.UUID, list[uuid.UUID]]:
         ids = [uuid.uuid4() for _ in range(users)]
         insert_rows(
             session,
-            User.__table__,  # type: ignore[arg-type]
+            _table(User),
             ("id", "organization_id", "email"),
             [(u, org, f"person{n}@bench-erasure.example.com") for n, u in enumerate(ids)],
         )
-        agent = "Mozilla/5.0 (X11; Linux x86_64) BenchBrowser/1.0"
-        consents = [
-            (uuid.uuid4(), org, u, t, True, "1.0", "203.0.113.7", agent, now) for u in ids for t in CONSENTS
-        ]
-        insert_rows(
-            session,
-            UserConsent.__table__,  # type: ignore[arg-type]
-            (
-                "id",
-                "organization_id",
-                "user_id",
-                "consent_type",
-                "consent_given",
-                "consent_version",
-                "ip_address",
-                "user_agent",
-                "given_at",
-            ),
-            consents,
-        )
-        events = [
-            (uuid.uuid4(), org, u, t, "granted", "1.0", "203.0.113.7", agent, now)
-            for u in ids
-            for t in CONSENTS
-        ]
-        insert_rows(
-            session,
-            ConsentEvent.__table__,  # type: ignore[arg-type]
-            (
-                "id",
-                "organization_id",
-                "user_id",
-                "consent_type",
-                "action",
-                "consent_version",
-                "ip_address",
-                "user_agent",
-                "occurred_at",
-            ),
-            events,
-        )
+        consents = [(uuid.uuid4(), org, u, t, True, "1.0", *ORIGIN, now) for u in ids for t in CONSENTS]
+        insert_rows(session, _table(UserConsent), (*KEYS, "consent_given", *VERSIONED, "given_at"), consents)
+        events = [(uuid.uuid4(), org, u, t, "granted", "1.0", *ORIGIN, now) for u in ids for t in CONSENTS]
+        insert_rows(session, _table(ConsentEvent), (*KEYS, "action", *VERSIONED, "occurred_at"), events)
     return org, ids
 
 
