@@ -12,7 +12,7 @@ from orchestrator.cli.context import load_settings, organization_id, ready_engin
 from orchestrator.cli.output import emit
 from schema import audit
 from schema.db import transaction
-from schema.errors import ConfigurationError, ConflictError
+from schema.errors import AccuteError, ConfigurationError, ConflictError
 from schema.validation import parse_uuid
 
 app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
@@ -37,6 +37,8 @@ def verify(
 
     organization = parse_uuid(org, "organization id") if org else None
     kek = configured_kek(load_settings())
+    if kek is not None:
+        kek.current_version()  # a misconfigured KEK is a one-line error, not a distrusted key
     with transaction(ready_engine()) as session:
         book = audit_signing.load(session, organization)
         if kek is not None:
@@ -87,7 +89,12 @@ def sign_pending_reanchors(bound: Engine, required: bool) -> dict[str, Any]:
                     "run this where the service's KEK is"
                 )
             return {"signed": [], "unsigned": waiting}
-        signed = audit_signing.sign_pending(session, kek)
+        try:
+            signed = audit_signing.sign_pending(session, kek)
+        except AccuteError as exc:
+            if required:
+                raise
+            return {"signed": [], "unsigned": waiting, "reason": str(exc)}
     return {"signed": signed, "unsigned": waiting - len(signed)}
 
 

@@ -33,11 +33,13 @@ def upgrade(
 
         reanchors = sign_pending_reanchors(bound, required=False)
         if reanchors["signed"]:
-            Console(stderr=True).print(f"signed {len(reanchors['signed'])} audit re-anchor record(s)")
+            typer.echo(f"signed {len(reanchors['signed'])} audit re-anchor record(s)", err=True)
         if reanchors["unsigned"]:
-            Console(stderr=True).print(
-                f"{reanchors['unsigned']} audit re-anchor record(s) left unsigned (no KEK here); "
-                "run `accute-fl audit sign-reanchors` where the KEK is"
+            why = reanchors.get("reason", "no KEK here")
+            typer.echo(
+                f"{reanchors['unsigned']} audit re-anchor record(s) left unsigned ({why}); "
+                "run `accute-fl audit sign-reanchors` where the KEK is",
+                err=True,
             )
 
 
