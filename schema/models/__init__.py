@@ -13,6 +13,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from schema.models.audit_log import ImmutableAuditLog
     from schema.models.consent import DataSubjectRequest, UserConsent
     from schema.models.consent_lineage import (
         ConsentEvent,
@@ -29,13 +30,13 @@ if TYPE_CHECKING:
     )
     from schema.models.llm import FallbackBilling, FineTunedModelConfig, LlmUsageLog, TenantLlmConfig
     from schema.models.orchestrator import LlmRequest, OrganizationDataKey, ServiceSigningKey
+    from schema.models.organization import Organization, User
     from schema.models.personal_data import PersonalDataKey
     from schema.models.privacy import PrivacyBudget, PrivacyLedgerEvent
     from schema.models.security import (
         BehavioralBiometrics,
         DeadManSwitchConfig,
         HsmKeyRegistry,
-        ImmutableAuditLog,
         SecurityAnomaly,
         ThreatIntelligence,
         ZeroTrustAccessLog,
@@ -43,9 +44,7 @@ if TYPE_CHECKING:
     from schema.models.tenancy import (
         AgentSession,
         Invoice,
-        Organization,
         TrustedDevice,
-        User,
         UserSession,
         Workspace,
     )
@@ -76,11 +75,11 @@ MODEL_MODULES: dict[str, str] = {
     "FlRoundSummary": "federation",
     "FlRun": "federation",
     "HsmKeyRegistry": "security",
-    "ImmutableAuditLog": "security",
+    "ImmutableAuditLog": "audit_log",
     "Invoice": "tenancy",
     "LlmRequest": "orchestrator",
     "LlmUsageLog": "llm",
-    "Organization": "tenancy",
+    "Organization": "organization",
     "OrganizationDataKey": "orchestrator",
     "PersonalDataKey": "personal_data",
     "PrivacyBudget": "privacy",
@@ -90,7 +89,7 @@ MODEL_MODULES: dict[str, str] = {
     "TenantLlmConfig": "llm",
     "ThreatIntelligence": "security",
     "TrustedDevice": "tenancy",
-    "User": "tenancy",
+    "User": "organization",
     "UserConsent": "consent",
     "UserSession": "tenancy",
     "VamnInferenceLog": "vamn",

@@ -207,9 +207,7 @@ NOT_FOR_ROWS = (
 )
 
 
-@pytest.mark.parametrize(
-    "name", ["budget show", "org list", "user list", "dsr list", "consent show"]
-)
+@pytest.mark.parametrize("name", ["budget show", "org list", "user list", "dsr list", "consent show"])
 def test_row_commands_load_only_what_they_read(tenant: Tenant, name: str) -> None:
     # Prepare
     args = light_commands(tenant)[name]
