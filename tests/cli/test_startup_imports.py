@@ -213,13 +213,34 @@ def test_row_commands_load_only_what_they_read(tenant: Tenant, name: str) -> Non
     args = light_commands(tenant)[name]
 
     # Execute
-    result = probe(tenant, args, watch=(*NOT_FOR_ROWS, "schema.models.tenancy"))
+    result = probe(tenant, args, watch=(*NOT_FOR_ROWS, "schema.models.organization"))
 
     # Assert
     assert result.code == 0, result.stderr
-    assert result.loaded == ["schema.models.tenancy"], (
+    assert result.loaded == ["schema.models.organization"], (
         f"`accute-fl {' '.join(args)}` imported {result.loaded}"
     )
+
+
+@pytest.mark.parametrize("name", ["budget show", "org list", "user list"])
+def test_directory_commands_skip_the_other_platform_tables(tenant: Tenant, name: str) -> None:
+    """Organizations, users and the audit chain have their own model modules: reading them does not
+    build the sessions, invoices, security or LLM tables."""
+    # Prepare
+    args = light_commands(tenant)[name]
+    watched = (
+        "schema.models.audit_log",
+        "schema.models.llm",
+        "schema.models.security",
+        "schema.models.tenancy",
+    )
+
+    # Execute
+    result = probe(tenant, args, watch=watched)
+
+    # Assert
+    assert result.code == 0, result.stderr
+    assert result.loaded == ["schema.models.audit_log"]
 
 
 def test_only_budget_commands_load_numpy(tenant: Tenant) -> None:
