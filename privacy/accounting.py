@@ -27,11 +27,10 @@ import hashlib
 import math
 import warnings
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 import numpy.typing as npt
-from scipy import special
 
 from privacy.events import (
     DpSgdEvent,
@@ -79,9 +78,20 @@ _INT_ALPHAS = ORDERS[_INT_MASK].astype(np.int64)
 _INT_I = np.concatenate([np.arange(a + 1, dtype=np.float64) for a in _INT_ALPHAS])
 _INT_A = np.repeat(_INT_ALPHAS.astype(np.float64), _INT_ALPHAS + 1)
 _INT_STARTS = np.concatenate([[0], np.cumsum(_INT_ALPHAS + 1)[:-1]])
-_INT_LOG_COMB = (
-    special.gammaln(_INT_A + 1) - special.gammaln(_INT_I + 1) - special.gammaln(_INT_A - _INT_I + 1)
-)
+
+
+@cache
+def _int_log_comb() -> FloatArray:
+    """log binomial(alpha, i) for every (alpha, i) pair; built on first use, so reading a stored
+    curve's epsilon (``epsilon_from_rdp``) never imports scipy."""
+    from scipy import special
+
+    result: FloatArray = (
+        special.gammaln(_INT_A + 1) - special.gammaln(_INT_I + 1) - special.gammaln(_INT_A - _INT_I + 1)
+    )
+    return result
+
+
 _FRAC_ALPHAS = ORDERS[~_INT_MASK]
 
 #: Fractional orders: terms of the series summed at most. dp-accounting stops at 1,000 and drops
@@ -94,7 +104,7 @@ _FIRST_CHUNK, _MAX_CHUNK = 16, 4096
 def _int_log_a(q: float, sigma: float) -> FloatArray:
     """log A_alpha at every integer order (Mironov et al. 2019, Sec. 3.3), all orders at once."""
     terms = (
-        _INT_LOG_COMB
+        _int_log_comb()
         + _INT_I * math.log(q)
         + (_INT_A - _INT_I) * math.log1p(-q)
         + (_INT_I * _INT_I - _INT_I) / (2 * sigma**2)
@@ -106,6 +116,8 @@ def _int_log_a(q: float, sigma: float) -> FloatArray:
 
 
 def _log_erfc(x: FloatArray) -> FloatArray:
+    from scipy import special
+
     result: FloatArray = _LOG_2 + special.log_ndtr(-x * _SQRT2)
     return result
 
@@ -117,6 +129,8 @@ def _frac_log_a(q: float, sigma: float) -> FloatArray:
     which bounds A_alpha from above (the signed series is the exact value), and the series stops
     by dp-accounting's rule. Orders are processed together, in chunks of growing size.
     """
+    from scipy import special
+
     n = _FRAC_ALPHAS.size
     result = np.full(n, np.inf)
     a0, a1 = np.full(n, -np.inf), np.full(n, -np.inf)

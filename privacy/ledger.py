@@ -16,7 +16,8 @@ The API the federated server calls, each inside the caller's transaction
 
 - ``project`` / ``would_exceed``: the filter, before a tenant takes part; reads only.
 - ``charge``: check and charge one event in one transaction, never over the cap (invariant 3).
-  Epsilon is computed before the row lock is taken (PRV can take seconds) and recomputed under it
+  With ``rdp`` the row is locked first and epsilon computed once under the lock (microseconds);
+  with ``prv`` epsilon is computed before the lock (it can take seconds) and recomputed under it
   only if the ledger changed meanwhile. A ``NonPrivateEvent`` (epsilon +inf) is recorded without
   a cap check: it is the operator's explicit choice, refusing it would only hide the release, and
   the ledger then reads +inf (exhausted), so every later DP charge in that unit is refused.
@@ -38,12 +39,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from decimal import ROUND_UP, Decimal
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import Table, bindparam, delete, func, select, update
+from sqlalchemy import Table, bindparam, delete, exists, func, select, update
 from sqlalchemy import insert as insert_into
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from privacy import accounting
@@ -62,13 +62,15 @@ from privacy.events import (
     event_from_row,
 )
 from schema import audit
-from schema.base import Base
 from schema.config import Settings
 from schema.directory import get_organization
 from schema.errors import BudgetExceededError, ConflictError, InvalidInputError, NotFoundError
-from schema.models import FederatedLearningContribution, PrivacyBudget, PrivacyLedgerEvent
+from schema.models import Organization, PrivacyBudget, PrivacyLedgerEvent
 from schema.timeutil import iso
 from schema.validation import clean_name, parse_uuid
+
+if TYPE_CHECKING:
+    from schema.models import FederatedLearningContribution
 
 #: A ledger whose epsilon reaches this share of its cap is reported ``near_cap``.
 NEAR_CAP_SHARE = 0.8
@@ -236,8 +238,8 @@ class _Budget:
         return not self.event_count and self.epsilon_cap is None and self.delta is None
 
 
-_BUDGETS: Table = Base.metadata.tables[PrivacyBudget.__tablename__]
-_EVENTS: Table = Base.metadata.tables[PrivacyLedgerEvent.__tablename__]
+_BUDGETS: Table = PrivacyBudget.__table__  # type: ignore[assignment]
+_EVENTS: Table = PrivacyLedgerEvent.__table__  # type: ignore[assignment]
 _BUDGET_COLUMNS = tuple(_BUDGETS.c[name] for name in _Budget.__dataclass_fields__)
 _EVENT_COLUMNS = (
     "organization_id",
@@ -428,13 +430,20 @@ _UPDATE_CURVE = (
 
 @cache
 def _upsert_budget(dialect: str) -> Any:
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    values = insert(_BUDGETS).values(
-        id=bindparam("id"),
-        organization_id=bindparam("organization_id"),
-        model_type=bindparam("model_type"),
-        unit=bindparam("unit"),
-    )
+    """``INSERT ... SELECT ... WHERE`` the organization exists ``ON CONFLICT DO UPDATE ... RETURNING``.
+
+    Checking the organization inside the statement saves a charge the round trip of looking it up.
+    """
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+    organizations = Organization.__table__
+    columns = ("id", "organization_id", "model_type", "unit")
+    # Parameters may not be named like the columns they fill (SQLAlchemy reserves those names).
+    params = {name: bindparam(f"new_{name}", type_=_BUDGETS.c[name].type) for name in columns}
+    row = select(*params.values()).where(exists().where(organizations.c.id == params["organization_id"]))
+    values = insert(_BUDGETS).from_select(list(columns), row)
     return values.on_conflict_do_update(
         index_elements=["organization_id", "model_type", "unit"],
         set_={"model_type": values.excluded.model_type},
@@ -446,16 +455,40 @@ def _locked_budget(session: Session, organization_id: uuid.UUID, model_type: str
 
     One statement, ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING``: on PostgreSQL it inserts
     the row or locks the existing one (waiting for a concurrent holder, then seeing its commit);
-    on SQLite, being a write, it takes the database's write lock before anything is read.
+    on SQLite, being a write, it takes the database's write lock before anything is read. An
+    organization that does not exist gets no row: ``NotFoundError``.
     """
     statement = _upsert_budget(session.get_bind().dialect.name)
-    params = {"id": uuid.uuid4(), "organization_id": organization_id, "model_type": model_type, "unit": unit}
-    return _Budget(*session.execute(statement, params).one())
+    params = {
+        "new_id": uuid.uuid4(),
+        "new_organization_id": organization_id,
+        "new_model_type": model_type,
+        "new_unit": unit,
+    }
+    row = session.execute(statement, params).one_or_none()
+    if row is None:
+        raise NotFoundError(f"organization {organization_id} does not exist; see `accute-fl org list`")
+    return _Budget(*row)
+
+
+@cache
+def _record_charge(dialect: str) -> Any:
+    """PostgreSQL: the event insert and the curve update in one statement (one round trip), the
+    insert as a data-modifying CTE whose id the update returns. None elsewhere (SQLite has no
+    data-modifying CTEs; its statements cost no round trip)."""
+    if dialect != "postgresql":
+        return None
+    # Named apart from the budget table's columns, which the update reserves.
+    values = {c: bindparam(f"event_{c}", type_=_EVENTS.c[c].type) for c in _EVENT_COLUMNS}
+    charged = insert_into(_EVENTS).values(values).returning(_EVENTS.c.id).cte("charged_event")
+    return _UPDATE_CURVE.add_cte(charged).returning(select(charged.c.id).scalar_subquery())
 
 
 def _contribution(
     session: Session, contribution_id: str | uuid.UUID, organization_id: uuid.UUID, model_type: str
 ) -> FederatedLearningContribution:
+    from schema.models import FederatedLearningContribution  # the vamn models: only charges with one
+
     cid = parse_uuid(contribution_id, "contribution id")
     contribution = session.get(FederatedLearningContribution, cid)
     if contribution is None or contribution.organization_id != organization_id:
@@ -518,73 +551,84 @@ def charge(
     ``privacy_budget_consumed`` to the increment and appends an audit record. A
     ``NonPrivateEvent`` is never refused (see the module docstring).
 
-    Epsilon is computed from an unlocked read first and recomputed under the row lock only if
-    the row changed in between, so a slow accountant (``prv``) does not hold the lock.
+    With ``rdp``: one statement creates-or-locks the budget row (and checks the organization),
+    epsilon before and after comes from the stored curve under the lock, and on PostgreSQL one
+    more statement inserts the event and updates the curve. With ``prv``: epsilon is computed
+    from an unlocked read first and recomputed under the row lock only if the row changed in
+    between, so the slow accountant does not hold the lock.
     """
     event = _check_event(event)
-    organization = get_organization(session, organization_id)
     model_type = clean_model_type(model_type)
     aggregation_round = _check_round(aggregation_round)
     unit = event.unit
 
-    unlocked = _budget(session, organization.id, model_type, unit)
-    cap, delta, before, after, after_curve = _before_after(
-        session, organization.id, model_type, unlocked, event, policy
-    )
-    budget = _locked_budget(session, organization.id, model_type, unit)
-    if _state(budget) != _state(unlocked):  # charged or re-capped meanwhile: recompute under the lock
+    if policy.accountant == "rdp":
+        # Epsilon from the stored curve takes microseconds: lock first (the statement also checks
+        # the organization) and compute once, under the lock.
+        org_id = parse_uuid(organization_id, "organization id")
+        budget = _locked_budget(session, org_id, model_type, unit)
         cap, delta, before, after, after_curve = _before_after(
-            session, organization.id, model_type, budget, event, policy
+            session, org_id, model_type, budget, event, policy
         )
+    else:
+        org_id = get_organization(session, organization_id).id
+        unlocked = _budget(session, org_id, model_type, unit)
+        cap, delta, before, after, after_curve = _before_after(
+            session, org_id, model_type, unlocked, event, policy
+        )
+        budget = _locked_budget(session, org_id, model_type, unit)
+        if _state(budget) != _state(unlocked):  # charged or re-capped meanwhile: recompute under the lock
+            cap, delta, before, after, after_curve = _before_after(
+                session, org_id, model_type, budget, event, policy
+            )
     contribution = (
-        _contribution(session, contribution_id, organization.id, model_type)
-        if contribution_id is not None
-        else None
+        _contribution(session, contribution_id, org_id, model_type) if contribution_id is not None else None
     )
     uncapped = isinstance(event, NonPrivateEvent)
     if not uncapped and not after <= cap:
         if budget.blank:  # leave nothing behind, even if the caller commits after catching the error
             session.execute(delete(_BUDGETS).where(_BUDGETS.c.id == budget.id))
         raise BudgetExceededError(
-            f"charging this event to organization {organization.id} / '{model_type}' ({unit} level) would "
+            f"charging this event to organization {org_id} / '{model_type}' ({unit} level) would "
             f"raise epsilon from {before:.4g} to {after:.4g}, over its cap {cap:g} (delta {delta:g}); nothing "
             "was charged. Use more noise or fewer steps, or raise the cap with `accute-fl budget set`"
         )
 
     contribution_ref = contribution.id if contribution is not None else None
-    event_id = session.execute(
-        _INSERT_EVENT,
-        {
-            "organization_id": organization.id,
-            "model_type": model_type,
-            "unit": unit,
-            "mechanism": event.mechanism,
-            "noise_multiplier": event.noise_multiplier,
-            "sample_rate": event.sample_rate,
-            "steps": event.steps,
-            "clip_norm": event.clip_norm,
-            "contribution_id": contribution_ref,
-            "aggregation_round": aggregation_round,
-        },
-    ).scalar_one()
     last_round = budget.last_round
     if aggregation_round is not None:
         last_round = max(aggregation_round, last_round or 0)
-    session.execute(
-        _UPDATE_CURVE,
-        {
-            "budget_id": budget.id,
-            "rdp_curve": after_curve.tobytes(),
-            "rdp_orders_key": accounting.ORDERS_KEY,
-            "event_count": budget.event_count + 1,
-            "last_round": last_round,
-        },
-    )
+    event_params = {
+        "organization_id": org_id,
+        "model_type": model_type,
+        "unit": unit,
+        "mechanism": event.mechanism,
+        "noise_multiplier": event.noise_multiplier,
+        "sample_rate": event.sample_rate,
+        "steps": event.steps,
+        "clip_norm": event.clip_norm,
+        "contribution_id": contribution_ref,
+        "aggregation_round": aggregation_round,
+    }
+    curve_params = {
+        "budget_id": budget.id,
+        "rdp_curve": after_curve.tobytes(),
+        "rdp_orders_key": accounting.ORDERS_KEY,
+        "event_count": budget.event_count + 1,
+        "last_round": last_round,
+    }
+    together = _record_charge(session.get_bind().dialect.name)
+    if together is not None:
+        params = curve_params | {f"event_{name}": value for name, value in event_params.items()}
+        event_id = session.execute(together, params).scalar_one()
+    else:
+        event_id = session.execute(_INSERT_EVENT, event_params).scalar_one()
+        session.execute(_UPDATE_CURVE, curve_params)
     if contribution is not None:
         contribution.privacy_budget_consumed = _consumed(after - before)
     result = ChargeResult(
         event_id=event_id,
-        organization_id=organization.id,
+        organization_id=org_id,
         model_type=model_type,
         unit=unit,
         epsilon_cap=cap,
@@ -597,7 +641,7 @@ def charge(
     )
     audit.append(
         session,
-        organization_id=organization.id,
+        organization_id=org_id,
         action="privacy.charged",
         resource_type="privacy_budget",
         resource_id=budget.id,

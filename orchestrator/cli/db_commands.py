@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 
 from orchestrator.cli.context import engine
 from orchestrator.cli.output import emit_json
@@ -24,6 +23,8 @@ def upgrade(
     before = migrate.current_revision(bound)
     migrate.upgrade(bound, revision)
     after = migrate.current_revision(bound)
+    from rich.console import Console  # only upgrade and downgrade print through rich
+
     Console(stderr=True).print(
         f"database {describe_url(bound.url)}: {before or 'empty'} -> {after} "
         f"({'up to date' if after == migrate.head_revision() else 'behind head'})"
@@ -65,6 +66,8 @@ def downgrade(
         raise typer.Abort()
     migrate.downgrade(bound, revision)
     after = migrate.current_revision(bound)
+    from rich.console import Console
+
     Console(stderr=True).print(f"database {describe_url(bound.url)}: {before} -> {after or 'base (empty)'}")
 
 

@@ -46,7 +46,8 @@ class LazyGroup(TyperGroup):
     lazy: Mapping[str, LazyCommand] = {}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return [*self.lazy, *(name for name in super().list_commands(ctx) if name not in self.lazy)]
+        loaded = super().list_commands(ctx)
+        return [*(name for name in loaded if name not in self.lazy), *self.lazy]
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         loaded = super().get_command(ctx, cmd_name)

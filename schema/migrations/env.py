@@ -5,8 +5,10 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Connection
 
-import schema.models  # noqa: F401  - registers every table on Base.metadata
 from schema.base import Base
+from schema.models import load_all
+
+load_all()  # every table on Base.metadata, for autogenerate and the drift test
 
 config = context.config
 target_metadata = Base.metadata

@@ -1,51 +1,105 @@
 """Every table of the spec plus the minimal platform tables they reference.
 
-Importing this package registers all models on ``Base.metadata``.
+A model's module is imported when one of its names is first used (``from schema.models import
+User`` imports ``schema.models.tenancy`` only): a command pays for the tables it touches, not for
+all ~40. There are no ``relationship()``s between models and foreign keys are resolved by name when
+needed, so a partial set works. What needs every table on ``Base.metadata`` (Alembic, the
+models-vs-migrations drift test) calls ``load_all()``.
 """
 
-from schema.models.audit_signing import AuditReanchorSignature, AuditSigningKey
-from schema.models.consent import DataSubjectRequest, UserConsent
-from schema.models.consent_lineage import (
-    ConsentEvent,
-    ConsentSnapshot,
-    ConsentSnapshotMember,
-    ConsentSnapshotUse,
-)
-from schema.models.federation import (
-    FlNodeBinding,
-    FlPublishedModel,
-    FlRoundOutcome,
-    FlRoundSummary,
-    FlRun,
-)
-from schema.models.llm import FallbackBilling, FineTunedModelConfig, LlmUsageLog, TenantLlmConfig
-from schema.models.orchestrator import LlmRequest, OrganizationDataKey, ServiceSigningKey
-from schema.models.personal_data import PersonalDataKey
-from schema.models.privacy import PrivacyBudget, PrivacyLedgerEvent
-from schema.models.security import (
-    BehavioralBiometrics,
-    DeadManSwitchConfig,
-    HsmKeyRegistry,
-    ImmutableAuditLog,
-    SecurityAnomaly,
-    ThreatIntelligence,
-    ZeroTrustAccessLog,
-)
-from schema.models.tenancy import (
-    AgentSession,
-    Invoice,
-    Organization,
-    TrustedDevice,
-    User,
-    UserSession,
-    Workspace,
-)
-from schema.models.vamn import (
-    AgentVamnRouting,
-    FederatedLearningContribution,
-    VamnInferenceLog,
-    VamnModelRegistry,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from schema.models.audit_log import ImmutableAuditLog
+    from schema.models.audit_signing import AuditReanchorSignature, AuditSigningKey
+    from schema.models.consent import DataSubjectRequest, UserConsent
+    from schema.models.consent_lineage import (
+        ConsentEvent,
+        ConsentSnapshot,
+        ConsentSnapshotMember,
+        ConsentSnapshotUse,
+    )
+    from schema.models.federation import (
+        FlNodeBinding,
+        FlPublishedModel,
+        FlRoundOutcome,
+        FlRoundSummary,
+        FlRun,
+    )
+    from schema.models.llm import FallbackBilling, FineTunedModelConfig, LlmUsageLog, TenantLlmConfig
+    from schema.models.orchestrator import LlmRequest, OrganizationDataKey, ServiceSigningKey
+    from schema.models.organization import Organization, User
+    from schema.models.personal_data import PersonalDataKey
+    from schema.models.privacy import PrivacyBudget, PrivacyLedgerEvent
+    from schema.models.security import (
+        BehavioralBiometrics,
+        DeadManSwitchConfig,
+        HsmKeyRegistry,
+        SecurityAnomaly,
+        ThreatIntelligence,
+        ZeroTrustAccessLog,
+    )
+    from schema.models.tenancy import (
+        AgentSession,
+        Invoice,
+        TrustedDevice,
+        UserSession,
+        Workspace,
+    )
+    from schema.models.vamn import (
+        AgentVamnRouting,
+        FederatedLearningContribution,
+        VamnInferenceLog,
+        VamnModelRegistry,
+    )
+
+#: The module under ``schema.models`` of each model.
+MODEL_MODULES: dict[str, str] = {
+    "AgentSession": "tenancy",
+    "AgentVamnRouting": "vamn",
+    "AuditReanchorSignature": "audit_signing",
+    "AuditSigningKey": "audit_signing",
+    "BehavioralBiometrics": "security",
+    "ConsentEvent": "consent_lineage",
+    "ConsentSnapshot": "consent_lineage",
+    "ConsentSnapshotMember": "consent_lineage",
+    "ConsentSnapshotUse": "consent_lineage",
+    "DataSubjectRequest": "consent",
+    "DeadManSwitchConfig": "security",
+    "FallbackBilling": "llm",
+    "FederatedLearningContribution": "vamn",
+    "FineTunedModelConfig": "llm",
+    "FlNodeBinding": "federation",
+    "FlPublishedModel": "federation",
+    "FlRoundOutcome": "federation",
+    "FlRoundSummary": "federation",
+    "FlRun": "federation",
+    "HsmKeyRegistry": "security",
+    "ImmutableAuditLog": "audit_log",
+    "Invoice": "tenancy",
+    "LlmRequest": "orchestrator",
+    "LlmUsageLog": "llm",
+    "Organization": "organization",
+    "OrganizationDataKey": "orchestrator",
+    "PersonalDataKey": "personal_data",
+    "PrivacyBudget": "privacy",
+    "PrivacyLedgerEvent": "privacy",
+    "SecurityAnomaly": "security",
+    "ServiceSigningKey": "orchestrator",
+    "TenantLlmConfig": "llm",
+    "ThreatIntelligence": "security",
+    "TrustedDevice": "tenancy",
+    "User": "organization",
+    "UserConsent": "consent",
+    "UserSession": "tenancy",
+    "VamnInferenceLog": "vamn",
+    "VamnModelRegistry": "vamn",
+    "Workspace": "tenancy",
+    "ZeroTrustAccessLog": "security",
+}
 
 #: The 17 tables the spec defines (the rest are the minimal referenced ones).
 SPEC_TABLES: tuple[str, ...] = (
@@ -67,6 +121,22 @@ SPEC_TABLES: tuple[str, ...] = (
     "user_consents",
     "data_subject_requests",
 )
+
+
+def load_all() -> None:
+    """Import every model module, registering every table (and index) on ``Base.metadata``."""
+    for module in sorted(set(MODEL_MODULES.values())):
+        importlib.import_module(f"schema.models.{module}")
+
+
+def __getattr__(name: str) -> Any:
+    module = MODEL_MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'schema.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"schema.models.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "SPEC_TABLES",

@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from schema.base import Base, created_at, in_list, updated_at, uuid_pk
-from schema.models.security import ImmutableAuditLog
+from schema.models.audit_log import ImmutableAuditLog
 from schema.types import UUIDType
 
 #: The mechanisms a ledger event may record (privacy/events.py builds the events).

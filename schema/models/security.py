@@ -1,4 +1,5 @@
-"""Security tables (spec §3.2): keys, biometrics, audit chain, anomalies, zero trust, threats, DMS."""
+"""Security tables (spec §3.2): keys, biometrics, anomalies, zero trust, threats, DMS (the audit
+chain's table is in ``schema.models.audit_log``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     Boolean,
     CheckConstraint,
     ForeignKey,
@@ -26,7 +26,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from schema.base import Base, created_at, in_list, ordered_index, updated_at, uuid_pk
-from schema.types import InetType, JSONBType, TextArrayType, TimestampTZ, UUIDType
+
+# The audit chain's table has its own module (every audited write needs it, nothing else here).
+from schema.models.audit_log import ImmutableAuditLog  # noqa: F401
+from schema.types import JSONBType, TextArrayType, TimestampTZ, UUIDType
 from schema.vocab import ACCESS_DECISIONS, ANOMALY_TYPES, INDICATOR_TYPES, KEY_PURPOSES, SEVERITIES
 
 
@@ -78,30 +81,6 @@ class BehavioralBiometrics(Base):
     risk_score: Mapped[Decimal] = mapped_column(Numeric(5, 2), default=Decimal(0), server_default=text("0"))
     anomaly_detected: Mapped[bool | None] = mapped_column(Boolean, server_default=false())
     anomaly_reasons: Mapped[list[str] | None] = mapped_column(TextArrayType)
-    created_at: Mapped[datetime | None] = created_at()
-
-
-class ImmutableAuditLog(Base):
-    """Append-only, hash-chained record of every state change (invariant 8)."""
-
-    __tablename__ = "immutable_audit_log"
-    __table_args__ = (Index("idx_audit_hash", "record_hash"),)
-
-    # BIGSERIAL on PostgreSQL; SQLite only auto-increments an INTEGER PRIMARY KEY.
-    id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
-    )
-    organization_id: Mapped[uuid.UUID] = mapped_column(UUIDType)
-    user_id: Mapped[uuid.UUID | None] = mapped_column(UUIDType)
-    action: Mapped[str] = mapped_column(String(100))
-    resource_type: Mapped[str] = mapped_column(String(100))
-    resource_id: Mapped[uuid.UUID | None] = mapped_column(UUIDType)
-    action_data: Mapped[dict[str, Any]] = mapped_column(JSONBType)
-    ip_address: Mapped[str | None] = mapped_column(InetType)
-    user_agent: Mapped[str | None] = mapped_column(Text)
-    previous_hash: Mapped[str] = mapped_column(String(128))
-    record_hash: Mapped[str] = mapped_column(String(128))
-    blockchain_tx_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime | None] = created_at()
 
 
@@ -197,7 +176,6 @@ class DeadManSwitchConfig(Base):
 
 # Indexes with a descending column are built on the mapped columns (see ordered_index).
 ordered_index("idx_biometrics_user", BehavioralBiometrics, "user_id", "created_at DESC")
-ordered_index("idx_audit_org", ImmutableAuditLog, "organization_id", "created_at DESC")
 ordered_index("idx_anomaly_org", SecurityAnomaly, "organization_id", "created_at DESC")
 ordered_index("idx_anomaly_severity", SecurityAnomaly, "severity", "created_at DESC")
 ordered_index("idx_zt_access_user", ZeroTrustAccessLog, "user_id", "created_at DESC")

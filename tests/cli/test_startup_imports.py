@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from typer.main import get_group
 
 from consent_gate import dsr, records
 from orchestrator.cli import main as cli_main
@@ -194,6 +195,80 @@ def test_help_imports_no_command_module(tenant: Tenant) -> None:
         assert name in result.stdout
 
 
+#: What a row-reading command does not need: the accountant's scipy, pydantic-settings, the models
+#: of tables it does not read.
+NOT_FOR_ROWS = (
+    "scipy",
+    "pydantic_settings",
+    "schema.models.federation",
+    "schema.models.orchestrator",
+    "schema.models.vamn",
+    "orchestrator.cli.privacy_audit_command",
+)
+
+
+@pytest.mark.parametrize("name", ["budget show", "org list", "user list", "dsr list", "consent show"])
+def test_row_commands_load_only_what_they_read(tenant: Tenant, name: str) -> None:
+    # Prepare
+    args = light_commands(tenant)[name]
+
+    # Execute
+    result = probe(tenant, args, watch=(*NOT_FOR_ROWS, "schema.models.organization"))
+
+    # Assert
+    assert result.code == 0, result.stderr
+    assert result.loaded == ["schema.models.organization"], (
+        f"`accute-fl {' '.join(args)}` imported {result.loaded}"
+    )
+
+
+@pytest.mark.parametrize("name", ["budget show", "org list", "user list"])
+def test_directory_commands_skip_the_other_platform_tables(tenant: Tenant, name: str) -> None:
+    """Organizations, users and the audit chain have their own model modules: reading them does not
+    build the sessions, invoices, security or LLM tables."""
+    # Prepare
+    args = light_commands(tenant)[name]
+    watched = (
+        "schema.models.audit_log",
+        "schema.models.llm",
+        "schema.models.security",
+        "schema.models.tenancy",
+    )
+
+    # Execute
+    result = probe(tenant, args, watch=watched)
+
+    # Assert
+    assert result.code == 0, result.stderr
+    assert result.loaded == ["schema.models.audit_log"]
+
+
+def test_only_budget_commands_load_numpy(tenant: Tenant) -> None:
+    org_list = probe(tenant, light_commands(tenant)["org list"], watch=("numpy",))
+    budgets = probe(tenant, light_commands(tenant)["budget show"], watch=("numpy",))
+
+    assert org_list.loaded == []
+    assert budgets.loaded == ["numpy"]  # epsilon from the stored RDP curve
+
+
+def test_privacy_audit_is_listed_without_being_imported(tenant: Tenant) -> None:
+    result = probe(tenant, ["privacy", "--help"], watch=("orchestrator.cli.privacy_audit_command", "scipy"))
+
+    assert result.code == 0
+    assert result.loaded == []
+    assert "audit" in result.stdout
+
+
+def test_privacy_audit_help_line_matches_the_command() -> None:
+    from orchestrator.cli.privacy_commands import PRIVACY_LAZY
+
+    spec = PRIVACY_LAZY["audit"]
+
+    loaded = spec.load("audit")
+
+    assert command_help(loaded) == spec.help
+
+
 def test_a_command_imports_only_its_own_module(tenant: Tenant) -> None:
     result = probe(tenant, ["org", "list", "--json"], watch=COMMAND_MODULES)
 
@@ -235,7 +310,7 @@ def test_unknown_command_suggests_a_lazy_one(capsys: pytest.CaptureFixture[str])
 
 
 def test_root_group_is_lazy() -> None:
-    group = cli_main.get_group(cli_main.app)
+    group = get_group(cli_main.app)
 
     assert isinstance(group, LazyGroup)
     assert list(group.list_commands(None))[: len(cli_main.COMMANDS)] == list(cli_main.COMMANDS)  # type: ignore[arg-type]

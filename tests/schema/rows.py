@@ -13,6 +13,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from schema.base import Base
+from schema.models import load_all
+
+load_all()  # rows for every table: every model registered
 
 
 @dataclass

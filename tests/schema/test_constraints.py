@@ -13,8 +13,10 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
 from schema.base import Base
-from schema.models import SPEC_TABLES
+from schema.models import SPEC_TABLES, load_all
 from tests.schema.rows import VALID_ROWS, insert, make_refs, table
+
+load_all()
 
 # The spec's CHECK lists (tables added beyond the spec test their own CHECKs with their features).
 CHECKED_COLUMNS = [
