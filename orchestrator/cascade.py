@@ -32,11 +32,13 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import anyio
 from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
 from orchestrator import accounting, adapters, configs
 from orchestrator.accounting import Outcome, UsageRow, VamnRow
@@ -69,6 +71,9 @@ log = logging.getLogger("accute.orchestrator")
 FALLBACK_PROVIDER_NAME = "finaceverse_fallback"
 DEFAULT_MAX_TOKENS = 4096
 DEFAULT_TEMPERATURE = 0.7
+#: A worker waits for another worker's copy of a request id this long past the cascade deadline;
+#: a claim older than deadline + grace belongs to a dead process and is taken over.
+INFLIGHT_GRACE_S = 30.0
 
 
 @dataclass
@@ -323,10 +328,76 @@ class Cascade:
             raise NotFoundError(f"agent '{request.agent_slug}' does not exist")
         if request.session_id is not None:
             await anyio.to_thread.run_sync(self._check_session, request)
+        claim_id: uuid.UUID | None = None
         if request.client_request_id:
-            stored = await anyio.to_thread.run_sync(self._stored, request)
+            stored, claim_id = await self._stored_or_claim(request)
             if stored is not None:
                 return stored
+        if claim_id is None:
+            return await self._answer(request, state, head, None, timing)
+        try:
+            # A stored outcome releases the claim in its own transaction; when this raises, the
+            # claim may still be held (cancelled, the database failed): release it (a no-op if gone).
+            return await self._answer(request, state, head, claim_id, timing)
+        except BaseException:
+            self._release_later(request, claim_id)
+            raise
+
+    async def _stored_or_claim(self, request: ChatRequest) -> tuple[dict[str, Any] | None, uuid.UUID | None]:
+        """The stored answer, or this process's claim on the request id (waits while another has it).
+
+        Another worker process answering the same (organization, caller, request id) holds its
+        ``llm_inflight`` row: this copy polls (10 ms, doubling to 250 ms) for the stored answer, for
+        at most the cascade deadline plus ``INFLIGHT_GRACE_S``, and never calls a provider itself
+        unless the other claim is released without an answer or goes stale.
+        """
+        give_up = time.monotonic() + self.settings.cascade_deadline_s + INFLIGHT_GRACE_S
+        delay = 0.01
+        while True:
+            stored, claim_id = await anyio.to_thread.run_sync(self._read_or_claim, request)
+            if stored is not None or claim_id is not None:
+                return stored, claim_id
+            if time.monotonic() >= give_up:
+                raise ConflictError(
+                    f"request id {request.request_id} is still being answered by another worker; "
+                    "retry it later"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+    def _read_or_claim(self, request: ChatRequest) -> tuple[dict[str, Any] | None, uuid.UUID | None]:
+        stale_before = utcnow() - timedelta(seconds=self.settings.cascade_deadline_s + INFLIGHT_GRACE_S)
+        with transaction(self.engine) as session:
+            stored = self._stored_in(session, request)
+            if stored is not None:
+                return stored, None
+            claim_id = accounting.claim(
+                session, request.organization_id, request.caller, request.request_id, stale_before
+            )
+            return None, claim_id
+
+    def _release_later(self, request: ChatRequest, claim_id: uuid.UUID) -> None:
+        """Drop the claim of a request that ended without storing an outcome (in the background)."""
+
+        def release() -> None:
+            try:
+                with transaction(self.engine) as session:
+                    accounting.release(
+                        session, request.organization_id, request.caller, request.request_id, claim_id
+                    )
+            except Exception as exc:  # it goes stale and is taken over; nothing else to do
+                log.warning("inflight release failed: %s", type(exc).__name__)
+
+        asyncio.get_running_loop().run_in_executor(None, release)
+
+    async def _answer(
+        self,
+        request: ChatRequest,
+        state: _OrgState,
+        head: str,
+        claim_id: uuid.UUID | None,
+        timing: Timing,
+    ) -> dict[str, Any]:
         eligible = [
             c for c in state.configs if c.workspace_id is None or c.workspace_id == request.workspace_id
         ]
@@ -345,7 +416,7 @@ class Cascade:
             )
             hit = await self.cache.get(key)
             if hit is not None:
-                return await self._answer_from_cache(request, hit)
+                return await self._answer_from_cache(request, hit, claim_id)
         outcome = Outcome(
             organization_id=request.organization_id,
             request_id=request.request_id,
@@ -359,6 +430,7 @@ class Cascade:
             caller=request.caller,
             # Only a client's id can be reused; a generated one needs no hash.
             request_hash=request.request_hash if request.client_request_id else None,
+            claim_id=claim_id,
         )
         deadline = time.monotonic() + self.settings.cascade_deadline_s
         health: dict[uuid.UUID, str] = {}
@@ -396,28 +468,32 @@ class Cascade:
 
     def _stored(self, request: ChatRequest) -> dict[str, Any] | None:
         with transaction(self.engine) as session:
-            row = accounting.stored_response(
-                session, request.organization_id, request.request_id, request.caller
+            return self._stored_in(session, request)
+
+    @staticmethod
+    def _stored_in(session: Session, request: ChatRequest) -> dict[str, Any] | None:
+        row = accounting.stored_response(session, request.organization_id, request.request_id, request.caller)
+        if row is None:
+            return None
+        if row.agent_slug != request.agent_slug or (
+            row.request_hash is not None and row.request_hash != request.request_hash
+        ):
+            raise ConflictError(
+                f"request id {request.request_id} was used for a different request; send a new request id"
             )
-            if row is None:
-                return None
-            if row.agent_slug != request.agent_slug or (
-                row.request_hash is not None and row.request_hash != request.request_hash
-            ):
-                raise ConflictError(
-                    f"request id {request.request_id} was used for a different request; send a new request id"
-                )
-            if row.response_json is None:
-                raise UpstreamUnavailableError(
-                    f"request {request.request_id} failed earlier; retry with a new request id"
-                )
-            return dict(row.response_json)
+        if row.response_json is None:
+            raise UpstreamUnavailableError(
+                f"request {request.request_id} failed earlier; retry with a new request id"
+            )
+        return dict(row.response_json)
 
     def close(self) -> None:
         """Write the accounting still queued and stop the writer (the service's shutdown)."""
         self.writer.close()
 
-    async def _answer_from_cache(self, request: ChatRequest, hit: dict[str, Any]) -> dict[str, Any]:
+    async def _answer_from_cache(
+        self, request: ChatRequest, hit: dict[str, Any], claim_id: uuid.UUID | None = None
+    ) -> dict[str, Any]:
         response = {
             **hit,
             "cache_hit": True,
@@ -446,6 +522,7 @@ class Cascade:
             caller=request.caller,
             # Only a client's id can be reused; a generated one needs no hash.
             request_hash=request.request_hash if request.client_request_id else None,
+            claim_id=claim_id,
         )
         try:
             await self.writer.write(outcome)

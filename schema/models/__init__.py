@@ -18,7 +18,7 @@ from schema.models.federation import (
     FlRun,
 )
 from schema.models.llm import FallbackBilling, FineTunedModelConfig, LlmUsageLog, TenantLlmConfig
-from schema.models.orchestrator import LlmRequest, OrganizationDataKey, ServiceSigningKey
+from schema.models.orchestrator import LlmInflight, LlmRequest, OrganizationDataKey, ServiceSigningKey
 from schema.models.personal_data import PersonalDataKey
 from schema.models.privacy import PrivacyBudget, PrivacyLedgerEvent
 from schema.models.security import (
@@ -89,6 +89,7 @@ __all__ = [
     "HsmKeyRegistry",
     "ImmutableAuditLog",
     "Invoice",
+    "LlmInflight",
     "LlmRequest",
     "LlmUsageLog",
     "Organization",
