@@ -12,10 +12,14 @@ The cascade takes one message: the content of the last ``user`` message (text pa
 answering provider's token counts.
 
 ``stream: true`` answers with server-sent events in OpenAI's chunk format: a first chunk with the
-role, the content, a last chunk with ``finish_reason`` (and ``usage`` when
-``stream_options.include_usage``), then ``data: [DONE]``. The cascade's tiers answer whole replies
-today, so the answer is complete (and accounted) before its first chunk is sent: a client that
-disconnects is billed for the whole answer, which was generated. Errors use OpenAI's shape,
+role, a chunk per piece of text, a last chunk with ``finish_reason`` (and ``usage`` when
+``stream_options.include_usage``), then ``data: [DONE]``. A tenant provider (or the fallback)
+that streams (OpenAI family, Anthropic) is passed through piece by piece as its deltas arrive
+(``Cascade.chat_stream``); other tiers and stored answers come as one piece. The usage is the
+provider's final usage, exactly; a client that disconnects mid-stream closes the provider's stream
+and is accounted (and, for the fallback, billed) for what was received, by the rule in
+``orchestrator.streaming``. Errors before the first piece answer with an HTTP error status; a
+provider failing after it ends the stream early, accounted as ``partial``. Errors use OpenAI's shape,
 ``{"error": {"message", "type", "code"}}``.
 """
 
