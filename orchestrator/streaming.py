@@ -79,9 +79,10 @@ class StreamReader:
             return ""
         else:
             text = self._openai(data)
+        text = answer_text(text)  # refused text (NUL, not a string) is not counted
         if text:
             self.deltas += 1
-        return answer_text(text)
+        return text
 
     def usage(self, message_tokens: int) -> tuple[int, int, bool]:
         """(input, output, exact): the provider's final usage, else the module's counting rule."""

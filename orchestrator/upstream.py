@@ -98,6 +98,7 @@ class _Connection(asyncio.Protocol):
         self.buffer = bytearray()
         self.eof = False
         self.lost = False
+        self.reset = False
         self.idle_since = 0.0
         self._waiter: asyncio.Future[None] | None = None
 
@@ -116,6 +117,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.reset = exc is not None  # a reset or a read error, not an orderly close
         self._wake()
 
     def _wake(self) -> None:
@@ -172,6 +174,8 @@ class _Connection(asyncio.Protocol):
     async def read_some(self) -> bytes:
         """What has arrived (waiting for something); b"" once the server closed the connection."""
         while not self.buffer:
+            if self.reset:
+                raise UpstreamError("the server reset the connection")
             if self.eof or self.lost:
                 return b""
             self._waiter = asyncio.get_running_loop().create_future()
@@ -194,6 +198,8 @@ class _Connection(asyncio.Protocol):
                 self._waiter = None
         if len(self.buffer) > limit:
             raise UpstreamTooLarge("the response is larger than the limit")
+        if self.reset:
+            raise UpstreamError("the server reset the connection")
         chunk = bytes(self.buffer)
         self.buffer.clear()
         return chunk
@@ -735,6 +741,8 @@ async def _iter_chunked(connection: _Connection, limit: int) -> AsyncIterator[by
 
 
 def _parse_head(head: bytes) -> tuple[int, str, dict[str, str]]:
+    if b"\0" in head:  # no field may hold NUL (RFC 9110 5.5); h11 refuses it too
+        raise UpstreamError("the response head contains NUL")
     try:
         text = head.decode("latin-1")
         status_line, _, rest = text.partition("\r\n")

@@ -55,12 +55,15 @@ class Door:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        with httpx.Client(timeout=30, trust_env=False) as client, client.stream(
-            "POST",
-            f"{self.base}/v1/chat/completions",
-            json=body,
-            headers={"Authorization": f"Bearer {self.user}", **headers},
-        ) as response:
+        with (
+            httpx.Client(timeout=30, trust_env=False) as client,
+            client.stream(
+                "POST",
+                f"{self.base}/v1/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {self.user}", **headers},
+            ) as response,
+        ):
             yield response
 
     def usage_rows(self) -> list[LlmUsageLog]:
@@ -247,3 +250,62 @@ def test_a_trickle_past_the_deadline_ends_the_stream_and_is_accounted(make_door:
     [row] = door.usage_rows()
     assert (row.status, row.error_code) == ("partial", "timeout")
     assert row.output_tokens == len(got)
+
+
+def _sse_raw(*events: bytes, reset: bool = False) -> Callable[[bytes, bytes, Any], None]:
+    def reply(head: bytes, body: bytes, conn: Any) -> None:
+        import socket
+        import struct
+
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+        for event in events:
+            conn.sendall(event)
+            time.sleep(0.05)
+        if reset:  # RST now (linger 0 and close), before the server's orderly shutdown could send FIN
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    return reply
+
+
+_FIRST = b'data: {"choices":[{"delta":{"content":"fine "}}]}\n\n'
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize(
+    ("events", "reset", "expected"),
+    [
+        ((b'data: {"choices":[{"delta":{"content":"a\\u0000"}}]}\n\n',), False, "fallback"),
+        ((b'data: {"choices":[],"usage":{"prompt_tokens":Infinity}}\n\n',), False, "fallback"),
+        ((_FIRST, b'data: {"choices":[{"delta":{"content":"\\u0000"}}]}\n\n'), False, "bad_response"),
+        ((_FIRST,), True, "stream_broken"),
+    ],
+    ids=["nul-first", "infinity-first", "nul-later", "reset-later"],
+)
+def test_a_hostile_stream_fails_over_before_its_first_piece_and_ends_partial_after(
+    make_door: Callable[..., Door], client: str, events: tuple[bytes, ...], reset: bool, expected: str
+) -> None:
+    from tests.orchestrator.fakes import running_hostile
+
+    # Prepare: a hostile tenant stream; the platform fallback answers whole.
+    with (
+        running_streaming(StreamingProvider(["fallback"])) as fallback,
+        running_hostile(_sse_raw(*events, reset=reset)) as hostile,
+    ):
+        door = make_door(fallback.url, upstream_client=client)
+        door.add_config(provider="openai", api_endpoint=hostile.url)
+
+        # Execute
+        with door.stream() as response:
+            got = [e for _, e in _events(response)]
+
+    # Assert: before the first piece, the fallback answers; after it, the stream ends with what came.
+    text = "".join(_content(e) for e in got)
+    rows = sorted(door.usage_rows(), key=lambda r: r.is_fallback)
+    assert got[-1] == "[DONE]"
+    if expected == "fallback":
+        assert text == "fallback"
+        assert [(r.status, r.error_code) for r in rows] == [("error", "bad_response"), ("success", None)]
+    else:
+        assert text == "fine "
+        assert [(r.status, r.error_code, r.output_tokens) for r in rows] == [("partial", expected, 1)]
