@@ -15,6 +15,10 @@ Every attempt that was sent becomes an ``llm_usage_log`` row (errors with zero t
 with the request's other rows by ``orchestrator.writer`` (group commit: the rows of concurrent
 requests share one transaction; each request answers once its transaction committed).
 
+``chat_stream`` is the same cascade for streamed answers (the OpenAI door's ``stream: true``): a
+provider that streams is passed through piece by piece, accounted when its stream ends or is cut
+short (``orchestrator.streaming`` has the counting rule).
+
 Provider calls go through ``orchestrator.upstream`` (keep-alive HTTP/1.1). ``Timing.upstream_s``
 adds up the time a request spent waiting for models (provider calls, failed attempts included, and
 VAMN inference); the service reports the rest as its own overhead.
@@ -301,8 +305,9 @@ class Cascade:
 
         Single flight: while a request id is being answered, copies of it that arrive (a client
         retrying, a double submit) wait for the first and answer from what it stored, so the
-        provider is called once. Across worker processes the database decides: each process may
-        call once, one is accounted and billed, the others answer the stored answer.
+        provider is called once. Within a process the copies wait on a future; across worker
+        processes on the ``llm_inflight`` claim row (``_stored_or_claim``): only the process whose
+        claim was inserted calls a provider, the others poll for the stored answer.
         """
         timing = timing or Timing()
         self.validate(request)

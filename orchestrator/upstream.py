@@ -8,6 +8,10 @@ cascade needs, on asyncio (uvloop under ``accute-fl serve``):
 - ``post_json(url, body, headers, timeout)``: one POST with a JSON body, the whole exchange
   (connecting, writing, reading) under ``timeout``; the reply is read completely (Content-Length,
   chunked, or until the server closes) up to ``max_response_bytes``, gzip/deflate decoded.
+- ``open_stream(url, body, headers, timeout)``: the same POST for a streamed reply; returns once
+  the response head arrived, then ``chunks()`` yields the body as it arrives (same size limit; a
+  stream must not be compressed) and ``aclose()`` ends the exchange, reusing the connection only
+  if the body was read to its end.
 - Connections are kept per origin (scheme, host, port), reused last-in first-out, and dropped
   when the server closed them, sent unexpected bytes, or they sat idle for ``keepalive_expiry_s``.
   A connection is reused only after a complete exchange; any error, timeout or cancellation
