@@ -233,14 +233,13 @@ def claim(
         "claim_id": claim_id,
         "claimed_at": utcnow(),
     }
-    statement = (
-        _insert(session)(LlmInflight)
-        .values(values)
-        .on_conflict_do_nothing(index_elements=["organization_id", "caller", "request_id"])
-        .returning(LlmInflight.claim_id)
-    )
     connection = session.connection()
-    if connection.scalar(statement) is not None:
+    statement = _claim_inflight_statement(connection)
+    if connection.dialect.name == "postgresql":
+        # A claim is a transient lock, not a record: its commit need not wait for the WAL flush
+        # (it is visible at once all the same; a crash loses only claims of dead processes).
+        connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+    if connection.execute(statement, values).scalar() is not None:
         return claim_id
     stale = connection.execute(
         delete(LlmInflight).where(
@@ -250,9 +249,24 @@ def claim(
             LlmInflight.claimed_at < stale_before,
         )
     )
-    if stale.rowcount and connection.scalar(statement) is not None:
+    if stale.rowcount and connection.execute(statement, values).scalar() is not None:
         return claim_id
     return None
+
+
+_INFLIGHT_CLAIMS: dict[str, Any] = {}
+
+
+def _claim_inflight_statement(connection: Connection) -> Any:
+    statement = _INFLIGHT_CLAIMS.get(connection.dialect.name)
+    if statement is None:
+        statement = (
+            _insert(connection)(LlmInflight)
+            .on_conflict_do_nothing(index_elements=["organization_id", "caller", "request_id"])
+            .returning(LlmInflight.claim_id)
+        )
+        _INFLIGHT_CLAIMS[connection.dialect.name] = statement
+    return statement
 
 
 def release(

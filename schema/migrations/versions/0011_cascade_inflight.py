@@ -3,7 +3,9 @@
 - ``llm_inflight``: one row per (organization, caller, request id) being answered right now. The
   worker process that inserts it calls the providers; copies of the request in other processes
   wait for its ``llm_requests`` row instead of calling a provider again. The row is deleted in the
-  transaction that stores the outcome.
+  transaction that stores the outcome. On PostgreSQL the table is UNLOGGED: claims are transient
+  locks (no WAL for them; after a crash the table is empty, which is right: the claims' processes
+  are gone).
 
 Revision ID: 0011
 Revises: 0009
@@ -36,6 +38,8 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("organization_id", "caller", "request_id", name=op.f("pk_llm_inflight")),
     )
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("ALTER TABLE llm_inflight SET UNLOGGED")
 
 
 def downgrade() -> None:
