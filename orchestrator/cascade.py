@@ -445,9 +445,15 @@ class Cascade:
                 self._led(request, future)
 
     def _background(self, work: Any) -> None:
+        """Run ``work`` (closing or accounting a stream whose consumer is gone) in its own task."""
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("background stream work failed: %s", type(exc).__name__)
 
     async def _settle(
         self,
@@ -468,8 +474,10 @@ class Cascade:
             assert row is not None and outcome is not None
             row.input_tokens, row.output_tokens = input_tokens, output_tokens
             row.latency_ms = int((time.perf_counter() - live.started) * 1000)
-            if end is not None or not exact:
-                row.status, row.error_code = "partial", end or "no_usage"
+            if end is not None:
+                row.status, row.error_code = "partial", end
+            elif not exact:  # complete, but the provider sent no usage: counted by the rule
+                row.error_code = "usage_counted"
             reply = adapters.Reply("".join(parts), input_tokens, output_tokens)
             cost = None
             if live.is_fallback:

@@ -13,6 +13,10 @@ Usage of a stream (``StreamReader.usage``), the rule billing follows:
   else the whitespace word count of the message; output tokens are the number of content deltas
   received from the provider (OpenAI-style and Anthropic streams carry about one token per
   delta), or the provider's running figure if that is higher.
+
+The attempt's ``llm_usage_log`` row says which: ``success`` (exact), ``success`` with error code
+``usage_counted`` (complete, but the provider sent no usage), or ``partial`` with the reason
+(``client_disconnected``, ``stream_broken``, ``timeout``, ``bad_response``, ``response_too_large``).
 """
 
 from __future__ import annotations
