@@ -35,7 +35,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -469,6 +469,8 @@ class Cascade:
                 await live.stream.aclose()
             except Exception as exc:  # the connection is dropped either way
                 log.info("stream close failed: %s", type(exc).__name__)
+            finally:
+                live.release()
             input_tokens, output_tokens, exact = live.reader.usage(count_tokens(request.message))
             row, outcome = live.row, live.outcome
             assert row is not None and outcome is not None
@@ -900,11 +902,17 @@ class Cascade:
         else:
             await slot.acquire()
         try:
-            return await self._attempts(
+            reply, rows = await self._attempts(
                 target, message, max_tokens, temperature, deadline, timing, guarded, stream
             )
-        finally:
+        except BaseException:
             slot.release()
+            raise
+        if isinstance(reply, _Live):  # a stream keeps its slot until ``_settle`` closes it
+            reply.release = slot.release
+        else:
+            slot.release()
+        return reply, rows
 
     def _org_slot(self, organization_id: uuid.UUID | None) -> asyncio.Semaphore:
         slot = self._org_slots.get(organization_id)
@@ -1092,6 +1100,10 @@ class Cascade:
             raise
 
 
+def _nothing() -> None:
+    return None
+
+
 @dataclass(eq=False)
 class _Live:
     """A provider's answer while it streams: its first piece is read, the rest comes from ``rest``."""
@@ -1113,6 +1125,8 @@ class _Live:
     health: dict[uuid.UUID, str] = field(default_factory=dict)
     key: str | None = None
     deadline: float = math.inf
+    release: Callable[[], None] = _nothing
+    """Gives back the organization's slot (``_call``) once the stream is closed."""
 
     async def rest(self) -> AsyncIterator[str]:
         """The remaining pieces; ``TimeoutError`` when a wait passes ``idle_s`` or the deadline."""

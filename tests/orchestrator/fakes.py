@@ -326,6 +326,8 @@ class StreamingProvider:
     hung_up: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)
     first_sent_at: float = 0.0
+    arrivals: list[float] = field(default_factory=list)
+    ended_at: list[float] = field(default_factory=list)
 
     def events(self, body: dict[str, Any]) -> Iterator[tuple[bytes, bool]]:
         """(event bytes, whether it carries content)."""
@@ -379,6 +381,7 @@ def running_streaming(provider: StreamingProvider) -> Iterator[StreamingProvider
                     return
                 body = json.loads(request[1] or b"{}")
                 provider.requests.append(body)
+                provider.arrivals.append(time.monotonic())
                 head = (
                     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                     b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n"
@@ -393,6 +396,7 @@ def running_streaming(provider: StreamingProvider) -> Iterator[StreamingProvider
                             provider.sent += 1
                             provider.first_sent_at = provider.first_sent_at or time.monotonic()
                     conn.sendall(b"0\r\n\r\n")
+                    provider.ended_at.append(time.monotonic())
                     provider.finished.set()
                 except OSError:
                     provider.hung_up.set()

@@ -309,3 +309,32 @@ def test_a_hostile_stream_fails_over_before_its_first_piece_and_ends_partial_aft
     else:
         assert text == "fine "
         assert [(r.status, r.error_code, r.output_tokens) for r in rows] == [("partial", expected, 1)]
+
+
+def test_a_stream_holds_its_organization_slot_until_it_ends(make_door: Callable[..., Door]) -> None:
+    import threading
+
+    # Prepare: one provider call at a time per organization; a tenant stream of about 1.5 s.
+    pieces = ["a ", "b ", "c ", "d"]
+    with running_streaming(StreamingProvider(pieces, gap_s=0.5)) as provider:
+        door = make_door(None, org_max_concurrency=1)
+        door.add_config(provider="openai", api_endpoint=provider.url)
+        texts: list[str] = []
+
+        def first() -> None:
+            with door.stream() as response:
+                texts.append("".join(_content(e) for _, e in _events(response)))
+
+        # Execute: a second chat of the organization while the first one streams.
+        streaming = threading.Thread(target=first)
+        streaming.start()
+        _wait_for(lambda: provider.sent >= 1)
+        with door.stream("second") as second:
+            second_text = "".join(_content(e) for _, e in _events(second))
+        streaming.join()
+
+    # Assert: the second reached the provider only after the first stream had ended.
+    assert texts == ["a b c d"]
+    assert len(provider.arrivals) == 2
+    assert provider.arrivals[1] >= provider.ended_at[0]
+    assert second.status_code == 200 and second_text == "a b c d"
