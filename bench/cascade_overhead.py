@@ -27,6 +27,14 @@ cascade request wrote its ``llm_usage_log`` row.
 
     .venv/bin/python bench/cascade_overhead.py [--requests 5000] [--concurrency 50] [--workers 1]
         [--serial-requests 1000] [--rate 300] [--rate-requests 3000] [--warmup 500]
+        [--stream-requests 300] [--request-ids]
+
+Streaming (``--stream-requests``, at concurrency 1): the provider answers ``"stream": true`` with
+server-sent events, the first delta at once and the rest 5 ms later; the time to the first token
+(the first chunk carrying text) directly and through ``POST /v1/chat/completions`` with
+``stream: true`` (the door streams the provider's deltas through). ``--request-ids`` sends a fresh
+``X-Request-Id`` with every cascade request: the idempotent path (stored-answer check and the
+cross-process ``llm_inflight`` claim).
 
 PostgreSQL: ACCUTE_TEST_POSTGRES_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/test);
 the run uses its own schema and drops it at the end.
@@ -39,6 +47,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import re
 import socket
 import statistics
 import sys
@@ -68,6 +77,28 @@ REPLY = (
     + REPLY_BODY
 )
 OVERHEAD_HEADER = b"x-accute-overhead-ms:"
+_HAS_TEXT = re.compile(rb'"content": ?"[^"]')
+
+
+def _sse_chunk(data: dict[str, Any] | str) -> bytes:
+    event = b"data: " + (data.encode() if isinstance(data, str) else json.dumps(data).encode()) + b"\n\n"
+    return f"{len(event):x}\r\n".encode() + event + b"\r\n"
+
+
+STREAM_GAP_S = 0.005
+STREAM_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+STREAM_FIRST = _sse_chunk(
+    {"id": "c", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Twenty"}}]}
+)
+STREAM_REST = (
+    b"".join(
+        _sse_chunk({"id": "c", "choices": [{"index": 0, "delta": {"content": w}}]}) for w in (" per", " cent")
+    )
+    + _sse_chunk({"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    + _sse_chunk({"id": "c", "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 3}})
+    + _sse_chunk("[DONE]")
+    + b"0\r\n\r\n"
+)
 
 
 # -- the provider: a raw asyncio HTTP/1.1 protocol ------------------------------------------------------
@@ -94,8 +125,15 @@ class _ProviderProtocol(asyncio.Protocol):
             total = end + 4 + length
             if len(self.buffer) < total:
                 return
+            streamed = b'"stream":true' in self.buffer[end + 4 : total].replace(b" ", b"")
             del self.buffer[:total]
-            self.transport.write(REPLY)
+            if not streamed:
+                self.transport.write(REPLY)
+                continue
+            # A stream: the head and the first delta at once, the rest STREAM_GAP_S later (as a
+            # model would), so the time to the first token is not the time to the whole answer.
+            self.transport.write(STREAM_HEAD + STREAM_FIRST)
+            asyncio.get_running_loop().call_later(STREAM_GAP_S, self.transport.write, STREAM_REST)
 
 
 def _run_provider(port: int) -> None:
@@ -148,11 +186,50 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     return head
 
 
+async def _stream_exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> tuple[float, float]:
+    """Send one streaming request; (ms to the first chunk with text, ms to the end of the body)."""
+    started = time.perf_counter()
+    writer.write(request)
+    head = (await reader.readuntil(b"\r\n\r\n")).lower()
+    if not head.startswith(b"http/1.1 200") or b"chunked" not in head:
+        raise SystemExit(f"not a chunked 200 stream: {head[:200]!r}")
+    first = 0.0
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        data = await reader.readexactly(size + 2)
+        if size == 0:
+            return first, (time.perf_counter() - started) * 1000
+        if not first and _HAS_TEXT.search(data):
+            first = (time.perf_counter() - started) * 1000
+
+
+async def _stream_load(port: int, request: bytes, total: int) -> tuple[list[float], list[float]]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    ttft, whole = [], []
+    for _ in range(total):
+        first, end = await _stream_exchange(reader, writer, request)
+        ttft.append(first)
+        whole.append(end)
+    writer.close()
+    return ttft, whole
+
+
 def _overhead(head: bytes) -> float | None:
     at = head.find(OVERHEAD_HEADER)
     if at < 0:
         return None
     return float(head[at + len(OVERHEAD_HEADER) : head.find(b"\r\n", at)])
+
+
+def _with_id(request: bytes) -> bytes:
+    """``request`` with a fresh ``x-request-id`` header (the idempotent path: claim and stored-answer check)."""
+    end = request.index(b"\r\n") + 2
+    return request[:end] + b"x-request-id: " + uuid.uuid4().hex.encode() + b"\r\n" + request[end:]
+
+
+REQUEST_IDS = False
 
 
 async def _load(port: int, request: bytes, total: int, concurrency: int) -> Run:
@@ -164,7 +241,7 @@ async def _load(port: int, request: bytes, total: int, concurrency: int) -> Run:
         while remaining[0] > 0:
             remaining[0] -= 1
             started = time.perf_counter()
-            head = await _exchange(reader, writer, request)
+            head = await _exchange(reader, writer, _with_id(request) if REQUEST_IDS else request)
             run.latencies_ms.append((time.perf_counter() - started) * 1000)
             overhead = _overhead(head)
             if overhead is not None:
@@ -191,7 +268,7 @@ async def _open_loop(port: int, request: bytes, total: int, rate: float, max_in_
 
     async def one(scheduled: float) -> None:
         reader, writer = await pool.get()
-        head = await _exchange(reader, writer, request)
+        head = await _exchange(reader, writer, _with_id(request) if REQUEST_IDS else request)
         run.latencies_ms.append((time.perf_counter() - scheduled) * 1000)
         overhead = _overhead(head)
         if overhead is not None:
@@ -326,7 +403,20 @@ def main() -> None:
         help="requests/s of the open-loop run (at most --concurrency in flight); 0 skips it",
     )
     parser.add_argument("--rate-requests", type=int, default=3000, help="requests per target at --rate")
+    parser.add_argument(
+        "--stream-requests",
+        type=int,
+        default=300,
+        help="streamed requests per target at concurrency 1 (time to first token); 0 skips them",
+    )
+    parser.add_argument(
+        "--request-ids",
+        action="store_true",
+        help="send a fresh X-Request-Id with every cascade request (the idempotent, claimed path)",
+    )
     args = parser.parse_args()
+    global REQUEST_IDS
+    REQUEST_IDS = args.request_ids
 
     from orchestrator import configs
     from orchestrator.service import build_services
@@ -415,6 +505,40 @@ def main() -> None:
                 ),
             )
             sent += args.rate_requests
+        streamed: dict[str, Any] = {}
+        if args.stream_requests > 0:
+            import uvloop
+
+            question = {"messages": [{"role": "user", "content": "What is the VAT rate?"}], "stream": True}
+            direct_stream = _request_bytes(
+                provider_port,
+                "/v1/chat/completions",
+                {"model": "bench-model", **question, "stream_options": {"include_usage": True}},
+                {"authorization": "Bearer sk-bench"},
+            )
+            door_stream = _request_bytes(
+                service_port,
+                "/v1/chat/completions",
+                {"model": "agent/luca", **question},
+                {"authorization": f"Bearer {token}"},
+            )
+            uvloop.run(_stream_load(service_port, door_stream, 50))  # warm-up
+            direct_ttft, direct_whole = uvloop.run(
+                _stream_load(provider_port, direct_stream, args.stream_requests)
+            )
+            door_ttft, door_whole = uvloop.run(_stream_load(service_port, door_stream, args.stream_requests))
+            sent += args.stream_requests + 50
+            streamed = {
+                "stream_c1": {
+                    "direct_ttft_p50_ms": round(_pct(direct_ttft, 50), 3),
+                    "cascade_ttft_p50_ms": round(_pct(door_ttft, 50), 3),
+                    "added_ttft_p50_ms": round(_pct(door_ttft, 50) - _pct(direct_ttft, 50), 3),
+                    "added_ttft_p99_ms": round(_pct(door_ttft, 99) - _pct(direct_ttft, 99), 3),
+                    "direct_whole_p50_ms": round(_pct(direct_whole, 50), 3),
+                    "cascade_whole_p50_ms": round(_pct(door_whole, 50), 3),
+                    "provider_gap_ms": STREAM_GAP_S * 1000,
+                }
+            }
         load_after = _uptime_load()
 
         with engine.connect() as connection:
@@ -438,6 +562,8 @@ def main() -> None:
                 if paced is not None
                 else {}
             ),
+            **streamed,
+            "request_ids": args.request_ids,
             "cascade_requests_sent": sent,
             "llm_requests_rows": claimed,
             "llm_usage_log_rows": logged,

@@ -33,13 +33,14 @@ from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from sqlalchemy import Connection, case, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, case, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from schema.config import Settings
 from schema.models import (
     FallbackBilling,
+    LlmInflight,
     LlmRequest,
     LlmUsageLog,
     Organization,
@@ -119,6 +120,8 @@ class Outcome:
     caller: str = ""
     """SHA-256 of the caller's token subject: request ids are idempotent per caller."""
     request_hash: str | None = None
+    claim_id: uuid.UUID | None = None
+    """This process's ``llm_inflight`` claim on the request id, released with the outcome."""
 
 
 class DuplicateRequest(Exception):
@@ -186,7 +189,93 @@ def record_batch(connection: Connection, settings: Settings, outcomes: Sequence[
     ]
     if charges:
         _charge_all(connection, settings, charges)
+    released = sorted(
+        (
+            {"o": o.organization_id, "c": o.caller, "r": o.request_id, "k": o.claim_id}
+            for o in outcomes
+            if o.claim_id is not None
+        ),
+        key=lambda v: (str(v["o"]), v["c"], v["r"]),
+    )
+    if released:
+        connection.execute(_RELEASE, released)
     return written
+
+
+_RELEASE = delete(LlmInflight).where(
+    and_(
+        LlmInflight.organization_id == bindparam("o"),
+        LlmInflight.caller == bindparam("c"),
+        LlmInflight.request_id == bindparam("r"),
+        LlmInflight.claim_id == bindparam("k"),
+    )
+)
+
+
+def claim(
+    session: Session,
+    organization_id: uuid.UUID,
+    caller: str,
+    request_id: str,
+    stale_before: datetime,
+) -> uuid.UUID | None:
+    """Claim the request id for this process (cross-process single flight); None: someone has it.
+
+    An ``INSERT … ON CONFLICT DO NOTHING`` on the id's primary key: of concurrent claims in any
+    number of processes exactly one returns a row. A claim older than ``stale_before`` belongs to a
+    process that died before it stored the outcome; it is deleted and claimed again.
+    """
+    claim_id = new_id()
+    values = {
+        "organization_id": organization_id,
+        "caller": caller,
+        "request_id": request_id,
+        "claim_id": claim_id,
+        "claimed_at": utcnow(),
+    }
+    connection = session.connection()
+    statement = _claim_inflight_statement(connection)
+    if connection.dialect.name == "postgresql":
+        # A claim is a transient lock, not a record: its commit need not wait for the WAL flush
+        # (it is visible at once all the same; a crash loses only claims of dead processes).
+        connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+    if connection.execute(statement, values).scalar() is not None:
+        return claim_id
+    stale = connection.execute(
+        delete(LlmInflight).where(
+            LlmInflight.organization_id == organization_id,
+            LlmInflight.caller == caller,
+            LlmInflight.request_id == request_id,
+            LlmInflight.claimed_at < stale_before,
+        )
+    )
+    if stale.rowcount and connection.execute(statement, values).scalar() is not None:
+        return claim_id
+    return None
+
+
+_INFLIGHT_CLAIMS: dict[str, Any] = {}
+
+
+def _claim_inflight_statement(connection: Connection) -> Any:
+    statement = _INFLIGHT_CLAIMS.get(connection.dialect.name)
+    if statement is None:
+        statement = (
+            _insert(connection)(LlmInflight)
+            .on_conflict_do_nothing(index_elements=["organization_id", "caller", "request_id"])
+            .returning(LlmInflight.claim_id)
+        )
+        _INFLIGHT_CLAIMS[connection.dialect.name] = statement
+    return statement
+
+
+def release(
+    session: Session, organization_id: uuid.UUID, caller: str, request_id: str, claim_id: uuid.UUID
+) -> None:
+    """Give the claim up without an outcome (the request ended before anything was stored)."""
+    session.connection().execute(
+        _RELEASE, [{"o": organization_id, "c": caller, "r": request_id, "k": claim_id}]
+    )
 
 
 _CLAIMS: dict[str, Any] = {}

@@ -154,7 +154,7 @@ def _openai(target: Target, message: str, max_tokens: int, temperature: float) -
 MAX_TOKENS_PER_CALL = 10_000_000
 
 
-def _int(value: Any) -> int:
+def token_count(value: Any) -> int:
     """A token count from a reply: missing is 0; negative, fractional, huge or non-numbers are refused."""
     if value is None:
         return 0
@@ -167,7 +167,7 @@ def _int(value: Any) -> int:
     return int(value)
 
 
-def _text(value: Any) -> str:
+def answer_text(value: Any) -> str:
     """Answer text: a string without U+0000 (which PostgreSQL cannot store in text or JSONB)."""
     if not isinstance(value, str):
         raise MalformedReplyError("the answer is not text")
@@ -178,7 +178,7 @@ def _text(value: Any) -> str:
 
 def parse(provider: str, body: Any) -> Reply:
     reply = _parse(provider, body)
-    return Reply(_text(reply.content), reply.input_tokens, reply.output_tokens)
+    return Reply(answer_text(reply.content), reply.input_tokens, reply.output_tokens)
 
 
 def _parse(provider: str, body: Any) -> Reply:
@@ -186,29 +186,35 @@ def _parse(provider: str, body: Any) -> Reply:
         if provider in OPENAI_FAMILY:
             usage = body.get("usage") or {}
             content = body["choices"][0]["message"].get("content") or ""
-            return Reply(content, _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")))
+            return Reply(
+                content, token_count(usage.get("prompt_tokens")), token_count(usage.get("completion_tokens"))
+            )
         if provider == "anthropic":
             usage = body.get("usage") or {}
             content = "".join(b.get("text", "") for b in body["content"] if b.get("type") == "text")
             prompt = (
-                _int(usage.get("input_tokens"))
-                + _int(usage.get("cache_creation_input_tokens"))
-                + _int(usage.get("cache_read_input_tokens"))
+                token_count(usage.get("input_tokens"))
+                + token_count(usage.get("cache_creation_input_tokens"))
+                + token_count(usage.get("cache_read_input_tokens"))
             )
-            return Reply(content, prompt, _int(usage.get("output_tokens")))
+            return Reply(content, prompt, token_count(usage.get("output_tokens")))
         if provider == "gemini":
             usage = body.get("usageMetadata") or {}
             parts = body["candidates"][0]["content"].get("parts") or []
             content = "".join(p.get("text", "") for p in parts if not p.get("thought"))
-            output = _int(usage.get("candidatesTokenCount")) + _int(usage.get("thoughtsTokenCount"))
-            return Reply(content, _int(usage.get("promptTokenCount")), output)
+            output = token_count(usage.get("candidatesTokenCount")) + token_count(
+                usage.get("thoughtsTokenCount")
+            )
+            return Reply(content, token_count(usage.get("promptTokenCount")), output)
         if provider == "cohere":
             usage = body.get("usage") or {}
             units = usage.get("billed_units") or usage.get("tokens") or {}
             content = "".join(
                 c.get("text", "") for c in body["message"]["content"] if c.get("type") == "text"
             )
-            return Reply(content, _int(units.get("input_tokens")), _int(units.get("output_tokens")))
+            return Reply(
+                content, token_count(units.get("input_tokens")), token_count(units.get("output_tokens"))
+            )
     except (KeyError, IndexError, TypeError, AttributeError) as exc:
         raise MalformedReplyError(f"{provider} reply is missing {exc}") from None
     raise MalformedReplyError(f"provider '{provider}' has no adapter")

@@ -15,6 +15,10 @@ Every attempt that was sent becomes an ``llm_usage_log`` row (errors with zero t
 with the request's other rows by ``orchestrator.writer`` (group commit: the rows of concurrent
 requests share one transaction; each request answers once its transaction committed).
 
+``chat_stream`` is the same cascade for streamed answers (the OpenAI door's ``stream: true``): a
+provider that streams is passed through piece by piece, accounted when its stream ends or is cut
+short (``orchestrator.streaming`` has the counting rule).
+
 Provider calls go through ``orchestrator.upstream`` (keep-alive HTTP/1.1). ``Timing.upstream_s``
 adds up the time a request spent waiting for models (provider calls, failed attempts included, and
 VAMN inference); the service reports the rest as its own overhead.
@@ -31,14 +35,17 @@ import math
 import random
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import anyio
 from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
-from orchestrator import accounting, adapters, configs
+from orchestrator import accounting, adapters, configs, streaming
 from orchestrator.accounting import Outcome, UsageRow, VamnRow
 from orchestrator.cache import ResponseCache, cache_key
 from orchestrator.keys import KeyRing
@@ -47,6 +54,7 @@ from orchestrator.upstream import (
     EgressDenied,
     Upstream,
     UpstreamError,
+    UpstreamStream,
     UpstreamTimeout,
     UpstreamTooLarge,
 )
@@ -69,6 +77,9 @@ log = logging.getLogger("accute.orchestrator")
 FALLBACK_PROVIDER_NAME = "finaceverse_fallback"
 DEFAULT_MAX_TOKENS = 4096
 DEFAULT_TEMPERATURE = 0.7
+#: A worker waits for another worker's copy of a request id this long past the cascade deadline;
+#: a claim older than deadline + grace belongs to a dead process and is taken over.
+INFLIGHT_GRACE_S = 30.0
 
 
 @dataclass
@@ -201,6 +212,7 @@ class Cascade:
         self._routing: dict[str, str] | None = None
         self._inflight: dict[tuple[uuid.UUID, str, str], asyncio.Future[None]] = {}
         self._org_slots: dict[uuid.UUID | None, asyncio.Semaphore] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- cached reads ------------------------------------------------------------------------------
     def invalidate(self, organization_id: uuid.UUID) -> None:
@@ -293,40 +305,252 @@ class Cascade:
 
         Single flight: while a request id is being answered, copies of it that arrive (a client
         retrying, a double submit) wait for the first and answer from what it stored, so the
-        provider is called once. Across worker processes the database decides: each process may
-        call once, one is accounted and billed, the others answer the stored answer.
+        provider is called once. Within a process the copies wait on a future; across worker
+        processes on the ``llm_inflight`` claim row (``_stored_or_claim``): only the process whose
+        claim was inserted calls a provider, the others poll for the stored answer.
         """
         timing = timing or Timing()
         self.validate(request)
         if not request.client_request_id:
             return await self._chat(request, timing)
+        stored, future = await self._follow(request)
+        if stored is not None:
+            return stored
+        try:
+            return await self._chat(request, timing)
+        finally:
+            self._led(request, future)
+
+    async def _follow(
+        self, request: ChatRequest
+    ) -> tuple[dict[str, Any] | None, asyncio.Future[None] | None]:
+        """Wait for a copy of the request already running here; then its stored answer, or the lead.
+
+        The lead is a future that copies arriving later wait on; ``_led`` resolves it.
+        """
         key = (request.organization_id, request.caller, request.request_id)
         while (leader := self._inflight.get(key)) is not None:
             await asyncio.shield(leader)
             stored = await anyio.to_thread.run_sync(self._stored, request)
             if stored is not None:
-                return stored
+                return stored, None
             # The first copy ended before anything was stored (e.g. refused): try it ourselves.
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
-        try:
-            return await self._chat(request, timing)
-        finally:
-            if self._inflight.get(key) is future:
-                del self._inflight[key]
-            future.set_result(None)
+        return None, future
 
-    async def _chat(self, request: ChatRequest, timing: Timing) -> dict[str, Any]:
+    def _led(self, request: ChatRequest, future: asyncio.Future[None] | None) -> None:
+        if future is None or future.done():
+            return
+        key = (request.organization_id, request.caller, request.request_id)
+        if self._inflight.get(key) is future:
+            del self._inflight[key]
+        future.set_result(None)
+
+    async def _route(self, request: ChatRequest) -> tuple[_OrgState, str]:
+        """The organization's configs and the agent's VAMN head (404 for an unknown agent or session)."""
         state = await self._org(request.organization_id)
         head = (self._routing or {}).get(request.agent_slug)
         if head is None:
             raise NotFoundError(f"agent '{request.agent_slug}' does not exist")
         if request.session_id is not None:
             await anyio.to_thread.run_sync(self._check_session, request)
+        return state, head
+
+    async def _chat(self, request: ChatRequest, timing: Timing) -> dict[str, Any]:
+        state, head = await self._route(request)
+        claim_id: uuid.UUID | None = None
         if request.client_request_id:
-            stored = await anyio.to_thread.run_sync(self._stored, request)
+            stored, claim_id = await self._stored_or_claim(request)
             if stored is not None:
                 return stored
+        if claim_id is None:
+            answer = await self._answer(request, state, head, None, timing)
+        else:
+            try:
+                # A stored outcome releases the claim in its own transaction; when this raises, the
+                # claim may still be held (cancelled, the database failed): release it (a no-op if gone).
+                answer = await self._answer(request, state, head, claim_id, timing)
+            except BaseException:
+                self._release_later(request, claim_id)
+                raise
+        assert isinstance(answer, dict)
+        return answer
+
+    async def chat_stream(
+        self, request: ChatRequest, timing: Timing | None = None
+    ) -> AsyncGenerator[str | dict[str, Any], None]:
+        """Answer ``request`` as it is generated: text pieces, then the response (as ``chat``'s).
+
+        A tenant provider (or the fallback) that streams (``streaming.STREAMING``) is passed
+        through delta by delta; other tiers, stored and cached answers come as one piece. Tiers
+        fail over only until the first piece is out. A stream cut short (the consumer stopped,
+        the provider broke off, the deadline passed) is accounted for what was received, by the
+        rule of ``orchestrator.streaming``, with usage status ``partial``; the provider's stream
+        is closed. Errors before the first piece raise as ``chat``'s do.
+        """
+        timing = timing or Timing()
+        self.validate(request)
+        future: asyncio.Future[None] | None = None
+        if request.client_request_id:
+            stored, future = await self._follow(request)
+            if stored is not None:
+                yield stored["content"]
+                yield stored
+                return
+        handed_off = False
+        try:
+            state, head = await self._route(request)
+            claim_id: uuid.UUID | None = None
+            if request.client_request_id:
+                stored, claim_id = await self._stored_or_claim(request)
+                if stored is not None:
+                    yield stored["content"]
+                    yield stored
+                    return
+            try:
+                answer = await self._answer(request, state, head, claim_id, timing, stream=True)
+            except BaseException:
+                if claim_id is not None:
+                    self._release_later(request, claim_id)
+                raise
+            if isinstance(answer, dict):
+                yield answer["content"]
+                yield answer
+                return
+            handed_off = True  # from here ``_settle`` ends the lead
+            parts: list[str] = []
+            end: str | None = None
+            try:
+                if answer.first:
+                    parts.append(answer.first)
+                    yield answer.first
+                async for text in answer.rest():
+                    parts.append(text)
+                    yield text
+            except TimeoutError:
+                end = "timeout"
+            except UpstreamTooLarge:
+                end = "response_too_large"
+            except UpstreamError:
+                end = "stream_broken"
+            except adapters.MalformedReplyError:
+                end = "bad_response"
+            except BaseException:  # cancelled or closed: the consumer went away; account in the background
+                self._background(self._settle(request, answer, parts, "client_disconnected", future))
+                raise
+            yield await self._settle(request, answer, parts, end, future)
+        finally:
+            if not handed_off:
+                self._led(request, future)
+
+    def _background(self, work: Any) -> None:
+        """Run ``work`` (closing or accounting a stream whose consumer is gone) in its own task."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("background stream work failed: %s", type(exc).__name__)
+
+    async def _settle(
+        self,
+        request: ChatRequest,
+        live: _Live,
+        parts: list[str],
+        end: str | None,
+        future: asyncio.Future[None] | None,
+    ) -> dict[str, Any]:
+        """Close the provider's stream and account for it: exact usage, or counted when cut short."""
+        try:
+            try:
+                await live.stream.aclose()
+            except Exception as exc:  # the connection is dropped either way
+                log.info("stream close failed: %s", type(exc).__name__)
+            finally:
+                live.release()
+            input_tokens, output_tokens, exact = live.reader.usage(count_tokens(request.message))
+            row, outcome = live.row, live.outcome
+            assert row is not None and outcome is not None
+            row.input_tokens, row.output_tokens = input_tokens, output_tokens
+            row.latency_ms = int((time.perf_counter() - live.started) * 1000)
+            if end is not None:
+                row.status, row.error_code = "partial", end
+            elif not exact:  # complete, but the provider sent no usage: counted by the rule
+                row.error_code = "usage_counted"
+            reply = adapters.Reply("".join(parts), input_tokens, output_tokens)
+            cost = None
+            if live.is_fallback:
+                cost = accounting.price(self.settings, live.model_id, input_tokens, output_tokens)
+                row.estimated_cost_usd = cost
+                outcome.billed_tokens = input_tokens + output_tokens
+                outcome.billed_cost = cost
+            response = self._response(reply, live.provider, live.model_id, row, live.is_fallback, cost)
+            outcome.status, outcome.response = "success", response
+            return await self._finish(
+                request, outcome, response, live.health, live.deadline, live.key if end is None else None
+            )
+        finally:
+            self._led(request, future)
+
+    async def _stored_or_claim(self, request: ChatRequest) -> tuple[dict[str, Any] | None, uuid.UUID | None]:
+        """The stored answer, or this process's claim on the request id (waits while another has it).
+
+        Another worker process answering the same (organization, caller, request id) holds its
+        ``llm_inflight`` row: this copy polls (10 ms, doubling to 250 ms) for the stored answer, for
+        at most the cascade deadline plus ``INFLIGHT_GRACE_S``, and never calls a provider itself
+        unless the other claim is released without an answer or goes stale.
+        """
+        give_up = time.monotonic() + self.settings.cascade_deadline_s + INFLIGHT_GRACE_S
+        delay = 0.01
+        while True:
+            stored, claim_id = await anyio.to_thread.run_sync(self._read_or_claim, request)
+            if stored is not None or claim_id is not None:
+                return stored, claim_id
+            if time.monotonic() >= give_up:
+                raise ConflictError(
+                    f"request id {request.request_id} is still being answered by another worker; "
+                    "retry it later"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+    def _read_or_claim(self, request: ChatRequest) -> tuple[dict[str, Any] | None, uuid.UUID | None]:
+        stale_before = utcnow() - timedelta(seconds=self.settings.cascade_deadline_s + INFLIGHT_GRACE_S)
+        with transaction(self.engine) as session:
+            stored = self._stored_in(session, request)
+            if stored is not None:
+                return stored, None
+            claim_id = accounting.claim(
+                session, request.organization_id, request.caller, request.request_id, stale_before
+            )
+            return None, claim_id
+
+    def _release_later(self, request: ChatRequest, claim_id: uuid.UUID) -> None:
+        """Drop the claim of a request that ended without storing an outcome (in the background)."""
+
+        def release() -> None:
+            try:
+                with transaction(self.engine) as session:
+                    accounting.release(
+                        session, request.organization_id, request.caller, request.request_id, claim_id
+                    )
+            except Exception as exc:  # it goes stale and is taken over; nothing else to do
+                log.warning("inflight release failed: %s", type(exc).__name__)
+
+        asyncio.get_running_loop().run_in_executor(None, release)
+
+    async def _answer(
+        self,
+        request: ChatRequest,
+        state: _OrgState,
+        head: str,
+        claim_id: uuid.UUID | None,
+        timing: Timing,
+        stream: bool = False,
+    ) -> dict[str, Any] | _Live:
         eligible = [
             c for c in state.configs if c.workspace_id is None or c.workspace_id == request.workspace_id
         ]
@@ -345,7 +569,7 @@ class Cascade:
             )
             hit = await self.cache.get(key)
             if hit is not None:
-                return await self._answer_from_cache(request, hit)
+                return await self._answer_from_cache(request, hit, claim_id)
         outcome = Outcome(
             organization_id=request.organization_id,
             request_id=request.request_id,
@@ -359,18 +583,37 @@ class Cascade:
             caller=request.caller,
             # Only a client's id can be reused; a generated one needs no hash.
             request_hash=request.request_hash if request.client_request_id else None,
+            claim_id=claim_id,
         )
         deadline = time.monotonic() + self.settings.cascade_deadline_s
         health: dict[uuid.UUID, str] = {}
         # The tenant tier stops early enough to leave the fallback its reserve.
         tenant_deadline = deadline - self.fallback_reserve_s()
-        response = await self._tenant_tier(request, eligible, outcome, tenant_deadline, health, timing)
+        response = await self._tenant_tier(
+            request, eligible, outcome, tenant_deadline, health, timing, stream
+        )
         if response is None:
             response = await self._vamn_tier(request, head, outcome, timing)
         if response is None:
-            response = await self._fallback_tier(request, outcome, deadline, timing)
+            response = await self._fallback_tier(request, outcome, deadline, timing, stream)
+        if isinstance(response, _Live):  # accounted by ``_settle`` once the stream ends
+            response.outcome, response.health, response.key = outcome, health, key
+            response.deadline = deadline
+            return response
         if response is not None:
             outcome.status, outcome.response = "success", response
+        return await self._finish(request, outcome, response, health, deadline, key)
+
+    async def _finish(
+        self,
+        request: ChatRequest,
+        outcome: Outcome,
+        response: dict[str, Any] | None,
+        health: dict[uuid.UUID, str],
+        deadline: float,
+        key: str | None,
+    ) -> dict[str, Any]:
+        """Write the outcome (answering once it committed), then cache the answer or raise."""
         try:
             await self.writer.write(outcome, health)
         except accounting.DuplicateRequest:
@@ -396,28 +639,32 @@ class Cascade:
 
     def _stored(self, request: ChatRequest) -> dict[str, Any] | None:
         with transaction(self.engine) as session:
-            row = accounting.stored_response(
-                session, request.organization_id, request.request_id, request.caller
+            return self._stored_in(session, request)
+
+    @staticmethod
+    def _stored_in(session: Session, request: ChatRequest) -> dict[str, Any] | None:
+        row = accounting.stored_response(session, request.organization_id, request.request_id, request.caller)
+        if row is None:
+            return None
+        if row.agent_slug != request.agent_slug or (
+            row.request_hash is not None and row.request_hash != request.request_hash
+        ):
+            raise ConflictError(
+                f"request id {request.request_id} was used for a different request; send a new request id"
             )
-            if row is None:
-                return None
-            if row.agent_slug != request.agent_slug or (
-                row.request_hash is not None and row.request_hash != request.request_hash
-            ):
-                raise ConflictError(
-                    f"request id {request.request_id} was used for a different request; send a new request id"
-                )
-            if row.response_json is None:
-                raise UpstreamUnavailableError(
-                    f"request {request.request_id} failed earlier; retry with a new request id"
-                )
-            return dict(row.response_json)
+        if row.response_json is None:
+            raise UpstreamUnavailableError(
+                f"request {request.request_id} failed earlier; retry with a new request id"
+            )
+        return dict(row.response_json)
 
     def close(self) -> None:
         """Write the accounting still queued and stop the writer (the service's shutdown)."""
         self.writer.close()
 
-    async def _answer_from_cache(self, request: ChatRequest, hit: dict[str, Any]) -> dict[str, Any]:
+    async def _answer_from_cache(
+        self, request: ChatRequest, hit: dict[str, Any], claim_id: uuid.UUID | None = None
+    ) -> dict[str, Any]:
         response = {
             **hit,
             "cache_hit": True,
@@ -446,6 +693,7 @@ class Cascade:
             caller=request.caller,
             # Only a client's id can be reused; a generated one needs no hash.
             request_hash=request.request_hash if request.client_request_id else None,
+            claim_id=claim_id,
         )
         try:
             await self.writer.write(outcome)
@@ -463,7 +711,8 @@ class Cascade:
         deadline: float,
         health: dict[uuid.UUID, str],
         timing: Timing,
-    ) -> dict[str, Any] | None:
+        stream: bool = False,
+    ) -> dict[str, Any] | _Live | None:
         words = count_tokens(request.message)
         for config in eligible:
             if time.monotonic() >= deadline:
@@ -493,11 +742,15 @@ class Cascade:
                 deadline,
                 timing,
                 organization_id=request.organization_id,
+                stream=stream,
             )
             for row in rows:
                 row.llm_config_id = config.id
             outcome.usage.extend(rows)
-            used = reply.input_tokens + reply.output_tokens if reply is not None else 0
+            if isinstance(reply, _Live):  # what a stream uses is known at its end: keep the estimate
+                used = estimate
+            else:
+                used = reply.input_tokens + reply.output_tokens if reply is not None else 0
             self.limiter.settle(config.id, estimate, used)
             if reply is None:
                 if not rows:
@@ -510,6 +763,9 @@ class Cascade:
             if self.breakers.success(config.id) or config.health_status != "healthy":
                 health[config.id] = "healthy"
                 config.health_status = "healthy"
+            if isinstance(reply, _Live):
+                reply.provider, reply.model_id = config.target.provider, config.target.model_id
+                return reply
             return self._response(
                 reply, config.target.provider, config.target.model_id, rows[-1], False, None
             )
@@ -562,8 +818,8 @@ class Cascade:
         )
 
     async def _fallback_tier(
-        self, request: ChatRequest, outcome: Outcome, deadline: float, timing: Timing
-    ) -> dict[str, Any] | None:
+        self, request: ChatRequest, outcome: Outcome, deadline: float, timing: Timing, stream: bool = False
+    ) -> dict[str, Any] | _Live | None:
         target = self.fallback_target()
         if target is None:
             return None
@@ -578,12 +834,16 @@ class Cascade:
             timing,
             guarded=False,
             organization_id=request.organization_id,
+            stream=stream,
         )
         for row in rows:
             row.provider, row.is_fallback = FALLBACK_PROVIDER_NAME, True
         outcome.usage.extend(rows)
         if reply is None:
             return None
+        if isinstance(reply, _Live):  # billed by ``_settle`` for what the stream carried
+            reply.provider, reply.model_id, reply.is_fallback = FALLBACK_PROVIDER_NAME, target.model_id, True
+            return reply
         cost = accounting.price(self.settings, target.model_id, reply.input_tokens, reply.output_tokens)
         rows[-1].estimated_cost_usd = cost
         outcome.billed_tokens = reply.input_tokens + reply.output_tokens
@@ -622,7 +882,8 @@ class Cascade:
         timing: Timing,
         guarded: bool = True,
         organization_id: uuid.UUID | None = None,
-    ) -> tuple[adapters.Reply | None, list[UsageRow]]:
+        stream: bool = False,
+    ) -> tuple[adapters.Reply | _Live | None, list[UsageRow]]:
         """Up to ``retry_max_attempts`` attempts; ``guarded``: the egress policy applies (tenants).
 
         The attempts hold one of the organization's ``ACCUTE_ORG_MAX_CONCURRENCY`` slots (a
@@ -641,9 +902,17 @@ class Cascade:
         else:
             await slot.acquire()
         try:
-            return await self._attempts(target, message, max_tokens, temperature, deadline, timing, guarded)
-        finally:
+            reply, rows = await self._attempts(
+                target, message, max_tokens, temperature, deadline, timing, guarded, stream
+            )
+        except BaseException:
             slot.release()
+            raise
+        if isinstance(reply, _Live):  # a stream keeps its slot until ``_settle`` closes it
+            reply.release = slot.release
+        else:
+            slot.release()
+        return reply, rows
 
     def _org_slot(self, organization_id: uuid.UUID | None) -> asyncio.Semaphore:
         slot = self._org_slots.get(organization_id)
@@ -674,9 +943,11 @@ class Cascade:
         deadline: float,
         timing: Timing,
         guarded: bool,
-    ) -> tuple[adapters.Reply | None, list[UsageRow]]:
+        stream: bool = False,
+    ) -> tuple[adapters.Reply | _Live | None, list[UsageRow]]:
         rows: list[UsageRow] = []
         call = adapters.build(target, message, max_tokens, temperature)
+        send = self._open if stream and target.provider in streaming.STREAMING else self._send
         for attempt in range(self.settings.retry_max_attempts):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -684,7 +955,7 @@ class Cascade:
             started = time.perf_counter()
             sent_at = utcnow()
             try:
-                reply = await self._send(
+                reply = await send(
                     target.provider, call, min(self.settings.provider_timeout_s, remaining), guarded
                 )
             except _Failed as failed:
@@ -727,6 +998,8 @@ class Cascade:
                     created_at=sent_at,
                 )
             )
+            if isinstance(reply, _Live):
+                reply.row, reply.started = rows[-1], started
             log.info(
                 "attempt provider=%s model=%s status=success latency_ms=%d",
                 target.provider,
@@ -768,3 +1041,106 @@ class Cascade:
             return adapters.parse(provider, body)
         except adapters.MalformedReplyError:
             raise _Failed("bad_response", False) from None
+
+    async def _open(
+        self, provider: str, call: adapters.HttpCall, timeout: float, guarded: bool
+    ) -> adapters.Reply | _Live:
+        """One streamed attempt, up to its first piece of text (or a whole reply, if that came)."""
+        call = streaming.stream_call(provider, call)
+        started = time.monotonic()
+        try:
+            stream = await self.client.open_stream(
+                call.url, call.body, call.headers, timeout, guarded=guarded
+            )
+        except UpstreamTimeout:
+            raise _Failed("timeout", True) from None
+        except UpstreamTooLarge:
+            raise _Failed("response_too_large", False) from None
+        except EgressDenied:
+            raise _Failed("egress_denied", False) from None
+        except UpstreamError:
+            raise _Failed("connect_error", True) from None
+        try:
+            status = stream.status
+            if status == 429 or status >= 500:
+                raise _Failed(f"http_{status}", True, _retry_after(stream.headers.get("retry-after")))
+            if status >= 300 or status < 200:
+                raise _Failed(f"http_{status}", False)
+            async with asyncio.timeout(max(timeout - (time.monotonic() - started), 0.0)):
+                if "text/event-stream" not in stream.headers.get("content-type", "").lower():
+                    body = await stream.read_all()  # the provider answered whole: as ``_send``
+                    reply = adapters.parse(provider, await _parse_json(body, timeout))
+                    await stream.aclose()
+                    return reply
+                reader = streaming.StreamReader(provider)
+                events = streaming.events(stream.chunks())
+                first = ""
+                async for data in events:
+                    first = reader.feed(data)
+                    if first or reader.finished:
+                        break
+            return _Live(stream, reader, events, first, self.settings.provider_timeout_s)
+        except _Failed:
+            await stream.aclose()
+            raise
+        except TimeoutError:
+            await stream.aclose()
+            raise _Failed("timeout", True) from None
+        except UpstreamTooLarge:
+            await stream.aclose()
+            raise _Failed("response_too_large", False) from None
+        except UpstreamError:
+            await stream.aclose()
+            raise _Failed("connect_error", True) from None
+        except (adapters.MalformedReplyError, ValueError):
+            await stream.aclose()
+            raise _Failed("bad_response", False) from None
+        except BaseException:  # cancelled: close it without waiting here
+            self._background(stream.aclose())
+            raise
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass(eq=False)
+class _Live:
+    """A provider's answer while it streams: its first piece is read, the rest comes from ``rest``."""
+
+    stream: UpstreamStream
+    reader: streaming.StreamReader
+    events: AsyncIterator[str]
+    first: str
+    idle_s: float
+    """The longest wait for the next event (the provider timeout)."""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    row: UsageRow | None = None
+    started: float = 0.0
+    provider: str = ""
+    model_id: str = ""
+    is_fallback: bool = False
+    outcome: Outcome | None = None
+    health: dict[uuid.UUID, str] = field(default_factory=dict)
+    key: str | None = None
+    deadline: float = math.inf
+    release: Callable[[], None] = _nothing
+    """Gives back the organization's slot (``_call``) once the stream is closed."""
+
+    async def rest(self) -> AsyncIterator[str]:
+        """The remaining pieces; ``TimeoutError`` when a wait passes ``idle_s`` or the deadline."""
+        events = self.events
+        while True:
+            wait = min(self.idle_s, self.deadline - time.monotonic())
+            if wait <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(wait):
+                data = await anext(events, None)
+            if data is None:
+                return
+            if self.reader.finished:
+                continue  # after the end: read on to the body's end, so the connection is reused
+            text = self.reader.feed(data)
+            if text:
+                yield text

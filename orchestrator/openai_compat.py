@@ -12,10 +12,14 @@ The cascade takes one message: the content of the last ``user`` message (text pa
 answering provider's token counts.
 
 ``stream: true`` answers with server-sent events in OpenAI's chunk format: a first chunk with the
-role, the content, a last chunk with ``finish_reason`` (and ``usage`` when
-``stream_options.include_usage``), then ``data: [DONE]``. The cascade's tiers answer whole replies
-today, so the answer is complete (and accounted) before its first chunk is sent: a client that
-disconnects is billed for the whole answer, which was generated. Errors use OpenAI's shape,
+role, a chunk per piece of text, a last chunk with ``finish_reason`` (and ``usage`` when
+``stream_options.include_usage``), then ``data: [DONE]``. A tenant provider (or the fallback)
+that streams (OpenAI family, Anthropic) is passed through piece by piece as its deltas arrive
+(``Cascade.chat_stream``); other tiers and stored answers come as one piece. The usage is the
+provider's final usage, exactly; a client that disconnects mid-stream closes the provider's stream
+and is accounted (and, for the fallback, billed) for what was received, by the rule in
+``orchestrator.streaming``. Errors before the first piece answer with an HTTP error status; a
+provider failing after it ends the stream early, accounted as ``partial``. Errors use OpenAI's shape,
 ``{"error": {"message", "type", "code"}}``.
 """
 
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -156,39 +160,39 @@ def install(
                 caller=caller_key(who.subject),
                 user_id=who.user_id,
             )
-            answer = await services.cascade.chat(request, Timing())
+            if body.stream:
+                pieces = services.cascade.chat_stream(request, Timing())
+                opening = await anext(pieces)  # errors before the first piece answer as errors
+            else:
+                answer = await services.cascade.chat(request, Timing())
         except AccuteError as exc:
             return _from_accute(exc)
         completion_id = f"chatcmpl-{request.request_id}"
         created = int(time.time())
-        usage = {
-            "prompt_tokens": answer["input_tokens"],
-            "completion_tokens": answer["output_tokens"],
-            "total_tokens": answer["input_tokens"] + answer["output_tokens"],
-        }
-        if not body.stream:
-            return JSONResponse(
-                {
-                    "id": completion_id,
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": body.model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": answer["content"]},
-                            "finish_reason": "stop",
-                        }
-                    ],
-                    "usage": usage,
-                    "system_fingerprint": f"{answer['provider']}/{answer['model_id']}",
-                }
+        if body.stream:
+            include_usage = body.stream_options is not None and body.stream_options.include_usage
+            return StreamingResponse(
+                _sse(completion_id, created, body.model, opening, pieces, include_usage),
+                media_type="text/event-stream",
+                headers={"cache-control": "no-cache"},
             )
-        include_usage = body.stream_options is not None and body.stream_options.include_usage
-        return StreamingResponse(
-            _sse(completion_id, created, body.model, answer["content"], usage if include_usage else None),
-            media_type="text/event-stream",
-            headers={"cache-control": "no-cache"},
+        usage = _usage(answer)
+        return JSONResponse(
+            {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": body.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": answer["content"]},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": usage,
+                "system_fingerprint": f"{answer['provider']}/{answer['model_id']}",
+            }
         )
 
 
@@ -213,12 +217,35 @@ def _chunk(
     return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
 
 
+def _usage(answer: dict[str, Any]) -> dict[str, int]:
+    return {
+        "prompt_tokens": answer["input_tokens"],
+        "completion_tokens": answer["output_tokens"],
+        "total_tokens": answer["input_tokens"] + answer["output_tokens"],
+    }
+
+
 async def _sse(
-    completion_id: str, created: int, model: str, content: str, usage: dict[str, int] | None
+    completion_id: str,
+    created: int,
+    model: str,
+    first: str | dict[str, Any],
+    pieces: AsyncGenerator[str | dict[str, Any], None],
+    include_usage: bool,
 ) -> AsyncIterator[bytes]:
-    yield _chunk(completion_id, created, model, {"role": "assistant", "content": ""}, None)
-    yield _chunk(completion_id, created, model, {"content": content}, None)
-    yield _chunk(completion_id, created, model, {}, "stop")
-    if usage is not None:  # OpenAI's include_usage: a last chunk with no choices and the usage
-        yield _chunk(completion_id, created, model, {}, None, usage, choices=False)
-    yield b"data: [DONE]\n\n"
+    """The cascade's pieces as OpenAI chunks, each sent as it comes; closing this closes ``pieces``."""
+    try:
+        yield _chunk(completion_id, created, model, {"role": "assistant", "content": ""}, None)
+        item = first
+        while isinstance(item, str):
+            if item:
+                yield _chunk(completion_id, created, model, {"content": item}, None)
+            item = await anext(pieces)
+        yield _chunk(completion_id, created, model, {}, "stop")
+        if include_usage:  # OpenAI's include_usage: a last chunk with no choices and the usage
+            yield _chunk(completion_id, created, model, {}, None, _usage(item), choices=False)
+        yield b"data: [DONE]\n\n"
+    finally:
+        # The client went away (or the stream ended): the cascade closes the provider's stream
+        # and accounts for what it carried (closing runs no await that a cancellation could stop).
+        await pieces.aclose()

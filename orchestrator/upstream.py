@@ -8,6 +8,10 @@ cascade needs, on asyncio (uvloop under ``accute-fl serve``):
 - ``post_json(url, body, headers, timeout)``: one POST with a JSON body, the whole exchange
   (connecting, writing, reading) under ``timeout``; the reply is read completely (Content-Length,
   chunked, or until the server closes) up to ``max_response_bytes``, gzip/deflate decoded.
+- ``open_stream(url, body, headers, timeout)``: the same POST for a streamed reply; returns once
+  the response head arrived, then ``chunks()`` yields the body as it arrives (same size limit; a
+  stream must not be compressed) and ``aclose()`` ends the exchange, reusing the connection only
+  if the body was read to its end.
 - Connections are kept per origin (scheme, host, port), reused last-in first-out, and dropped
   when the server closed them, sent unexpected bytes, or they sat idle for ``keepalive_expiry_s``.
   A connection is reused only after a complete exchange; any error, timeout or cancellation
@@ -35,7 +39,7 @@ import socket
 import ssl
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -98,6 +102,7 @@ class _Connection(asyncio.Protocol):
         self.buffer = bytearray()
         self.eof = False
         self.lost = False
+        self.reset = False
         self.idle_since = 0.0
         self._waiter: asyncio.Future[None] | None = None
 
@@ -116,6 +121,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.reset = exc is not None  # a reset or a read error, not an orderly close
         self._wake()
 
     def _wake(self) -> None:
@@ -169,6 +175,22 @@ class _Connection(asyncio.Protocol):
         del self.buffer[:count]
         return chunk
 
+    async def read_some(self) -> bytes:
+        """What has arrived (waiting for something); b"" once the server closed the connection."""
+        while not self.buffer:
+            if self.reset:
+                raise UpstreamError("the server reset the connection")
+            if self.eof or self.lost:
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        chunk = bytes(self.buffer)
+        self.buffer.clear()
+        return chunk
+
     async def read_to_eof(self, limit: int) -> bytes:
         while not (self.eof or self.lost):
             if len(self.buffer) > limit:
@@ -180,6 +202,8 @@ class _Connection(asyncio.Protocol):
                 self._waiter = None
         if len(self.buffer) > limit:
             raise UpstreamTooLarge("the response is larger than the limit")
+        if self.reset:
+            raise UpstreamError("the server reset the connection")
         chunk = bytes(self.buffer)
         self.buffer.clear()
         return chunk
@@ -263,12 +287,37 @@ async def _decode(body: bytes, encoding: str, limit: int) -> bytes:
     return decoder.finish()
 
 
+class UpstreamStream(Protocol):
+    """A response whose head has arrived; its body is read as it comes (server-sent events)."""
+
+    status: int
+    headers: dict[str, str]
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body's bytes as they arrive (at most ``max_response_bytes`` in all)."""
+        ...
+
+    async def read_all(self) -> bytes:
+        """The rest of the body (an error reply's), bounded like ``post_json``'s."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close the exchange (a connection not read to its end is dropped, not reused)."""
+        ...
+
+
 class Upstream(Protocol):
     """What the cascade needs from an HTTP client."""
 
     async def post_json(
         self, url: str, body: Any, headers: Mapping[str, str], timeout: float, *, guarded: bool = True
     ) -> UpstreamResponse: ...
+
+    async def open_stream(
+        self, url: str, body: Any, headers: Mapping[str, str], timeout: float, *, guarded: bool = True
+    ) -> UpstreamStream:
+        """POST ``body``; returns once the response head arrived (within ``timeout``)."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -320,16 +369,30 @@ class _Bulkhead:
         self._origins: dict[Any, asyncio.Semaphore] = {}
 
     async def __call__(self, origin: Any, guarded: bool, work: Any) -> Any:
+        held = await self.enter(origin, guarded)
+        try:
+            return await work()
+        finally:
+            for slot in held:
+                slot.release()
+
+    async def enter(self, origin: Any, guarded: bool) -> tuple[asyncio.Semaphore, ...]:
+        """Take the slots of one request; the caller releases each of them when it is done."""
         if not guarded:
-            async with self._reserved:
-                return await work()
+            await self._reserved.acquire()
+            return (self._reserved,)
         slot = self._origins.get(origin)
         if slot is None:
             if len(self._origins) >= 4096:  # forget origins nobody is using
                 self._origins = {k: v for k, v in self._origins.items() if v.locked() or v._waiters}
             slot = self._origins[origin] = asyncio.Semaphore(self.max_per_origin)
-        async with slot, self._tenants:
-            return await work()
+        await slot.acquire()
+        try:
+            await self._tenants.acquire()
+        except BaseException:
+            slot.release()
+            raise
+        return (slot, self._tenants)
 
 
 class UpstreamClient:
@@ -411,13 +474,16 @@ class UpstreamClient:
         return target
 
     @staticmethod
-    def _request_bytes(target: _Target, payload: bytes, headers: Mapping[str, str]) -> bytes:
+    def _request_bytes(
+        target: _Target, payload: bytes, headers: Mapping[str, str], stream: bool = False
+    ) -> bytes:
         lines = [
             f"POST {target.path} HTTP/1.1",
             f"host: {target.origin.host_header}",
             f"user-agent: {USER_AGENT}",
-            "accept: application/json",
-            "accept-encoding: gzip, deflate",
+            # A stream is read as it arrives: no compression to undo chunk by chunk.
+            "accept: text/event-stream" if stream else "accept: application/json",
+            "accept-encoding: identity" if stream else "accept-encoding: gzip, deflate",
         ]
         has_type = False
         for name, value in headers.items():
@@ -497,42 +563,164 @@ class UpstreamClient:
                 self._discard(connection)
 
     async def _read_response(self, connection: _Connection) -> tuple[UpstreamResponse, bool]:
-        while True:
-            head = await connection.read_until(b"\r\n\r\n", MAX_HEAD_BYTES)
-            status, version, headers = _parse_head(head)
-            if 100 <= status < 200 and status != 101:
-                continue  # informational (100 Continue, 103 Early Hints): the real answer follows
-            break
-        limit = self.max_response_bytes
-        connection_header = headers.get("connection", "").lower()
-        keep_alive = (
-            "keep-alive" in connection_header if version == "HTTP/1.0" else "close" not in connection_header
-        )
-        if status in (204, 304) or status == 101:
-            body = b""
-        elif "chunked" in headers.get("transfer-encoding", "").lower():
-            body = await _read_chunked(connection, limit)
-        elif "content-length" in headers:
-            try:
-                lengths = {int(v.strip()) for v in headers["content-length"].split(",")}
-            except ValueError:
-                raise UpstreamError("the response has an invalid Content-Length") from None
-            if len(lengths) != 1 or (length := lengths.pop()) < 0:
-                raise UpstreamError("the response has an invalid Content-Length")
-            if length > limit:
-                raise UpstreamTooLarge("the response is larger than the limit")
-            body = await connection.read_exactly(length)
-        else:
-            body = await connection.read_to_eof(limit)
-            keep_alive = False
-        if status == 101:
-            keep_alive = False
-        body = await _decode(body, headers.get("content-encoding", ""), limit)
+        status, version, headers = await _read_head(connection)
+        body, keep_alive = await _read_body(connection, status, version, headers, self.max_response_bytes)
         return UpstreamResponse(status, headers, body), keep_alive
+
+    async def open_stream(
+        self, url: str, body: Any, headers: Mapping[str, str], timeout: float, *, guarded: bool = True
+    ) -> UpstreamStream:
+        """POST ``body`` as JSON and return once the response head arrived (within ``timeout``).
+
+        The exchange keeps its bulkhead slots and its connection until ``aclose``; the body is
+        then read with ``chunks`` (as it arrives) or ``read_all``.
+        """
+        if self._closed:
+            raise UpstreamError("the client is closed")
+        target = self._target(url, guarded)
+        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        request = self._request_bytes(target, payload, headers, stream=True)
+        held: tuple[asyncio.Semaphore, ...] = ()
+        connection: _Connection | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                held = await self._bulkhead.enter(target.origin, guarded)
+                connection = self._checkout(target.origin) or await self._connect(target.origin)
+                assert connection.transport is not None
+                connection.transport.write(request)
+                status, version, head = await _read_head(connection)
+        except BaseException as exc:
+            if connection is not None:
+                self._discard(connection)
+            for slot in held:
+                slot.release()
+            if isinstance(exc, TimeoutError):
+                raise UpstreamTimeout(f"no response head within {timeout:.3g}s") from None
+            raise
+        return _BuiltinStream(self, target.origin, connection, held, status, version, head)
+
+
+class _BuiltinStream:
+    """``UpstreamStream`` of ``UpstreamClient``: the body read straight from the connection."""
+
+    def __init__(
+        self,
+        client: UpstreamClient,
+        origin: _Origin,
+        connection: _Connection,
+        held: tuple[asyncio.Semaphore, ...],
+        status: int,
+        version: str,
+        headers: dict[str, str],
+    ) -> None:
+        self.status, self.headers = status, headers
+        self._client, self._origin, self._connection, self._held = client, origin, connection, held
+        self._version = version
+        self._reusable = False
+        self._closed = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        headers, connection, limit = self.headers, self._connection, self._client.max_response_bytes
+        if headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
+            raise UpstreamError("the provider compressed a stream it was asked to send plain")
+        received = 0
+        if self.status in (101, 204, 304):
+            return
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            async for piece in _iter_chunked(connection, limit):
+                yield piece
+            self._reusable = _keep_alive(self._version, headers)
+            return
+        length = _content_length(headers) if "content-length" in headers else None
+        if length is not None and length > limit:
+            raise UpstreamTooLarge("the response is larger than the limit")
+        while length is None or received < length:
+            data = await connection.read_some()
+            if not data:
+                if length is not None:
+                    raise UpstreamError("the server closed the connection before the end of the body")
+                return
+            if length is not None and received + len(data) > length:
+                raise UpstreamError("the server sent more than its Content-Length")
+            received += len(data)
+            if received > limit:
+                raise UpstreamTooLarge("the response is larger than the limit")
+            yield data
+        self._reusable = _keep_alive(self._version, headers)
+
+    async def read_all(self) -> bytes:
+        body, self._reusable = await _read_body(
+            self._connection, self.status, self._version, self.headers, self._client.max_response_bytes
+        )
+        return body
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._reusable and not self._connection.buffer:
+            self._client._checkin(self._origin, self._connection)
+        else:
+            self._client._discard(self._connection)
+        for slot in self._held:
+            slot.release()
+
+
+def _keep_alive(version: str, headers: Mapping[str, str]) -> bool:
+    connection_header = headers.get("connection", "").lower()
+    if version == "HTTP/1.0":
+        return "keep-alive" in connection_header
+    return "close" not in connection_header
+
+
+def _content_length(headers: Mapping[str, str]) -> int:
+    try:
+        lengths = {int(v.strip()) for v in headers["content-length"].split(",")}
+    except ValueError:
+        raise UpstreamError("the response has an invalid Content-Length") from None
+    if len(lengths) != 1 or (length := lengths.pop()) < 0:
+        raise UpstreamError("the response has an invalid Content-Length")
+    return length
+
+
+async def _read_head(connection: _Connection) -> tuple[int, str, dict[str, str]]:
+    while True:
+        head = await connection.read_until(b"\r\n\r\n", MAX_HEAD_BYTES)
+        status, version, headers = _parse_head(head)
+        if 100 <= status < 200 and status != 101:
+            continue  # informational (100 Continue, 103 Early Hints): the real answer follows
+        return status, version, headers
+
+
+async def _read_body(
+    connection: _Connection, status: int, version: str, headers: dict[str, str], limit: int
+) -> tuple[bytes, bool]:
+    """The whole body, decoded and at most ``limit`` bytes; and whether the connection is reusable."""
+    keep_alive = _keep_alive(version, headers)
+    if status in (204, 304) or status == 101:
+        body = b""
+    elif "chunked" in headers.get("transfer-encoding", "").lower():
+        body = await _read_chunked(connection, limit)
+    elif "content-length" in headers:
+        length = _content_length(headers)
+        if length > limit:
+            raise UpstreamTooLarge("the response is larger than the limit")
+        body = await connection.read_exactly(length)
+    else:
+        body = await connection.read_to_eof(limit)
+        keep_alive = False
+    if status == 101:
+        keep_alive = False
+    body = await _decode(body, headers.get("content-encoding", ""), limit)
+    return body, keep_alive
 
 
 async def _read_chunked(connection: _Connection, limit: int) -> bytes:
-    parts: list[bytes] = []
+    return b"".join([part async for part in _iter_chunked(connection, limit)])
+
+
+async def _iter_chunked(connection: _Connection, limit: int) -> AsyncIterator[bytes]:
+    """The chunks of a chunked body as they arrive (the total at most ``limit``)."""
     total = 0
     while True:
         line = await connection.read_until(b"\r\n", MAX_HEAD_BYTES)
@@ -546,17 +734,19 @@ async def _read_chunked(connection: _Connection, limit: int) -> bytes:
             # Trailers, up to the empty line.
             while await connection.read_until(b"\r\n", MAX_HEAD_BYTES) != b"\r\n":
                 pass
-            return b"".join(parts)
+            return
         total += size
         if total > limit:
             raise UpstreamTooLarge("the response is larger than the limit")
         chunk = await connection.read_exactly(size + 2)
         if not chunk.endswith(b"\r\n"):
             raise UpstreamError("the response has a malformed chunk")
-        parts.append(chunk[:-2])
+        yield chunk[:-2]
 
 
 def _parse_head(head: bytes) -> tuple[int, str, dict[str, str]]:
+    if b"\0" in head:  # no field may hold NUL (RFC 9110 5.5); h11 refuses it too
+        raise UpstreamError("the response head contains NUL")
     try:
         text = head.decode("latin-1")
         status_line, _, rest = text.partition("\r\n")
@@ -709,9 +899,95 @@ class HttpxUpstream:
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise UpstreamError(f"{type(exc).__name__} talking to the provider") from None
 
+    async def open_stream(
+        self, url: str, body: Any, headers: Mapping[str, str], timeout: float, *, guarded: bool = True
+    ) -> UpstreamStream:
+        httpx = self._httpx
+        parts = urlsplit(url)
+        origin = (parts.scheme, parts.hostname, parts.port)
+        client = self._client if guarded else self._exempt
+        for name, value in headers.items():
+            _check_header(name, value)
+        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        sent = {
+            "content-type": "application/json",
+            "accept": "text/event-stream",
+            "accept-encoding": "identity",
+            **headers,
+        }
+        held: tuple[asyncio.Semaphore, ...] = ()
+        context: Any = None
+        try:
+            async with asyncio.timeout(timeout):
+                held = await self._bulkhead.enter(origin, guarded)
+                context = client.stream("POST", url, content=payload, headers=sent)
+                response = await context.__aenter__()
+        except BaseException as exc:
+            if context is not None:
+                await context.__aexit__(None, None, None)
+            for slot in held:
+                slot.release()
+            if isinstance(exc, TimeoutError | httpx.TimeoutException):
+                raise UpstreamTimeout(f"no response head within {timeout:.3g}s") from None
+            if isinstance(exc, httpx.HTTPError | httpx.InvalidURL):
+                raise UpstreamError(f"{type(exc).__name__} talking to the provider") from None
+            raise
+        return _HttpxStream(self, context, response, held)
+
     async def aclose(self) -> None:
         await self._client.aclose()
         await self._exempt.aclose()
+
+
+class _HttpxStream:
+    """``UpstreamStream`` of ``HttpxUpstream``: raw bytes of an httpx streaming response."""
+
+    def __init__(
+        self, owner: HttpxUpstream, context: Any, response: Any, held: tuple[asyncio.Semaphore, ...]
+    ) -> None:
+        self._owner, self._context, self._response, self._held = owner, context, response, held
+        self.status = int(response.status_code)
+        self.headers = {k.lower(): v for k, v in response.headers.items()}
+        self._closed = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        limit = self._owner.max_response_bytes
+        if self.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
+            raise UpstreamError("the provider compressed a stream it was asked to send plain")
+        received = 0
+        try:
+            async for chunk in self._response.aiter_raw():
+                received += len(chunk)
+                if received > limit:
+                    raise UpstreamTooLarge("the response is larger than the limit")
+                yield chunk
+        except self._owner._httpx.HTTPError as exc:
+            raise UpstreamError(f"{type(exc).__name__} talking to the provider") from None
+
+    async def read_all(self) -> bytes:
+        limit = self._owner.max_response_bytes
+        decoder = _Decoder(self.headers.get("content-encoding", ""), limit)
+        received = 0
+        try:
+            async for chunk in self._response.aiter_raw():
+                received += len(chunk)
+                if received > limit:
+                    raise UpstreamTooLarge("the response is larger than the limit")
+                for _ in decoder.steps(chunk):
+                    await asyncio.sleep(0)
+        except self._owner._httpx.HTTPError as exc:
+            raise UpstreamError(f"{type(exc).__name__} talking to the provider") from None
+        return decoder.finish()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._context.__aexit__(None, None, None)
+        finally:
+            for slot in self._held:
+                slot.release()
 
 
 def make_upstream(kind: str, **options: Any) -> Upstream:

@@ -30,7 +30,12 @@ if TYPE_CHECKING:
         FlRun,
     )
     from schema.models.llm import FallbackBilling, FineTunedModelConfig, LlmUsageLog, TenantLlmConfig
-    from schema.models.orchestrator import LlmRequest, OrganizationDataKey, ServiceSigningKey
+    from schema.models.orchestrator import (
+        LlmInflight,
+        LlmRequest,
+        OrganizationDataKey,
+        ServiceSigningKey,
+    )
     from schema.models.organization import Organization, User
     from schema.models.personal_data import PersonalDataKey
     from schema.models.privacy import PrivacyBudget, PrivacyLedgerEvent
@@ -80,6 +85,7 @@ MODEL_MODULES: dict[str, str] = {
     "HsmKeyRegistry": "security",
     "ImmutableAuditLog": "audit_log",
     "Invoice": "tenancy",
+    "LlmInflight": "orchestrator",
     "LlmRequest": "orchestrator",
     "LlmUsageLog": "llm",
     "Organization": "organization",
@@ -162,6 +168,7 @@ __all__ = [
     "HsmKeyRegistry",
     "ImmutableAuditLog",
     "Invoice",
+    "LlmInflight",
     "LlmRequest",
     "LlmUsageLog",
     "Organization",

@@ -68,3 +68,23 @@ class LlmRequest(Base):
     status: Mapped[str] = mapped_column(String(50))
     response_json: Mapped[dict[str, Any] | None] = mapped_column(JSONBType)
     created_at: Mapped[datetime | None] = created_at()
+
+
+class LlmInflight(Base):
+    """A request id being answered right now (cross-process single flight, migration 0011).
+
+    The process that inserts the row calls the providers; copies of the request in other worker
+    processes see the row and wait for ``llm_requests`` instead of calling again. The row goes
+    away in the transaction that stores the outcome; one older than the cascade deadline is stale
+    (its process died) and may be taken over.
+    """
+
+    __tablename__ = "llm_inflight"
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        UUIDType, ForeignKey("organizations.id"), primary_key=True
+    )
+    caller: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    claim_id: Mapped[uuid.UUID] = mapped_column(UUIDType)
+    claimed_at: Mapped[datetime] = mapped_column(TimestampTZ)

@@ -300,3 +300,118 @@ def openai_body(content: str = "ok", prompt: Any = 10, completion: Any = 20) -> 
     usage = f'"usage":{{"prompt_tokens":{prompt},"completion_tokens":{completion}}}'
     choice = f'{{"index":0,"message":{{"role":"assistant","content":{json.dumps(content)}}}}}'
     return f'{{"choices":[{choice}],{usage}}}'.encode()
+
+
+# --- a provider that streams ----------------------------------------------------------------------
+
+
+@dataclass
+class StreamingProvider:
+    """A real SSE provider on loopback: ``pieces`` one event each, ``gap_s`` apart (a trickle).
+
+    ``style``: ``openai`` (chat.completion.chunk events, a usage chunk when asked, ``[DONE]``) or
+    ``anthropic`` (message_start … message_stop). Records what it sent and when the client hung up.
+    """
+
+    pieces: list[str]
+    gap_s: float = 0.0
+    style: str = "openai"
+    input_tokens: int = 17
+    output_tokens: int = 0
+    """Reported output tokens (0: the number of pieces)."""
+    url: str = ""
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    sent: int = 0
+    """Content events written before the end or the hang-up."""
+    hung_up: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+    first_sent_at: float = 0.0
+    arrivals: list[float] = field(default_factory=list)
+    ended_at: list[float] = field(default_factory=list)
+
+    def events(self, body: dict[str, Any]) -> Iterator[tuple[bytes, bool]]:
+        """(event bytes, whether it carries content)."""
+        out = self.output_tokens or len(self.pieces)
+        if self.style == "anthropic":
+            start = {
+                "type": "message_start",
+                "message": {"usage": {"input_tokens": self.input_tokens, "output_tokens": 1}},
+            }
+            yield _sse_event(start, "message_start"), False
+            for piece in self.pieces:
+                delta = {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": piece},
+                }
+                yield _sse_event(delta, "content_block_delta"), True
+            yield (
+                _sse_event({"type": "message_delta", "usage": {"output_tokens": out}}, "message_delta"),
+                False,
+            )
+            yield _sse_event({"type": "message_stop"}, "message_stop"), False
+            return
+        for i, piece in enumerate(self.pieces):
+            delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
+            chunk = {"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]}
+            yield _sse_event(chunk), True
+        yield _sse_event({"id": "c1", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}), False
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": self.input_tokens, "completion_tokens": out}
+            yield _sse_event({"id": "c1", "choices": [], "usage": usage}), False
+        yield b"data: [DONE]\n\n", False
+
+
+def _sse_event(data: dict[str, Any], name: str | None = None) -> bytes:
+    prefix = f"event: {name}\n" if name else ""
+    return (prefix + "data: " + json.dumps(data) + "\n\n").encode()
+
+
+@contextmanager
+def running_streaming(provider: StreamingProvider) -> Iterator[StreamingProvider]:
+    """Serve ``provider`` on 127.0.0.1: chunked ``text/event-stream``, one chunk per event."""
+    import time
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            conn: socket.socket = self.request
+            while True:
+                request = _read_request(conn)
+                if request is None:
+                    return
+                body = json.loads(request[1] or b"{}")
+                provider.requests.append(body)
+                provider.arrivals.append(time.monotonic())
+                head = (
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                    b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n"
+                )
+                try:
+                    conn.sendall(head)
+                    for event, content in provider.events(body):
+                        if content and provider.gap_s and provider.sent:
+                            time.sleep(provider.gap_s)
+                        conn.sendall(b"%x\r\n%s\r\n" % (len(event), event))
+                        if content:
+                            provider.sent += 1
+                            provider.first_sent_at = provider.first_sent_at or time.monotonic()
+                    conn.sendall(b"0\r\n\r\n")
+                    provider.ended_at.append(time.monotonic())
+                    provider.finished.set()
+                except OSError:
+                    provider.hung_up.set()
+                    return
+
+    class Server(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    server = Server(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    provider.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield provider
+    finally:
+        server.shutdown()
+        server.server_close()

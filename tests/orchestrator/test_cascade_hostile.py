@@ -68,14 +68,17 @@ HOSTILE = {
 }
 
 
+@pytest.mark.parametrize("client", ["builtin", "httpx"])
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_a_hostile_reply_is_a_provider_error_with_rows_and_the_fallback_answers(
-    service_factory: Callable[..., Service], case: str
+    service_factory: Callable[..., Service], case: str, client: str
 ) -> None:
-    # Prepare
+    # Prepare: the same hostile replies against each HTTP client option.
     raw, code, attempts = HOSTILE[case]
     with running_hostile(_sender(raw)) as hostile:
-        service = service_factory(provider_max_response_bytes=1 << 20, retry_backoff_max_s=0.5)
+        service = service_factory(
+            provider_max_response_bytes=1 << 20, retry_backoff_max_s=0.5, upstream_client=client
+        )
         org = service.org()
         service.add_config(org, provider="custom", api_endpoint=hostile.url)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
+import struct
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -184,8 +186,25 @@ def test_a_trickling_reply_times_out_on_time(kind: str) -> None:
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",  # bad chunk
         b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: 4\r\n\r\nnope",  # bad gzip
         b"",  # closed without a word
+        b"HTTP/1.1 +20 OK\r\ncontent-length: 2\r\n\r\n{}",  # a status that int() would take
+        b"HTTP/1.1 200 OK\r\nx-a: b\x00c\r\ncontent-length: 2\r\n\r\n{}",  # NUL in a header
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1e3\r\n\r\n{}",  # a length in another notation
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n-2\r\n{}\r\n0\r\n\r\n",  # negative chunk
     ],
-    ids=["reset", "ssh", "header", "negative", "conflict", "chunk", "gzip", "silent-close"],
+    ids=[
+        "reset",
+        "ssh",
+        "header",
+        "negative",
+        "conflict",
+        "chunk",
+        "gzip",
+        "silent-close",
+        "plus-status",
+        "nul-header",
+        "float-length",
+        "negative-chunk",
+    ],
 )
 def test_broken_replies_are_upstream_errors_not_crashes(kind: str, raw: bytes) -> None:
     async def reply(head: bytes, writer: asyncio.StreamWriter) -> bool:
@@ -284,3 +303,147 @@ def test_the_egress_policy_refuses_internal_addresses_on_the_resolved_address(ki
 def test_internal_address_classification(host: str, internal: bool) -> None:
     address = parse_address(host)
     assert address is not None and is_internal(address) is internal
+
+
+def _rst(writer: asyncio.StreamWriter) -> None:
+    """Reset the connection (RST, not FIN): linger 0, then abort."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_a_reset_mid_body_is_an_upstream_error(kind: str) -> None:
+    async def reset(head: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{"choices": ')
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        _rst(writer)
+        return False
+
+    async def test() -> None:
+        state, server = await _serve(reset)
+        client = make_upstream(kind)
+        async with server:
+            with pytest.raises(UpstreamError) as caught:
+                await client.post_json(state.url, {}, {}, 3)
+        await client.aclose()
+        assert not isinstance(caught.value, UpstreamTimeout)
+
+    _run(test)
+
+
+# --- streams (open_stream): the same hostility while a reply is read as it arrives ------------------
+
+
+def _sse_head(extra: bytes = b"") -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n"
+        + extra
+        + b"\r\n"
+    )
+
+
+def _chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+async def _read_stream(client: Any, url: str, timeout: float = 3) -> list[bytes]:
+    stream = await client.open_stream(url, {}, {}, timeout)
+    try:
+        async with asyncio.timeout(timeout):
+            return [chunk async for chunk in stream.chunks()]
+    finally:
+        await stream.aclose()
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_a_stream_is_read_as_it_arrives_and_its_connection_reused(kind: str) -> None:
+    async def events(head: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(_sse_head())
+        for i in range(3):
+            writer.write(_chunk(f"data: {i}\n\n".encode()))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        writer.write(b"0\r\n\r\n")
+        return True
+
+    async def test() -> None:
+        state, server = await _serve(events)
+        client = make_upstream(kind)
+        async with server:
+            started = time.monotonic()
+            stream = await client.open_stream(state.url, {"stream": True}, {}, 3)
+            arrivals = []
+            async for chunk in stream.chunks():
+                arrivals.append((time.monotonic() - started, chunk))
+            await stream.aclose()
+            again = await _read_stream(client, state.url)
+        await client.aclose()
+        assert b"".join(c for _, c in arrivals) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+        assert arrivals[-1][0] - arrivals[0][0] >= 0.15  # not buffered to the end
+        assert b"".join(again).count(b"data:") == 3
+        assert state.connections == 1
+        assert b"accept: text/event-stream" in state.requests[0][0].lower()
+
+    _run(test)
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+@pytest.mark.parametrize(
+    "case",
+    ["oversize", "reset", "bad-chunk", "compressed", "early-close"],
+)
+def test_a_hostile_stream_is_an_upstream_error(kind: str, case: str) -> None:
+    async def hostile(head: bytes, writer: asyncio.StreamWriter) -> bool:
+        if case == "compressed":
+            writer.write(_sse_head(b"content-encoding: gzip\r\n") + _chunk(gzip.compress(b"data: 1\n\n")))
+            return False
+        writer.write(_sse_head())
+        writer.write(_chunk(b"data: first\n\n"))
+        await writer.drain()
+        if case == "oversize":
+            for _ in range(LIMIT // 65536 + 2):
+                writer.write(_chunk(b"x" * 65536))
+                await writer.drain()
+        elif case == "reset":
+            await asyncio.sleep(0.05)
+            _rst(writer)
+        elif case == "bad-chunk":
+            writer.write(b"zz\r\nwhat\r\n")
+        return False  # early-close: the server closes before the last chunk
+
+    async def test() -> None:
+        state, server = await _serve(hostile)
+        client = make_upstream(kind, max_response_bytes=LIMIT)
+        async with server:
+            started = time.monotonic()
+            with pytest.raises(UpstreamError) as caught:
+                await _read_stream(client, state.url)
+        await client.aclose()
+        assert not isinstance(caught.value, UpstreamTimeout)
+        if case == "oversize":
+            assert isinstance(caught.value, UpstreamTooLarge)
+        assert time.monotonic() - started < 2
+
+    _run(test)
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_a_stream_head_that_never_comes_times_out_and_frees_its_slot(kind: str) -> None:
+    async def silent(head: bytes, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(3)
+        return False
+
+    async def test() -> None:
+        state, server = await _serve(silent)
+        client = make_upstream(kind, max_connections=1, max_per_origin=1)
+        async with server:
+            for _ in range(2):  # the second would wait forever if the first kept its slot
+                started = time.monotonic()
+                with pytest.raises(UpstreamTimeout):
+                    await client.open_stream(state.url, {}, {}, 0.3)
+                assert time.monotonic() - started < 1.5
+        await client.aclose()
+
+    _run(test)
