@@ -581,6 +581,15 @@ class LocalDeployment:
         path.write_text(json.dumps(report, indent=2, default=str))
         return path
 
+    def partial_report(self, run_name: str) -> Path | None:
+        """report.json for a run that failed (the rounds it committed, every outcome and charge so
+        far), or None when there is nothing to report (no such run, an unreachable database)."""
+        try:
+            return self.report(run_name)
+        except Exception as exc:  # the failure being reported matters more than this one
+            log.warning("no partial report for run %s: %s", run_name, exc)
+            return None
+
     # -- teardown
 
     def stop_process(self, managed: Managed) -> None:
@@ -666,9 +675,11 @@ def run_local(
             if cause is not None and cause.startswith("ConflictError: "):
                 # Another server took the run (a race the check above cannot close): a conflict.
                 raise ConflictError(cause.removeprefix("ConflictError: "))
+            partial = deployment.partial_report(name)
             raise DeploymentError(
                 f"run '{name}' ended {status}"
                 + (f" ({cause})" if cause else "")
+                + (f"; partial report {partial}" if partial else "")
                 + f"; see {log_path} (run again with the same --run-name to resume)"
             )
         return deployment.report(name)

@@ -8,6 +8,7 @@ fault the run must complete with nothing counted twice and every release charged
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -23,7 +24,7 @@ import pytest
 from sqlalchemy import select
 
 from fl_server.config import DpMode
-from fl_server.deploy import LocalDeployment, run_overrides
+from fl_server.deploy import DeploymentError, LocalDeployment, run_local, run_overrides
 from schema.config import Settings
 from schema.db import make_engine, transaction
 from schema.migrate import upgrade
@@ -254,3 +255,38 @@ def test_a_postgresql_outage_mid_round_is_ridden_out(tmp_path: Path, own_postgre
         assert set(facts.outcomes.values()) == {"accepted"}
         serverapp_log = (dep.logs / f"serverapp-{run_id}.log").read_text()
         assert "retrying in" in serverapp_log  # it did meet the outage
+
+
+def test_a_failed_run_names_the_serverapps_error_and_leaves_a_partial_report(tmp_path: Path) -> None:
+    # Prepare: a run that needs 3 nodes where 2 start; the ServerApp gives up after 5 s.
+    out = tmp_path / "out"
+    extra = {"min_nodes": 3, "round_timeout_s": 5, **TRAIN}
+
+    # Execute
+    with pytest.raises(DeploymentError) as failure:
+        run_local(
+            out,
+            task="digits",
+            nodes=2,
+            rounds=2,
+            seed=2,
+            run_name="fails",
+            timeout_s=RUN_TIMEOUT_S,
+            extra=extra,
+        )
+
+    # Assert: one line with the ServerApp's own exception and where the partial report is; the
+    # report says what happened (no round committed), and the lease was given up.
+    message = str(failure.value)
+    assert "\n" not in message
+    assert "ended finished:failed (TimeoutError: only 2 of 3 nodes connected)" in message
+    assert f"partial report {out / 'report.json'}" in message
+    report = json.loads((out / "report.json").read_text())
+    assert report["rounds"] == [] and report["final"]["model_version"] is None
+    dep = deployment(out)
+    try:
+        with transaction(dep.engine) as session:
+            run = session.scalar(select(FlRun).where(FlRun.name == "fails"))
+            assert run is not None and (run.status, run.lease_owner) == ("running", None)
+    finally:
+        dep.engine.dispose()
