@@ -52,7 +52,7 @@ from fl_server.report import build_report
 from privacy import ledger
 from schema.config import Settings
 from schema.db import make_engine, transaction
-from schema.errors import AccuteError, DatabaseUnavailableError, InvalidInputError
+from schema.errors import AccuteError, ConflictError, DatabaseUnavailableError, InvalidInputError
 from schema.migrate import require_current_schema, upgrade
 from schema.models import FlRun
 from simulations.federation import prepare_federation
@@ -153,6 +153,40 @@ def clean_stale_processes(out: Path) -> list[int]:
         log.warning("killed %d process(es) an earlier run-local left in %s", len(stale), out)
     pidfile.unlink(missing_ok=True)
     return stale
+
+
+def _started(pid: int) -> str | None:
+    """A process's start time (clock ticks after boot): tells the pidfile's owner from a reused pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def running_owner(out: Path) -> int | None:
+    """The pid of another ``run-local`` still running in ``out`` (its pidfile), or None. Its
+    processes are not stale: killing them would wreck a live run."""
+    try:
+        owner = json.loads((out / PIDFILE).read_text())
+        pid, started = int(owner["pid"]), owner.get("started")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if pid == os.getpid() or not _alive(pid) or started is None or _started(pid) != started:
+        return None
+    return pid
+
+
+def driven_elsewhere(engine: Engine, run_name: str) -> str | None:
+    """Why ``run_name`` cannot be resumed now (a live server holds its lease), before any process."""
+    from sqlalchemy import inspect
+
+    from fl_server.governance import lease_refusal
+
+    if not inspect(engine).has_table(FlRun.__tablename__):
+        return None
+    with transaction(engine) as session:
+        run = session.scalar(select(FlRun).where(FlRun.name == run_name))
+        return None if run is None or run.status != "running" else lease_refusal(run)
 
 
 # --- process trees --------------------------------------------------------------------------------
@@ -325,13 +359,13 @@ class LocalDeployment:
         self.processes.append(managed)
         return managed
 
-    def start_superlink(self, startup_timeout_s: float = 60.0) -> None:
-        self.superlink_port = free_port()
+    def start_superlink(self, startup_timeout_s: float = 60.0, port: int | None = None) -> None:
+        self.superlink_port = port or free_port()
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         security = ["--insecure"]
         connection = "insecure = true"
         if self.secure:
-            self.tls = make_tls(self.out / "credentials", LOOPBACK)
+            self.tls = self.tls or make_tls(self.out / "credentials", LOOPBACK)
             security = [
                 "--ssl-ca-certfile",
                 str(self.tls.ca_cert),
@@ -370,6 +404,25 @@ class LocalDeployment:
         raise DeploymentError(
             f"flower-superlink did not answer within {startup_timeout_s:g}s; see {link.log_path}"
         )
+
+    def restart_superlink(self) -> None:
+        """Flower again on the same port after the SuperLink died (a crash). Its in-memory state
+        (the nodes' registrations) died with it and a SuperNode the new one refuses stops, so the
+        nodes are restarted too (same state dirs), and what the dead SuperLink left behind (its
+        SuperExec, a ServerApp) is killed. A run resumes when it is submitted again."""
+        tenants = [str(node[protocol.NODE_TENANT]) for node in self.tenants]
+        restart = [tenants.index(m.name) for m in self.processes if m.name in tenants]
+        for managed in reversed(self.processes):
+            if not managed.log_file.closed:
+                self.stop_process(managed)
+        orphans = [p for p in marked_processes(self.marker) if _alive(p)]
+        _signal_all(orphans, signal.SIGKILL)
+        if orphans:
+            log.warning("killed %d process(es) the stopped SuperLink left behind", len(orphans))
+        self.processes = []
+        self.start_superlink(port=self.superlink_port)
+        for index in restart:
+            self.start_supernode(index)
 
     def superlink_healthy(self) -> bool:
         scheme = "https" if self.tls else "http"
@@ -420,8 +473,14 @@ class LocalDeployment:
 
     def start(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
+        owner = running_owner(self.out)
+        if owner is not None:
+            raise ConflictError(
+                f"{self.out} is in use by another run-local (pid {owner}); stop it or pick another --out"
+            )
         clean_stale_processes(self.out)
-        (self.out / PIDFILE).write_text(json.dumps({"marker": self.marker, "pid": os.getpid()}))
+        owner_file = {"marker": self.marker, "pid": os.getpid(), "started": _started(os.getpid())}
+        (self.out / PIDFILE).write_text(json.dumps(owner_file))
         self.prepare()
         self.start_superlink()
         for index in range(self.nodes):
@@ -522,6 +581,15 @@ class LocalDeployment:
         path.write_text(json.dumps(report, indent=2, default=str))
         return path
 
+    def partial_report(self, run_name: str) -> Path | None:
+        """report.json for a run that failed (the rounds it committed, every outcome and charge so
+        far), or None when there is nothing to report (no such run, an unreachable database)."""
+        try:
+            return self.report(run_name)
+        except Exception as exc:  # the failure being reported matters more than this one
+            log.warning("no partial report for run %s: %s", run_name, exc)
+            return None
+
     # -- teardown
 
     def stop_process(self, managed: Managed) -> None:
@@ -595,15 +663,23 @@ def run_local(
     name = run_name or f"local-{task}-{nodes}n-{rounds}r-s{seed}"
     overrides = run_overrides(name, task, rounds, dp, seed, nodes, **dict(extra or {}))
     with LocalDeployment(out, task, nodes, seed, run_timeout_s=timeout_s, secure=secure) as deployment:
+        refusal = driven_elsewhere(deployment.engine, name)
+        if refusal is not None:  # before any process starts
+            raise ConflictError(refusal)
         deployment.start()
         run_id = deployment.submit(overrides)
         status = deployment.wait(run_id, name)
         if status != "finished:completed":
             log_path = deployment.logs / f"serverapp-{run_id}.log"
             cause = last_exception_line(log_path.read_text(errors="replace")) if log_path.exists() else None
+            if cause is not None and cause.startswith("ConflictError: "):
+                # Another server took the run (a race the check above cannot close): a conflict.
+                raise ConflictError(cause.removeprefix("ConflictError: "))
+            partial = deployment.partial_report(name)
             raise DeploymentError(
                 f"run '{name}' ended {status}"
                 + (f" ({cause})" if cause else "")
+                + (f"; partial report {partial}" if partial else "")
                 + f"; see {log_path} (run again with the same --run-name to resume)"
             )
         return deployment.report(name)

@@ -209,6 +209,18 @@ def _owner_alive(owner: str) -> bool:
         return True
 
 
+def lease_refusal(run: FlRun, now: datetime | None = None) -> str | None:
+    """Why another server may not drive ``run`` now (a live lease, naming its owner), or None."""
+    now = now or datetime.now(UTC)
+    owner, expires = run.lease_owner, _utc(run.lease_expires_at)
+    if owner is None or expires is None or expires <= now or not _owner_alive(owner):
+        return None
+    return (
+        f"run '{run.name}' is driven by server {owner} (lease until {expires.isoformat()}); "
+        "stop that server or wait for its lease to lapse"
+    )
+
+
 class Governor:
     """Database-backed governance of one run; safe to construct again after a crash (it resumes)."""
 
@@ -223,6 +235,8 @@ class Governor:
         #: Who holds the run lease: host, process and a token unique to this Governor.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.attempt = 0
+        #: Nodes bound (or found bound) by this server: a binding outside it is an earlier attempt's.
+        self._bound_here: set[str] = set()
 
     # --- the run lease ------------------------------------------------------------------------
 
@@ -237,18 +251,9 @@ class Governor:
 
     def _take_lease(self, run: FlRun) -> None:
         now = datetime.now(UTC)
-        owner, expires = run.lease_owner, _utc(run.lease_expires_at)
-        if (
-            owner is not None
-            and owner != self.owner
-            and expires is not None
-            and expires > now
-            and _owner_alive(owner)
-        ):
-            raise ConflictError(
-                f"run '{run.name}' is driven by server {owner} (lease until {expires.isoformat()}); "
-                "stop that server or wait for its lease to lapse"
-            )
+        refusal = lease_refusal(run, now)
+        if run.lease_owner != self.owner and refusal is not None:
+            raise ConflictError(refusal)
         self._renew(run, now)
 
     def _hold_lease(self, session: Any) -> FlRun:
@@ -357,7 +362,11 @@ class Governor:
 
     def complete_run(self, publish: Callable[[Any, FlRun], Any] | None = None) -> Any:
         """Mark the run completed and, in the same transaction, publish it (``publish(session, run)``):
-        a crash cannot leave a completed run unpublished. Returns what ``publish`` returned."""
+        a crash cannot leave a completed run unpublished. Returns what ``publish`` returned.
+        Retried on a transient database error (a failed try rolled the publication back too)."""
+        return retry_transient(lambda: self._complete_run_once(publish), "completing the run")
+
+    def _complete_run_once(self, publish: Callable[[Any, FlRun], Any] | None) -> Any:
         with transaction(self.engine) as session:
             run = self._hold_lease(session)
             run.status = "completed"
@@ -388,6 +397,7 @@ class Governor:
                 )
             )
             if existing is not None:
+                self._bound_here.add(existing.node_id)
                 return Tenant(node_id, existing.organization_id, existing.tenant), None
             reason: str | None = None
             org_id: uuid.UUID | None = None
@@ -399,14 +409,16 @@ class Governor:
                 reason = f"node {node_id} names organization {org_id}, which does not exist"
             elif org_id is not None:
                 other = session.scalar(
-                    select(FlNodeBinding.node_id).where(
+                    select(FlNodeBinding).where(
                         FlNodeBinding.run_id == self.run_id, FlNodeBinding.organization_id == org_id
                     )
                 )
+                if other is not None and other.node_id not in self._bound_here:
+                    return self._rebind(session, other, node_id, identity), None
                 if other is not None:
                     reason = (
-                        f"node {node_id} names organization {org_id}, which node {other} already speaks "
-                        "for in this run (one node per organization)"
+                        f"node {node_id} names organization {org_id}, which node {other.node_id} already "
+                        "speaks for in this run (one node per organization)"
                     )
             if reason is not None:
                 audit.append(
@@ -425,7 +437,32 @@ class Governor:
                     run_id=self.run_id, node_id=str(node_id), organization_id=org_id, tenant=identity.tenant
                 )
             )
+            self._bound_here.add(str(node_id))
             return Tenant(node_id, org_id, identity.tenant), None
+
+    def _rebind(self, session: Any, binding: FlNodeBinding, node_id: int, identity: NodeIdentity) -> Tenant:
+        """An organization bound to a node by an earlier attempt now speaks through a new node (a
+        restarted SuperNode or SuperLink gives nodes new ids): the new node takes the binding over.
+        Still one node per organization: a third node naming it in this attempt is skipped."""
+        previous = binding.node_id
+        binding.node_id = str(node_id)
+        self._bound_here.add(str(node_id))
+        audit.append(
+            session,
+            organization_id=None,
+            action="fl.node_rebound",
+            resource_type="fl_run",
+            resource_id=self.run_id,
+            data={"run": self.config.run_name, "node": str(node_id), "previous_node": previous},
+        )
+        log.info(
+            "run %s: node %s now speaks for %s (was node %s)",
+            self.config.run_name,
+            node_id,
+            binding.tenant,
+            previous,
+        )
+        return Tenant(node_id, binding.organization_id, binding.tenant)
 
     # --- admission ----------------------------------------------------------------------------
 
@@ -476,18 +513,16 @@ class Governor:
     def mark_offline(self, server_round: int, tenants: Iterable[Tenant]) -> None:
         """Bound tenants whose node is not connected this round: ``failed``, reason ``offline``
         (nothing instructed, nothing charged)."""
-        tenants = list(tenants)
+        tenants = sorted(tenants, key=lambda t: t.name)
         if not tenants:
             return
-        with transaction(self.engine) as session:
-            for tenant in sorted(tenants, key=lambda t: t.name):
-                self._skip(
-                    session,
-                    server_round,
-                    tenant,
-                    FAILED,
-                    OFFLINE,
-                )
+
+        def once() -> None:
+            with transaction(self.engine) as session:
+                for tenant in tenants:
+                    self._skip(session, server_round, tenant, FAILED, OFFLINE)
+
+        retry_transient(once, f"marking offline tenants of round {server_round}")
 
     def publish_completed(self, publish: Callable[[Any, FlRun], Any] | None) -> Any:
         """A run that completed but was never published (a crash between the two, before they
@@ -545,8 +580,17 @@ class Governor:
         and an outcome row. A tenant whose charge is refused (a concurrent run spent its budget
         since admission) is not instructed: ``rejected_budget`` with the numbers. A later timeout,
         refusal, malformed reply or crash leaves the charge in place: the ledger can only
-        over-charge, never under-charge.
+        over-charge, never under-charge. Retried on a transient database error: nothing leaves
+        before the transaction commits, so a failed try released nothing.
         """
+        chosen, population = list(chosen), list(population)
+        return retry_transient(
+            lambda: self._dispatch_once(server_round, chosen, population), f"dispatching round {server_round}"
+        )
+
+    def _dispatch_once(
+        self, server_round: int, chosen: list[Tenant], population: list[Tenant]
+    ) -> DispatchBatch:
         batch = DispatchBatch()
         chosen_ids = {t.node_id for t in chosen}
         everyone = {t.node_id: t for t in [*population, *chosen]}
