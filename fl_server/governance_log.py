@@ -86,7 +86,7 @@ class GovernanceLog:
             c.task,
             c.rounds,
             c.dp.value,
-            c.privacy_unit,
+            "+".join(self._units()),
             c.fraction,
             f", resumed at round {server_round} (attempt {attempt})" if self._resumed else "",
         )

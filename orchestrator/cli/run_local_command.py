@@ -3,7 +3,7 @@
 Before any process starts, the run name is checked against the database the run will use: a
 completed run of that name is a conflict (exit 4, pick another ``--run-name``); an unfinished one
 is resumed at its next round. While the run goes, a thread reads the database and prints a line
-per completed round. At the end the report folder holds the same files as ``simulate``:
+per completed round, with this run's ε and the lifetime ε labelled apart (``fl_server.round_epsilon``). At the end the report folder holds the same files as ``simulate``:
 report.json, tenants.csv, metric.png, epsilon.png and report.md.
 """
 
@@ -21,6 +21,8 @@ import typer
 from sqlalchemy import Engine, func, select
 
 from fl_server.config import DpMode
+from fl_server.round_epsilon import round_epsilon
+from privacy.ledger import LedgerPolicy
 from schema.config import Settings
 from schema.db import make_engine, transaction
 from schema.errors import ConflictError, InvalidInputError
@@ -65,6 +67,7 @@ class RoundPrinter:
 
     def __init__(self, url: str, run_name: str, rounds: int, interval_s: float = 2.0) -> None:
         self.url, self.run_name, self.rounds, self.interval_s = url, run_name, rounds, interval_s
+        self.policy = LedgerPolicy.from_settings(Settings(database_url=url))
         self.printed = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -115,8 +118,10 @@ class RoundPrinter:
                     "-" if summary is None or summary.metric_value is None else f"{summary.metric_value:.4f}"
                 )
                 accepted = summary.accepted if summary is not None else 0
+                epsilon = round_epsilon(session, self.run_name, number, self.policy)
                 lines.append(
-                    f"round {number}/{self.rounds}: {accepted} accepted, {skipped or 0} skipped, metric {metric}"
+                    f"round {number}/{self.rounds}: {accepted} accepted, {skipped or 0} skipped, metric {metric}, "
+                    + (epsilon.label() if epsilon is not None else "ε run - life -")
                 )
                 self.printed = number
         return lines
