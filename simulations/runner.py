@@ -183,7 +183,7 @@ def run_one(
     caps = {f"tenant-{i}": cap for i, cap in spec.epsilon_caps().items()}
     names = [(f"tenant-{i}", f"{spec.org_prefix()}tenant-{i}") for i in range(spec.tenants)]
     for line in preflight.check(
-        preflight.forecast(engine, config, names, caps, spec.delta, policy), config.rounds
+        preflight.forecast(engine, config, names, caps, spec.delta, policy), config.rounds, config.fraction
     ):
         warn(line)
     setups = prepare_federation(

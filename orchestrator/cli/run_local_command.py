@@ -191,10 +191,14 @@ def run_local(
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"--out {out} exists and is not a folder")
     name = run_name or default_run_name(task, nodes, rounds, seed)
-    url = database_url(out)
-    check_run_name(url, name)  # before any process starts
-
     from fl_server.deploy import run_local as deploy_run_local
+    from fl_server.deploy import run_overrides
+
+    # The whole run config first (exit 2, one line naming key, value and range), then the name:
+    # both before any folder, database or process exists.
+    run_overrides(name, task, rounds, dp, seed, nodes, round_timeout_s=round_timeout_s)
+    url = database_url(out)
+    check_run_name(url, name)
 
     with RoundPrinter(url, name, rounds):
         report = deploy_run_local(

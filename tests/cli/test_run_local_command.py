@@ -100,3 +100,21 @@ def test_a_line_per_round_and_the_simulate_report_files(
         assert (folder / name).stat().st_size > 0, name
     assert "# Simulation report: local-like" in (folder / "report.md").read_text()
     assert result.main.report["config"]["run_name"] == "local-like"
+
+
+def test_a_bad_run_config_value_is_refused_in_one_line_before_anything_starts(
+    ready_cli: Runner, tmp_path: Path
+) -> None:
+    # Prepare
+    out = tmp_path / "out"
+    base = ("run-local", "--task", "digits", "--nodes", "2", "--rounds", "1", "--out", str(out))
+
+    # Execute
+    timeout = ready_cli(*base, "--round-timeout", "0")
+    dp = ready_cli(*base, "--dp", "maybe")
+
+    # Assert: exit 2, one line naming the key, the value and what is allowed; nothing created.
+    assert timeout.code == 2 and dp.code == 2
+    assert timeout.err.strip() == "error: run config round-timeout-s=0.0 is invalid: allowed a number > 0"
+    assert len(dp.err.strip().splitlines()) == 1 and "'maybe'" in dp.err and "local" in dp.err
+    assert not out.exists()
