@@ -71,7 +71,8 @@ def round_epsilon(
     events: dict[uuid.UUID, list[DpEvent]] = defaultdict(list)
     lifetime: float | None = None
     for organization_id, dp_event, epsilon_after in rows:
-        if dp_event.get("unit", unit) != unit:
+        # A JSON null passes ``IS NOT NULL`` on SQLite: skipped outcomes are dropped here too.
+        if not dp_event or dp_event.get("unit", unit) != unit:
             continue
         events[organization_id].append(
             event_from_row(

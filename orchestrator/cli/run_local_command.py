@@ -1,11 +1,12 @@
 """`accute-fl run-local`: a real SuperLink and N SuperNodes on loopback, one governed run, a report.
 
-Before any process starts, the run name is checked against the database the run will use: a
-completed run of that name is a conflict (exit 4, pick another ``--run-name``); an unfinished one
-is resumed at its next round. While the run goes, a thread reads the database and prints a line
-per completed round, with this run's ε and the lifetime ε labelled apart (``fl_server.round_epsilon``). At the end the report folder holds the same files as ``simulate``:
-report.json, tenants.csv, metric.png, epsilon.png and report.md.
-"""
+Before any process starts, the run config is validated (exit 2) and the run name is checked
+against the database the run will use: a completed run of that name is a conflict (exit 4, pick
+another ``--run-name``); an unfinished one is resumed at its next round. While the run goes, a
+thread reads the database and prints a line per completed round, with this run's ε and the
+lifetime ε labelled apart (``fl_server.round_epsilon``). At the end the report folder holds the
+same files as ``simulate``: report.json, tenants.csv, metric.png, epsilon.png and report.md; a
+run that accepted no contribution exits 9 (as ``simulate``), its report.md saying why."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from fl_server.round_epsilon import round_epsilon
 from privacy.ledger import LedgerPolicy
 from schema.config import Settings
 from schema.db import make_engine, transaction
-from schema.errors import ConflictError, InvalidInputError
+from schema.errors import ConflictError, InvalidInputError, NothingTrainedError
 from schema.models import FlRoundOutcome, FlRoundSummary, FlRun, Organization, User
 
 
@@ -213,7 +214,23 @@ def run_local(
             extra={"round_timeout_s": round_timeout_s},
             secure=secure,
         )
+    nothing = mark_nothing_trained(report)
     markdown = write_outputs(report, url).parent / "report.md"
+    if nothing is not None:  # as `simulate`: exit 9, report.md says it in words
+        raise NothingTrainedError(f"the run trained nothing: {nothing}; report: {markdown}")
     typer.echo(f"report: {report}")
     typer.echo(f"        {markdown}")
     typer.echo(f"logs:   {report.parent / 'logs'}")
+
+
+def mark_nothing_trained(report_path: Path) -> str | None:
+    """Why the run trained no one (None when someone was accepted), written into report.json as
+    ``nothing_trained`` so report.md says it."""
+    from simulations.runner import nothing_trained_reason
+
+    report: dict[str, Any] = json.loads(report_path.read_text())
+    nothing = nothing_trained_reason(report)
+    if nothing is not None:
+        report["nothing_trained"] = nothing
+        report_path.write_text(json.dumps(report, indent=2, default=str))
+    return nothing

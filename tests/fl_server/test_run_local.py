@@ -223,12 +223,23 @@ def test_secured_deployment_admits_registered_nodes_only_over_tls(tmp_path: Path
         rogue_key = make_node_key(tmp_path / "rogue", "rogue")
         rogue = dep._spawn("rogue", dep.supernode_args(dep.tenants[0] | {"tenant": "rogue"}, rogue_key))
         overrides = run_overrides(name, "digits", 1, DpMode.LOCAL, 2, 2, round_timeout_s=60, **TRAIN)
+        bad = overrides | {"run_name": "bad-config", "rounds": 0}  # what a hand-typed --run-config may hold
 
         # Execute
+        bad_id = dep.submit(bad)
+        bad_status = dep.wait(bad_id, timeout_s=180)
         run_id = dep.submit(overrides)
         status = dep.wait(run_id, name)
 
-        # Assert: the run completed with the two registered tenants; the rogue never got in.
+        # Assert: the bad run failed on its first step with one line naming key, value and range,
+        # shown by `flwr ls` and `flwr log`, before any run row, admission or charge.
+        expected = "run config rounds=0 is invalid: allowed an integer >= 1 and <= 10000"
+        assert bad_status == "finished:failed"
+        listed = dep._flwr("ls", CONNECTION, "--run-id", bad_id, "--format", "json")
+        assert expected in json.loads(listed[listed.index("{") :])["runs"][0]["status-details"]
+        assert expected in (dep.logs / f"serverapp-{bad_id}.log").read_text()
+        assert dep.db_run("bad-config") is None
+        # The run completed with the two registered tenants; the rogue never got in.
         assert status == "finished:completed"
         assert outcomes(dep) == {(1, "tenant-0"): "accepted", (1, "tenant-1"): "accepted"}
         listed = dep._flwr("supernode", "ls", CONNECTION, "--format", "json")
