@@ -170,3 +170,37 @@ def test_governance_lines_stay_quiet_when_flower_logs_warnings_only(
     with transaction(fed.engine) as session:
         assert session.scalar(select(FlRun.status).where(FlRun.name == "quiet")) == "completed"
     assert "accute run" not in flower_stream.getvalue()
+
+
+def test_a_resumed_server_logs_this_runs_epsilon_from_the_ledger(
+    make_federation, database_url: str, tmp_path: Path, flower_stream: io.StringIO
+) -> None:  # type: ignore[no-untyped-def]
+    # Prepare: an earlier run charged both tenants; the logged run's server dies after round 1.
+    fed = make_federation(tenants=2)
+    settings = settings_for(database_url, tmp_path)
+    make_server_app(settings=settings)(fed.grid, context(run_config(fed, "earlier", rounds=1)))
+
+    def crash(record) -> None:  # type: ignore[no-untyped-def]
+        if record.server_round == 1:
+            raise KeyboardInterrupt("server killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        make_server_app(settings=settings, on_round=crash)(
+            fed.grid, context(run_config(fed, "resumed", rounds=2))
+        )
+    flower_stream.truncate(0)
+    flower_stream.seek(0)
+
+    # Execute: a new server process resumes the run at round 2.
+    make_server_app(settings=settings)(fed.grid, context(run_config(fed, "resumed", rounds=2)))
+
+    # Assert: round 2's epsilon this run covers rounds 1 and 2 of this run only (not the earlier run).
+    lines = governance_lines(flower_stream)
+    assert lines[0].startswith("accute run resumed: ") and "resumed at round 2 (attempt 2)" in lines[0]
+    report = build_report(
+        fed.engine, "resumed", tmp_path / "weights", ledger.LedgerPolicy.from_settings(settings)
+    )
+    for name, tenant in report["tenants"].items():
+        line = next(line for line in lines if line.startswith(f"round 2/2: {name} "))
+        assert f"epsilon this run {tenant['epsilon_run']:.4f}, lifetime {tenant['epsilon_spent']:.4f}" in line
+        assert len(tenant["dp_events"]) == 2 and tenant["epsilon_run"] < tenant["epsilon_spent"]
