@@ -83,7 +83,10 @@ class RoundPrinter:
 
     def _loop(self) -> None:
         engine: Engine | None = None
-        while not self.stop.wait(self.interval_s):
+        stopping = False
+        while not stopping:
+            # One last read after the stop: the final rounds committed since the previous poll.
+            stopping = self.stop.wait(self.interval_s)
             try:
                 engine = engine or make_engine(Settings(database_url=self.url))
                 for line in self.new_lines(engine):
@@ -201,6 +204,10 @@ def run_local(
     url = database_url(out)
     check_run_name(url, name)
 
+    typer.echo(
+        f"run-local {name}: starting a SuperLink and {nodes} SuperNode(s) on 127.0.0.1 "
+        f"(logs in {out / 'logs'}); a line per completed round follows"
+    )
     with RoundPrinter(url, name, rounds):
         report = deploy_run_local(
             out,

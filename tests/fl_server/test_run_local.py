@@ -88,9 +88,16 @@ def test_run_local_command_completes_three_rounds_and_publishes(tmp_path: Path, 
     )
 
     # Assert: report written, one contribution per tenant per round, a published model version.
-    assert code == 0, capsys.readouterr().err
-    assert f"report: {out / 'report.json'}" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert f"report: {out / 'report.json'}" in printed.out
     report = json.loads((out / "report.json").read_text())
+    # A start line at once, then one line per round with this run's and the lifetime epsilon.
+    assert printed.out.startswith("run-local local-digits-2n-3r-s1: starting a SuperLink and 2 SuperNode(s)")
+    round_lines = [line for line in printed.out.splitlines() if line.startswith("round ")]
+    assert [line.split(":")[0] for line in round_lines] == ["round 1/3", "round 2/3", "round 3/3"]
+    last_epsilon = max(report["rounds"][-1]["epsilon_run"].values())
+    assert round_lines[-1].endswith(f"ε run {last_epsilon:.2f} life {last_epsilon:.2f}")
     assert [r["round"] for r in report["rounds"]] == [1, 2, 3]
     assert all(r["statuses"] == {"accepted": 2} for r in report["rounds"])
     assert sorted(report["tenants"]) == ["tenant-0", "tenant-1"]
