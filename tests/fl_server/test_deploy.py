@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from fl_server.deploy import MARKER_ENV, PIDFILE, _alive, clean_stale_processes
 
 
@@ -116,8 +118,8 @@ def _flower_reads(home: Path, name: str) -> tuple[str | None, str | None, bool]:
 
 
 def test_deploy_connection_twice_leaves_one_entry_flower_parses_and_keeps_the_others(
-    tmp_path: Path, monkeypatch, capsys
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     # Prepare: an operator's FLWR_HOME that already holds another connection.
     import tomllib
 
@@ -149,8 +151,8 @@ def test_deploy_connection_twice_leaves_one_entry_flower_parses_and_keeps_the_ot
 
 
 def test_deploy_connection_refuses_bad_input_in_one_line_and_writes_nothing(
-    tmp_path: Path, monkeypatch, capsys
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     # Prepare
     from orchestrator.cli.main import main
 

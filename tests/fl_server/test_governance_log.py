@@ -11,7 +11,7 @@ import io
 import logging
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from fl_client import protocol
 from fl_server.app import make_server_app
 from fl_server.report import build_report
+from fl_server.strategy import RoundRecord
 from privacy import ledger
 from schema.config import Settings
 from schema.db import transaction
@@ -70,8 +71,8 @@ def governance_lines(stream: io.StringIO) -> list[str]:
 
 
 def test_server_app_logs_admission_skips_epsilon_and_publication_once(
-    make_federation, database_url: str, tmp_path: Path, flower_stream: io.StringIO
-) -> None:  # type: ignore[no-untyped-def]
+    make_federation: Callable[..., Federation], database_url: str, tmp_path: Path, flower_stream: io.StringIO
+) -> None:
     # Prepare: tenant-0 can afford two rounds in all; a node names an organization that does not
     # exist; an earlier run already charged every tenant once (so this run's epsilon is not the
     # lifetime one).
@@ -135,8 +136,13 @@ def test_server_app_logs_admission_skips_epsilon_and_publication_once(
     ],
 )
 def test_bad_run_config_fails_the_server_app_first_with_one_line(
-    make_federation, database_url: str, tmp_path: Path, key: str, value: Any, expected: str
-) -> None:  # type: ignore[no-untyped-def]
+    make_federation: Callable[..., Federation],
+    database_url: str,
+    tmp_path: Path,
+    key: str,
+    value: Any,
+    expected: str,
+) -> None:
     # Prepare
     fed = make_federation()
     config = run_config(fed, "bad") | {key: value}
@@ -155,8 +161,8 @@ def test_bad_run_config_fails_the_server_app_first_with_one_line(
 
 
 def test_governance_lines_stay_quiet_when_flower_logs_warnings_only(
-    make_federation, database_url: str, tmp_path: Path, flower_stream: io.StringIO
-) -> None:  # type: ignore[no-untyped-def]
+    make_federation: Callable[..., Federation], database_url: str, tmp_path: Path, flower_stream: io.StringIO
+) -> None:
     # Prepare: `accute-fl simulate` sets Flower's logger to WARNING for its own progress line.
     fed = make_federation(tenants=1)
     logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -173,14 +179,14 @@ def test_governance_lines_stay_quiet_when_flower_logs_warnings_only(
 
 
 def test_a_resumed_server_logs_this_runs_epsilon_from_the_ledger(
-    make_federation, database_url: str, tmp_path: Path, flower_stream: io.StringIO
-) -> None:  # type: ignore[no-untyped-def]
+    make_federation: Callable[..., Federation], database_url: str, tmp_path: Path, flower_stream: io.StringIO
+) -> None:
     # Prepare: an earlier run charged both tenants; the logged run's server dies after round 1.
     fed = make_federation(tenants=2)
     settings = settings_for(database_url, tmp_path)
     make_server_app(settings=settings)(fed.grid, context(run_config(fed, "earlier", rounds=1)))
 
-    def crash(record) -> None:  # type: ignore[no-untyped-def]
+    def crash(record: RoundRecord) -> None:
         if record.server_round == 1:
             raise KeyboardInterrupt("server killed")
 

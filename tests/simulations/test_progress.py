@@ -69,6 +69,7 @@ def test_progress_shows_this_runs_epsilon_beside_the_lifetime_one(
     assert [number for number, _ in recorder.rounds] == [1, 2]
     for (_number, epsilon), row in zip(recorder.rounds, report["rounds"], strict=True):
         assert epsilon is not None and epsilon.unit == report["unit"]
+        assert epsilon.run is not None and epsilon.lifetime is not None
         assert epsilon.run == pytest.approx(max(row["epsilon_run"].values()), rel=1e-9)
         assert epsilon.lifetime == pytest.approx(max(row["epsilon"].values()), rel=1e-9)
         assert 0 < epsilon.run < epsilon.lifetime
