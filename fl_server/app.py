@@ -7,7 +7,6 @@ settings of the process that runs the ServerApp.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 from flwr.app import Context
@@ -20,13 +19,12 @@ from fl_client import protocol
 from fl_client.tasks import get_task
 from fl_server.config import RunConfig
 from fl_server.governance import Governor
+from fl_server.governance_log import GovernanceLog
 from fl_server.publish import Publication, PublishGate, publisher
 from fl_server.strategy import GovernedResult, GovernedStrategy, RoundRecord, ServerEvaluate
 from schema.config import Settings
 from schema.db import make_engine
 from schema.migrate import require_current_schema
-
-log = logging.getLogger("accute.fl_server")
 
 
 def inner_strategy(config: RunConfig) -> Strategy:
@@ -58,13 +56,27 @@ def run_governed(
         require_current_schema(engine)
         governor = Governor(engine, config, settings)
         store = WeightsStore(settings.weights_dir)
+        governance = GovernanceLog(engine, config, governor.policy)
+
+        def round_done(record: RoundRecord) -> None:
+            governance.round(
+                record.server_round,
+                record.admitted,
+                record.charged,
+                strategy.tenants.values(),
+                strategy.skipped_nodes,
+                attempt=governor.attempt,
+            )
+            if on_round is not None:
+                on_round(record)
+
         # Published in the transaction that completes the run (or, after a crash between the
         # two in older versions, on the next start): never completed and unpublished.
         strategy = GovernedStrategy(
             inner_strategy(config),
             governor,
             store,
-            on_round=on_round,
+            on_round=round_done,
             server_evaluate=server_evaluate,
             publish=publisher(config, PublishGate.from_settings(settings)),
         )
@@ -72,6 +84,7 @@ def run_governed(
         initial = {k: v.detach().numpy() for k, v in task.initial_state(config.seed).items()}
         result = strategy.start(grid, record_from_arrays(initial))
         publication: Publication = strategy.publication
+        governance.finished(publication)
         return result, publication
     finally:
         engine.dispose()
@@ -87,16 +100,13 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        # Flower has no hook to check a run config at submission, so this is the ServerApp's first
+        # step: a bad value fails the run with one line (key, value, allowed range) before any
+        # node is asked anything and any tenant admitted or charged.
         # The simulation manifest is the ClientApp's (``manifest``), not a RunConfig field.
         values = {k: v for k, v in context.run_config.items() if k != protocol.RUN_MANIFEST}
         run_config = config or RunConfig.parse(values)
-        _, publication = run_governed(grid, run_config, settings or Settings(), on_round, server_evaluate)
-        log.info(
-            "published %s %s (%s)",
-            publication.model_name,
-            publication.model_version,
-            publication.deployment_status,
-        )
+        run_governed(grid, run_config, settings or Settings(), on_round, server_evaluate)
 
     return app
 

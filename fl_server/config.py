@@ -123,8 +123,40 @@ class RunConfig(BaseModel):
             return cls(**cleaned)
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ())) or "run config"
-            raise InvalidInputError(f"run config '{where}': {first['msg']}") from None
+            loc = [str(p) for p in first.get("loc", ())]
+            if first.get("type") == "extra_forbidden" and loc:
+                raise InvalidInputError(
+                    f"run config has an unknown key '{loc[0].replace('_', '-')}'"
+                ) from None
+            if not loc:
+                raise InvalidInputError(f"run config: {first['msg']}") from None
+            key = loc[0]
+            value = cleaned.get(key, first.get("input"))
+            allowed = cls.allowed(key)
+            why = f"allowed {allowed}" if allowed else str(first["msg"]).removeprefix("Value error, ")
+            raise InvalidInputError(
+                f"run config {key.replace('_', '-')}={value!r} is invalid: {why}"
+            ) from None
+
+    @classmethod
+    def allowed(cls, key: str) -> str | None:
+        """The allowed values of a field in words (a numeric range or the choices), for errors."""
+        field = cls.model_fields.get(key)
+        if field is None:
+            return None
+        annotation = field.annotation
+        choices = getattr(annotation, "__members__", None)
+        if choices is not None:
+            return "one of " + ", ".join(str(m.value) for m in choices.values())
+        bounds = []
+        for item in field.metadata:
+            for attr, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+                if getattr(item, attr, None) is not None:
+                    bounds.append(f"{word} {getattr(item, attr)}")
+        if not bounds:
+            return None
+        kind = "an integer" if annotation is int else "a number"
+        return f"{kind} {' and '.join(bounds)}"
 
     def as_flower(self) -> dict[str, bool | int | float | str]:
         """The flat form Flower's run config carries (no None values)."""

@@ -47,6 +47,7 @@ from sqlalchemy.exc import DBAPIError
 
 from fl_client import protocol
 from fl_server.config import DpMode, RunConfig
+from fl_server.connection import write_connection
 from fl_server.credentials import NodeKey, TlsFiles, make_node_key, make_tls
 from fl_server.report import build_report
 from privacy import ledger
@@ -363,7 +364,6 @@ class LocalDeployment:
         self.superlink_port = port or free_port()
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         security = ["--insecure"]
-        connection = "insecure = true"
         if self.secure:
             self.tls = self.tls or make_tls(self.out / "credentials", LOOPBACK)
             security = [
@@ -375,10 +375,13 @@ class LocalDeployment:
                 str(self.tls.server_key),
                 "--enable-supernode-auth",
             ]
-            connection = f'root-certificates = "{self.tls.ca_cert}"'
-        (self.flwr_home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-            f'[superlink.{CONNECTION}]\naddress = "{LOOPBACK}:{self.superlink_port}"\n{connection}\n'
+        write_connection(
+            CONNECTION,
+            f"{LOOPBACK}:{self.superlink_port}",
+            root_certificates=self.tls.ca_cert if self.tls else None,
+            insecure=self.tls is None,
+            make_default=True,
+            home=self.flwr_home,
         )
         link = self._spawn(
             "superlink",

@@ -78,6 +78,8 @@ class Publication:
     weights_checksum: str
     deployment_status: str
     metric: float | None
+    #: Why the publish gate did not activate it (None: activated).
+    refusal: str | None = None
 
 
 def publish_run(
@@ -158,4 +160,5 @@ def publish_in(
         row.weights_checksum,
         row.deployment_status or "",
         metric,
+        refusal,
     )

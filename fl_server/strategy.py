@@ -49,6 +49,7 @@ from fl_client.protocol import EvalInstruction, NodeIdentity, TrainReport
 from fl_server.config import DpMode
 from fl_server.governance import ACCEPTED, FAILED, Dispatch, Governor, Tenant, Verdict, finite
 from privacy import secure_noise
+from privacy.events import DpEvent, NonPrivateEvent
 
 log = logging.getLogger("accute.fl_server")
 
@@ -128,6 +129,9 @@ class RoundRecord:
     #: Central DP: tenants charged this round (every admitted one) and the public denominator.
     central_population: int = 0
     central_denominator: float | None = None
+    #: Tenants the consent gate and budget filter admitted, and the DP events each was charged.
+    admitted: list[str] = field(default_factory=list)
+    charged: dict[str, list[DpEvent]] = field(default_factory=dict)
 
 
 @dataclass
@@ -328,6 +332,11 @@ class GovernedStrategy(Strategy):
         # Charge, then release: nothing is sent before the dispatch transaction committed.
         batch = self.governor.dispatch(server_round, chosen, population)
         record.statuses.update(batch.refused)
+        record.admitted = sorted(t.name for t in admission.admitted.values())
+        for tenant in batch.central_charged:
+            record.charged.setdefault(tenant.name, []).append(self.governor.central_event())
+        for dispatched in batch.dispatched.values():
+            record.charged.setdefault(dispatched.tenant.name, []).extend(self._local_charges())
         messages = [m for m in messages if m.metadata.dst_node_id in batch.dispatched]
         for message in messages:
             _attach(
@@ -452,6 +461,14 @@ class GovernedStrategy(Strategy):
             outlier=outlier,
         )
         return new_arrays
+
+    def _local_charges(self) -> list[DpEvent]:
+        """The local events one dispatch charged (``Governor._dispatch_one``), in the run's unit."""
+        if self.config.dp.local:
+            return [self.governor.local_event()]
+        if self.config.dp == DpMode.OFF:
+            return [NonPrivateEvent(self.config.privacy_unit)]
+        return []
 
     def _poisson_sample(self, admitted: dict[int, Tenant]) -> dict[int, Tenant]:
         """Each admitted tenant independently with probability ``fraction`` (CSPRNG): the sampling the

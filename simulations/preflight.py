@@ -1,15 +1,24 @@
 """Pre-flight: before Flower starts, how many rounds can each tenant pay for?
 
-Each round charges a participating tenant the run's events (local DP-SGD in the run's unit,
-and/or the central Gaussian in the tenant unit; every admitted tenant pays the central one). For
-``k`` = 1 … rounds this projects ``k`` rounds of those events onto the tenant's ledger
-(``privacy.ledger.project``, composed, never summed) or, for a tenant not created yet, onto an
-empty ledger at the spec's delta, and compares with the cap the run will find (the spec's cap, or
-the ledger's, or the platform default). Advisory, like the filter's projection: the budget filter
-still decides each round; the projection assumes a tenant is sampled every round (with
-``fraction`` < 1 it is an upper bound on the spend).
+Each round charges the run's events (local DP-SGD in the run's unit, and/or the central Gaussian
+in the tenant unit), composed on the tenant's ledger (``privacy.ledger.project``, never summed)
+or, for a tenant not created yet, on an empty ledger at the spec's delta, against the cap the run
+will find (the spec's cap, or the ledger's, or the platform default). Per ledger this gives the
+number of charges ``k`` (at most ``rounds``) the tenant can pay for.
 
-Nothing is written: a refused simulation leaves the database as it was.
+Sampling (``fraction``): the local event is charged only in the rounds a tenant is sampled, about
+``fraction`` x ``rounds`` of them in expectation; the central event is charged to every admitted
+tenant in every round, sampled or not. So:
+
+- **refusal** (exact, exit 2): no tenant can pay for one round's events (``k`` = 0 on some ledger
+  for every tenant) — nothing could train;
+- **benched warning** (an expectation, and it says so): a tenant whose local ledger pays for ``L``
+  rounds of training runs out after about ``L / fraction`` rounds, and its central ledger after
+  ``C`` rounds; it is warned about when ``min(L / fraction, C)`` < ``rounds``, i.e. when it can pay
+  for fewer sampled rounds than the ``fraction`` x ``rounds`` it is expected to be sampled in.
+
+Advisory, like the filter's projection: the budget filter still decides each round. Nothing is
+written: a refused simulation leaves the database as it was.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -34,10 +44,15 @@ class Forecast:
     """One tenant's outlook: rounds it can pay for out of the run's, and the numbers behind it."""
 
     tenant: str
+    #: Rounds of the run's events every ledger can pay for (0: not even one; at most ``rounds``).
     rounds_affordable: int
     epsilon_spent: float
     epsilon_cap: float
     epsilon_one_round: float
+    #: Expected rounds of the run before the tenant is benched, given sampling (at most ``rounds``).
+    rounds_expected: float = math.inf
+    #: Rounds of training (local charges) its ledger pays for; None without local DP.
+    training_affordable: int | None = None
 
 
 def round_events(config: RunConfig) -> list[list[DpEvent]]:
@@ -84,13 +99,24 @@ def forecast(
             organization = session.scalar(select(Organization).where(Organization.name == org_name))
             ledger_of = _Ledger(session, organization, config.task, caps.get(tenant), delta, policy)
 
-            def fits(k: int, ledger_of: _Ledger = ledger_of) -> bool:
-                return all(spend <= cap for _, spend, cap in (ledger_of.after(k, g) for g in groups))
-
-            affordable = _largest(fits, config.rounds)
+            per_group = [_largest(partial(_fits, ledger_of, group), config.rounds) for group in groups]
             before, one, cap = ledger_of.after(1, groups[0])
-            out.append(Forecast(tenant, affordable, before, cap, one - before))
+            # The local group (first when present) is charged in sampled rounds only.
+            training = per_group[0] if config.dp.local else None
+            lasts = [
+                (k / config.fraction if k < config.rounds else math.inf)
+                if (config.dp.local and index == 0)
+                else (k if k < config.rounds else math.inf)
+                for index, k in enumerate(per_group)
+            ]
+            expected = min(min(lasts), float(config.rounds))
+            out.append(Forecast(tenant, min(per_group), before, cap, one - before, expected, training))
     return out
+
+
+def _fits(ledger_of: _Ledger, group: list[DpEvent], k: int) -> bool:
+    _, spend, cap = ledger_of.after(k, group)
+    return spend <= cap
 
 
 @dataclass(frozen=True)
@@ -122,8 +148,9 @@ def _fmt(value: float) -> str:
     return "∞" if math.isinf(value) else f"{value:.3g}"
 
 
-def check(forecasts: Sequence[Forecast], rounds: int) -> list[str]:
-    """Warnings for tenants that will be benched; refuses (exit 2) when no tenant can pay one round."""
+def check(forecasts: Sequence[Forecast], rounds: int, fraction: float = 1.0) -> list[str]:
+    """Warnings for tenants expected to be benched (given the sampling ``fraction``); refuses
+    (exit 2) when no tenant can pay for one round."""
     if not forecasts:
         return []
     if all(f.rounds_affordable == 0 for f in forecasts):
@@ -134,12 +161,24 @@ def check(forecasts: Sequence[Forecast], rounds: int) -> list[str]:
             f"({worst.tenant}: spent {_fmt(worst.epsilon_spent)} of cap {_fmt(worst.epsilon_cap)}); "
             "use --fresh-tenants, a larger --epsilon-cap, or more noise (--noise-multiplier)"
         )
-    short = [f for f in forecasts if f.rounds_affordable < rounds]
-    lines = [
-        f"warning: {f.tenant} can pay for {f.rounds_affordable} of {rounds} rounds (ε {_fmt(f.epsilon_one_round)} "
-        f"per round; spent {_fmt(f.epsilon_spent)} of cap {_fmt(f.epsilon_cap)}): benched after that"
-        for f in short[:5]
-    ]
+    short = [f for f in forecasts if f.rounds_expected < rounds]
+    lines = [_benched(f, rounds, fraction) for f in short[:5]]
     if len(short) > 5:
-        lines.append(f"warning: … and {len(short) - 5} more tenants will be benched early")
+        lines.append(f"warning: … and {len(short) - 5} more tenants are expected to be benched early")
     return lines
+
+
+def _benched(f: Forecast, rounds: int, fraction: float) -> str:
+    affordable = f.training_affordable if f.training_affordable is not None else f.rounds_affordable
+    sampled = (
+        "sampled every round"
+        if fraction >= 1.0
+        else f"sampled in about {fraction * rounds:.3g} of {rounds} rounds (fraction {fraction:g})"
+    )
+    after = math.floor(f.rounds_expected)
+    when = "from the first round" if after == 0 else f"after about round {after}"
+    return (
+        f"warning: {f.tenant} can pay for {affordable} of {rounds} rounds (ε {_fmt(f.epsilon_one_round)} "
+        f"per round; spent {_fmt(f.epsilon_spent)} of cap {_fmt(f.epsilon_cap)}); {sampled}, it is expected "
+        f"to be benched {when}"
+    )

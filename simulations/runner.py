@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 
 from consent_gate import dsr
 from consent_gate.gate import take_snapshot
@@ -33,13 +33,14 @@ from consent_gate.policy import ConsentPolicy
 from consent_gate.records import withdraw
 from fl_server.config import DpMode, RunConfig
 from fl_server.report import build_report
+from fl_server.round_epsilon import RoundEpsilon, round_epsilon
 from fl_server.strategy import RoundRecord
 from privacy import ledger
 from schema.config import Settings
 from schema.db import make_engine, transaction
 from schema.errors import ConflictError
 from schema.migrate import require_current_schema
-from schema.models import FlRoundOutcome, FlRun, Organization
+from schema.models import FlRun, Organization
 from simulations import preflight
 from simulations.federation import TenantSetup, prepare_federation, run_federation
 from simulations.heldout import server_evaluate
@@ -54,7 +55,7 @@ Executor = Callable[
 class Progress(Protocol):
     def started(self, spec: SimulationSpec, config: RunConfig, label: str) -> None: ...
 
-    def round_done(self, record: RoundRecord, max_epsilon: float) -> None: ...
+    def round_done(self, record: RoundRecord, epsilon: RoundEpsilon | None) -> None: ...
 
     def finished(self) -> None: ...
 
@@ -63,7 +64,7 @@ class SilentProgress:
     def started(self, spec: SimulationSpec, config: RunConfig, label: str) -> None:
         pass
 
-    def round_done(self, record: RoundRecord, max_epsilon: float) -> None:
+    def round_done(self, record: RoundRecord, epsilon: RoundEpsilon | None) -> None:
         pass
 
     def finished(self) -> None:
@@ -150,14 +151,12 @@ class ConsentScenario:
             )
 
 
-def max_epsilon(engine: Engine, run_name: str, server_round: int) -> float:
+def progress_epsilon(
+    engine: Engine, run_name: str, server_round: int, policy: ledger.LedgerPolicy
+) -> RoundEpsilon | None:
+    """This run's ε and the lifetime ε after the round, for the progress line (``fl_server.round_epsilon``)."""
     with transaction(engine) as session:
-        value = session.scalar(
-            select(func.max(FlRoundOutcome.epsilon_after))
-            .join(FlRun, FlRun.id == FlRoundOutcome.run_id)
-            .where(FlRun.name == run_name, FlRoundOutcome.aggregation_round <= server_round)
-        )
-    return float(value or 0.0)
+        return round_epsilon(session, run_name, server_round, policy)
 
 
 def print_warning(line: str) -> None:
@@ -184,7 +183,7 @@ def run_one(
     caps = {f"tenant-{i}": cap for i, cap in spec.epsilon_caps().items()}
     names = [(f"tenant-{i}", f"{spec.org_prefix()}tenant-{i}") for i in range(spec.tenants)]
     for line in preflight.check(
-        preflight.forecast(engine, config, names, caps, spec.delta, policy), config.rounds
+        preflight.forecast(engine, config, names, caps, spec.delta, policy), config.rounds, config.fraction
     ):
         warn(line)
     setups = prepare_federation(
@@ -207,7 +206,7 @@ def run_one(
     def on_round(record: RoundRecord) -> None:
         stamps.append(time.perf_counter())
         scenario.after_round(record.server_round)
-        progress.round_done(record, max_epsilon(engine, config.run_name, record.server_round))
+        progress.round_done(record, progress_epsilon(engine, config.run_name, record.server_round, policy))
 
     executor(
         config,

@@ -76,6 +76,11 @@ COMMANDS: dict[str, LazyCommand] = {
         "node_app",
         "A tenant node's own privacy ledger and kept evaluations.",
     ),
+    "deploy": LazyCommand(
+        "orchestrator.cli.deploy_commands",
+        "deploy_app",
+        "Deployment setup: the SuperLink connection `flwr run` uses, written so it can be repeated.",
+    ),
     "runs": LazyCommand(
         "orchestrator.cli.runs_commands",
         "app",

@@ -1,11 +1,12 @@
 """`accute-fl run-local`: a real SuperLink and N SuperNodes on loopback, one governed run, a report.
 
-Before any process starts, the run name is checked against the database the run will use: a
-completed run of that name is a conflict (exit 4, pick another ``--run-name``); an unfinished one
-is resumed at its next round. While the run goes, a thread reads the database and prints a line
-per completed round. At the end the report folder holds the same files as ``simulate``:
-report.json, tenants.csv, metric.png, epsilon.png and report.md.
-"""
+Before any process starts, the run config is validated (exit 2) and the run name is checked
+against the database the run will use: a completed run of that name is a conflict (exit 4, pick
+another ``--run-name``); an unfinished one is resumed at its next round. While the run goes, a
+thread reads the database and prints a line per completed round, with this run's ε and the
+lifetime ε labelled apart (``fl_server.round_epsilon``). At the end the report folder holds the
+same files as ``simulate``: report.json, tenants.csv, metric.png, epsilon.png and report.md; a
+run that accepted no contribution exits 9 (as ``simulate``), its report.md saying why."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ import typer
 from sqlalchemy import Engine, func, select
 
 from fl_server.config import DpMode
+from fl_server.round_epsilon import round_epsilon
+from privacy.ledger import LedgerPolicy
 from schema.config import Settings
 from schema.db import make_engine, transaction
-from schema.errors import ConflictError, InvalidInputError
+from schema.errors import ConflictError, InvalidInputError, NothingTrainedError
 from schema.models import FlRoundOutcome, FlRoundSummary, FlRun, Organization, User
 
 
@@ -65,6 +68,7 @@ class RoundPrinter:
 
     def __init__(self, url: str, run_name: str, rounds: int, interval_s: float = 2.0) -> None:
         self.url, self.run_name, self.rounds, self.interval_s = url, run_name, rounds, interval_s
+        self.policy = LedgerPolicy.from_settings(Settings(database_url=url))
         self.printed = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -79,7 +83,10 @@ class RoundPrinter:
 
     def _loop(self) -> None:
         engine: Engine | None = None
-        while not self.stop.wait(self.interval_s):
+        stopping = False
+        while not stopping:
+            # One last read after the stop: the final rounds committed since the previous poll.
+            stopping = self.stop.wait(self.interval_s)
             try:
                 engine = engine or make_engine(Settings(database_url=self.url))
                 for line in self.new_lines(engine):
@@ -115,8 +122,10 @@ class RoundPrinter:
                     "-" if summary is None or summary.metric_value is None else f"{summary.metric_value:.4f}"
                 )
                 accepted = summary.accepted if summary is not None else 0
+                epsilon = round_epsilon(session, self.run_name, number, self.policy)
                 lines.append(
-                    f"round {number}/{self.rounds}: {accepted} accepted, {skipped or 0} skipped, metric {metric}"
+                    f"round {number}/{self.rounds}: {accepted} accepted, {skipped or 0} skipped, metric {metric}, "
+                    + (epsilon.label() if epsilon is not None else "ε run - life -")
                 )
                 self.printed = number
         return lines
@@ -186,11 +195,19 @@ def run_local(
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"--out {out} exists and is not a folder")
     name = run_name or default_run_name(task, nodes, rounds, seed)
-    url = database_url(out)
-    check_run_name(url, name)  # before any process starts
-
     from fl_server.deploy import run_local as deploy_run_local
+    from fl_server.deploy import run_overrides
 
+    # The whole run config first (exit 2, one line naming key, value and range), then the name:
+    # both before any folder, database or process exists.
+    run_overrides(name, task, rounds, dp, seed, nodes, round_timeout_s=round_timeout_s)
+    url = database_url(out)
+    check_run_name(url, name)
+
+    typer.echo(
+        f"run-local {name}: starting a SuperLink and {nodes} SuperNode(s) on 127.0.0.1 "
+        f"(logs in {out / 'logs'}); a line per completed round follows"
+    )
     with RoundPrinter(url, name, rounds):
         report = deploy_run_local(
             out,
@@ -204,7 +221,23 @@ def run_local(
             extra={"round_timeout_s": round_timeout_s},
             secure=secure,
         )
+    nothing = mark_nothing_trained(report)
     markdown = write_outputs(report, url).parent / "report.md"
+    if nothing is not None:  # as `simulate`: exit 9, report.md says it in words
+        raise NothingTrainedError(f"the run trained nothing: {nothing}; report: {markdown}")
     typer.echo(f"report: {report}")
     typer.echo(f"        {markdown}")
     typer.echo(f"logs:   {report.parent / 'logs'}")
+
+
+def mark_nothing_trained(report_path: Path) -> str | None:
+    """Why the run trained no one (None when someone was accepted), written into report.json as
+    ``nothing_trained`` so report.md says it."""
+    from simulations.runner import nothing_trained_reason
+
+    report: dict[str, Any] = json.loads(report_path.read_text())
+    nothing = nothing_trained_reason(report)
+    if nothing is not None:
+        report["nothing_trained"] = nothing
+        report_path.write_text(json.dumps(report, indent=2, default=str))
+    return nothing

@@ -28,6 +28,7 @@ from rich.progress import (
 from rich.table import Table
 
 from fl_server.config import RunConfig
+from fl_server.round_epsilon import RoundEpsilon
 from fl_server.strategy import RoundRecord
 from orchestrator.cli.context import engine as cli_engine
 from orchestrator.cli.context import load_settings
@@ -64,11 +65,11 @@ class RichProgress:
         self.task_id: Any = None
 
     def started(self, spec: SimulationSpec, config: RunConfig, label: str) -> None:
-        # Fits 80 columns: spinner and clock move within a round; the detail is at most ~38 characters.
+        # Fits 80 columns: spinner and clock move within a round; the detail is at most 44 characters.
         self.progress = Progress(
             SpinnerColumn(),
             TextColumn("[bold]{task.description}"),
-            BarColumn(bar_width=10),
+            BarColumn(bar_width=6),
             MofNCompleteColumn(),
             TextColumn("{task.fields[detail]}"),
             TimeElapsedColumn(),
@@ -79,11 +80,11 @@ class RichProgress:
         self.console.print(f"{label} {config.run_name}: {config.rounds} rounds, {spec.tenants} tenants")
         self.task_id = self.progress.add_task(label[:8], total=config.rounds, detail="starting Flower…")
 
-    def round_done(self, record: RoundRecord, max_epsilon: float) -> None:
+    def round_done(self, record: RoundRecord, epsilon: RoundEpsilon | None) -> None:
         assert self.progress is not None
         accepted = sum(1 for s in record.statuses.values() if s == "accepted")
         metric = "-" if record.metric is None else f"{record.metric:.4f}"
-        detail = progress_detail(accepted, len(record.statuses), len(record.skipped), metric, max_epsilon)
+        detail = progress_detail(accepted, len(record.statuses), len(record.skipped), metric, epsilon)
         self.progress.update(self.task_id, advance=1, detail=detail)
 
     def finished(self) -> None:
@@ -91,9 +92,26 @@ class RichProgress:
             self.progress.stop()
 
 
-def progress_detail(accepted: int, dispatched: int, skipped: int, metric: str, max_epsilon: float) -> str:
-    """The round's one-line detail, short enough for an 80-column progress line."""
-    return f"{accepted}/{dispatched} ok {skipped} skip · {metric} · ε≤{max_epsilon:.2f}"[:40]
+#: The progress line's detail column (80 columns: spinner, label, bar, M/N and clock take the rest).
+DETAIL_WIDTH = 44
+
+
+def progress_detail(
+    accepted: int, dispatched: int, skipped: int, metric: str, epsilon: RoundEpsilon | None
+) -> str:
+    """The round's one-line detail: this run's ε and the lifetime ε labelled apart, then the counts
+    and the metric; what does not fit ``DETAIL_WIDTH`` columns is dropped (the skip count, then the
+    metric), never ε."""
+    eps = epsilon.label() if epsilon is not None else "ε run - life -"
+    for parts in (
+        (f"{accepted}/{dispatched} ok {skipped} skip", metric, eps),
+        (f"{accepted}/{dispatched} ok", metric, eps),
+        (f"{accepted}/{dispatched} ok", eps),
+    ):
+        detail = " ".join(parts)
+        if len(detail) <= DETAIL_WIDTH:
+            return detail
+    return eps[:DETAIL_WIDTH]
 
 
 def _eps(value: Any) -> str:

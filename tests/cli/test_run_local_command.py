@@ -100,3 +100,46 @@ def test_a_line_per_round_and_the_simulate_report_files(
         assert (folder / name).stat().st_size > 0, name
     assert "# Simulation report: local-like" in (folder / "report.md").read_text()
     assert result.main.report["config"]["run_name"] == "local-like"
+
+
+def test_a_bad_run_config_value_is_refused_in_one_line_before_anything_starts(
+    ready_cli: Runner, tmp_path: Path
+) -> None:
+    # Prepare
+    out = tmp_path / "out"
+    base = ("run-local", "--task", "digits", "--nodes", "2", "--rounds", "1", "--out", str(out))
+
+    # Execute
+    timeout = ready_cli(*base, "--round-timeout", "0")
+    dp = ready_cli(*base, "--dp", "maybe")
+
+    # Assert: exit 2, one line naming the key, the value and what is allowed; nothing created.
+    assert timeout.code == 2 and dp.code == 2
+    assert timeout.err.strip() == "error: run config round-timeout-s=0.0 is invalid: allowed a number > 0"
+    assert len(dp.err.strip().splitlines()) == 1 and "'maybe'" in dp.err and "local" in dp.err
+    assert not out.exists()
+
+
+def test_a_run_that_trained_nothing_is_marked_in_report_json_and_report_md(
+    run_sim: Callable[..., SimulationResult],  # noqa: F811 (the fixture imported above)
+    engine: Engine,
+    tmp_path: Path,
+) -> None:
+    # Prepare: a run where no user consented, its report.json as run-local writes it.
+    from orchestrator.cli.run_local_command import mark_nothing_trained
+
+    run_sim(run_name="idle-local", dp="local", rounds=1, tenants=2, consent_share=0.0)
+    url = engine.url.render_as_string(hide_password=False)
+    folder = tmp_path / "idle-out"
+    folder.mkdir()
+    report = build_report(engine, "idle-local", tmp_path / "w", LedgerPolicy(default_delta=1e-5))
+    (folder / "report.json").write_text(json.dumps(report, default=str))
+
+    # Execute
+    nothing = mark_nothing_trained(folder / "report.json")
+    write_outputs(folder / "report.json", url)
+
+    # Assert: the reason counts the statuses, and both report files carry it.
+    assert nothing is not None and "rejected_consent" in nothing
+    assert json.loads((folder / "report.json").read_text())["nothing_trained"] == nothing
+    assert f"This run trained nothing: {nothing}" in (folder / "report.md").read_text()

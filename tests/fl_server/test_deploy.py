@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from fl_server.deploy import MARKER_ENV, PIDFILE, _alive, clean_stale_processes
 
 
@@ -85,3 +87,115 @@ def test_the_cli_error_names_the_serverapps_last_exception() -> None:
         == "schema.errors.ConflictError: run 'r' is driven by server h:1:a"
     )
     assert last_exception_line("INFO : all rounds done\nINFO : published\n") is None
+
+
+# --- the SuperLink connection an operator writes (README "Deployment") -----------------------------
+
+CONNECT = ["deploy", "connection", "--name", "accute-prod", "--address", "link.example.com:9093"]
+HEAVY = ("torch", "opacus", "flwr")
+
+
+def _flower_reads(home: Path, name: str) -> tuple[str | None, str | None, bool]:
+    """The connection as Flower's own config loader parses it (in a fresh interpreter, FLWR_HOME set)."""
+    script = (
+        "import json, sys\n"
+        "from flwr.cli.flower_config import read_superlink_connection\n"
+        "c = read_superlink_connection(sys.argv[1])\n"
+        "print(json.dumps([c.address, c.root_certificates, c.insecure]))\n"
+    )
+    env = dict(os.environ) | {"FLWR_HOME": str(home), "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, name],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    address, certificates, insecure = json.loads(done.stdout.strip().splitlines()[-1])
+    return address, certificates, insecure
+
+
+def test_deploy_connection_twice_leaves_one_entry_flower_parses_and_keeps_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: an operator's FLWR_HOME that already holds another connection.
+    import tomllib
+
+    from orchestrator.cli.main import main
+
+    home = tmp_path / ".flwr-accute"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "other"\n\n[superlink.other]\naddress = "10.0.0.1:9093"\n'
+    )
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setenv("FLWR_HOME", str(home))
+
+    # Execute: the README's step, run twice (the second time with the address changed).
+    first = main([*CONNECT, "--root-certificates", str(ca)])
+    second = main([*CONNECT[:-1], "link.example.com:9094", "--root-certificates", str(ca)])
+
+    # Assert: one [superlink.accute-prod] entry (the latest), the other entry and default kept.
+    assert (first, second) == (0, 0), capsys.readouterr().err
+    text = (home / "config.toml").read_text()
+    assert text.count("[superlink.accute-prod]") == 1
+    parsed = tomllib.loads(text)["superlink"]
+    assert parsed["default"] == "other"
+    assert parsed["other"] == {"address": "10.0.0.1:9093"}
+    assert _flower_reads(home, "accute-prod") == ("link.example.com:9094", str(ca.resolve()), False)
+    assert _flower_reads(home, "other") == ("10.0.0.1:9093", None, False)
+    assert [p.name for p in home.iterdir()] == ["config.toml"]  # no temporary file left behind
+
+
+def test_deploy_connection_refuses_bad_input_in_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare
+    from orchestrator.cli.main import main
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("FLWR_HOME", str(home))
+
+    # Execute
+    codes = [
+        main([*CONNECT[:-1], "link.example.com"]),
+        main([*CONNECT, "--insecure", "--root-certificates", str(tmp_path / "missing.crt")]),
+        main([*CONNECT, "--root-certificates", str(tmp_path / "missing.crt")]),
+    ]
+
+    # Assert
+    assert codes == [2, 2, 2]
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and all(e.startswith("error: ") for e in errors)
+    assert "HOST:PORT" in errors[0] and "exclude each other" in errors[1] and "does not exist" in errors[2]
+    assert not home.exists()
+
+
+def test_deploy_connection_starts_without_flower_or_torch(tmp_path: Path) -> None:
+    # Prepare
+    probe = (
+        "import json, sys\n"
+        "from orchestrator.cli.main import main\n"
+        "code = main(sys.argv[1:])\n"
+        f"print(json.dumps([code, [m for m in {list(HEAVY)!r} if m in sys.modules]]))\n"
+    )
+    env = dict(os.environ) | {"FLWR_HOME": str(tmp_path / "home"), "PYTHONPATH": str(Path.cwd())}
+
+    # Execute
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *CONNECT, "--insecure", "--default"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    # Assert
+    assert done.returncode == 0, done.stderr
+    code, loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (code, loaded) == (0, [])
+    assert 'default = "accute-prod"' in (tmp_path / "home" / "config.toml").read_text()

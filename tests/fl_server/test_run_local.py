@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import func, select
 
+from fl_client import protocol
 from fl_server.config import DpMode
 from fl_server.credentials import make_node_key
 from fl_server.deploy import CONNECTION, LocalDeployment, process_tree, run_overrides
@@ -55,6 +58,14 @@ def outcomes(dep: LocalDeployment) -> dict[tuple[int, str], str]:
         return {(o.aggregation_round, o.tenant): o.status for o in session.scalars(select(FlRoundOutcome))}
 
 
+def governance_lines(log_text: str) -> list[str]:
+    """The ServerApp's governance lines in a `flwr log` text (ANSI colours and level dropped)."""
+    messages = [
+        re.sub(r"\x1b\[[0-9;]*m", "", line).split(":", 1)[-1].strip() for line in log_text.splitlines()
+    ]
+    return [m for m in messages if m.startswith(("accute run ", "round "))]
+
+
 def assert_no_flower_processes_left(pids: list[int]) -> None:
     for pid in pids:
         try:
@@ -77,9 +88,16 @@ def test_run_local_command_completes_three_rounds_and_publishes(tmp_path: Path, 
     )
 
     # Assert: report written, one contribution per tenant per round, a published model version.
-    assert code == 0, capsys.readouterr().err
-    assert f"report: {out / 'report.json'}" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert f"report: {out / 'report.json'}" in printed.out
     report = json.loads((out / "report.json").read_text())
+    # A start line at once, then one line per round with this run's and the lifetime epsilon.
+    assert printed.out.startswith("run-local local-digits-2n-3r-s1: starting a SuperLink and 2 SuperNode(s)")
+    round_lines = [line for line in printed.out.splitlines() if line.startswith("round ")]
+    assert [line.split(":")[0] for line in round_lines] == ["round 1/3", "round 2/3", "round 3/3"]
+    last_epsilon = max(report["rounds"][-1]["epsilon_run"].values())
+    assert round_lines[-1].endswith(f"ε run {last_epsilon:.2f} life {last_epsilon:.2f}")
     assert [r["round"] for r in report["rounds"]] == [1, 2, 3]
     assert all(r["statuses"] == {"accepted": 2} for r in report["rounds"])
     assert sorted(report["tenants"]) == ["tenant-0", "tenant-1"]
@@ -94,18 +112,43 @@ def test_run_local_command_completes_three_rounds_and_publishes(tmp_path: Path, 
     # Every Flower process is gone and each one logged to the output folder.
     logs = {p.name for p in (out / "logs").iterdir()}
     assert {"superlink.log", "tenant-0.log", "tenant-1.log"} < logs
-    assert any(name.startswith("serverapp-") for name in logs)
+    serverapp_log = next(out / "logs" / n for n in logs if n.startswith("serverapp-"))
+    # `flwr log` (saved by run-local) shows the governance of every round, each line once.
+    lines = governance_lines(serverapp_log.read_text())
+    name = "local-digits-2n-3r-s1"
+    assert len(lines) == len(set(lines)), "a governance line reached the log twice"
+    assert lines[0].startswith(f"accute run {name}: task digits, 3 rounds, dp local (unit record)")
+    for number in (1, 2, 3):
+        assert f"round {number}/3: admitted 2 tenant(s): tenant-0, tenant-1" in lines
+    for tenant_name, tenant in report["tenants"].items():
+        epsilon = f"{tenant['epsilon_run']:.4f}"
+        assert tenant["epsilon_run"] == tenant["epsilon_spent"]  # a fresh database: lifetime = this run
+        assert (
+            f"round 3/3: {tenant_name} accepted; epsilon this run {epsilon}, lifetime {epsilon} "
+            "(record level, delta 1e-05)" in lines
+        )
+    final = report["final"]
+    assert lines[-1].startswith(f"accute run {name}: ")
+    assert f"model {final['model_name']} version {final['model_version']}" in lines[-1]
     leftovers = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
     assert leftovers == []
 
 
 def test_killed_supernode_is_failed_and_the_run_completes(tmp_path: Path) -> None:
-    # Prepare: both nodes are required to start (min_nodes = 2); the run has 4 rounds.
+    # Prepare: two tenants' nodes and a third node naming an organization that does not exist;
+    # all three are required to start (min_nodes = 3); the run has 4 rounds.
     name = "kill-node"
     with deployment(tmp_path / "out") as dep:
         dep.start()
-        overrides = run_overrides(name, "digits", 4, DpMode.LOCAL, 2, 2, round_timeout_s=60, **TRAIN)
-        assert overrides["min_nodes"] == 2
+        ghost_org = uuid.uuid4()
+        ghost_config = dep.tenants[0] | {
+            protocol.NODE_ORGANIZATION: str(ghost_org),
+            protocol.NODE_TENANT: "ghost",
+            protocol.NODE_STATE_DIR: str(tmp_path / "ghost-state"),
+        }
+        dep._spawn("ghost", dep.supernode_args(ghost_config, None))
+        overrides = run_overrides(name, "digits", 4, DpMode.LOCAL, 2, 3, round_timeout_s=60, **TRAIN)
+        assert overrides["min_nodes"] == 3
         run_id = dep.submit(overrides)
         wait_for_round(dep, name, 1)
 
@@ -116,7 +159,8 @@ def test_killed_supernode_is_failed_and_the_run_completes(tmp_path: Path) -> Non
             os.kill(pid, signal.SIGKILL)
         status = dep.wait(run_id, name)
 
-        # Assert: rounds 2-4 go on with the node that is left (no "only 1 of 2 nodes" abort).
+        # Assert: rounds 2-4 go on with the node that is left (no "only 1 of 2 nodes" abort); the
+        # node naming a missing organization was skipped with the reason and stopped nothing.
         assert status == "finished:completed"
         assert outcomes(dep) == {
             **{(1, f"tenant-{i}"): "accepted" for i in range(2)},
@@ -126,6 +170,15 @@ def test_killed_supernode_is_failed_and_the_run_completes(tmp_path: Path) -> Non
         assert dep.db_run(name) == ("completed", 4)
         report = json.loads(dep.report(name).read_text())
         assert report["rounds"][1]["statuses"] == {"accepted": 1, "failed": 1}
+        assert sorted(report["tenants"]) == ["tenant-0", "tenant-1"]
+        lines = governance_lines((dep.logs / f"serverapp-{run_id}.log").read_text())
+        assert any(
+            line.startswith("round 1/4: skipped node ")
+            and f"names organization {ghost_org}, which does not exist" in line
+            for line in lines
+        ), lines
+        assert any(line.startswith("round 4/4: tenant-0 accepted; epsilon this run ") for line in lines)
+        assert any(line.startswith("round 4/4: tenant-1 ") and "(failed: " in line for line in lines), lines
         all_pids = [pid for p in dep.processes for pid in p.tree()]
     assert_no_flower_processes_left(all_pids)
 
@@ -177,12 +230,23 @@ def test_secured_deployment_admits_registered_nodes_only_over_tls(tmp_path: Path
         rogue_key = make_node_key(tmp_path / "rogue", "rogue")
         rogue = dep._spawn("rogue", dep.supernode_args(dep.tenants[0] | {"tenant": "rogue"}, rogue_key))
         overrides = run_overrides(name, "digits", 1, DpMode.LOCAL, 2, 2, round_timeout_s=60, **TRAIN)
+        bad = overrides | {"run_name": "bad-config", "rounds": 0}  # what a hand-typed --run-config may hold
 
         # Execute
+        bad_id = dep.submit(bad)
+        bad_status = dep.wait(bad_id, timeout_s=180)
         run_id = dep.submit(overrides)
         status = dep.wait(run_id, name)
 
-        # Assert: the run completed with the two registered tenants; the rogue never got in.
+        # Assert: the bad run failed on its first step with one line naming key, value and range,
+        # shown by `flwr ls` and `flwr log`, before any run row, admission or charge.
+        expected = "run config rounds=0 is invalid: allowed an integer >= 1 and <= 10000"
+        assert bad_status == "finished:failed"
+        listed = dep._flwr("ls", CONNECTION, "--run-id", bad_id, "--format", "json")
+        assert expected in json.loads(listed[listed.index("{") :])["runs"][0]["status-details"]
+        assert expected in (dep.logs / f"serverapp-{bad_id}.log").read_text()
+        assert dep.db_run("bad-config") is None
+        # The run completed with the two registered tenants; the rogue never got in.
         assert status == "finished:completed"
         assert outcomes(dep) == {(1, "tenant-0"): "accepted", (1, "tenant-1"): "accepted"}
         listed = dep._flwr("supernode", "ls", CONNECTION, "--format", "json")

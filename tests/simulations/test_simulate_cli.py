@@ -160,12 +160,13 @@ def test_help_shows_defaults_and_choices(
 
 
 def test_the_progress_detail_fits_an_80_column_line() -> None:
+    from fl_server.round_epsilon import RoundEpsilon
     from orchestrator.cli.simulate_command import progress_detail
 
-    detail = progress_detail(100, 100, 99_999, "0.9876", 123.456)
-    # spinner 2 + label 8 + bar 10 + "5/5" 8 + elapsed 8 + spaces: 40 left for the detail.
-    assert len(detail) <= 40
-    assert detail.startswith("100/100 ok")
+    detail = progress_detail(3, 3, 0, "0.9876", RoundEpsilon(1.234, 4.567, "record"))
+    # spinner 2 + label 8 + bar 6 + "5/5" 8 + elapsed 8 + spaces: 44 left for the detail.
+    assert len(detail) <= 44
+    assert detail == "3/3 ok 0 skip 0.9876 ε run 1.23 life 4.57"
 
 
 def test_caps_no_tenant_can_pay_are_refused_by_the_pre_flight_before_flower_starts(
