@@ -10,6 +10,7 @@ from functools import cache
 
 from fl_client.tasks.common import classification_task
 from fl_client.tasks.features import ClassLabel, NumericBlock, RecordEncoder
+from fl_client.tasks.spec import TrainingDefaults
 
 PIXEL_COLUMNS: tuple[str, ...] = tuple(f"p{i}" for i in range(64))
 DIGIT_CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
@@ -19,6 +20,13 @@ DIGITS_ENCODER = RecordEncoder(
     label=ClassLabel("label", DIGIT_CLASSES),
 )
 
+#: Record-level local DP that learns (issue 18), chosen by ``bench/dp_quality_sweep.py`` (BENCHMARKS.md,
+#: "DP quality"): few local steps on every record (q = 1, full-batch noisy gradient descent: at these
+#: privacy levels subsampling amplification buys less than the larger batch loses), a large step, and
+#: more rounds (simulate's and RunConfig's default of 10). The noise multiplier is the one whose whole default run
+#: (10 rounds x 5 steps, δ = 1e-5) costs each tenant ε = 8; ``--target-epsilon`` recalibrates it.
+DIGITS_DEFAULTS = TrainingDefaults(lr=2.0, sample_rate=1.0, steps=5, clip_norm=1.0, noise_multiplier=4.51)
+
 #: A validation task feeds no VAMN head in production; "quantitative" only gives its published
 #: versions a valid registry row.
 DIGITS = classification_task(
@@ -27,6 +35,7 @@ DIGITS = classification_task(
     None,
     "Validation: 8x8 handwritten digit classification (scikit-learn's bundled data).",
     DIGITS_ENCODER,
+    defaults=DIGITS_DEFAULTS,
 )
 
 
