@@ -283,7 +283,9 @@ def main() -> None:
 
 def write(rows: list[dict[str, Any]], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    partial = out.with_suffix(".json.tmp")
+    partial.write_text(json.dumps(rows, indent=1))
+    partial.replace(out.with_suffix(".json"))  # whole or not at all, even if the sweep is killed
     if rows:
         with out.with_suffix(".csv").open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

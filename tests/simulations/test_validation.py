@@ -216,15 +216,19 @@ def test_same_seed_gives_the_same_report(tmp_path: Path) -> None:
 
 # --- DP quality (issue 18) and the distance to central DP (issue 17) ---------------------------------
 #
-# Digits, 8 tenants, record-level local DP at the simulate defaults (chosen by bench/dp_quality_sweep.py),
-# the noise multiplier calibrated so that the whole run costs each tenant the target epsilon. The target
-# is a median of 3 seeds (BENCHMARKS.md, "DP quality"); one run is asserted here, so each threshold is
-# the target less a margin of about two standard deviations of a single run (DP noise comes from the
-# CSPRNG and cannot be seeded), measured in the sweep's confirmation runs.
+# Digits, 8 tenants, record-level local DP at the simulate defaults (chosen by bench/dp_quality_sweep.py:
+# 20 rounds x 4 full-batch steps, lr 1, clip 1), the noise multiplier calibrated so that the whole run
+# costs each tenant the target epsilon. The issue's target is a median of 3 seeds (BENCHMARKS.md, "DP
+# quality"); one run is asserted here, and DP noise comes from the CSPRNG (it cannot be seeded), so the
+# threshold is the target less a margin: single runs of these defaults measured 0.79-0.86 at epsilon 3
+# and 0.87-0.92 at epsilon 8 (sd ~0.02; 8 runs each), and the thresholds sit about 3 sd under their mean.
+# The documented distance to central DP-SGD on the pooled records at the same (z, q, steps), hence the
+# same epsilon: averaging 8 independently noised updates keeps sqrt(8) more noise than one pooled
+# DP-SGD, measured 5-11 points at epsilon 3 and -2 to 2 points at epsilon 8; allowed 15 and 8.
 QUALITY = {
     # epsilon: (target median of 3 seeds, single-run threshold, largest distance below central DP)
-    8.0: (0.88, 0.85, 0.10),
-    3.0: (0.80, 0.74, 0.15),
+    8.0: (0.88, 0.83, 0.08),
+    3.0: (0.80, 0.75, 0.15),
 }
 
 
