@@ -98,7 +98,8 @@ class SimulationSpec(BaseModel):
     run_name: str = Field(default="simulation", min_length=1, max_length=90)
     task: str = "digits"
     tenants: int = Field(default=5, ge=1, le=100_000)
-    rounds: int = Field(default=5, ge=1, le=10_000)
+    #: 20: DP learns with more rounds of fewer local steps (bench/dp_quality_sweep.py, issue 18).
+    rounds: int = Field(default=20, ge=1, le=10_000)
     fraction: float = Field(default=1.0, gt=0, le=1)
     partition: Partition = "iid"
     alpha: float = Field(default=0.5, gt=0, le=1000)

@@ -58,6 +58,7 @@ def classification_task(
     description: str,
     encoder: RecordEncoder,
     hidden: int = 32,
+    defaults: TrainingDefaults = CLASSIFIER_DEFAULTS,
 ) -> TaskSpec:
     """A classifier: MLP over the encoder's features, cross entropy, accuracy."""
     if not isinstance(encoder.label, ClassLabel):
@@ -71,7 +72,7 @@ def classification_task(
         model_factory=mlp(encoder.dim, hidden, len(encoder.label.classes)),
         loss=cross_entropy,
         metric=ACCURACY,
-        defaults=CLASSIFIER_DEFAULTS,
+        defaults=defaults,
     )
 
 

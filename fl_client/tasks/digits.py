@@ -10,6 +10,7 @@ from functools import cache
 
 from fl_client.tasks.common import classification_task
 from fl_client.tasks.features import ClassLabel, NumericBlock, RecordEncoder
+from fl_client.tasks.spec import TrainingDefaults
 
 PIXEL_COLUMNS: tuple[str, ...] = tuple(f"p{i}" for i in range(64))
 DIGIT_CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
@@ -19,6 +20,15 @@ DIGITS_ENCODER = RecordEncoder(
     label=ClassLabel("label", DIGIT_CLASSES),
 )
 
+#: Record-level local DP that learns (issue 18), chosen by ``bench/dp_quality_sweep.py`` (BENCHMARKS.md,
+#: "DP quality"): every record in every step (q = 1: at these privacy levels subsampling amplification
+#: buys less than the larger batch loses), 4 local steps a round so that the tenants' noisy models are
+#: averaged often, lr 1 (lr 2 did as well under DP, whose clipping bounds each step, but diverges
+#: without it), clip 1, and more rounds (simulate's and RunConfig's default of 20). The noise
+#: multiplier is the one whose whole default run (20 rounds x 4 steps, delta 1e-5) costs each tenant
+#: epsilon 8 (7.99); ``--target-epsilon`` recalibrates it for another budget.
+DIGITS_DEFAULTS = TrainingDefaults(lr=1.0, sample_rate=1.0, steps=4, clip_norm=1.0, noise_multiplier=5.71)
+
 #: A validation task feeds no VAMN head in production; "quantitative" only gives its published
 #: versions a valid registry row.
 DIGITS = classification_task(
@@ -27,6 +37,7 @@ DIGITS = classification_task(
     None,
     "Validation: 8x8 handwritten digit classification (scikit-learn's bundled data).",
     DIGITS_ENCODER,
+    defaults=DIGITS_DEFAULTS,
 )
 
 

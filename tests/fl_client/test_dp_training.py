@@ -16,6 +16,7 @@ from torch import Tensor
 from fl_client.dp_training import DpParams, evaluate, train
 from fl_client.tasks import get_task, task_names
 from schema.errors import InvalidInputError
+from simulations.scenario import SimulationSpec
 from tests.fl_client.conftest import firm_records
 
 
@@ -53,8 +54,10 @@ def test_each_task_learns_on_its_data_without_dp(task: str) -> None:
     start = spec.initial_state(0)
     before = evaluate(spec, start, records, consented_user_ids=None)
 
-    # Execute
-    result = _train(task, records, dp=False, steps=spec.defaults.steps)
+    # Execute: the steps of one default run (digits: 20 rounds x 4 steps a round, issue 18's DP defaults).
+    rounds = SimulationSpec.model_fields["rounds"].default
+    steps = spec.defaults.steps * (rounds if task == "digits" else 1)
+    result = _train(task, records, dp=False, steps=steps)
     after = evaluate(spec, result.state, records, consented_user_ids=None)
 
     # Assert

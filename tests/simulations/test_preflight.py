@@ -42,7 +42,14 @@ def test_tenants_that_will_be_benched_are_warned_about_and_a_spent_tenant_is_pro
     # Prepare: a first run spends the seed's tenants' ledgers.
     first = run_sim(run_name="spender", dp="local", rounds=2, noise_multiplier=1.2, tenants=2)
     spec = SimulationSpec(
-        run_name="next", dp="local", rounds=4, noise_multiplier=1.2, tenants=2, steps=10, caps=["tenant-1=3"]
+        run_name="next",
+        dp="local",
+        rounds=4,
+        noise_multiplier=1.2,
+        tenants=2,
+        steps=10,
+        sample_rate=0.1,
+        caps=["tenant-1=3"],
     )
     config = spec.run_config()
     names = [(f"tenant-{i}", f"{spec.org_prefix()}tenant-{i}") for i in range(2)]

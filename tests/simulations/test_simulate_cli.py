@@ -35,7 +35,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         (["--cap", "tenant-1"], "tenant-K=EPSILON"),
         (["--cap", "tenant-1=-1"], "positive"),
         (["--withdraw", "1:tenant-1"], "ROUND:TENANT:COUNT"),
-        (["--withdraw", "9:tenant-1:1"], "ROUND"),
+        (["--withdraw", "99:tenant-1:1"], "ROUND"),
         (["--withdraw", "1:tenant-1:500"], "consenting users"),
         (["--erasure", "1:bob"], "tenant-K"),
         (["--sweep", "eps=1,2"], "epsilon=E1"),

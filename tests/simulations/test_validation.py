@@ -244,3 +244,49 @@ def test_same_seed_gives_the_same_report(tmp_path: Path) -> None:
     assert json.loads(path.read_text())["final"] == first.main.report["final"]
     for name in ("tenants.csv", "metric.png", "epsilon.png", "report.md"):
         assert (path.parent / name).stat().st_size > 0
+
+
+# --- DP quality (issue 18) and the distance to central DP (issue 17) ---------------------------------
+#
+# Digits, 8 tenants, record-level local DP at the simulate defaults (chosen by bench/dp_quality_sweep.py:
+# 20 rounds x 4 full-batch steps, lr 1, clip 1), the noise multiplier calibrated so that the whole run
+# costs each tenant the target epsilon. The issue's target is a median of 3 seeds (BENCHMARKS.md, "DP
+# quality"); one run is asserted here, and DP noise comes from the CSPRNG (it cannot be seeded), so the
+# threshold is the target less a margin: single runs of these defaults measured 0.79-0.86 at epsilon 3
+# and 0.87-0.92 at epsilon 8 (sd ~0.02; 8 runs each), and the thresholds sit about 3 sd under their mean.
+# The documented distance to central DP-SGD on the pooled records at the same (z, q, steps), hence the
+# same epsilon: averaging 8 independently noised updates keeps sqrt(8) more noise than one pooled
+# DP-SGD, measured 5-11 points at epsilon 3 and -2 to 2 points at epsilon 8; allowed 15 and 8.
+QUALITY = {
+    # epsilon: (target median of 3 seeds, single-run threshold, largest distance below central DP)
+    8.0: (0.88, 0.83, 0.08),
+    3.0: (0.80, 0.75, 0.15),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("epsilon", sorted(QUALITY))
+def test_local_dp_defaults_reach_the_quality_target_near_central_dp_on_held_out_data(
+    tmp_path: Path, epsilon: float
+) -> None:
+    # Prepare: the defaults, 8 tenants, a fresh SQLite file (quality does not depend on the backend).
+    target, threshold, distance = QUALITY[epsilon]
+    spec = SimulationSpec(
+        out=str(tmp_path / "out"), tenants=8, dp="local", target_epsilon=epsilon, delta=1e-5
+    )
+
+    # Execute: the governed run, then central DP-SGD on the pooled records at the same (z, q, steps).
+    result = simulate(spec, _fresh(tmp_path, f"eps{epsilon:g}"), executor=in_process)
+    central = centralized(result.spec, result.config)
+
+    # Assert: the run's own epsilon per tenant (the ledger's, record level) fits the target ...
+    report = result.main.report
+    assert report["config"]["dp"] == "local" and report["unit"] == "record"
+    for tenant in report["tenants"].values():
+        assert tenant["epsilon_run"] <= epsilon + 1e-9
+        assert tenant["epsilon_run"] >= 0.95 * epsilon  # calibrated to it, not far below
+    # ... and the held-out accuracy reaches the target less the single-run margin ...
+    federated = report["final"]["test_metric"]
+    assert federated >= threshold, (epsilon, federated, target)
+    # ... within the documented distance of central DP-SGD on the same records at the same epsilon.
+    assert federated >= central - distance, (epsilon, federated, central)
