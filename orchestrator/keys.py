@@ -397,6 +397,9 @@ class KeyRing:
             private = self.kek.unwrap(key.kek_version, key.private_wrapped, signing_aad(key.kid))
             key.kek_version, key.private_wrapped = self.kek.wrap(private, signing_aad(key.kid))
         personal = PersonalDataVault(self.kek).rewrap_all(session)  # users' data keys (issue 19)
+        from schema import audit_signing  # the audit log's re-anchor signing keys (issue 19)
+
+        audit_keys = audit_signing.rewrap_keys(session, self.kek)
         record_key_version(session, None, "master_kek", "accute-kek", new_version, self.kek.uri)
         audit.append(
             session,
@@ -408,6 +411,7 @@ class KeyRing:
                 "rewrapped_data_keys": len(rows),
                 "rewrapped_signing_keys": len(signing),
                 "rewrapped_personal_data_keys": personal,
+                "rewrapped_audit_signing_keys": audit_keys,
             },
         )
         return new_version

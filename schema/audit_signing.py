@@ -244,8 +244,8 @@ def public_keys(session: Session) -> list[dict[str, Any]]:
 
 
 def rewrap_keys(session: Session, kek: KeyWrapper) -> int:
-    """Re-wrap every audit signing key under the KEK's current version (after a KEK rotation;
-    ``orchestrator.keys.KeyRing.rotate_kek`` should call it beside the other re-wraps)."""
+    """Re-wrap every audit signing key under the KEK's current version (``KeyRing.rotate_kek``
+    calls it beside the other re-wraps)."""
     rows = session.scalars(select(AuditSigningKey)).all()
     for row in rows:
         public = _decode_public(row.public_key)

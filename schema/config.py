@@ -1,63 +1,23 @@
-"""The one configuration class of Accute FL; every setting comes from an ``ACCUTE_`` variable.
-
-``Settings`` reads the environment itself (``from_environment``) rather than through
-pydantic-settings: the same rules for what we use (prefix ``ACCUTE_``, names case-insensitive,
-keyword arguments over variables over defaults, JSON for dict settings, unknown names ignored), and
-a CLI command does not import pydantic-settings' providers (a tenth of its start-up).
-"""
+"""The one configuration class of Accute FL; every setting comes from an ``ACCUTE_`` variable."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_FILE = "accute.db"
-ENV_PREFIX = "ACCUTE_"
 
 
-def from_environment(fields: typing.Iterable[str], structured: typing.Container[str]) -> dict[str, Any]:
-    """``ACCUTE_<FIELD>`` variables (any case) of ``fields``; a ``structured`` field's value is JSON.
-
-    A value that is not valid JSON is passed on as text, so validation names the setting.
-    """
-    wanted = {f"{ENV_PREFIX}{name}".lower(): name for name in fields}
-    values: dict[str, Any] = {}
-    for key, raw in os.environ.items():
-        name = wanted.get(key.lower())
-        if name is None:
-            continue
-        value: Any = raw
-        if name in structured:
-            with contextlib.suppress(ValueError):
-                value = json.loads(raw)
-        values[name] = value
-    return values
-
-
-class Settings(BaseModel):
+class Settings(BaseSettings):
     """Read once per process entry point (CLI command, server start) and passed down.
 
-    Nothing below reads the environment itself, so tests build a ``Settings`` explicitly
-    (arguments take precedence over ``ACCUTE_`` variables).
+    Nothing below reads the environment itself, so tests build a ``Settings`` explicitly.
     """
 
-    model_config = ConfigDict(extra="ignore", validate_default=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _environment(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        structured = {
-            name for name, field in cls.model_fields.items() if typing.get_origin(field.annotation) is dict
-        }
-        return {**from_environment(cls.model_fields, structured), **data}
+    model_config = SettingsConfigDict(env_prefix="ACCUTE_", env_file=None, extra="ignore")
 
     database_url: str = Field(
         default=f"sqlite:///{DEFAULT_DATABASE_FILE}",

@@ -15,8 +15,12 @@ from schema.migrate import require_current_schema
 
 
 def load_settings() -> Settings:
+    from pydantic_settings import SettingsError
+
     try:
         return Settings()
+    except SettingsError as exc:  # a dict setting whose value is not JSON
+        raise ConfigurationError(f"{exc}; give it as JSON, e.g. '{{\"digits\": 0.85}}'") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         field = "ACCUTE_" + str(first["loc"][0]).upper() if first.get("loc") else "an ACCUTE_ setting"

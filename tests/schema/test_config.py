@@ -46,7 +46,6 @@ def test_dict_settings_are_json(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
-        ("ACCUTE_PUBLISH_MIN_METRIC", "digits=0.85"),
         ("ACCUTE_DATABASE_CONNECT_TIMEOUT_S", "0"),
         ("ACCUTE_ACCOUNTANT", "gdp"),
         ("ACCUTE_UPSTREAM_CLIENT", "curl"),
@@ -61,6 +60,19 @@ def test_an_invalid_variable_names_its_setting(
         Settings()
 
     assert raised.value.errors()[0]["loc"][0] == variable.removeprefix("ACCUTE_").lower()
+
+
+def test_a_dict_setting_that_is_not_json_is_one_configuration_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.cli.context import load_settings
+    from schema.errors import ConfigurationError
+
+    monkeypatch.setenv("ACCUTE_PUBLISH_MIN_METRIC", "digits=0.85")
+
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+
+    assert "publish_min_metric" in str(raised.value) and "JSON" in str(raised.value)
+    assert "\n" not in str(raised.value)
 
 
 def test_without_variables_the_defaults_hold(monkeypatch: pytest.MonkeyPatch) -> None:

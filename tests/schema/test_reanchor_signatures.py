@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from orchestrator.keys import LocalFileKek
+from orchestrator.keys import KeyRing, LocalFileKek
 from schema import audit, audit_signing, migrate
 from schema.db import transaction
 from schema.models import AuditReanchorSignature, AuditSigningKey, ImmutableAuditLog
@@ -187,3 +188,31 @@ def test_rewrapped_signing_keys_still_sign_and_verify_after_a_kek_rotation(
     assert rewrapped == 1 and before != new_version and key.kek_version == new_version
     assert key.kid == first["kid"] and distrusted == []
     assert report.ok and report.unsigned_reanchors == []
+
+
+def test_a_kek_rotation_of_the_key_ring_rewraps_the_audit_signing_keys(
+    empty_engine: Engine, tmp_path: Path
+) -> None:
+    # Prepare: a signed re-anchor under KEK version 1.
+    engine = empty_engine
+    org = _reanchored(engine)
+    path = tmp_path / "kek.json"
+    kek = LocalFileKek(path)
+    with transaction(engine) as session:
+        audit_signing.sign_pending(session, kek)
+
+    # Execute: the operator's rotation, then the old KEK version removed.
+    with transaction(engine) as session:
+        new_version = KeyRing(kek).rotate_kek(session)
+    document = json.loads(path.read_text())
+    document["keys"] = {v: k for v, k in document["keys"].items() if v == new_version}
+    path.write_text(json.dumps(document))
+
+    # Assert: the key is under the new version and still opens (signing keys trusted, chain verifies).
+    fresh = LocalFileKek(path)
+    with transaction(engine) as session:
+        key = session.scalars(select(AuditSigningKey)).one()
+        distrusted = audit_signing.authenticate_keys(session, fresh)
+        (report,) = audit.verify(session, org, signatures=audit_signing.load(session, org))
+    assert key.kek_version == new_version and distrusted == []
+    assert report.ok

@@ -8,7 +8,7 @@ of 0007 included) right after migrating when the KEK is configured; elsewhere th
 
 Downgrade drops both tables (the re-anchor records themselves stay in the chain, unsigned again).
 
-Revision ID: 0012_reanchor_signatures
+Revision ID: 0012
 Revises: 0009
 Create Date: 2026-11-29
 """
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0012_reanchor_signatures"
-down_revision: str | None = "0009"
+revision: str = "0012"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
