@@ -510,6 +510,27 @@ class Governor:
                 admission.admitted[tenant.node_id] = tenant
         return admission
 
+    def unseen_bindings(self) -> list[Tenant]:
+        """Organizations an earlier attempt bound whose node has not spoken to this server.
+
+        A resumed run whose node never answers (busy with the dead server's message, or gone) must
+        still get its outcome each round (``failed`` / ``offline``), not silently none. Empty on
+        a first attempt: every binding was made here.
+        """
+        if self.attempt <= 1:
+            return []
+        with transaction(self.engine) as session:
+            rows = session.execute(
+                select(FlNodeBinding.node_id, FlNodeBinding.organization_id, FlNodeBinding.tenant).where(
+                    FlNodeBinding.run_id == self.run_id
+                )
+            ).all()
+        return [
+            Tenant(int(node), org, name)
+            for node, org, name in rows
+            if node not in self._bound_here and node.isdigit()
+        ]
+
     def mark_offline(self, server_round: int, tenants: Iterable[Tenant]) -> None:
         """Bound tenants whose node is not connected this round: ``failed``, reason ``offline``
         (nothing instructed, nothing charged)."""

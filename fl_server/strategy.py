@@ -242,6 +242,7 @@ class GovernedStrategy(Strategy):
             first = False
             record = RoundRecord(server_round)
             offline = [t for n, t in self.tenants.items() if n not in online]
+            offline += self.governor.unseen_bindings()
             self.governor.mark_offline(server_round, offline)
             record.statuses.update({t.name: FAILED for t in offline})
             arrays = self._train_round(

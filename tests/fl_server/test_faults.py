@@ -213,3 +213,27 @@ def test_a_diverged_models_metric_is_stored_as_null(make_federation) -> None:  #
         summary = session.scalar(select(FlRoundSummary))
         assert summary is not None and summary.metric_value is None
     assert rounds[0].metric is None
+
+
+def test_a_resumed_run_marks_a_tenant_whose_node_never_speaks_again_offline(make_federation) -> None:  # type: ignore[no-untyped-def]
+    # Prepare: the server dies after round 1; tenant-1's node is gone when the run resumes.
+    fed = make_federation()
+    config = fed.config(rounds=3, min_nodes=2, round_timeout_s=1.0)
+
+    def die(record: RoundRecord) -> None:
+        if record.server_round == 1:
+            raise RuntimeError("server killed")
+
+    with pytest.raises(RuntimeError, match="server killed"):
+        fed.run(config, on_round=die)
+    fed.grid.offline.add(fed.node_of(1))
+
+    # Execute: a new server resumes the run (a new attempt, nodes identified afresh).
+    result = fed.run(config)
+
+    # Assert: tenant-1 (bound by the first attempt, silent now) has an outcome every resumed round.
+    assert result.last_round == 3
+    statuses = {(r.aggregation_round, r.tenant): (r.status, r.reason) for r in _rows(fed)}
+    for server_round in (2, 3):
+        assert statuses[(server_round, "tenant-1")] == ("failed", "offline")
+        assert statuses[(server_round, "tenant-0")][0] == "accepted"
