@@ -113,9 +113,7 @@ def build_report(
             rows = by_round.get(number, [])
             epsilon = {
                 name: finite_or_inf(
-                    _epsilon_at(
-                        [e for e in entries if e.unit == unit], number, {e.id for e in own[name]}
-                    )
+                    _epsilon_at([e for e in entries if e.unit == unit], number, {e.id for e in own[name]})
                 )
                 for name, entries in histories.items()
             }
