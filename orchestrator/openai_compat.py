@@ -235,8 +235,15 @@ async def _sse(
 ) -> AsyncIterator[bytes]:
     """The cascade's pieces as OpenAI chunks, each sent as it comes; closing this closes ``pieces``."""
     try:
-        yield _chunk(completion_id, created, model, {"role": "assistant", "content": ""}, None)
+        # The role chunk leaves with the first piece: one write (one trip through the ASGI server)
+        # before the first token, not two.
+        opening = _chunk(completion_id, created, model, {"role": "assistant", "content": ""}, None)
         item = first
+        if isinstance(item, str) and item:
+            yield opening + _chunk(completion_id, created, model, {"content": item}, None)
+            item = await anext(pieces)
+        else:
+            yield opening
         while isinstance(item, str):
             if item:
                 yield _chunk(completion_id, created, model, {"content": item}, None)
