@@ -194,7 +194,9 @@ def scale(args: argparse.Namespace) -> int:
                 break
             result = json.loads(done.stdout.strip().splitlines()[-1])
             medians[tenants] = float(np.median(result["round_s"][1:]))
-            print(json.dumps({"backend": backend, **result, "load": round(os.getloadavg()[0], 1)}), flush=True)
+            print(
+                json.dumps({"backend": backend, **result, "load": round(os.getloadavg()[0], 1)}), flush=True
+            )
         if len(medians) == 2:
             small, large = medians[args.sampled], medians[args.scale]
             print(

@@ -50,7 +50,13 @@ from consent_gate.policy import ConsentPolicy
 from schema import audit
 from schema.config import Settings
 from schema.errors import ConsentChangedError, NotFoundError
-from schema.models import ConsentSnapshot, ConsentSnapshotMember, DataSubjectRequest, Organization, UserConsent
+from schema.models import (
+    ConsentSnapshot,
+    ConsentSnapshotMember,
+    DataSubjectRequest,
+    Organization,
+    UserConsent,
+)
 from schema.timeutil import iso, utcnow
 from schema.validation import parse_uuid
 
@@ -323,7 +329,7 @@ BATCH_IN_LIMIT = 500
 
 
 @functools.lru_cache(maxsize=64)
-def grouped_count_statement(required: tuple[str, ...], *, filtered: bool) -> Select[Any]:
+def grouped_count_statement(required: tuple[str, ...], *, filtered: bool) -> Select[uuid.UUID, int]:
     """``(organization_id, consenting users)`` for every organization with at least one, in one
     grouped query: the join of ``consenting_users_statement`` with the organization as a join
     column instead of a bound value; ``filtered`` restricts it to ``ORGANIZATIONS_PARAM``."""

@@ -114,9 +114,10 @@ MAX_RECORDS_PER_USER = 100
 #: Reason of a bound tenant whose node is not connected when a round starts.
 OFFLINE = "offline"
 
-#: Local DP and dp=off: batches of replacements a round may draw for sampled tenants that failed
-#: the gate (each as large as the shortfall), so a round gates at most (1 + this) x its sample size.
-MAX_REPLACEMENT_BATCHES = 3
+#: Local DP and dp=off: a round draws at most this many times its sample size in replacements for
+#: sampled tenants that failed the gate (in batches as large as the shortfall), so it gates at most
+#: (1 + this) x its sample size even in a federation that is mostly ineligible.
+MAX_REPLACEMENT_FACTOR = 3
 
 #: A run lease lasts at least this long past its last heartbeat (and 3 round timeouts + 30 s).
 LEASE_MIN_S = 60.0
@@ -474,10 +475,10 @@ class Governor:
         of 10 among 10 does. A sampled tenant that fails is recorded (outcome row, reason) and:
 
         - with a ``reserve`` (local DP and dp=off, where each tenant's ledger accounts only its own
-          releases), replaced by the next tenants the reserve draws, until the round has as many
-          admitted as it sampled, the reserve runs out, or ``MAX_REPLACEMENT_BATCHES`` batches of
-          replacements were gated (at most that many times the sample size more tenants per round,
-          even in a federation that is mostly ineligible);
+          releases), replaced by the next tenants the reserve draws (in batches as large as the
+          shortfall), until the round has as many admitted as it sampled, the reserve runs out, or
+          ``MAX_REPLACEMENT_FACTOR`` x the sample size were drawn (a federation that is mostly
+          ineligible cannot make a round gate everyone);
         - without one (central DP), simply skipped: each tenant's inclusion stays at most the
           accountant's q, and replacing it would raise everyone else's above q.
 
@@ -493,11 +494,10 @@ class Governor:
                 admission.population = self._eligible_population(session, population)
             batch = list(sampled)
             wanted = len(batch)
-            for _ in range(1 + (MAX_REPLACEMENT_BATCHES if reserve is not None else 0)):
-                if not batch:
-                    break
+            allowance = MAX_REPLACEMENT_FACTOR * wanted if reserve is not None else 0
+            while batch:
                 self._gate(session, server_round, batch, admission)
-                missing = wanted - len(admission.admitted)
+                missing = min(wanted - len(admission.admitted), allowance - len(admission.replacements))
                 if reserve is None or missing <= 0:
                     break
                 batch = list(itertools.islice(reserve, missing))
@@ -531,12 +531,16 @@ class Governor:
         consent = consent_gate.batch_eligibility(
             session, {t.organization_id for t in tenants}, self.config.task, self.settings
         )
-        deltas = [self._budget_deltas(session, unit) for unit in sorted({e.unit for e in self.planned_events(0)})]
+        deltas = [
+            self._budget_deltas(session, unit) for unit in sorted({e.unit for e in self.planned_events(0)})
+        ]
         return [
             t
             for t in tenants
             if consent[t.organization_id].eligible
-            and all(self.config.delta <= own.get(t.organization_id, self.policy.default_delta) for own in deltas)
+            and all(
+                self.config.delta <= own.get(t.organization_id, self.policy.default_delta) for own in deltas
+            )
         ]
 
     def _budget_deltas(self, session: Any, unit: str) -> dict[uuid.UUID, float]:

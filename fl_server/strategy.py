@@ -307,7 +307,8 @@ class GovernedStrategy(Strategy):
         timeout: float,
         online: set[int] | None = None,
     ) -> Arrays:
-        present = {n: t for n, t in self.tenants.items() if online is None or n in online}
+        # In node order: the draws do not depend on the order nodes answered the identity query.
+        present = {n: self.tenants[n] for n in sorted(self.tenants) if online is None or n in online}
         global_record = record_from_arrays(arrays, spec)
         messages, admission = self._sample_and_admit(server_round, present, global_record, grid)
         record.skipped.update(admission.skipped)
@@ -476,12 +477,16 @@ class GovernedStrategy(Strategy):
                 )
             return messages, admission
         drafts = list(
-            self.inner.configure_train(server_round, global_record, ConfigRecord(), AdmittedGrid(grid, present))
+            self.inner.configure_train(
+                server_round, global_record, ConfigRecord(), AdmittedGrid(grid, present)
+            )
         )
         drafted = {m.metadata.dst_node_id: m for m in drafts}
         untried = [t for n, t in present.items() if n not in drafted]
         admission = self.governor.admit(
-            server_round, [present[n] for n in drafted], reserve=_draws(untried, self._replacement_rng(server_round))
+            server_round,
+            [present[n] for n in drafted],
+            reserve=_draws(untried, self._replacement_rng(server_round)),
         )
         messages = [m for n, m in drafted.items() if n in admission.admitted]
         if drafts:
