@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tenant_preparation import DEFAULT_POSTGRES, drop, fresh_database  # noqa: E402
+from tenant_preparation import DEFAULT_POSTGRES, drop, fresh_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,7 +115,9 @@ def main() -> int:
                 continue
             result = json.loads(done.stdout.strip().splitlines()[-1])
             medians[tenants] = statistics.median(result["round_s"][1:])
-            print(json.dumps({"backend": backend, **result, "load": round(os.getloadavg()[0], 1)}), flush=True)
+            print(
+                json.dumps({"backend": backend, **result, "load": round(os.getloadavg()[0], 1)}), flush=True
+            )
         if len(medians) > 1:
             base = medians[min(medians)]
             ratios = {str(n): round(m / base, 3) for n, m in medians.items()}

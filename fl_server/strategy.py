@@ -505,7 +505,7 @@ class GovernedStrategy(Strategy):
         return self._sampler
 
     def _poisson_sample(self, admitted: dict[int, Tenant]) -> dict[int, Tenant]:
-        """Each admitted tenant independently with probability ``fraction`` (CSPRNG): the sampling the
+        """Each bound, connected tenant independently with probability ``fraction`` (CSPRNG): the sampling the
         central accountant's q assumes."""
         fraction = self.config.fraction
         return {n: t for n, t in admitted.items() if fraction >= 1.0 or self._sampler.random() < fraction}
