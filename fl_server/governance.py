@@ -497,6 +497,8 @@ class Governor:
             allowance = MAX_REPLACEMENT_FACTOR * wanted if reserve is not None else 0
             while batch:
                 self._gate(session, server_round, batch, admission)
+                if population is not None:
+                    self._outside_population(session, server_round, admission)
                 missing = min(wanted - len(admission.admitted), allowance - len(admission.replacements))
                 if reserve is None or missing <= 0:
                     break
@@ -522,6 +524,17 @@ class Governor:
                 admission.skipped[tenant.name] = REJECTED_BUDGET
                 continue
             admission.admitted[tenant.node_id] = tenant
+
+    def _outside_population(self, session: Any, server_round: int, admission: Admission) -> None:
+        """Central DP: a tenant trains only if it is charged the round's central event, i.e. is in
+        the population (a consent change between the two reads could otherwise let one through)."""
+        charged = {t.node_id for t in admission.population}
+        for node_id, tenant in list(admission.admitted.items()):
+            if node_id not in charged:
+                del admission.admitted[node_id]
+                reason = "not eligible when the round's central DP population was fixed"
+                self._skip(session, server_round, tenant, REJECTED_CONSENT, reason)
+                admission.skipped[tenant.name] = REJECTED_CONSENT
 
     def _eligible_population(self, session: Any, tenants: Iterable[Tenant]) -> list[Tenant]:
         """Who is eligible now, for the whole federation in set-based queries (no row is written
