@@ -8,7 +8,7 @@ it reports the preparation time, every round's time and ``Governor.admit``'s, an
 ratio is the median round (rounds 2..R: round 1 binds every node) of the largest N over N = S.
 
     .venv/bin/python bench/admission_scale.py [--tenants 10,1000,10000] [--sampled 10] [--rounds 4]
-        [--steps 5] [--backends sqlite,postgresql]
+        [--steps 5] [--backends sqlite,postgresql] [--task time_estimation]
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ CHILD = r"""
 import json, logging, resource, sys, time
 from collections import Counter
 from pathlib import Path
-url, tenants, sampled, rounds, steps, folder = (sys.argv[1], int(sys.argv[2]), int(sys.argv[3]),
-    int(sys.argv[4]), int(sys.argv[5]), Path(sys.argv[6]))
+url, tenants, sampled, rounds, steps, task, folder = (sys.argv[1], int(sys.argv[2]), int(sys.argv[3]),
+    int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], Path(sys.argv[7]))
 from aggregation.flwr_adapter import record_from_arrays
 from aggregation.weights_store import WeightsStore
 from fl_client.app import make_client_app
@@ -50,12 +50,12 @@ logging.getLogger("flwr").setLevel(logging.ERROR)
 engine = make_engine(url)
 upgrade(engine)
 started = time.perf_counter()
-prepare_federation(engine, task="digits", tenants=tenants, seed=7, manifest_path=folder / "m.json",
+prepare_federation(engine, task=task, tenants=tenants, seed=7, manifest_path=folder / "m.json",
                    epsilon_caps={i: 1000.0 for i in range(tenants)})
 prepare_s = time.perf_counter() - started
 nodes = json.loads((folder / "m.json").read_text())["tenants"]
 grid = LocalGrid(make_client_app(), {1000 + i: node for i, node in enumerate(nodes)})
-config = RunConfig(run_name="scale", task="digits", rounds=rounds, fraction=sampled / tenants, dp="local",
+config = RunConfig(run_name="scale", task=task, rounds=rounds, fraction=sampled / tenants, dp="local",
                    noise_multiplier=1.0, sample_rate=0.1, steps=steps, lr=0.5, round_timeout_s=600)
 governor = Governor(engine, config, Settings(database_url=url))
 admit_s, stamps = [], []
@@ -68,7 +68,7 @@ def timed(*args, **kwargs):
 governor.admit = timed
 strategy = GovernedStrategy(inner_strategy(config), governor, WeightsStore(folder / "w"),
                             on_round=lambda record: stamps.append(time.perf_counter()))
-initial = {k: v.numpy() for k, v in get_task("digits").initial_state(1).items()}
+initial = {k: v.numpy() for k, v in get_task(task).initial_state(1).items()}
 begin = time.perf_counter()
 result = strategy.start(grid, record_from_arrays(initial))
 stamps = [begin, *stamps]
@@ -89,6 +89,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--task", default="time_estimation")
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     failed = False
@@ -97,7 +98,7 @@ def main() -> int:
         for tenants in (int(n) for n in args.tenants.split(",")):
             with tempfile.TemporaryDirectory() as folder:
                 url, schema = fresh_database(backend, Path(folder), DEFAULT_POSTGRES)
-                argv = [url, tenants, args.sampled, args.rounds, args.steps, folder]
+                argv = [url, tenants, args.sampled, args.rounds, args.steps, args.task, folder]
                 try:
                     done = subprocess.run(
                         [sys.executable, "-c", CHILD, *map(str, argv)],
