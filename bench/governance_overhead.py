@@ -97,10 +97,26 @@ class InstructedFedAvg(FedAvg):
             message.content = content
         return messages
 
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        # Uniform weights, as the governed strategy uses in DP runs: a DP node releases no record
+        # count (it reports 0), and FedAvg weighting by it divided by zero.
+        uniform = []
+        for reply in replies:
+            if not reply.has_error():
+                content = RecordDict(dict(reply.content.items()))
+                content[protocol.METRICS] = MetricRecord({protocol.NUM_EXAMPLES: 1})
+                reply.content = content
+            uniform.append(reply)
+        return super().aggregate_train(server_round, uniform)
+
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        result = super().aggregate_evaluate(server_round, replies)
+        # DP nodes keep their metric (they reply with 0 examples): nothing to aggregate, as in the
+        # governed strategy's DP runs.
+        list(replies)
         self.marks.append(time.perf_counter())
-        return result
+        return None
 
 
 def plain_server_app(config: RunConfig, seed: int, marks: list[float]) -> ServerApp:

@@ -6,6 +6,16 @@ ClientApp that trains the tenant's records without consent gate, ledger or valid
 from the start of ``simulate`` to the end of its first round (engine startup included).
 
     .venv/bin/python bench/simulation_round.py [--tenants 10] [--rounds 4] [--steps 50]
+
+Scale (``--scale N``): per backend, two fresh processes on fresh databases run what ``accute-fl
+simulate --tenants N --fraction S/N`` runs, the first with S tenants all sampled (``--fraction 1``),
+the second with N tenants of which S are sampled per round; each reports preparation time, the
+time of every round and its peak RSS (the ServerApp's process; Ray's workers are others). The
+ratio is the median round time (rounds 2..R: round 1 includes Ray start-up and binding every
+node) of the large run over the small one. Target: ≤ 1.5x.
+
+    .venv/bin/python bench/simulation_round.py --scale 10000 [--sampled 10] [--rounds 3] [--steps 20]
+        [--backends sqlite,postgresql] [--task digits]
 """
 
 from __future__ import annotations
@@ -110,12 +120,110 @@ def plain(spec: SimulationSpec) -> list[float]:
     return [b - a for a, b in itertools.pairwise(stamps[1:])]  # stamps[0]: round 0 (initial)
 
 
+SCALE_CHILD = r"""
+import json, logging, os, resource, sys, time
+from pathlib import Path
+url, tenants, sampled, rounds, steps, task, folder = (sys.argv[1], int(sys.argv[2]), int(sys.argv[3]),
+    int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], Path(sys.argv[7]))
+from schema.config import Settings
+from schema.db import make_engine
+from schema.migrate import upgrade
+from simulations.runner import simulate
+from simulations.scenario import SimulationSpec
+logging.getLogger("flwr").setLevel(logging.ERROR)
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+settings = Settings(database_url=url, weights_dir=folder / "weights")
+engine = make_engine(settings)
+upgrade(engine)
+engine.dispose()
+marks = {"rounds": []}
+class Progress:
+    def started(self, spec, config, label):
+        marks["prepared"] = time.perf_counter()
+        marks["rss_prepared_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    def round_done(self, record, max_epsilon):
+        marks["rounds"].append(time.perf_counter())
+    def finished(self):
+        pass
+spec = SimulationSpec(task=task, tenants=tenants, fraction=sampled / tenants, rounds=rounds, steps=steps,
+                      out=str(folder / "out"), run_name="scale", dp="local", epsilon_cap=1000.0)
+started = time.perf_counter()
+result = simulate(spec, settings, progress=Progress())
+stamps = [marks["prepared"], *marks["rounds"]]
+print(json.dumps({
+    "tenants": tenants, "fraction": sampled / tenants, "prepare_s": round(marks["prepared"] - started, 1),
+    "round_s": [round(b - a, 2) for a, b in zip(stamps, stamps[1:])],
+    "participants": [len(r["participants"]) for r in result.main.report["rounds"]],
+    "rss_after_prepare_mb": round(marks["rss_prepared_mb"]),
+    "rss_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+}))
+"""
+
+
+def scale(args: argparse.Namespace) -> int:
+    """Round time with ``--scale`` registered tenants against ``--sampled`` tenants, S sampled in both."""
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tenant_preparation import DEFAULT_POSTGRES, drop, fresh_database
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    failed = False
+    for backend in args.backends.split(","):
+        medians: dict[int, float] = {}
+        for tenants in (args.sampled, args.scale):
+            with tempfile.TemporaryDirectory() as folder:
+                url, schema = fresh_database(backend, Path(folder), DEFAULT_POSTGRES)
+                argv = [url, tenants, args.sampled, args.rounds, args.steps, args.task, folder]
+                try:
+                    done = subprocess.run(
+                        [sys.executable, "-c", SCALE_CHILD, *map(str, argv)],
+                        env=env,
+                        cwd=root,
+                        capture_output=True,
+                        text=True,
+                        check=False,
+                    )
+                finally:
+                    drop(schema, DEFAULT_POSTGRES)
+            if done.returncode != 0:
+                print(f"{backend} {tenants}: failed\n{done.stderr[-3000:]}", flush=True)
+                failed = True
+                break
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            medians[tenants] = float(np.median(result["round_s"][1:]))
+            print(
+                json.dumps({"backend": backend, **result, "load": round(os.getloadavg()[0], 1)}), flush=True
+            )
+        if len(medians) == 2:
+            small, large = medians[args.sampled], medians[args.scale]
+            print(
+                json.dumps(
+                    {
+                        "backend": backend,
+                        "round_s_median": {str(k): round(v, 2) for k, v in medians.items()},
+                        "ratio": round(large / small, 3),
+                    }
+                ),
+                flush=True,
+            )
+    return 1 if failed else 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tenants", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--scale", type=int, default=0, help="Registered tenants of the scale run (0: off).")
+    parser.add_argument("--sampled", type=int, default=10)
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--task", default="digits")
     args = parser.parse_args()
+    if args.scale:
+        raise SystemExit(scale(args))
     logging.getLogger("flwr").setLevel(logging.ERROR)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     work = Path(tempfile.mkdtemp(prefix="sim-bench-"))

@@ -12,6 +12,8 @@ The federated-training server calls (each in its own session/transaction)::
 
     eligibility(session, organization_id, model_type, settings, policy=None)
         -> Eligibility(eligible, reason, consenting_users, code)
+    batch_eligibility(session, organization_ids, model_type, settings, policy=None)
+        -> {organization_id: Eligibility}   (one grouped query for the whole batch)
     take_snapshot(session, organization_id, model_type, policy=None)
         -> Snapshot(organization_id, model_type, required_consents, user_ids, digest, id, taken_at)
     record_snapshot_use(session, snapshot_id_or_digest, aggregation_round, run_id=None,
@@ -26,6 +28,7 @@ from consent_gate.gate import (
     REJECTED_CONSENT_CHANGED,
     Eligibility,
     Snapshot,
+    batch_eligibility,
     compute_snapshot,
     eligibility,
     recheck,
@@ -40,6 +43,7 @@ __all__ = [
     "ConsentPolicy",
     "Eligibility",
     "Snapshot",
+    "batch_eligibility",
     "compute_snapshot",
     "eligibility",
     "link_model_version",

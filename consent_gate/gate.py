@@ -15,6 +15,8 @@ request all change it.
 
 API for the federated-training server (all in the caller's session/transaction):
     eligibility(session, organization_id, model_type, settings, policy=None) -> Eligibility
+    batch_eligibility(session, organization_ids, model_type, settings, policy=None)
+        -> {organization_id: Eligibility}   # one grouped query for the whole batch
     compute_snapshot(session, organization_id, model_type, policy=None) -> Snapshot   # not stored
     take_snapshot(session, organization_id, model_type, policy=None) -> Snapshot      # stored, audited
     current_digest(session, organization_id, model_type, policy=None) -> str
@@ -30,7 +32,7 @@ import functools
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -48,7 +50,13 @@ from consent_gate.policy import ConsentPolicy
 from schema import audit
 from schema.config import Settings
 from schema.errors import ConsentChangedError, NotFoundError
-from schema.models import ConsentSnapshot, ConsentSnapshotMember, DataSubjectRequest, UserConsent
+from schema.models import (
+    ConsentSnapshot,
+    ConsentSnapshotMember,
+    DataSubjectRequest,
+    Organization,
+    UserConsent,
+)
 from schema.timeutil import iso, utcnow
 from schema.validation import parse_uuid
 
@@ -281,6 +289,19 @@ def count_consenting_users(
     return int(count or 0)
 
 
+def _eligibility_of(
+    organization_id: uuid.UUID, count: int, model_type: str, required: Sequence[str], settings: Settings
+) -> Eligibility:
+    needed = settings.min_consenting_users
+    if count < needed:
+        reason = (
+            f"organization {organization_id} has {count} user(s) holding every consent {model_type} needs "
+            f"({', '.join(required)}) and not restricted by a data subject request; at least {needed} required"
+        )
+        return Eligibility(False, reason, count, "too_few_consenting_users")
+    return Eligibility(True, None, count, "eligible")
+
+
 def eligibility(
     session: Session,
     organization_id: str | uuid.UUID,
@@ -296,14 +317,71 @@ def eligibility(
     except NotFoundError as exc:
         return Eligibility(False, str(exc), 0, "organization_not_found")
     count = count_consenting_users(session, org_id, model_type, policy)
-    needed = settings.min_consenting_users
-    if count < needed:
-        reason = (
-            f"organization {org_id} has {count} user(s) holding every consent {model_type} needs "
-            f"({', '.join(required)}) and not restricted by a data subject request; at least {needed} required"
-        )
-        return Eligibility(False, reason, count, "too_few_consenting_users")
-    return Eligibility(True, None, count, "eligible")
+    return _eligibility_of(org_id, count, model_type, required, settings)
+
+
+#: The bound (expanding) parameter of the grouped count: the batch's organizations.
+ORGANIZATIONS_PARAM = "consent_gate_organization_ids"
+#: A batch larger than this is counted for every organization at once and filtered in Python (an
+#: ``IN`` list of thousands of ids is slower to bind and plan than a full grouped scan, and SQLite
+#: caps the number of bound parameters).
+BATCH_IN_LIMIT = 500
+
+
+@functools.lru_cache(maxsize=64)
+def grouped_count_statement(required: tuple[str, ...], *, filtered: bool) -> Select[uuid.UUID, int]:
+    """``(organization_id, consenting users)`` for every organization with at least one, in one
+    grouped query: the join of ``consenting_users_statement`` with the organization as a join
+    column instead of a bound value; ``filtered`` restricts it to ``ORGANIZATIONS_PARAM``."""
+    aliases = [aliased(UserConsent, name=f"c{i}") for i in range(len(required))]
+    first = aliases[0]
+    query = select(first.organization_id, func.count()).select_from(first)
+    for alias, name in zip(aliases, required, strict=True):
+        granted = and_(alias.consent_type == name, alias.consent_given == true())
+        if alias is first:
+            query = query.where(granted)
+        else:
+            query = query.join(
+                alias,
+                and_(granted, alias.organization_id == first.organization_id, alias.user_id == first.user_id),
+            )
+    if filtered:
+        query = query.where(first.organization_id.in_(bindparam(ORGANIZATIONS_PARAM, expanding=True)))
+    query = query.where(~restricted_by_request(first.organization_id, first.user_id))
+    return query.group_by(first.organization_id)
+
+
+def batch_eligibility(
+    session: Session,
+    organization_ids: Iterable[uuid.UUID],
+    model_type: str,
+    settings: Settings,
+    policy: ConsentPolicy | None = None,
+) -> dict[uuid.UUID, Eligibility]:
+    """``eligibility`` for many tenants in two set-based queries (which of them exist, and how many
+    users each may train on), whatever their number: a round gates its sampled tenants, or central
+    DP its whole population, without a query per tenant. Same answers and reasons as ``eligibility``."""
+    policy = policy or ConsentPolicy.default()
+    required = tuple(policy.required_consents(model_type))
+    wanted = set(organization_ids)
+    if not wanted:
+        return {}
+    if len(wanted) <= BATCH_IN_LIMIT:
+        ids = list(wanted)
+        existing = set(session.scalars(select(Organization.id).where(Organization.id.in_(ids))))
+        rows = session.execute(grouped_count_statement(required, filtered=True), {ORGANIZATIONS_PARAM: ids})
+    else:
+        existing = set(session.scalars(select(Organization.id))) & wanted
+        rows = session.execute(grouped_count_statement(required, filtered=False))
+    counts = {org: int(count) for org, count in rows if org in wanted}
+    result: dict[uuid.UUID, Eligibility] = {}
+    for org in wanted:
+        if org not in existing:
+            reason = f"organization {org} does not exist; see `accute-fl org list`"
+            result[org] = Eligibility(False, reason, 0, "organization_not_found")
+        else:
+            result[org] = _eligibility_of(org, counts.get(org, 0), model_type, required, settings)
+    return result
 
 
 def current_digest(

@@ -43,13 +43,14 @@ run (or an unknown organization, or an invalid id) is skipped with a logged, aud
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -78,6 +79,7 @@ from schema.models import (
     FlRoundSummary,
     FlRun,
     Organization,
+    PrivacyBudget,
 )
 
 log = logging.getLogger("accute.fl_server")
@@ -112,6 +114,11 @@ MAX_RECORDS_PER_USER = 100
 #: Reason of a bound tenant whose node is not connected when a round starts.
 OFFLINE = "offline"
 
+#: Local DP and dp=off: a round draws at most this many times its sample size in replacements for
+#: sampled tenants that failed the gate (in batches as large as the shortfall), so it gates at most
+#: (1 + this) x its sample size even in a federation that is mostly ineligible.
+MAX_REPLACEMENT_FACTOR = 3
+
 #: A run lease lasts at least this long past its last heartbeat (and 3 round timeouts + 30 s).
 LEASE_MIN_S = 60.0
 #: A heartbeat younger than this is not rewritten (judgements come in by the thousand).
@@ -138,6 +145,10 @@ class Admission:
 
     admitted: dict[int, Tenant] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    #: Tenants drawn to replace sampled ones that failed the gate (local DP and dp=off only).
+    replacements: list[Tenant] = field(default_factory=list)
+    #: Central DP: the tenants eligible now, charged the round's central event (sampled or not).
+    population: list[Tenant] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -486,28 +497,50 @@ class Governor:
             self.config.central_noise_multiplier, self.config.fraction, 1, self.config.central_clip_norm
         )
 
-    def admit(self, server_round: int, tenants: Iterable[Tenant]) -> Admission:
-        """Consent gate, delta rule and budget filter for every bound tenant; skipped ones are recorded with why."""
+    def admit(
+        self,
+        server_round: int,
+        sampled: Iterable[Tenant],
+        *,
+        reserve: Iterator[Tenant] | None = None,
+        population: Iterable[Tenant] | None = None,
+    ) -> Admission:
+        """Gate the round's sampled tenants (consent, delta rule, budget); a round costs what it samples.
+
+        Only ``sampled`` is gated, in one transaction with set-based consent queries: bound tenants
+        the round did not sample are not looked at, so a round of 10 among 10,000 costs what a round
+        of 10 among 10 does. A sampled tenant that fails is recorded (outcome row, reason) and:
+
+        - with a ``reserve`` (local DP and dp=off, where each tenant's ledger accounts only its own
+          releases), replaced by the next tenants the reserve draws (in batches as large as the
+          shortfall), until the round has as many admitted as it sampled, the reserve runs out, or
+          ``MAX_REPLACEMENT_FACTOR`` x the sample size were drawn (a federation that is mostly
+          ineligible cannot make a round gate everyone);
+        - without one (central DP), simply skipped: each tenant's inclusion stays at most the
+          accountant's q, and replacing it would raise everyone else's above q.
+
+        ``population`` (central DP): every bound tenant; the tenants eligible now (consent and delta
+        rule, two set-based queries for the whole federation) become ``Admission.population``, the
+        tenants the round's central event is charged to (their caps are checked by that charge).
+        """
         admission = Admission()
-        # One transaction for the whole federation: a commit (an fsync on SQLite) per tenant per
-        # round dominated rounds with a thousand tenants. Reads only, unless a tenant is skipped.
+        # One transaction: a commit (an fsync on SQLite) per tenant dominated large rounds. Reads
+        # only, unless a tenant is skipped.
         with transaction(self.engine) as session:
-            for tenant in sorted(tenants, key=lambda t: t.name):
-                eligible = consent_gate.eligibility(
-                    session, tenant.organization_id, self.config.task, self.settings
-                )
-                if not eligible.eligible:
-                    self._skip(
-                        session, server_round, tenant, REJECTED_CONSENT, eligible.reason or eligible.code
-                    )
-                    admission.skipped[tenant.name] = REJECTED_CONSENT
-                    continue
-                reason = self._budget_refusal(session, tenant)
-                if reason is not None:
-                    self._skip(session, server_round, tenant, REJECTED_BUDGET, reason)
-                    admission.skipped[tenant.name] = REJECTED_BUDGET
-                    continue
-                admission.admitted[tenant.node_id] = tenant
+            if population is not None:
+                admission.population = self._eligible_population(session, population)
+            batch = list(sampled)
+            wanted = len(batch)
+            allowance = MAX_REPLACEMENT_FACTOR * wanted if reserve is not None else 0
+            while batch:
+                self._gate(session, server_round, batch, admission)
+                if population is not None:
+                    self._outside_population(session, server_round, admission)
+                missing = min(wanted - len(admission.admitted), allowance - len(admission.replacements))
+                if reserve is None or missing <= 0:
+                    break
+                batch = list(itertools.islice(reserve, missing))
+                admission.replacements.extend(batch)
         return admission
 
     def unseen_bindings(self) -> list[Tenant]:
@@ -530,6 +563,68 @@ class Governor:
             for node, org, name in rows
             if node not in self._bound_here and node.isdigit()
         ]
+
+    def _gate(self, session: Any, server_round: int, tenants: list[Tenant], admission: Admission) -> None:
+        """Consent (one grouped query for the batch), then the delta rule and the cap (per tenant,
+        on its own ledger); a tenant that fails is skipped with its outcome row and reason."""
+        eligible = consent_gate.batch_eligibility(
+            session, {t.organization_id for t in tenants}, self.config.task, self.settings
+        )
+        for tenant in sorted(tenants, key=lambda t: t.name):
+            verdict = eligible[tenant.organization_id]
+            if not verdict.eligible:
+                self._skip(session, server_round, tenant, REJECTED_CONSENT, verdict.reason or verdict.code)
+                admission.skipped[tenant.name] = REJECTED_CONSENT
+                continue
+            reason = self._budget_refusal(session, tenant)
+            if reason is not None:
+                self._skip(session, server_round, tenant, REJECTED_BUDGET, reason)
+                admission.skipped[tenant.name] = REJECTED_BUDGET
+                continue
+            admission.admitted[tenant.node_id] = tenant
+
+    def _outside_population(self, session: Any, server_round: int, admission: Admission) -> None:
+        """Central DP: a tenant trains only if it is charged the round's central event, i.e. is in
+        the population (a consent change between the two reads could otherwise let one through)."""
+        charged = {t.node_id for t in admission.population}
+        for node_id, tenant in list(admission.admitted.items()):
+            if node_id not in charged:
+                del admission.admitted[node_id]
+                reason = "not eligible when the round's central DP population was fixed"
+                self._skip(session, server_round, tenant, REJECTED_CONSENT, reason)
+                admission.skipped[tenant.name] = REJECTED_CONSENT
+
+    def _eligible_population(self, session: Any, tenants: Iterable[Tenant]) -> list[Tenant]:
+        """Who is eligible now, for the whole federation in set-based queries (no row is written
+        for those who are not: they were not sampled): enough consenting users, and a budget delta
+        no smaller than the run's in every unit the round charges."""
+        tenants = list(tenants)
+        consent = consent_gate.batch_eligibility(
+            session, {t.organization_id for t in tenants}, self.config.task, self.settings
+        )
+        deltas = [
+            self._budget_deltas(session, unit) for unit in sorted({e.unit for e in self.planned_events(0)})
+        ]
+        return [
+            t
+            for t in tenants
+            if consent[t.organization_id].eligible
+            and all(
+                self.config.delta <= own.get(t.organization_id, self.policy.default_delta) for own in deltas
+            )
+        ]
+
+    def _budget_deltas(self, session: Any, unit: str) -> dict[uuid.UUID, float]:
+        """Every organization's own ``unit``-level budget delta for the task, in one query (a tenant
+        without one is at the platform default): the delta rule of ``_budget_refusal`` for everyone."""
+        rows = session.execute(
+            select(PrivacyBudget.organization_id, PrivacyBudget.delta).where(
+                PrivacyBudget.model_type == self.config.task,
+                PrivacyBudget.unit == unit,
+                PrivacyBudget.delta.is_not(None),
+            )
+        )
+        return {org: float(delta) for org, delta in rows}
 
     def mark_offline(self, server_round: int, tenants: Iterable[Tenant]) -> None:
         """Bound tenants whose node is not connected this round: ``failed``, reason ``offline``

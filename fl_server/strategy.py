@@ -1,9 +1,11 @@
 """The governed strategy: any Flower strategy, wrapped with consent, budget, validation and resume.
 
 The wrapped strategy keeps its own job — choosing which nodes train and evaluate
-(``configure_train`` / ``configure_evaluate``, here shown only the admitted nodes) and
-aggregating evaluation metrics. The wrapper owns what Flower does not: it binds nodes to
-organizations, admits tenants (``Governor.admit``), charges and instructs them in one
+(``configure_train`` / ``configure_evaluate``) and aggregating evaluation metrics. The wrapper owns
+what Flower does not: it binds nodes to organizations, samples first and then admits only the
+sampled tenants (``Governor.admit``: a round costs what it samples, not what is registered; a
+sampled tenant that fails the gate is replaced under local DP and dp=off, skipped under central
+DP), charges and instructs them in one
 transaction before any message leaves (``Governor.dispatch``), judges every reply as it arrives
 and folds accepted updates into a streaming aggregate (memory does not grow with the number of
 tenants), applies optional central DP, and commits each round so a killed server resumes at the
@@ -11,11 +13,14 @@ next round with the same weights. ``start`` is the only I/O loop.
 
 Central DP as analysed (the accountant's Poisson-subsampled Gaussian with q = ``fraction``):
 
-- tenants are Poisson-sampled here, each admitted tenant independently with probability
+- tenants are Poisson-sampled here, each bound, connected tenant independently with probability
   ``fraction`` from the OS CSPRNG (Flower's fixed-size sampling would let one tenant's presence
-  displace another's), and the inner strategy must train every node it is shown;
-- every admitted tenant is charged the round's central event at dispatch, sampled or not;
-- the noisy sum is divided by a public, fixed denominator (``fraction`` x admitted tenants),
+  displace another's), and the inner strategy must train every node it is shown; a sampled tenant
+  that fails the gate is skipped, never replaced (a replacement would raise the others' inclusion
+  probability above the q they are charged for);
+- every tenant eligible now (consent and delta rule, found for the whole federation in set-based
+  queries) is charged the round's central event at dispatch, sampled or not;
+- the noisy sum is divided by a public, fixed denominator (``fraction`` x charged tenants),
   never by the number of updates that arrived, and noise is added every round, even when fewer
   than ``min_accepted`` updates were accepted (or none): no released value is un-noised.
 
@@ -31,7 +36,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +52,7 @@ from aggregation.weights_store import WeightsStore
 from fl_client import protocol
 from fl_client.protocol import EvalInstruction, NodeIdentity, TrainReport
 from fl_server.config import DpMode
-from fl_server.governance import ACCEPTED, FAILED, Dispatch, Governor, Tenant, Verdict, finite
+from fl_server.governance import ACCEPTED, FAILED, Admission, Dispatch, Governor, Tenant, Verdict, finite
 from privacy import secure_noise
 from privacy.events import DpEvent, NonPrivateEvent
 
@@ -307,29 +312,14 @@ class GovernedStrategy(Strategy):
         timeout: float,
         online: set[int] | None = None,
     ) -> Arrays:
-        present = [t for n, t in self.tenants.items() if online is None or n in online]
-        admission = self.governor.admit(server_round, present)
+        # In node order: the draws do not depend on the order nodes answered the identity query.
+        present = {n: self.tenants[n] for n in sorted(self.tenants) if online is None or n in online}
+        global_record = record_from_arrays(arrays, spec)
+        messages, admission = self._sample_and_admit(server_round, present, global_record, grid)
         record.skipped.update(admission.skipped)
         central_dp = self.config.dp.central
-        shown = self._poisson_sample(admission.admitted) if central_dp else dict(admission.admitted)
-        global_record = record_from_arrays(arrays, spec)
-        # With nobody to show the wrapped strategy would wait forever for nodes to sample.
-        messages = (
-            list(
-                self.inner.configure_train(
-                    server_round, global_record, ConfigRecord(), AdmittedGrid(grid, shown)
-                )
-            )
-            if shown
-            else []
-        )
-        if central_dp and {m.metadata.dst_node_id for m in messages} != set(shown):
-            raise RuntimeError(
-                "central DP samples tenants itself (Poisson, q = fraction): the inner strategy must train "
-                "every node it is shown; build it with fraction_train=1.0"
-            )
         chosen = [admission.admitted[m.metadata.dst_node_id] for m in messages]
-        population = list(admission.admitted.values()) if central_dp else []
+        population = admission.population if central_dp else []
         # Charge, then release: nothing is sent before the dispatch transaction committed.
         batch = self.governor.dispatch(server_round, chosen, population)
         record.statuses.update(batch.refused)
@@ -463,6 +453,67 @@ class GovernedStrategy(Strategy):
         )
         return new_arrays
 
+    def _sample_and_admit(
+        self, server_round: int, present: dict[int, Tenant], global_record: ArrayRecord, grid: Grid
+    ) -> tuple[list[Message], Admission]:
+        """Sample among the bound, connected tenants first, then gate only the sampled ones.
+
+        Central DP: Poisson sampling (q = ``fraction``, CSPRNG) here; a sampled tenant that fails
+        the gate is skipped, never replaced (inclusion stays at most q); the central event is
+        charged to the population the governor finds eligible now. Local DP and dp=off: the
+        wrapped strategy samples as it would (Flower's fixed-size sample), and a sampled tenant
+        that fails the gate is replaced by one drawn uniformly from those not yet tried
+        (``Governor.admit``), so the round keeps its size.
+        """
+        if not present:
+            return [], Admission()
+        if self.config.dp.central:
+            sampled = self._poisson_sample(present)
+            admission = self.governor.admit(server_round, sampled.values(), population=present.values())
+            shown = admission.admitted
+            messages = (
+                list(
+                    self.inner.configure_train(
+                        server_round, global_record, ConfigRecord(), AdmittedGrid(grid, shown)
+                    )
+                )
+                if shown
+                else []
+            )
+            if {m.metadata.dst_node_id for m in messages} != set(shown):
+                raise RuntimeError(
+                    "central DP samples tenants itself (Poisson, q = fraction): the inner strategy must "
+                    "train every node it is shown; build it with fraction_train=1.0"
+                )
+            return messages, admission
+        drafts = list(
+            self.inner.configure_train(
+                server_round, global_record, ConfigRecord(), AdmittedGrid(grid, present)
+            )
+        )
+        drafted = {m.metadata.dst_node_id: m for m in drafts}
+        untried = [t for n, t in present.items() if n not in drafted]
+        admission = self.governor.admit(
+            server_round,
+            [present[n] for n in drafted],
+            reserve=_draws(untried, self._replacement_rng(server_round)),
+        )
+        messages = [m for n, m in drafted.items() if n in admission.admitted]
+        if drafts:
+            template = drafts[0]
+            messages += [
+                Message(template.content, dst_node_id=t.node_id, message_type=template.metadata.message_type)
+                for t in admission.replacements
+                if t.node_id in admission.admitted
+            ]
+        return messages, admission
+
+    def _replacement_rng(self, server_round: int) -> random.Random:
+        """The OS CSPRNG; a seeded one only in a seeded dp=off run (reproducible, like its sampling)."""
+        if self.config.seed and self.config.dp == DpMode.OFF:
+            return random.Random(f"{self.config.seed}:{server_round}:replacements")
+        return self._sampler
+
     def _local_charges(self) -> list[DpEvent]:
         """The local events one dispatch charged (``Governor._dispatch_one``), in the run's unit."""
         if self.config.dp.local:
@@ -472,7 +523,7 @@ class GovernedStrategy(Strategy):
         return []
 
     def _poisson_sample(self, admitted: dict[int, Tenant]) -> dict[int, Tenant]:
-        """Each admitted tenant independently with probability ``fraction`` (CSPRNG): the sampling the
+        """Each bound, connected tenant independently with probability ``fraction`` (CSPRNG): the sampling the
         central accountant's q assumes."""
         fraction = self.config.fraction
         return {n: t for n, t in admitted.items() if fraction >= 1.0 or self._sampler.random() < fraction}
@@ -550,6 +601,15 @@ class GovernedStrategy(Strategy):
             return None
         value = aggregated.get(self.governor.task.metric.name)
         return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)  # type: ignore[arg-type]
+
+
+def _draws(pool: list[Tenant], rng: random.Random) -> Iterator[Tenant]:
+    """``pool`` in a uniformly random order, drawn lazily (a partial Fisher-Yates shuffle): a few
+    replacements cost a few draws, not a shuffle of the whole federation."""
+    for end in range(len(pool), 0, -1):
+        pick = rng.randrange(end)
+        pool[pick], pool[end - 1] = pool[end - 1], pool[pick]
+        yield pool[end - 1]
 
 
 def _examples(reply: Message) -> int:

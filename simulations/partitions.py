@@ -3,6 +3,13 @@
 flwr-datasets' partitioners work on Hugging Face `datasets` objects (pyarrow, pandas), which this
 project does not install; these three follow the same definitions on plain index arrays. Each
 returns one index array per tenant; together they cover every example exactly once.
+
+More tenants than examples (10,000 digits tenants share 1,437 training images): ``partition``
+then cuts the data into ``n // POOL_RECORDS`` pools under the scheme and gives each tenant one
+pool, every pool to about the same number of tenants. **Records are reused across tenants** — a
+pool's images are held by about ``num_parts / pools`` tenants — so such a federation measures
+scale (rounds, admission, memory), not what a model learns from that many distinct firms; each
+tenant's ledger still accounts its own releases of its copy.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from schema.errors import InvalidInputError
 
 PartitionScheme = Literal["iid", "dirichlet", "size"]
 PARTITION_SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "size")
+#: With more tenants than examples, the examples of one pool (shared by several tenants).
+POOL_RECORDS = 10
 
 
 def _check(n: int, num_parts: int) -> None:
@@ -88,8 +97,11 @@ def partition(
     seed: int,
     alpha: float = 0.5,
 ) -> list[np.ndarray]:
-    """Dispatch by scheme name (the `--partition` flag of `accute-fl simulate`)."""
+    """Dispatch by scheme name (the `--partition` flag of `accute-fl simulate`); with more tenants
+    than examples, tenants share pools (``pooled``)."""
     n = len(labels)
+    if 0 < n < num_parts:
+        return pooled(labels, num_parts, scheme, seed, alpha)
     if scheme == "iid":
         return iid_partition(n, num_parts, seed)
     if scheme == "dirichlet":
@@ -97,3 +109,21 @@ def partition(
     if scheme == "size":
         return size_skewed_partition(n, num_parts, seed)
     raise InvalidInputError(f"unknown partition {scheme!r}; known: {', '.join(PARTITION_SCHEMES)}")
+
+
+def pool_count(n: int, num_parts: int) -> int:
+    """How many distinct parts ``partition`` makes: one per tenant, or shared pools when tenants
+    outnumber the examples."""
+    return num_parts if num_parts <= n else max(1, n // POOL_RECORDS)
+
+
+def pooled(
+    labels: Sequence[int] | np.ndarray, num_parts: int, scheme: str, seed: int, alpha: float = 0.5
+) -> list[np.ndarray]:
+    """``num_parts`` tenants over ``pool_count`` pools made by ``scheme``: a seeded permutation of
+    the tenants dealt round-robin to the pools, so each pool goes to ⌊N/P⌋ or ⌈N/P⌉ tenants."""
+    n = len(labels)
+    _check(n, num_parts)
+    pools = partition(labels, pool_count(n, num_parts), scheme, seed, alpha)
+    order = np.random.default_rng([seed, num_parts]).permutation(num_parts)
+    return [pools[int(slot) % len(pools)] for slot in order]

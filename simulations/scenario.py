@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fl_server.config import DpMode, RunConfig
 from schema.errors import InvalidInputError
+from simulations.partitions import pool_count
 from simulations.synthetic import DIGITS_TEST_SIZE, firm_user_ids
 
 DIGITS_TRAIN_SIZE = 1797 - DIGITS_TEST_SIZE
@@ -172,11 +173,6 @@ class SimulationSpec(BaseModel):
         for point in self.sweep:
             if not point > 0:
                 raise ValueError(f"sweep epsilon must be positive or inf, got {point}")
-        if self.task == "digits" and self.tenants > DIGITS_TRAIN_SIZE:
-            raise ValueError(
-                f"digits has {DIGITS_TRAIN_SIZE} training examples (the rest is the server's test set): "
-                f"at most {DIGITS_TRAIN_SIZE} tenants"
-            )
         self.withdrawals()
         self.erasures()
         RunConfig.parse(self._run_values(self.noise_multiplier or 1.0))
@@ -282,7 +278,8 @@ class SimulationSpec(BaseModel):
         from simulations.synthetic import firm_profile
 
         if self.task == "digits":
-            mean_records = DIGITS_TRAIN_SIZE / self.tenants
+            # More tenants than training digits: tenants share pools of records (partitions.pooled).
+            mean_records = DIGITS_TRAIN_SIZE / pool_count(DIGITS_TRAIN_SIZE, self.tenants)
         else:
             firms = range(min(self.tenants, 200))
             mean_records = sum(firm_profile(self.seed, i).n_records for i in firms) / len(firms)

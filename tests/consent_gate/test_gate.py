@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from sqlalchemy import Engine, func, select
 
@@ -260,3 +262,41 @@ def test_single_consent_policy_still_detects_a_regrant(engine: Engine, make_tena
     assert before.required_consents == ("federated_learning",)
     assert after.user_ids == before.user_ids and len(after.user_ids) == 2
     assert after.digest != before.digest
+
+
+@pytest.mark.parametrize("in_limit", [500, 1])  # a filtered IN list, and the grouped scan of everyone
+def test_batch_eligibility_answers_as_eligibility_does_for_every_tenant(
+    engine: Engine, make_tenant: TenantFactory, monkeypatch: pytest.MonkeyPatch, in_limit: int
+) -> None:
+    # Prepare: full, partial, none, restricted by a request, a withdrawal, and a missing organization.
+    from consent_gate import batch_eligibility, gate
+
+    monkeypatch.setattr(gate, "BATCH_IN_LIMIT", in_limit)
+    full = make_tenant("Full", users=3)
+    partial = make_tenant("Partial", consents=("federated_learning", "ai_training"))
+    empty = make_tenant("Empty", users=0)
+    restricted = make_tenant("Restricted", users=2)
+    withdrawn = make_tenant("Withdrawn", users=2)
+    make_tenant("NotAsked", users=4)  # eligible, but not in the batch: not in the answer
+    with transaction(engine) as session:
+        dsr.file_request(session, restricted.id, restricted.users[0], "restriction")
+        records.withdraw(session, withdrawn.id, withdrawn.users[1], "vamn_contribution")
+    missing = uuid.UUID("00000000-0000-0000-0000-00000000000f")
+    asked = [full.id, partial.id, empty.id, restricted.id, withdrawn.id, missing]
+    strict = Settings(database_url="sqlite://", min_consenting_users=2)
+
+    for settings in (SETTINGS, strict):
+        with transaction(engine) as session:
+            # Execute
+            batch = batch_eligibility(session, asked, "digits", settings)
+            # Assert: the same verdict, count, code and reason as one call per tenant.
+            one_by_one = {org: eligibility(session, org, "digits", settings) for org in asked}
+        assert batch == one_by_one
+    assert [batch[t.id].consenting_users for t in (full, partial, empty, restricted, withdrawn)] == [
+        3,
+        0,
+        0,
+        1,
+        1,
+    ]
+    assert batch[missing].code == "organization_not_found"

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schema.errors import InvalidInputError
-from simulations.partitions import PARTITION_SCHEMES, partition
+from simulations.partitions import PARTITION_SCHEMES, POOL_RECORDS, partition, pool_count
 
 
 def _labels(n: int, classes: int = 10) -> np.ndarray:
@@ -31,9 +31,33 @@ def test_every_example_lands_in_exactly_one_part(
 
     # Assert
     assert len(result) == parts
-    assert np.array_equal(np.sort(np.concatenate(result)), np.arange(n))
-    if n >= parts:
-        assert all(len(p) > 0 for p in result)
+    if n >= parts or n == 0:
+        assert np.array_equal(np.sort(np.concatenate(result)), np.arange(n))
+        assert n == 0 or all(len(p) > 0 for p in result)
+    else:  # more tenants than examples: shared pools, each covering its examples once
+        pools = {tuple(p.tolist()) for p in result}
+        assert len(pools) == pool_count(n, parts)
+        assert np.array_equal(np.sort(np.concatenate([np.asarray(p) for p in pools])), np.arange(n))
+
+
+@pytest.mark.parametrize("scheme", PARTITION_SCHEMES)
+def test_more_tenants_than_examples_share_pools_evenly(scheme: str) -> None:
+    # Prepare: 1,437 examples (the digits training split) over 10,000 tenants.
+    labels = _labels(1437)
+
+    # Execute
+    result = partition(labels, 10_000, scheme, seed=7, alpha=0.5)
+
+    # Assert: every tenant holds data; 143 pools of the whole set, each held by 69 or 70 tenants.
+    assert len(result) == 10_000 and all(len(p) > 0 for p in result)
+    holders: dict[tuple[int, ...], int] = {}
+    for part in result:
+        holders[tuple(part.tolist())] = holders.get(tuple(part.tolist()), 0) + 1
+    assert len(holders) == 1437 // POOL_RECORDS == pool_count(1437, 10_000)
+    assert set(holders.values()) <= {10_000 // len(holders), 10_000 // len(holders) + 1}
+    assert np.array_equal(np.sort(np.concatenate([np.asarray(p) for p in holders])), np.arange(1437))
+    again = partition(labels, 10_000, scheme, seed=7, alpha=0.5)
+    assert all(np.array_equal(a, b) for a, b in zip(result, again, strict=True))
 
 
 @pytest.mark.parametrize("scheme", PARTITION_SCHEMES)
