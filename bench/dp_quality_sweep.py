@@ -126,21 +126,9 @@ def run_direct(point: Point, seed: int) -> dict[str, Any]:
 
 
 def _tenant_training_records(spec: Any, index: int, holdout_fraction: float) -> list[dict[str, Any]]:
-    from fl_client.holdout import split_users
-    from simulations.heldout import tenant_organization_id
-    from simulations.synthetic import tenant_records
+    from simulations.heldout import tenant_training_records
 
-    records = tenant_records(
-        spec.task,
-        seed=spec.seed,
-        tenant_index=index,
-        num_tenants=spec.tenants,
-        partition_scheme=spec.partition,
-        alpha=spec.alpha,
-    )
-    users = sorted({str(r["user_id"]) for r in records})
-    keep = set(split_users(tenant_organization_id(spec, index), users, holdout_fraction)[0])
-    return [r for r in records if str(r["user_id"]) in keep]
+    return tenant_training_records(spec, index, holdout_fraction)
 
 
 def run_governed(point: Point, seed: int) -> dict[str, Any]:

@@ -37,6 +37,25 @@ def tenant_organization_id(spec: SimulationSpec, index: int) -> str:
     return str(uuid.uuid5(_SIMULATION_NAMESPACE, f"{spec.org_prefix()}tenant-{index}"))
 
 
+def tenant_training_records(
+    spec: SimulationSpec, index: int, holdout_fraction: float, key: str | None = None
+) -> list[dict[str, Any]]:
+    """One tenant's records of its non-held-out users; ``key`` keys its split (default: the id
+    ``prepare_federation`` gives)."""
+    records = tenant_records(
+        spec.task,
+        seed=spec.seed,
+        tenant_index=index,
+        num_tenants=spec.tenants,
+        partition_scheme=spec.partition,
+        alpha=spec.alpha,
+    )
+    users = sorted({str(r["user_id"]) for r in records})
+    training, _ = split_users(key or tenant_organization_id(spec, index), users, holdout_fraction)
+    keep = set(training)
+    return [r for r in records if str(r["user_id"]) in keep]
+
+
 def training_records(
     spec: SimulationSpec, holdout_fraction: float, organization_ids: list[str] | None = None
 ) -> list[dict[str, Any]]:
@@ -46,19 +65,8 @@ def training_records(
     """
     rows: list[dict[str, Any]] = []
     for index in range(spec.tenants):
-        key = organization_ids[index] if organization_ids else tenant_organization_id(spec, index)
-        records = tenant_records(
-            spec.task,
-            seed=spec.seed,
-            tenant_index=index,
-            num_tenants=spec.tenants,
-            partition_scheme=spec.partition,
-            alpha=spec.alpha,
-        )
-        users = sorted({str(r["user_id"]) for r in records})
-        training, _ = split_users(key, users, holdout_fraction)
-        keep = set(training)
-        rows.extend(r for r in records if str(r["user_id"]) in keep)
+        key = organization_ids[index] if organization_ids else None
+        rows.extend(tenant_training_records(spec, index, holdout_fraction, key))
     return rows
 
 
