@@ -25,14 +25,15 @@ import anyio
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Engine
 
 from aggregation.weights_store import WeightsStore
 from orchestrator import accounting, configs, openai_compat
-from orchestrator.auth import Principal, TokenService
+from orchestrator.api import include_routers
+from orchestrator.api.deps import Guard
+from orchestrator.auth import TokenService
 from orchestrator.cache import make_cache
 from orchestrator.cascade import Cascade, ChatRequest, Timing, caller_key
 from orchestrator.edge import RequestLimits
@@ -213,7 +214,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     """The service; ``engine`` lets tests and the benchmark share a database."""
     settings = settings or Settings()
     services = build_services(settings, engine)
-    bearer = HTTPBearer(auto_error=False)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -277,28 +277,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
         return JSONResponse({"error": "internal"}, status_code=500)
 
-    async def authenticate(token: str) -> Principal:
-        known = services.tokens.cached(token)
-        if known is not None:
-            return known
-        # First sight of this token: RS256 and maybe a public-key read, off the event loop.
-        return await anyio.to_thread.run_sync(services.tokens.verify, token)
+    guard = Guard(services)
+    app.state.guard = guard
+    authenticate = guard.authenticate
 
-    async def principal(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> Principal:
-        if credentials is None or credentials.scheme.lower() != "bearer":
-            raise AuthenticationError("unauthenticated")
-        return await authenticate(credentials.credentials)
-
-    def org_scope(roles: tuple[str, ...]) -> Any:
-        async def check(org: uuid.UUID, who: Annotated[Principal, Depends(principal)]) -> uuid.UUID:
-            who.require_org(org, roles)
-            return org
-
-        return check
-
-    AdminOrg = Annotated[uuid.UUID, Depends(org_scope(ADMIN_ROLES))]
+    AdminOrg = Annotated[uuid.UUID, Depends(guard.org_scope(ADMIN_ROLES))]
 
     @app.get("/healthz", tags=["health"], summary="The process is up")
     def healthz() -> dict[str, str]:
@@ -443,6 +426,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         return await anyio.to_thread.run_sync(read)
 
     openai_compat.install(app, services, authenticate)
+    include_routers(app, services, guard)
 
     def _invalidate(org: uuid.UUID) -> None:
         if services.cascade is not None:
