@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tenant_preparation import DEFAULT_POSTGRES, drop, fresh_database
+from tenant_preparation import run_scale_child
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,34 +88,16 @@ def main() -> int:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--task", default="time_estimation")
     args = parser.parse_args()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     failed = False
     for backend in args.backends.split(","):
         medians: dict[int, float] = {}
         for tenants in (int(n) for n in args.tenants.split(",")):
-            with tempfile.TemporaryDirectory() as folder:
-                url, schema = fresh_database(backend, Path(folder), DEFAULT_POSTGRES)
-                argv = [url, tenants, args.sampled, args.rounds, args.steps, args.task, folder]
-                try:
-                    done = subprocess.run(
-                        [sys.executable, "-c", CHILD, *map(str, argv)],
-                        env=env,
-                        cwd=ROOT,
-                        capture_output=True,
-                        text=True,
-                        check=False,
-                    )
-                finally:
-                    drop(schema, DEFAULT_POSTGRES)
-            if done.returncode != 0:
-                print(f"{backend} {tenants}: failed\n{done.stderr[-3000:]}", flush=True)
+            tail = [args.sampled, args.rounds, args.steps, args.task, "folder"]
+            result = run_scale_child(CHILD, backend, tenants, tail)
+            if result is None:
                 failed = True
                 continue
-            result = json.loads(done.stdout.strip().splitlines()[-1])
             medians[tenants] = statistics.median(result["round_s"][1:])
-            print(
-                json.dumps({"backend": backend, **result, "load": round(os.getloadavg()[0], 1)}), flush=True
-            )
         if len(medians) > 1:
             base = medians[min(medians)]
             ratios = {str(n): round(m / base, 3) for n, m in medians.items()}

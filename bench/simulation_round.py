@@ -162,41 +162,21 @@ print(json.dumps({
 
 def scale(args: argparse.Namespace) -> int:
     """Round time with ``--scale`` registered tenants against ``--sampled`` tenants, S sampled in both."""
-    import subprocess
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from tenant_preparation import DEFAULT_POSTGRES, drop, fresh_database
+    from tenant_preparation import run_scale_child
 
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root)}
     failed = False
     for backend in args.backends.split(","):
         medians: dict[int, float] = {}
         for tenants in (args.sampled, args.scale):
-            with tempfile.TemporaryDirectory() as folder:
-                url, schema = fresh_database(backend, Path(folder), DEFAULT_POSTGRES)
-                argv = [url, tenants, args.sampled, args.rounds, args.steps, args.task, folder]
-                try:
-                    done = subprocess.run(
-                        [sys.executable, "-c", SCALE_CHILD, *map(str, argv)],
-                        env=env,
-                        cwd=root,
-                        capture_output=True,
-                        text=True,
-                        check=False,
-                    )
-                finally:
-                    drop(schema, DEFAULT_POSTGRES)
-            if done.returncode != 0:
-                print(f"{backend} {tenants}: failed\n{done.stderr[-3000:]}", flush=True)
+            tail = [args.sampled, args.rounds, args.steps, args.task, "folder"]
+            result = run_scale_child(SCALE_CHILD, backend, tenants, tail)
+            if result is None:
                 failed = True
                 break
-            result = json.loads(done.stdout.strip().splitlines()[-1])
             medians[tenants] = float(np.median(result["round_s"][1:]))
-            print(
-                json.dumps({"backend": backend, **result, "load": round(os.getloadavg()[0], 1)}), flush=True
-            )
         if len(medians) == 2:
             small, large = medians[args.sampled], medians[args.scale]
             print(

@@ -79,6 +79,36 @@ def drop(schema: str | None, postgres: str) -> None:
     admin.dispose()
 
 
+def run_scale_child(
+    child: str, backend: str, tenants: int, tail: list[object], postgres: str = DEFAULT_POSTGRES
+) -> dict[str, object] | None:
+    """Run ``child`` (Python source) in a fresh process on a fresh database; its last JSON line.
+
+    argv of the child: the database URL, ``tenants``, then ``tail``; the last element of ``tail`` is
+    replaced by a temporary folder the child may write to. ``None`` (and stderr printed) on failure.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        url, schema = fresh_database(backend, Path(folder), postgres)
+        argv = [url, tenants, *tail[:-1], folder]
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", child, *map(str, argv)],
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        finally:
+            drop(schema, postgres)
+    if done.returncode != 0:
+        print(f"{backend} {tenants}: failed\n{done.stderr[-3000:]}", flush=True)
+        return None
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    print(json.dumps({"backend": backend, **result, "load": round(os.getloadavg()[0], 1)}), flush=True)
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", default="1000,10000")

@@ -252,6 +252,25 @@ def _read_request(conn: socket.socket) -> tuple[bytes, bytes] | None:
     return head, rest[:length]
 
 
+class _RawServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 1024
+
+
+@contextmanager
+def _serving_raw(handler: type[socketserver.BaseRequestHandler]) -> Iterator[str]:
+    """A threaded TCP server on a loopback port answering with ``handler``; yields its base URL."""
+    server = _RawServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @contextmanager
 def running_hostile(reply: HostileReply) -> Iterator[HostileProvider]:
     """Serve ``reply`` on 127.0.0.1; one request per connection (the reply decides what to send)."""
@@ -269,20 +288,9 @@ def running_hostile(reply: HostileReply) -> Iterator[HostileProvider]:
             except OSError:
                 return
 
-    class Server(socketserver.ThreadingTCPServer):
-        daemon_threads = True
-        allow_reuse_address = True
-        request_queue_size = 1024
-
-    server = Server(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    provider.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with _serving_raw(Handler) as url:
+        provider.url = url
         yield provider
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def http_reply(
@@ -402,16 +410,6 @@ def running_streaming(provider: StreamingProvider) -> Iterator[StreamingProvider
                     provider.hung_up.set()
                     return
 
-    class Server(socketserver.ThreadingTCPServer):
-        daemon_threads = True
-        allow_reuse_address = True
-
-    server = Server(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    provider.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with _serving_raw(Handler) as url:
+        provider.url = url
         yield provider
-    finally:
-        server.shutdown()
-        server.server_close()
