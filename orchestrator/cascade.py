@@ -35,7 +35,8 @@ import math
 import random
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -133,6 +134,29 @@ class _Failed(Exception):
     def __init__(self, code: str, retryable: bool, wait_s: float | None = None) -> None:
         super().__init__(code)
         self.code, self.retryable, self.wait_s = code, retryable, wait_s
+
+
+@contextmanager
+def _transport_failures() -> Iterator[None]:
+    """The upstream client's errors as attempt failures (retryable or not), the same for both modes."""
+    try:
+        yield
+    except UpstreamTimeout:
+        raise _Failed("timeout", True) from None
+    except UpstreamTooLarge:
+        raise _Failed("response_too_large", False) from None
+    except EgressDenied:
+        raise _Failed("egress_denied", False) from None
+    except UpstreamError:
+        raise _Failed("connect_error", True) from None
+
+
+def _check_status(status: int, headers: Mapping[str, str]) -> None:
+    """429 and 5xx are retryable (after ``Retry-After`` when sane); other non-2xx are not."""
+    if status == 429 or status >= 500:
+        raise _Failed(f"http_{status}", True, _retry_after(headers.get("retry-after")))
+    if status >= 300 or status < 200:
+        raise _Failed(f"http_{status}", False)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -1014,23 +1038,11 @@ class Cascade:
     ) -> adapters.Reply:
         """One attempt: the exchange, decoding and parsing all within ``timeout``."""
         started = time.monotonic()
-        try:
+        with _transport_failures():
             response = await self.client.post_json(
                 call.url, call.body, call.headers, timeout, guarded=guarded
             )
-        except UpstreamTimeout:
-            raise _Failed("timeout", True) from None
-        except UpstreamTooLarge:
-            raise _Failed("response_too_large", False) from None
-        except EgressDenied:
-            raise _Failed("egress_denied", False) from None
-        except UpstreamError:
-            raise _Failed("connect_error", True) from None
-        status = response.status
-        if status == 429 or status >= 500:
-            raise _Failed(f"http_{status}", True, _retry_after(response.headers.get("retry-after")))
-        if status >= 300 or status < 200:
-            raise _Failed(f"http_{status}", False)
+        _check_status(response.status, response.headers)
         try:
             body = await _parse_json(response.body, timeout - (time.monotonic() - started))
         except TimeoutError:
@@ -1048,24 +1060,12 @@ class Cascade:
         """One streamed attempt, up to its first piece of text (or a whole reply, if that came)."""
         call = streaming.stream_call(provider, call)
         started = time.monotonic()
-        try:
+        with _transport_failures():
             stream = await self.client.open_stream(
                 call.url, call.body, call.headers, timeout, guarded=guarded
             )
-        except UpstreamTimeout:
-            raise _Failed("timeout", True) from None
-        except UpstreamTooLarge:
-            raise _Failed("response_too_large", False) from None
-        except EgressDenied:
-            raise _Failed("egress_denied", False) from None
-        except UpstreamError:
-            raise _Failed("connect_error", True) from None
         try:
-            status = stream.status
-            if status == 429 or status >= 500:
-                raise _Failed(f"http_{status}", True, _retry_after(stream.headers.get("retry-after")))
-            if status >= 300 or status < 200:
-                raise _Failed(f"http_{status}", False)
+            _check_status(stream.status, stream.headers)
             async with asyncio.timeout(max(timeout - (time.monotonic() - started), 0.0)):
                 if "text/event-stream" not in stream.headers.get("content-type", "").lower():
                     body = await stream.read_all()  # the provider answered whole: as ``_send``
