@@ -29,8 +29,6 @@ import os
 import uuid
 from typing import Any, Protocol
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -78,7 +76,7 @@ class PersonalDataVault:
         return session.get(PersonalDataKey, user_id)
 
     def _create(self, session: Session, organization_id: uuid.UUID, user_id: uuid.UUID) -> PersonalDataKey:
-        key = AESGCM.generate_key(bit_length=256)
+        key = os.urandom(32)  # an AES-256 key (what AESGCM.generate_key returns)
         kek_version, wrapped = self.kek.wrap(key, key_aad(user_id))
         row = PersonalDataKey(
             user_id=user_id, organization_id=organization_id, wrapped_key=wrapped, kek_version=kek_version
@@ -126,6 +124,8 @@ class PersonalDataVault:
 
         For an erased user nothing is recorded: the result is :data:`ERASED`.
         """
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # only when sealing (CLI start-up)
+
         key = self._live_key(session, organization_id, user_id)
         if key is None:
             return ERASED
@@ -135,6 +135,9 @@ class PersonalDataVault:
 
     def open(self, session: Session, user_id: uuid.UUID, purpose: str, token: str) -> str:
         """The plaintext of a token; :data:`ERASED` once the user's key is shredded."""
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         key = self._key(session, user_id)
         if key is None:
             return ERASED
