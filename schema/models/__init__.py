@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         FlRoundSummary,
         FlRun,
     )
+    from schema.models.hub import HubOutbox
     from schema.models.llm import FallbackBilling, FineTunedModelConfig, LlmUsageLog, TenantLlmConfig
     from schema.models.orchestrator import (
         LlmInflight,
@@ -83,6 +84,7 @@ MODEL_MODULES: dict[str, str] = {
     "FlRoundSummary": "federation",
     "FlRun": "federation",
     "HsmKeyRegistry": "security",
+    "HubOutbox": "hub",
     "ImmutableAuditLog": "audit_log",
     "Invoice": "tenancy",
     "LlmInflight": "orchestrator",
@@ -166,6 +168,7 @@ __all__ = [
     "FlRoundSummary",
     "FlRun",
     "HsmKeyRegistry",
+    "HubOutbox",
     "ImmutableAuditLog",
     "Invoice",
     "LlmInflight",

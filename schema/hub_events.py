@@ -1,0 +1,304 @@
+"""The domain events Accute publishes to the Fin(Ai)d hub (spec §4, issue 13): one pydantic model each.
+
+An event's ``payload`` is one of the models below, validated when it is appended to the outbox
+(``schema.events.append``). Payloads carry ids, codes and numbers, **never personal data**: no
+email, name, message text, IP address or free-text reason (those may name a person). Every model
+forbids unknown fields, and every string field is a constrained label (``Code``/``Label``/
+``Checksum``), never an open ``str``; a test walks every model to keep it so. A ``user_id`` is the
+product's pseudonymous UUID: after an erasure it resolves to nothing anywhere.
+
+``EVENT_TYPES`` maps each event type to its model and schema version. A change a consumer could
+notice (a removed or renamed field, a changed meaning) takes a new ``version``; an added optional
+field does not. ``json_schemas()`` is what ``python -m schema.hub_events`` writes to
+``schema/hub_events.schema.json`` (``--check`` compares instead; a test keeps the committed file
+equal to it).
+
+Of the spec's ``AccuteEventType`` values this product produces none: it has no clients, projects,
+tasks, documents, forms, invoices it generates, payments, subscriptions, agent sessions it starts,
+roundtables or employees (those are the Accute practice platform's; ``agentSessions`` and
+``invoices`` exist here only as referenced tables, never written). ``NOT_PRODUCED`` lists them with
+the reason, so that ``hub status`` and the AsyncAPI reader see the whole vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from schema.vocab import CONSENT_TYPES, DSR_REQUEST_TYPES, VAMN_HEAD_TYPES
+
+#: A machine code: lowercase letters, digits and ``_ . : -`` (a status, a model type, a task).
+Code = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.:-]{0,99}$")]
+#: An operator-chosen label (a run name, a model version): printable, no ``@`` (never an address).
+Label = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^@\x00-\x1f\x7f]+$")]
+#: A SHA-256 digest in lowercase hex.
+Checksum = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+ConsentType = Literal[CONSENT_TYPES]  # type: ignore[valid-type]
+DsrType = Literal[DSR_REQUEST_TYPES]  # type: ignore[valid-type]
+HeadType = Literal[VAMN_HEAD_TYPES]  # type: ignore[valid-type]
+
+
+class EventPayload(BaseModel):
+    """Base of every payload: unknown fields are an error (nothing slips in by accident)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RoundCompleted(EventPayload):
+    """A federated round committed: its aggregated weights are the run's new state."""
+
+    run_id: uuid.UUID
+    run_name: Label
+    model_type: Code
+    round: int = Field(ge=1)
+    accepted: int = Field(ge=0, description="Contributions aggregated in this round.")
+    weights_checksum: Checksum
+    metric_name: Code | None = None
+    metric_value: float | None = None
+
+
+class ContributionDecided(EventPayload):
+    """A tenant's contribution to a round was accepted, or rejected with a reason code."""
+
+    contribution_id: uuid.UUID
+    run_id: uuid.UUID
+    model_type: Code
+    round: int = Field(ge=1)
+    status: Code = Field(description="accepted, or rejected_consent / _consent_changed / _budget / _invalid.")
+
+
+class ModelPublished(EventPayload):
+    """A model version entered the VAMN registry (pending: it serves nothing yet)."""
+
+    model_id: uuid.UUID
+    head_type: HeadType
+    model_version: Label
+    weights_checksum: Checksum
+
+
+class ModelPromoted(EventPayload):
+    """A model version became the active one of its head; the previous active one was retired."""
+
+    model_id: uuid.UUID
+    head_type: HeadType
+    model_version: Label
+    weights_checksum: Checksum
+    retired_model_ids: list[uuid.UUID] = Field(default_factory=list)
+
+
+class BudgetCrossing(EventPayload):
+    """A tenant's privacy budget for a model type crossed a threshold (80 % near cap, 100 % exhausted)."""
+
+    model_type: Code
+    privacy_unit: Code
+    epsilon_spent: float = Field(ge=0, description="Cumulative epsilon after the charge (may be +inf).")
+    epsilon_cap: float = Field(gt=0)
+    delta: float = Field(gt=0, lt=1)
+    threshold: float = Field(gt=0, le=1, description="The fraction of the cap crossed: 0.8 or 1.0.")
+
+
+class ConsentChanged(EventPayload):
+    """A user's consent of one type was granted or withdrawn (only an actual change is published)."""
+
+    consent_id: uuid.UUID
+    user_id: uuid.UUID = Field(description="Pseudonymous id; resolves to nothing after an erasure.")
+    consent_type: ConsentType
+    consent_version: Label
+
+
+class DsrFiled(EventPayload):
+    """A data subject request was filed; the hub's products act on it by ``user_id``."""
+
+    request_id: uuid.UUID
+    user_id: uuid.UUID
+    request_type: DsrType
+    due_date: date | None = None
+
+
+class DsrCompleted(EventPayload):
+    """A data subject request was carried out (``completed``) or refused (``rejected``)."""
+
+    request_id: uuid.UUID
+    user_id: uuid.UUID
+    request_type: DsrType
+    status: Literal["completed", "rejected"]
+
+
+class FallbackBilled(EventPayload):
+    """A tenant's billed fallback usage of one billing period, as it stands (aggregated, not per request).
+
+    Cumulative figures of the ``fallback_billing`` row, so a consumer keeps the latest per
+    (organization, period) and a lost or duplicated event changes nothing.
+    """
+
+    billing_id: uuid.UUID
+    billing_period_start: date
+    billing_period_end: date
+    billing_model: Code
+    total_fallback_requests: int = Field(ge=0)
+    total_fallback_tokens: int = Field(ge=0)
+    total_cost_usd: Decimal = Field(ge=0, description="Rounded invoice amount, 4 decimals.")
+
+
+@dataclass(frozen=True)
+class EventType:
+    """One event type: its name (also the routing key), payload model and schema version."""
+
+    name: str
+    model: type[EventPayload]
+    version: int
+    tenant: bool
+    """True when the event belongs to a tenant (``tenant_id`` set); False for a platform event."""
+    emitted_by: str
+
+
+def _types(*types: EventType) -> dict[str, EventType]:
+    return {t.name: t for t in types}
+
+
+EVENT_TYPES: dict[str, EventType] = _types(
+    EventType("accute.fl.round.completed", RoundCompleted, 1, False, "fl_server.governance commit_round"),
+    EventType("accute.fl.contribution.accepted", ContributionDecided, 1, True, "fl_server.governance judge"),
+    EventType(
+        "accute.fl.contribution.rejected",
+        ContributionDecided,
+        1,
+        True,
+        "fl_server.governance admission, dispatch and judge",
+    ),
+    EventType("accute.model.published", ModelPublished, 1, False, "schema.registry publish"),
+    EventType("accute.model.promoted", ModelPromoted, 1, False, "schema.registry activate"),
+    EventType(
+        "accute.privacy.budget.near_cap", BudgetCrossing, 1, True, "privacy ledger charge (80 % crossing)"
+    ),
+    EventType(
+        "accute.privacy.budget.exhausted", BudgetCrossing, 1, True, "privacy ledger charge (100 % crossing)"
+    ),
+    EventType("accute.consent.granted", ConsentChanged, 1, True, "consent_gate.records grant"),
+    EventType("accute.consent.withdrawn", ConsentChanged, 1, True, "consent_gate.records withdraw"),
+    EventType("accute.dsr.filed", DsrFiled, 1, True, "consent_gate.dsr file_request"),
+    EventType("accute.dsr.completed", DsrCompleted, 1, True, "consent_gate.dsr process_request"),
+    EventType(
+        "accute.llm.fallback.billed",
+        FallbackBilled,
+        1,
+        True,
+        "orchestrator.accounting billing flush (at most once per organization and period per interval)",
+    ),
+)
+
+#: The spec's ``AccuteEventType`` values this product does not produce, and why.
+NOT_PRODUCED: dict[str, str] = {
+    "accute.client.created": "clients are managed by the Accute practice platform, not Accute FL",
+    "accute.client.portal.invited": "no client portal here",
+    "accute.client.onboarding.completed": "no client onboarding here",
+    "accute.project.created": "no projects here",
+    "accute.project.budget.exceeded": "no project budgets here (privacy budgets have their own events)",
+    "accute.task.assigned": "no tasks here",
+    "accute.task.completed": "no tasks here",
+    "accute.workflow.executed": "workflows run in the hub; Accute FL only triggers them",
+    "accute.document.uploaded": "no documents here",
+    "accute.document.signed": "no documents here",
+    "accute.form.submitted": "no forms here",
+    "accute.invoice.generated": "invoices are referenced (fallback_billing.invoice_id), never generated here",
+    "accute.payment.received": "no payments here",
+    "accute.subscription.changed": "no subscriptions here",
+    "accute.agent.session.started": "agent sessions are the platform's (agentSessions is only referenced); "
+    "the cascade answers requests, it starts no session",
+    "accute.roundtable.completed": "no roundtables here",
+    "accute.employee.onboarded": "no HR here",
+    "accute.performance.review.completed": "no HR here",
+}
+
+
+def event_type(name: str) -> EventType:
+    """The registered type ``name``; a KeyError names the known ones (a programming error)."""
+    try:
+        return EVENT_TYPES[name]
+    except KeyError:
+        raise KeyError(f"unknown hub event type {name!r}; known: {', '.join(sorted(EVENT_TYPES))}") from None
+
+
+def json_schemas() -> dict[str, Any]:
+    """One JSON document: the envelope's schema and each event type's payload schema (by name)."""
+    events: dict[str, Any] = {}
+    for name in sorted(EVENT_TYPES):
+        spec = EVENT_TYPES[name]
+        events[name] = {
+            "schema_version": spec.version,
+            "tenant_scoped": spec.tenant,
+            "emitted_by": spec.emitted_by,
+            "payload": spec.model.model_json_schema(mode="serialization"),
+        }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Accute FL hub events",
+        "description": "Envelope and payloads of the events Accute FL publishes to the Fin(Ai)d hub.",
+        "envelope": ENVELOPE_SCHEMA,
+        "events": events,
+        "not_produced": dict(sorted(NOT_PRODUCED.items())),
+    }
+
+
+#: The envelope of the spec's ``publishEvent`` plus ``event_id`` and ``schema_version``.
+ENVELOPE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": [
+        "source",
+        "event_type",
+        "tenant_id",
+        "payload",
+        "correlation_id",
+        "timestamp",
+        "event_id",
+        "schema_version",
+    ],
+    "properties": {
+        "source": {"const": "accute"},
+        "event_type": {"type": "string", "enum": sorted(EVENT_TYPES)},
+        "tenant_id": {"type": ["string", "null"], "format": "uuid"},
+        "payload": {"type": "object"},
+        "correlation_id": {"type": "string", "maxLength": 100},
+        "timestamp": {"type": "string", "format": "date-time"},
+        "event_id": {"type": "string", "format": "uuid", "description": "Idempotency key."},
+        "schema_version": {"type": "integer", "minimum": 1},
+    },
+}
+
+
+#: The committed export of ``json_schemas()``.
+SCHEMA_FILE = Path(__file__).with_name("hub_events.schema.json")
+
+
+def render_schemas() -> str:
+    """``json_schemas()`` as the committed file's text (sorted keys, two-space indent, final newline)."""
+    return json.dumps(json_schemas(), indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the schema file, or with ``--check`` exit 1 when the committed one is out of date."""
+    args = sys.argv[1:] if argv is None else argv
+    text = render_schemas()
+    if "--check" in args:
+        current = SCHEMA_FILE.read_text() if SCHEMA_FILE.exists() else ""
+        if current != text:
+            print(f"{SCHEMA_FILE} is out of date; run: python -m schema.hub_events", file=sys.stderr)
+            return 1
+        return 0
+    SCHEMA_FILE.write_text(text)
+    print(f"wrote {SCHEMA_FILE} ({len(EVENT_TYPES)} event types)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
