@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         FlRun,
     )
     from schema.models.hub import HubOutbox
+    from schema.models.hub_workflows import HubWorkflowExecution
     from schema.models.llm import FallbackBilling, FineTunedModelConfig, LlmUsageLog, TenantLlmConfig
     from schema.models.orchestrator import (
         LlmInflight,
@@ -85,6 +86,7 @@ MODEL_MODULES: dict[str, str] = {
     "FlRun": "federation",
     "HsmKeyRegistry": "security",
     "HubOutbox": "hub",
+    "HubWorkflowExecution": "hub_workflows",
     "ImmutableAuditLog": "audit_log",
     "Invoice": "tenancy",
     "LlmInflight": "orchestrator",
@@ -169,6 +171,7 @@ __all__ = [
     "FlRun",
     "HsmKeyRegistry",
     "HubOutbox",
+    "HubWorkflowExecution",
     "ImmutableAuditLog",
     "Invoice",
     "LlmInflight",

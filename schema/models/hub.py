@@ -37,6 +37,8 @@ class HubOutbox(Base):
         CheckConstraint(in_list("status", OUTBOX_STATUSES), name="status"),
         Index("idx_hub_outbox_due", "status", "next_attempt_at"),
         Index("idx_hub_outbox_org_seq", "organization_id", "sequence"),
+        # Migration 0014 (the relay): published rows by time, for the operator's rate and latency.
+        Index("idx_hub_outbox_published", "status", "published_at"),
     )
 
     # BIGSERIAL on PostgreSQL; SQLite only auto-increments an INTEGER PRIMARY KEY.
@@ -57,3 +59,7 @@ class HubOutbox(Base):
     last_error: Mapped[str | None] = mapped_column(String(500))
     """The last failure, shortened; never a secret (no URL credentials, no token)."""
     published_at: Mapped[datetime | None] = mapped_column(TimestampTZ)
+    # Migration 0014 (the relay): the lease of the relay publishing the row right now. A relay that
+    # dies leaves it to expire; the row is then claimed again (at least once).
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+    claim_expires: Mapped[datetime | None] = mapped_column(TimestampTZ)
