@@ -230,6 +230,30 @@ class Settings(BaseSettings):
     hub_backoff_max_s: float = Field(
         default=300.0, gt=0, description="Longest retry delay of a failed event (seconds), before jitter."
     )
+    # The relay (orchestrator/hub/relay.py).
+    hub_batch_size: int = Field(
+        default=500, ge=1, le=10_000, description="Outbox rows one relay claims and publishes per batch."
+    )
+    hub_lease_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a relay holds the rows it claimed; a dead relay's rows are claimed again after it.",
+    )
+    hub_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Timeout of one broker connect, confirm wait or hub HTTP request (seconds).",
+    )
+    hub_poll_s: float = Field(
+        default=0.2, gt=0, le=60, description="How often an idle relay looks for new outbox rows (seconds)."
+    )
+    hub_workflows_file: Path | None = Field(
+        default=None,
+        description=(
+            "YAML of cross-product workflows (trigger event → hub workflow). Unset: the spec's examples "
+            "in orchestrator/hub/workflows.yaml."
+        ),
+    )
     hub_fallback_billed_interval_s: float = Field(
         default=300.0,
         ge=0,

@@ -13,6 +13,7 @@ again — at least once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -26,7 +27,12 @@ class AmqpSink:
     name = "amqp"
 
     def __init__(
-        self, url: str, exchange: str = "finaid.events", *, timeout_s: float = 10.0, confirm_timeout_s: float = 30.0
+        self,
+        url: str,
+        exchange: str = "finaid.events",
+        *,
+        timeout_s: float = 10.0,
+        confirm_timeout_s: float = 30.0,
     ) -> None:
         self.url = url
         self.exchange_name = exchange
@@ -93,16 +99,16 @@ class AmqpSink:
 
     async def _send(self, exchange: Any, message: Any, routing_key: str) -> datetime:
         """Publish and wait for the confirm; the time of the ack (the end of commit→ack latency)."""
-        await exchange.publish(message, routing_key=routing_key, mandatory=False, timeout=self.confirm_timeout_s)
+        await exchange.publish(
+            message, routing_key=routing_key, mandatory=False, timeout=self.confirm_timeout_s
+        )
         return utcnow()
 
     async def _drop(self) -> None:
         connection, self._connection, self._exchange = self._connection, None, None
         if connection is not None:
-            try:
+            with contextlib.suppress(Exception):  # already gone: nothing to release
                 await asyncio.wait_for(connection.close(), timeout=2)
-            except Exception:  # already gone; nothing to release
-                pass
 
     async def close(self) -> None:
         await self._drop()

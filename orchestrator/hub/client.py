@@ -70,11 +70,17 @@ class HubClient:
 
     async def _post(self, path: str, payload: bytes, idempotency_key: str) -> httpx.Response:
         try:
-            response = await self._http.post(path, content=payload, headers={"Idempotency-Key": idempotency_key})
+            response = await self._http.post(
+                path, content=payload, headers={"Idempotency-Key": idempotency_key}
+            )
         except httpx.TimeoutException as exc:
-            raise HubRefusal(f"the hub at {redact_url(self.base_url)} timed out ({type(exc).__name__})") from None
+            raise HubRefusal(
+                f"the hub at {redact_url(self.base_url)} timed out ({type(exc).__name__})"
+            ) from None
         except httpx.HTTPError as exc:
-            raise HubRefusal(f"the hub at {redact_url(self.base_url)} is unreachable ({first_line(exc)})") from None
+            raise HubRefusal(
+                f"the hub at {redact_url(self.base_url)} is unreachable ({first_line(exc)})"
+            ) from None
         if response.status_code in (429, 503):
             raise HubRefusal(
                 f"the hub answered {response.status_code} to POST {path}",
@@ -91,7 +97,12 @@ class HubClient:
         await self._post("/events", body, str(event_id))
 
     async def trigger_workflow(
-        self, workflow_id: str, organization_id: str | None, input_data: dict[str, Any], *, idempotency_key: str
+        self,
+        workflow_id: str,
+        organization_id: str | None,
+        input_data: dict[str, Any],
+        *,
+        idempotency_key: str,
     ) -> str:
         """Start a cross-product workflow; the hub's ``execution_id``."""
         import json

@@ -45,7 +45,11 @@ class RelayStats:
         cutoff = time.monotonic() - self.window_s
         with self._lock:
             values = sorted(ms for at, ms in self._samples if at >= cutoff)
-        return {"p50": store.percentile(values, 0.5), "p99": store.percentile(values, 0.99), "n": float(len(values))}
+        return {
+            "p50": store.percentile(values, 0.5),
+            "p99": store.percentile(values, 0.99),
+            "n": float(len(values)),
+        }
 
     def snapshot(self) -> dict[str, Any]:
         latency = self.latency()

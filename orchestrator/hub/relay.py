@@ -17,6 +17,7 @@ published event starts each of its workflows once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import uuid
@@ -148,7 +149,9 @@ class Relay:
         report.dead = await asyncio.to_thread(self._settle, published, failed, released, batch)
         report.published, report.failed, report.released = len(published), len(failed), len(released)
         report.latencies_ms = [max(0.0, (at - e.occurred_at).total_seconds() * 1000.0) for e, at in published]
-        self.stats.record(latencies_ms=report.latencies_ms, failed=len(failed), dead=report.dead, unavailable=False)
+        self.stats.record(
+            latencies_ms=report.latencies_ms, failed=len(failed), dead=report.dead, unavailable=False
+        )
         return report
 
     def _settle(
@@ -217,10 +220,8 @@ class Relay:
                     break
                 pause = self.backoff_s() if report.unavailable else (0.0 if report.claimed else idle_s)
                 if pause:
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=pause)
-                    except TimeoutError:
-                        pass
         finally:
             for sink in self.sinks:
                 await sink.close()

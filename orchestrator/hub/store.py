@@ -93,7 +93,9 @@ def keep_ordered_prefixes(
     return kept
 
 
-def claim(engine: Engine, relay_id: str, *, limit: int, lease_s: float, now: datetime | None = None) -> list[Claimed]:
+def claim(
+    engine: Engine, relay_id: str, *, limit: int, lease_s: float, now: datetime | None = None
+) -> list[Claimed]:
     """Lease the next batch this relay may publish (see the module docstring)."""
     from schema.events import envelope
 
@@ -245,7 +247,9 @@ def _row_view(row: HubOutbox) -> dict[str, Any]:
     }
 
 
-def list_dead(session: Session, *, organization_id: uuid.UUID | None = None, limit: int = 100) -> list[dict[str, Any]]:
+def list_dead(
+    session: Session, *, organization_id: uuid.UUID | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
     """Dead letters, oldest first (optionally of one tenant)."""
     query = select(HubOutbox).where(HubOutbox.status == "dead")
     if organization_id is not None:
@@ -303,7 +307,9 @@ def percentile(sorted_values: Sequence[float], q: float) -> float | None:
     return sorted_values[rank - 1]
 
 
-def status(session: Session, *, now: datetime | None = None, window_s: int = STATUS_WINDOW_S) -> dict[str, Any]:
+def status(
+    session: Session, *, now: datetime | None = None, window_s: int = STATUS_WINDOW_S
+) -> dict[str, Any]:
     """Pending, oldest pending age, publish rate and commit→ack latency over the window, failures, dead.
 
     ``failing`` counts pending rows with at least one failed attempt (waiting for their backoff).
@@ -312,9 +318,7 @@ def status(session: Session, *, now: datetime | None = None, window_s: int = STA
     """
     now = now or utcnow()
     since = now - timedelta(seconds=window_s)
-    counts = dict(
-        session.execute(select(HubOutbox.status, func.count()).group_by(HubOutbox.status)).tuples().all()
-    )
+    counts = dict(session.execute(select(HubOutbox.status, func.count()).group_by(HubOutbox.status)).all())
     oldest = session.scalar(select(func.min(HubOutbox.occurred_at)).where(HubOutbox.status == "pending"))
     failing = session.scalar(
         select(func.count()).where(HubOutbox.status == "pending", HubOutbox.attempts > 0)
