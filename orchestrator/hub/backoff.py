@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import tenacity
 
+#: The longest ``Retry-After`` honoured (seconds).
+RETRY_AFTER_CAP_S = 3600.0
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -24,15 +27,15 @@ class RetryPolicy:
     def delay(self, attempts: int, retry_after_s: float | None = None) -> float:
         """Seconds before attempt ``attempts + 1``, after ``attempts`` failures (≥ 1).
 
-        A hub that said ``Retry-After`` is waited for at least that long (and no longer than
-        ``max_s`` past it: a hostile or confused header cannot park an event for a year).
+        A hub that said ``Retry-After`` is waited for at least that long, up to
+        ``RETRY_AFTER_CAP_S`` (a confused or hostile header cannot park an event for a year).
         """
         wait = tenacity.wait_exponential_jitter(initial=self.initial_s, max=self.max_s, jitter=self.jitter_s)
         state = tenacity.RetryCallState(retry_object=tenacity.Retrying(), fn=None, args=(), kwargs={})
         state.attempt_number = max(1, attempts)
         computed = float(wait(state))
         if retry_after_s is not None:
-            return max(computed, min(retry_after_s, self.max_s))
+            return max(computed, min(retry_after_s, RETRY_AFTER_CAP_S))
         return computed
 
     def exhausted(self, attempts: int) -> bool:
