@@ -26,7 +26,7 @@ import json
 import sys
 import uuid
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -121,7 +121,7 @@ class DsrFiled(EventPayload):
     request_id: uuid.UUID
     user_id: uuid.UUID
     request_type: DsrType
-    due_date: date | None = None
+    deadline: datetime | None = None
 
 
 class DsrCompleted(EventPayload):
