@@ -8,7 +8,9 @@ nothing of it is written — a repeated or concurrent duplicate is never counted
 get an ``llm_usage_log`` row per attempt (errors included), their ``vamn_inference_log`` rows, and
 for a successful fallback answer an atomic upsert of the month's ``fallback_billing`` row (INSERT …
 ON CONFLICT … DO UPDATE with increments, on PostgreSQL and SQLite alike), so concurrent requests
-and processes never lose an update.
+and processes never lose an update. Those upserts report the month's figures to the hub
+(``accute.llm.fallback.billed``) at most once per organization and interval, in the same
+transaction (``orchestrator.billing_events``).
 
 Charges by ``organizations.billing_model``: ``pay_as_you_go`` pays the list price;
 ``unlimited_tier`` pays nothing per request (tokens still counted); ``token_bundle`` and ``hybrid``
@@ -37,6 +39,7 @@ from sqlalchemy import Connection, and_, bindparam, case, delete, func, insert, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from orchestrator import billing_events
 from schema.config import Settings
 from schema.models import (
     FallbackBilling,
@@ -189,6 +192,9 @@ def record_batch(connection: Connection, settings: Settings, outcomes: Sequence[
     ]
     if charges:
         _charge_all(connection, settings, charges)
+    if charges or billing_events.REPORTER.has_due():
+        period = billing_period(utcnow().date())
+        billing_events.REPORTER.after_batch(connection, settings, {c[0] for c in charges}, period)
     released = sorted(
         (
             {"o": o.organization_id, "c": o.caller, "r": o.request_id, "k": o.claim_id}
