@@ -67,7 +67,8 @@ from fl_client.tasks import TaskSpec, get_task
 from fl_server.config import DpMode, RunConfig
 from privacy import ledger
 from privacy.events import UNITS, CentralDpEvent, DpEvent, DpSgdEvent, NonPrivateEvent
-from schema import audit, events
+from schema import audit
+from schema import events as hub_events
 from schema.config import Settings
 from schema.db import transaction
 from schema.errors import BudgetExceededError, ConflictError, DatabaseUnavailableError
@@ -487,9 +488,9 @@ class Governor:
         """The DP events one round charges a participating tenant (what the filter projects)."""
         events: list[DpEvent] = []
         if self.config.dp.local:
-            events.append(self.local_event())
+            hub_events.append(self.local_event())
         if self.config.dp.central:
-            events.append(self.central_event())
+            hub_events.append(self.central_event())
         return events
 
     def central_event(self) -> CentralDpEvent:
@@ -1058,7 +1059,7 @@ class Governor:
         if status != ACCEPTED and not status.startswith("rejected"):
             return
         assert self.run_id is not None
-        events.append(
+        hub_events.append(
             session,
             event_type="accute.fl.contribution.accepted"
             if status == ACCEPTED
@@ -1165,7 +1166,7 @@ class Governor:
                 data={"round": server_round, "accepted": len(weights), "weights_checksum": weights_checksum},
             )
             assert self.run_id is not None
-            events.append(
+            hub_events.append(
                 session,
                 event_type="accute.fl.round.completed",
                 organization_id=None,
