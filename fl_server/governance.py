@@ -488,9 +488,9 @@ class Governor:
         """The DP events one round charges a participating tenant (what the filter projects)."""
         events: list[DpEvent] = []
         if self.config.dp.local:
-            hub_events.append(self.local_event())
+            events.append(self.local_event())
         if self.config.dp.central:
-            hub_events.append(self.central_event())
+            events.append(self.central_event())
         return events
 
     def central_event(self) -> CentralDpEvent:
