@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import Connection, insert
 from sqlalchemy.orm import Session
 
 from schema.errors import InvalidInputError
@@ -61,26 +62,51 @@ def append(
     without one, or a platform event with one, is a programming error (ValueError). Without a
     ``correlation_id`` the event correlates with itself (its event_id), as the spec's client does.
     """
+    values = row_values(event_type, organization_id, payload, correlation_id)
+    session.add(HubOutbox(**values))
+    session.flush()
+    event_id: uuid.UUID = values["event_id"]
+    return event_id
+
+
+def append_on(
+    connection: Connection,
+    *,
+    event_type: str,
+    organization_id: uuid.UUID | None,
+    payload: Mapping[str, Any] | EventPayload,
+    correlation_id: str | None = None,
+) -> uuid.UUID:
+    """``append`` for code that writes through a Core connection (the accounting group commit)."""
+    values = row_values(event_type, organization_id, payload, correlation_id)
+    connection.execute(insert(HubOutbox).values(**values))
+    event_id: uuid.UUID = values["event_id"]
+    return event_id
+
+
+def row_values(
+    event_type: str,
+    organization_id: uuid.UUID | None,
+    payload: Mapping[str, Any] | EventPayload,
+    correlation_id: str | None = None,
+) -> dict[str, Any]:
+    """The columns of a new pending outbox row, after validating the payload."""
     spec = _spec(event_type, organization_id)
     data = validate(event_type, payload)
     event_id = uuid.uuid4()
     now = utcnow()
-    session.add(
-        HubOutbox(
-            event_id=event_id,
-            event_type=spec.name,
-            schema_version=spec.version,
-            organization_id=organization_id,
-            correlation_id=(correlation_id or str(event_id))[:100],
-            payload=data,
-            occurred_at=now,
-            status="pending",
-            attempts=0,
-            next_attempt_at=now,
-        )
-    )
-    session.flush()
-    return event_id
+    return {
+        "event_id": event_id,
+        "event_type": spec.name,
+        "schema_version": spec.version,
+        "organization_id": organization_id,
+        "correlation_id": (correlation_id or str(event_id))[:100],
+        "payload": data,
+        "occurred_at": now,
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+    }
 
 
 def _spec(name: str, organization_id: uuid.UUID | None) -> Any:

@@ -23,22 +23,36 @@ the reason, so that ``hub status`` and the AsyncAPI reader see the whole vocabul
 from __future__ import annotations
 
 import json
+import re
 import sys
 import uuid
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from schema.vocab import CONSENT_TYPES, DSR_REQUEST_TYPES, VAMN_HEAD_TYPES
 
 #: A machine code: lowercase letters, digits and ``_ . : -`` (a status, a model type, a task).
 Code = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.:-]{0,99}$")]
-#: An operator-chosen label (a run name, a model version): printable, no ``@`` (never an address).
-Label = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^@\x00-\x1f\x7f]+$")]
+_EMAIL_LIKE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+
+def _no_email(value: str) -> str:
+    if _EMAIL_LIKE.search(value):
+        raise ValueError("looks like an email address; hub events carry no personal data")
+    return value
+
+
+#: An operator-chosen label (a model type, a model version): printable, never an email address.
+Label = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$"),
+    AfterValidator(_no_email),
+]
 #: A SHA-256 digest in lowercase hex.
 Checksum = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
@@ -57,13 +71,12 @@ class RoundCompleted(EventPayload):
     """A federated round committed: its aggregated weights are the run's new state."""
 
     run_id: uuid.UUID
-    run_name: Label
-    model_type: Code
+    model_type: Label
     round: int = Field(ge=1)
     accepted: int = Field(ge=0, description="Contributions aggregated in this round.")
     weights_checksum: Checksum
-    metric_name: Code | None = None
-    metric_value: float | None = None
+    metric_name: Label | None = None
+    metric_value: float | None = Field(default=None, description="Held-out metric, when measured at commit.")
 
 
 class ContributionDecided(EventPayload):
@@ -71,7 +84,7 @@ class ContributionDecided(EventPayload):
 
     contribution_id: uuid.UUID
     run_id: uuid.UUID
-    model_type: Code
+    model_type: Label
     round: int = Field(ge=1)
     status: Code = Field(description="accepted, or rejected_consent / _consent_changed / _budget / _invalid.")
 
@@ -98,7 +111,7 @@ class ModelPromoted(EventPayload):
 class BudgetCrossing(EventPayload):
     """A tenant's privacy budget for a model type crossed a threshold (80 % near cap, 100 % exhausted)."""
 
-    model_type: Code
+    model_type: Label
     privacy_unit: Code
     epsilon_spent: float = Field(ge=0, description="Cumulative epsilon after the charge (may be +inf).")
     epsilon_cap: float = Field(gt=0)
@@ -121,7 +134,7 @@ class DsrFiled(EventPayload):
     request_id: uuid.UUID
     user_id: uuid.UUID
     request_type: DsrType
-    due_date: date | None = None
+    deadline: datetime | None = None
 
 
 class DsrCompleted(EventPayload):
