@@ -64,9 +64,8 @@ class AmqpSink:
         import aio_pika
 
         exchange = await self._ready()
-        sends: list[asyncio.Task[Any]] = []
-        for event in batch:
-            message = aio_pika.Message(
+        messages = [
+            aio_pika.Message(
                 body(event),
                 content_type="application/json",
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
@@ -80,11 +79,15 @@ class AmqpSink:
                     "x-accute-tenant": "" if event.organization_id is None else str(event.organization_id),
                 },
             )
-            sends.append(asyncio.create_task(self._send(exchange, message, event.event_type)))
-            # Let this publish take the channel's write lock before the next one is created: the
-            # lock is FIFO, so the frames leave in sequence order.
-            await asyncio.sleep(0)
-        results = await asyncio.gather(*sends, return_exceptions=True)
+            for event in batch
+        ]
+        # gather starts the publishes in list order and each takes the channel's (FIFO) write lock
+        # before it first suspends, so the frames leave in sequence order; the confirms are then
+        # awaited together (one round trip per batch). The ordering tests check it at the consumer.
+        results = await asyncio.gather(
+            *(self._send(exchange, m, e.event_type) for m, e in zip(messages, batch, strict=True)),
+            return_exceptions=True,
+        )
         outcomes: list[Outcome] = []
         broken = False
         for result in results:

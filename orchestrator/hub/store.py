@@ -128,20 +128,16 @@ def claim(
         kept = keep_ordered_prefixes(candidates, pending)
         if not kept:
             return []
-        session.execute(
-            update(HubOutbox)
-            .where(HubOutbox.sequence.in_(kept), HubOutbox.status == "pending", _unleased(now))
-            .values(claimed_by=relay_id, claim_expires=expires)
+        rows = sorted(
+            session.scalars(
+                update(HubOutbox)
+                .where(HubOutbox.sequence.in_(kept), HubOutbox.status == "pending", _unleased(now))
+                .values(claimed_by=relay_id, claim_expires=expires)
+                .returning(HubOutbox),
+                execution_options={"synchronize_session": False},
+            ).all(),
+            key=lambda row: row.sequence,
         )
-        rows = session.scalars(
-            select(HubOutbox)
-            .where(
-                HubOutbox.sequence.in_(kept),
-                HubOutbox.claimed_by == relay_id,
-                HubOutbox.claim_expires == expires,
-            )
-            .order_by(HubOutbox.sequence)
-        ).all()
         return [
             Claimed(
                 sequence=row.sequence,
