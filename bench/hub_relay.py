@@ -5,14 +5,14 @@ bound to '#', persistent messages, publisher confirms), from a fresh outbox (Pos
 SQLite file). Four measurements, one process:
 
 1. **bare, sequential**: ``await exchange.publish(...)`` per message with confirms on — the
-   usual loop; the baseline of the issue's target (relay ≥ 0.5× this).
+   usual loop; the baseline of the issue's target (relay >= 0.5 x this).
 2. **bare, pipelined**: the same messages in windows of ``--batch`` publishes awaited together (the
    best one channel can do; for reference).
 3. **relay, drain**: ``--drain`` events committed beforehand, then the relay (``Relay.run(once)``)
    publishes them all: events/s from first claim to last ack.
 4. **relay at the offered rate**: a producer commits ``--rate`` events/s (another process; transactions
-   of ``--per-tx`` events through ``schema.events.append``) for ``--seconds`` while the relay runs;
-   commit→ack latency per event = broker ack − ``occurred_at`` (stamped in the producing
+   of ``--per-tx`` rows as ``schema.events.append`` writes them, one INSERT per transaction) for ``--seconds`` while the relay runs;
+   commit→ack latency per event = broker ack - ``occurred_at`` (stamped in the producing
    transaction, just before its commit), p50/p99; the achieved relay rate.
 
     nice -n 10 .venv/bin/python bench/hub_relay.py [--backend postgresql|sqlite] [--drain 10000]
@@ -45,7 +45,11 @@ AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, int(-(-q * len(ordered) // 1)) - 1))] if ordered else float("nan")
+    return (
+        ordered[max(0, min(len(ordered) - 1, int(-(-q * len(ordered) // 1)) - 1))]
+        if ordered
+        else float("nan")
+    )
 
 
 def envelope_body(index: int, tenant: uuid.UUID) -> bytes:
@@ -219,7 +223,10 @@ async def relay_offered(
     # The producer is another process (as the services that commit events are): no GIL shared.
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
-        pending = pool.apply_async(produce_in_process, (str(engine.url.render_as_string(hide_password=False)), tenants, count, per_tx, rate))
+        pending = pool.apply_async(
+            produce_in_process,
+            (str(engine.url.render_as_string(hide_password=False)), tenants, count, per_tx, rate),
+        )
         while not pending.ready():
             await asyncio.sleep(0.02)
         produced_for = pending.get()
