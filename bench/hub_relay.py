@@ -2,7 +2,7 @@
 
 Everything goes to the real RabbitMQ on loopback (a durable topic exchange with one durable queue
 bound to '#', persistent messages, publisher confirms), from a fresh outbox (PostgreSQL schema or
-SQLite file). Four measurements, one process:
+SQLite file). Four measurements, one process (1-3 repeated ``--repeats`` times, interleaved; medians):
 
 1. **bare, sequential**: ``await exchange.publish(...)`` per message with confirms on — the
    usual loop; the baseline of the issue's target (relay >= 0.5 x this).
@@ -15,8 +15,8 @@ SQLite file). Four measurements, one process:
    commit→ack latency per event = broker ack - ``occurred_at`` (stamped in the producing
    transaction, just before its commit), p50/p99; the achieved relay rate.
 
-    nice -n 10 .venv/bin/python bench/hub_relay.py [--backend postgresql|sqlite] [--drain 10000]
-        [--bare 10000] [--rate 1000] [--seconds 5] [--json out.json]
+    nice -n 10 .venv/bin/python bench/hub_relay.py [--backend postgresql|sqlite] [--drain 3000]
+        [--bare 3000] [--repeats 3] [--rate 1000] [--seconds 5] [--json out.json]
 """
 
 from __future__ import annotations
@@ -174,12 +174,17 @@ def produce(engine: Any, tenants: list[uuid.UUID], count: int, per_tx: int, rate
     return time.perf_counter() - started
 
 
-def produce_in_process(url: str, tenants: list[uuid.UUID], count: int, per_tx: int, rate: float) -> float:
+def produce_in_process(
+    url: str, tenants: list[uuid.UUID], count: int, per_tx: int, rate: float
+) -> tuple[float, float]:
+    """(wall-clock start, seconds taken): the start is when the first event is produced, after the
+    child process has started and imported what it needs."""
     from schema.db import make_engine
 
     engine = make_engine(url)
     try:
-        return produce(engine, tenants, count, per_tx, rate)
+        began = time.time()
+        return began, produce(engine, tenants, count, per_tx, rate)
     finally:
         engine.dispose()
 
@@ -211,11 +216,11 @@ async def relay_offered(
     latencies: list[float] = []
     relay = Relay(engine, [AmqpSink(AMQP, exchange_name)], batch_size=batch, stats=RelayStats())
     stop = asyncio.Event()
-    first_ack: list[float] = []
+    last_ack: list[float] = [0.0]
 
     def progress(report: BatchReport) -> None:
-        if not first_ack and report.published:
-            first_ack.append(time.perf_counter())
+        if report.published:
+            last_ack[0] = time.time()
         latencies.extend(report.latencies_ms)
 
     running = asyncio.create_task(relay.run(stop, idle_s=idle_s, progress=progress))
@@ -229,16 +234,15 @@ async def relay_offered(
         )
         while not pending.ready():
             await asyncio.sleep(0.02)
-        produced_for = pending.get()
+        began, produced_for = pending.get()
     while len(latencies) < count and time.perf_counter() - started < seconds * 4 + 30:
         await asyncio.sleep(0.01)
-    ended = time.perf_counter()
     stop.set()
     await running
     return {
         "offered_eps": rate,
         "produced_eps": count / produced_for,
-        "relay_eps_at_offered": len(latencies) / (ended - started),
+        "relay_eps_at_offered": len(latencies) / (last_ack[0] - began),
         "latency_ms_p50": pct(latencies, 0.5),
         "latency_ms_p99": pct(latencies, 0.99),
         "latency_ms_mean": statistics.fmean(latencies) if latencies else float("nan"),
@@ -255,11 +259,23 @@ async def main_async(args: argparse.Namespace, url: str) -> dict[str, Any]:
     exchange_name = f"bench.accute.{uuid.uuid4().hex[:10]}"
     connection, channel, queue = await setup_broker(exchange_name)
     results: dict[str, Any] = {"backend": args.backend, "batch": args.batch, "idle_s": args.idle}
+    runs: list[dict[str, float]] = []
     try:
-        results |= await bare(exchange_name, args.bare, args.batch)
-        await queue.purge()
-        results |= await relay_drain(engine, exchange_name, args.drain, args.batch)
-        await queue.purge()
+        # Interleaved repeats, medians reported: the machine's load moves between measurements.
+        for _ in range(args.repeats):
+            run = await bare(exchange_name, args.bare, args.batch)
+            await queue.purge()
+            run |= await relay_drain(engine, exchange_name, args.drain, args.batch)
+            await queue.purge()
+            runs.append(run)
+        for key in runs[0]:
+            results[key] = statistics.median(r[key] for r in runs)
+        results["relay_over_bare_sequential"] = statistics.median(
+            r["relay_drain_eps"] / r["bare_sequential_eps"] for r in runs
+        )
+        results["relay_over_bare_pipelined"] = statistics.median(
+            r["relay_drain_eps"] / r["bare_pipelined_eps"] for r in runs
+        )
         results |= await relay_offered(
             engine, exchange_name, args.rate, args.seconds, args.per_tx, args.batch, args.idle
         )
@@ -268,8 +284,7 @@ async def main_async(args: argparse.Namespace, url: str) -> dict[str, Any]:
         await channel.exchange_delete(exchange_name)
         await connection.close()
         engine.dispose()
-    results["relay_over_bare_sequential"] = results["relay_drain_eps"] / results["bare_sequential_eps"]
-    results["relay_over_bare_pipelined"] = results["relay_drain_eps"] / results["bare_pipelined_eps"]
+    results["runs"] = runs
     return results
 
 
@@ -277,8 +292,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="postgresql", choices=("postgresql", "sqlite"))
     parser.add_argument("--postgres", default=DEFAULT_POSTGRES)
-    parser.add_argument("--drain", type=int, default=10_000)
-    parser.add_argument("--bare", type=int, default=10_000)
+    parser.add_argument("--drain", type=int, default=3000)
+    parser.add_argument("--bare", type=int, default=3000)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--per-tx", type=int, default=20)
@@ -293,6 +309,8 @@ def main() -> int:
         finally:
             drop(schema, args.postgres)
     for key, value in results.items():
+        if key == "runs":
+            continue
         print(f"{key:28} {value:.2f}" if isinstance(value, float) else f"{key:28} {value}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

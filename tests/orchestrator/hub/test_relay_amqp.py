@@ -237,3 +237,30 @@ def test_two_relays_on_postgresql_never_publish_a_row_twice(pg_engine: Engine, e
     assert published["relay-a"] > 0 and published["relay-b"] > 0  # both relays really worked
     assert published["relay-a"] + published["relay-b"] == len(ids)
     assert in_order_per_tenant(received)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_the_relay_stops_cleanly_on_sigterm_and_sigint(engine: Engine, exchange: str, signum: int) -> None:
+    # Prepare: a running relay that has published what was pending.
+    ids = append_events(engine, [uuid.uuid4()], per_tenant=5)
+    url = engine.url.render_as_string(hide_password=False)
+    with Consumer(exchange) as consumer:
+        relay = _relay_process(url, RABBIT_URL, exchange)
+        try:
+            consumer.wait_for(len(ids))
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and statuses(engine).get("pending"):
+                time.sleep(0.05)
+
+            # Execute
+            relay.send_signal(signum)
+            _, err = relay.communicate(timeout=30)
+        finally:
+            if relay.poll() is None:
+                relay.kill()
+
+    # Assert: exit 0 after the current step, a last line with the totals, nothing left leased.
+    assert relay.returncode == 0, err
+    assert f"stopped; published {len(ids)}" in err
+    assert statuses(engine) == {"published": len(ids)}
+    assert not _leased_to_others(engine)
