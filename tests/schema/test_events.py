@@ -170,7 +170,7 @@ PERSONAL_FIELDS = {
 
 
 def _string_fields(model: type[BaseModel]) -> list[tuple[str, object]]:
-    found = []
+    found: list[tuple[str, object]] = []
     for name, info in model.model_fields.items():
         annotation = info.annotation
         args = typing.get_args(annotation) or (annotation,)
