@@ -9,9 +9,9 @@ product's pseudonymous UUID: after an erasure it resolves to nothing anywhere.
 
 ``EVENT_TYPES`` maps each event type to its model and schema version. A change a consumer could
 notice (a removed or renamed field, a changed meaning) takes a new ``version``; an added optional
-field does not. ``json_schemas()`` is what ``python -m schema.hub_events`` writes to
-``schema/hub_events.schema.json`` (``--check`` compares instead; a test keeps the committed file
-equal to it).
+field does not. ``python -m schema.hub_events`` writes ``json_schemas()`` to
+``schema/hub_events.schema.json`` and ``asyncapi()`` (AsyncAPI 3.0) to ``docs/asyncapi.yaml``
+(``--check`` compares instead; a test keeps both committed files equal to what the code generates).
 
 Of the spec's ``AccuteEventType`` values this product produces none: it has no clients, projects,
 tasks, documents, forms, invoices it generates, payments, subscriptions, agent sessions it starts,
@@ -23,6 +23,7 @@ the reason, so that ``hub status`` and the AsyncAPI reader see the whole vocabul
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import uuid
@@ -32,7 +33,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from schema.vocab import CONSENT_TYPES, DSR_REQUEST_TYPES, VAMN_HEAD_TYPES
 
@@ -109,14 +110,27 @@ class ModelPromoted(EventPayload):
 
 
 class BudgetCrossing(EventPayload):
-    """A tenant's privacy budget for a model type crossed a threshold (80 % near cap, 100 % exhausted)."""
+    """A tenant's privacy budget for a model type crossed a threshold: ``near_cap`` (80 % of the cap,
+    ``privacy.ledger.status_of``) or ``exhausted`` (100 %); recorded once per threshold and cap.
+
+    The fields are those of ``privacy.alerts.Crossing``; ``epsilon_spent`` is null when unbounded
+    (a non-private release was charged: epsilon is +inf, which JSON cannot carry).
+    """
 
     model_type: Label
     privacy_unit: Code
-    epsilon_spent: float = Field(ge=0, description="Cumulative epsilon after the charge (may be +inf).")
+    threshold: Literal["near_cap", "exhausted"]
+    epsilon_spent: float | None = Field(
+        ge=0, description="Cumulative epsilon after the charge; null: unbounded."
+    )
     epsilon_cap: float = Field(gt=0)
     delta: float = Field(gt=0, lt=1)
-    threshold: float = Field(gt=0, le=1, description="The fraction of the cap crossed: 0.8 or 1.0.")
+    ledger_event_id: int | None = Field(default=None, description="The privacy ledger event that crossed.")
+
+    @field_validator("epsilon_spent", mode="before")
+    @classmethod
+    def _unbounded_is_null(cls, value: Any) -> Any:
+        return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 class ConsentChanged(EventPayload):
@@ -289,8 +303,81 @@ ENVELOPE_SCHEMA: dict[str, Any] = {
 }
 
 
-#: The committed export of ``json_schemas()``.
+def asyncapi(exchange: str = "finaid.events") -> dict[str, Any]:
+    """An AsyncAPI 3.0 document: one channel per event type (the routing key on the topic exchange),
+    each message the envelope with that type's payload schema."""
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    messages: dict[str, Any] = {}
+    for name in sorted(EVENT_TYPES):
+        spec = EVENT_TYPES[name]
+        envelope = json.loads(json.dumps(ENVELOPE_SCHEMA))
+        envelope["properties"]["event_type"] = {"const": name}
+        envelope["properties"]["schema_version"] = {"const": spec.version}
+        if not spec.tenant:
+            envelope["properties"]["tenant_id"] = {"type": "null"}
+        envelope["properties"]["payload"] = spec.model.model_json_schema(mode="serialization")
+        messages[name] = {
+            "name": name,
+            "title": spec.model.__name__,
+            "summary": (spec.model.__doc__ or "").strip().splitlines()[0],
+            "contentType": "application/json",
+            "payload": envelope,
+            "bindings": {"amqp": {"deliveryMode": 2, "bindingVersion": "0.3.0"}},
+        }
+        channels[name] = {
+            "address": name,
+            "description": f"Emitted by {spec.emitted_by}.",
+            "messages": {name: {"$ref": f"#/components/messages/{name}"}},
+            "bindings": {
+                "amqp": {
+                    "is": "routingKey",
+                    "exchange": {"name": exchange, "type": "topic", "durable": True, "autoDelete": False},
+                    "bindingVersion": "0.3.0",
+                }
+            },
+        }
+        operations[f"publish.{name}"] = {
+            "action": "send",
+            "channel": {"$ref": f"#/channels/{name}"},
+            "messages": [{"$ref": f"#/channels/{name}/messages/{name}"}],
+        }
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "Accute FL hub events",
+            "version": "1.0.0",
+            "description": (
+                "Domain events Accute FL publishes to the Fin(Ai)d hub through its transactional outbox: "
+                "at least once, event_id the idempotency key, a tenant's events in order. Generated by "
+                "python -m schema.hub_events; do not edit."
+            ),
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "hub-amqp": {
+                "host": "{host}",
+                "protocol": "amqp",
+                "description": "The hub's RabbitMQ (ACCUTE_HUB_AMQP_URL); a topic exchange.",
+                "variables": {"host": {"default": "localhost:5672"}},
+            },
+            "hub-http": {
+                "host": "{host}",
+                "protocol": "https",
+                "pathname": "/events",
+                "description": "The hub's HTTP API (ACCUTE_HUB_URL), POST {hub}/events with the service token.",
+                "variables": {"host": {"default": "hub.example.com"}},
+            },
+        },
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages},
+    }
+
+
+#: The committed exports of ``json_schemas()`` and ``asyncapi()``.
 SCHEMA_FILE = Path(__file__).with_name("hub_events.schema.json")
+ASYNCAPI_FILE = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.yaml"
 
 
 def render_schemas() -> str:
@@ -298,18 +385,28 @@ def render_schemas() -> str:
     return json.dumps(json_schemas(), indent=2, sort_keys=True) + "\n"
 
 
+def render_asyncapi() -> str:
+    """``asyncapi()`` as YAML (pyyaml, imported here: only this export needs it)."""
+    import yaml
+
+    header = "# Generated by `python -m schema.hub_events` from schema/hub_events.py; do not edit.\n"
+    body: str = yaml.safe_dump(asyncapi(), sort_keys=False, allow_unicode=True, width=100)
+    return header + body
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Write the schema file, or with ``--check`` exit 1 when the committed one is out of date."""
+    """Write both exports, or with ``--check`` exit 1 when a committed one is out of date."""
     args = sys.argv[1:] if argv is None else argv
-    text = render_schemas()
+    files = {SCHEMA_FILE: render_schemas(), ASYNCAPI_FILE: render_asyncapi()}
     if "--check" in args:
-        current = SCHEMA_FILE.read_text() if SCHEMA_FILE.exists() else ""
-        if current != text:
-            print(f"{SCHEMA_FILE} is out of date; run: python -m schema.hub_events", file=sys.stderr)
-            return 1
-        return 0
-    SCHEMA_FILE.write_text(text)
-    print(f"wrote {SCHEMA_FILE} ({len(EVENT_TYPES)} event types)")
+        stale = [path for path, text in files.items() if not path.exists() or path.read_text() != text]
+        for path in stale:
+            print(f"{path} is out of date; run: python -m schema.hub_events", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path} ({len(EVENT_TYPES)} event types)")
     return 0
 
 

@@ -52,7 +52,7 @@ def test_a_run_emits_each_decided_contribution_and_each_committed_round(
         contributions = {
             c.id: c
             for c in session.scalars(select(FederatedLearningContribution))
-            if c.status == "accepted" or c.status.startswith("rejected")
+            if c.status is not None and (c.status == "accepted" or c.status.startswith("rejected"))
         }
         summaries = list(session.scalars(select(FlRoundSummary).order_by(FlRoundSummary.aggregation_round)))
     events = _events(fed)

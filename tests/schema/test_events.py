@@ -170,7 +170,7 @@ PERSONAL_FIELDS = {
 
 
 def _string_fields(model: type[BaseModel]) -> list[tuple[str, object]]:
-    found = []
+    found: list[tuple[str, object]] = []
     for name, info in model.model_fields.items():
         annotation = info.annotation
         args = typing.get_args(annotation) or (annotation,)
@@ -187,11 +187,24 @@ def test_no_event_type_has_a_personal_or_open_text_field(name: str) -> None:
     assert _string_fields(model) == [], "use Code, Label or Checksum, never an open str"
 
 
-def test_committed_json_schema_file_equals_what_the_code_generates() -> None:
-    assert hub_events.SCHEMA_FILE.read_text() == hub_events.render_schemas(), (
-        "run: python -m schema.hub_events"
-    )
+def test_committed_json_schema_and_asyncapi_files_equal_what_the_code_generates() -> None:
+    hint = "run: python -m schema.hub_events"
+    assert hub_events.SCHEMA_FILE.read_text() == hub_events.render_schemas(), hint
+    assert hub_events.ASYNCAPI_FILE.read_text() == hub_events.render_asyncapi(), hint
     assert hub_events.main(["--check"]) == 0
+
+
+def test_asyncapi_document_has_a_channel_and_message_per_event_type() -> None:
+    import yaml
+
+    document = yaml.safe_load(hub_events.ASYNCAPI_FILE.read_text())
+    assert document["asyncapi"] == "3.0.0"
+    assert set(document["channels"]) == set(document["components"]["messages"]) == set(hub_events.EVENT_TYPES)
+    message = document["components"]["messages"]["accute.consent.granted"]
+    assert message["payload"]["properties"]["event_type"] == {"const": "accute.consent.granted"}
+    assert message["payload"]["properties"]["payload"]["additionalProperties"] is False
+    binding = document["channels"]["accute.consent.granted"]["bindings"]["amqp"]
+    assert binding["exchange"]["name"] == "finaid.events" and binding["exchange"]["type"] == "topic"
 
 
 def test_every_spec_event_type_is_either_produced_or_listed_as_not_produced() -> None:
@@ -217,3 +230,20 @@ def test_every_spec_event_type_is_either_produced_or_listed_as_not_produced() ->
     }
     assert spec_types <= set(hub_events.EVENT_TYPES) | set(hub_events.NOT_PRODUCED)
     assert not set(hub_events.EVENT_TYPES) & set(hub_events.NOT_PRODUCED)
+
+
+def test_an_unbounded_budget_is_reported_as_null_epsilon() -> None:
+    payload = {
+        "model_type": "digits",
+        "privacy_unit": "record",
+        "threshold": "exhausted",
+        "epsilon_spent": float("inf"),
+        "epsilon_cap": 8.0,
+        "delta": 1e-5,
+        "ledger_event_id": 7,
+    }
+    assert events.validate("accute.privacy.budget.exhausted", payload)["epsilon_spent"] is None
+    assert (
+        events.validate("accute.privacy.budget.near_cap", payload | {"epsilon_spent": 6.5})["epsilon_spent"]
+        == 6.5
+    )
