@@ -19,6 +19,7 @@ from sqlalchemy import Engine, select
 from orchestrator.hub import store
 from orchestrator.hub.amqp import AmqpSink
 from orchestrator.hub.backoff import RetryPolicy
+from orchestrator.hub.metrics import hub_metrics
 from orchestrator.hub.relay import BatchReport, Relay
 from schema.db import make_engine, transaction
 from schema.models.hub import HubOutbox
@@ -79,6 +80,11 @@ def test_pending_events_arrive_once_each_in_tenant_order(engine: Engine, exchang
         numbers = store.status(session)
     assert numbers["pending"] == 0 and numbers["published_total"] == len(ids)
     assert numbers["latency_ms_p50"] is not None and numbers["latency_ms_p99"] >= numbers["latency_ms_p50"]
+    with transaction(engine) as session:
+        gauges = hub_metrics(session)
+    assert gauges["accute_hub_outbox_pending"] == 0 and gauges["accute_hub_outbox_dead"] == 0
+    assert gauges["accute_hub_publish_latency_p99_seconds"] == numbers["latency_ms_p99"] / 1000
+    assert gauges["accute_hub_relay_published_total"] >= len(ids)  # this process's relays
 
 
 def test_broker_outage_loses_nothing_and_keeps_tenant_order(engine: Engine, exchange: str) -> None:
