@@ -33,6 +33,7 @@ from orchestrator.hub.backoff import RetryPolicy
 from orchestrator.hub.metrics import LOCAL, RelayStats
 from orchestrator.hub.sink import Acked, NotTried, Outcome, Refused, Sink, SinkUnavailableError
 from orchestrator.hub.store import Claimed, Failure
+from schema.errors import DatabaseUnavailableError
 
 #: Called in the settling transaction with the events just published (workflow triggers).
 OnPublished = Callable[[Session, Sequence[Claimed]], None]
@@ -123,9 +124,17 @@ class Relay:
         self.on_published = on_published
         self.stats = stats
         self._unavailable_streak = 0
+        self._unsettled: (
+            tuple[list[tuple[Claimed, datetime]], list[Failure], list[int], Sequence[Claimed]] | None
+        ) = None
 
     async def step(self) -> BatchReport:
         """Claim, publish and settle one batch (an empty report when nothing is due)."""
+        if self._unsettled is not None:
+            # The last batch's outcome could not be written (database unreachable): write it first,
+            # rather than let its lease run out and publish it again.
+            await asyncio.to_thread(self._settle, *self._unsettled)
+            self._unsettled = None
         batch = await asyncio.to_thread(
             store.claim, self.engine, self.relay_id, limit=self.batch_size, lease_s=self.lease_s
         )
@@ -139,20 +148,33 @@ class Relay:
         except SinkUnavailableError as exc:
             # Nothing of the batch reached that sink: unlease it untried and back off.
             self._unavailable_streak += 1
-            await asyncio.to_thread(self._settle, [], [], [e.sequence for e in batch], batch)
+            await self._settle_or_keep([], [], [e.sequence for e in batch], batch)
             report.released = len(batch)
             report.unavailable = str(exc)
             self.stats.record(latencies_ms=[], failed=0, dead=0, unavailable=True)
             return report
         self._unavailable_streak = 0
         published, failed, released = split(batch, combine(per_sink, len(batch)))
-        report.dead = await asyncio.to_thread(self._settle, published, failed, released, batch)
+        report.dead = await self._settle_or_keep(published, failed, released, batch)
         report.published, report.failed, report.released = len(published), len(failed), len(released)
         report.latencies_ms = [max(0.0, (at - e.occurred_at).total_seconds() * 1000.0) for e, at in published]
         self.stats.record(
             latencies_ms=report.latencies_ms, failed=len(failed), dead=report.dead, unavailable=False
         )
         return report
+
+    async def _settle_or_keep(
+        self,
+        published: list[tuple[Claimed, datetime]],
+        failed: list[Failure],
+        released: list[int],
+        batch: Sequence[Claimed],
+    ) -> int:
+        try:
+            return await asyncio.to_thread(self._settle, published, failed, released, batch)
+        except DatabaseUnavailableError:
+            self._unsettled = (published, failed, released, batch)
+            raise
 
     def _settle(
         self,
@@ -198,12 +220,20 @@ class Relay:
         """Step until ``stop`` is set (or, with ``once``, until nothing is due); totals returned.
 
         ``between`` runs after every step (the workflow dispatcher). With ``once``, an unreachable
-        sink ends the run (the caller reports it) instead of waiting for it to come back.
+        sink or database ends the run (the caller reports it); otherwise the relay backs off and
+        tries again, so a broker or database restart does not stop it.
         """
         total = BatchReport()
         try:
             while not stop.is_set():
-                report = await self.step()
+                try:
+                    report = await self.step()
+                except DatabaseUnavailableError as exc:
+                    # The outbox is out of reach: nothing was settled, leases run out on their own.
+                    if once:
+                        raise
+                    self._unavailable_streak += 1
+                    report = BatchReport(unavailable=str(exc))
                 total.claimed += report.claimed
                 total.published += report.published
                 total.failed += report.failed
@@ -213,9 +243,13 @@ class Relay:
                 if progress is not None and report.claimed:
                     progress(report)
                 if between is not None:
-                    result = between()
-                    if asyncio.iscoroutine(result):
-                        await result
+                    try:
+                        result = between()
+                        if asyncio.iscoroutine(result):
+                            await result
+                    except DatabaseUnavailableError:
+                        if once:
+                            raise
                 if once and (report.claimed == 0 or report.unavailable):
                     break
                 pause = self.backoff_s() if report.unavailable else (0.0 if report.claimed else idle_s)

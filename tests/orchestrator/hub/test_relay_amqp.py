@@ -270,3 +270,48 @@ def test_the_relay_stops_cleanly_on_sigterm_and_sigint(engine: Engine, exchange:
     assert f"stopped; published {len(ids)}" in err
     assert statuses(engine) == {"published": len(ids)}
     assert not _leased_to_others(engine)
+
+
+@pytest.mark.postgres
+def test_the_relay_rides_out_a_database_outage(pg_engine: Engine, exchange: str) -> None:
+    # Prepare: the relay reaches PostgreSQL through a proxy the test cuts; producers do not.
+    tenant = uuid.uuid4()
+    before = append_events(pg_engine, [tenant], per_tenant=5)
+    after: list[uuid.UUID] = []
+    url = pg_engine.url
+    with (
+        TcpProxy(target=(url.host or "127.0.0.1", url.port or 5432)) as proxy,
+        Consumer(exchange) as consumer,
+    ):
+        through_proxy = make_engine(url.set(port=proxy.port).render_as_string(hide_password=False))
+        relay = relay_for(through_proxy, RABBIT_URL, exchange, batch_size=10, lease_s=2.0)
+        relay.reconnect_max_s = 0.3
+
+        async def scenario() -> None:
+            stop = asyncio.Event()
+            running = asyncio.create_task(relay.run(stop, idle_s=0.05))
+            await asyncio.to_thread(consumer.wait_for, len(before))
+            # Execute: cut the database off, commit more events directly, restore.
+            proxy.cut()
+            after.extend(await asyncio.to_thread(append_events, pg_engine, [tenant], 5, 5))
+            await asyncio.sleep(1.0)
+            survived = not running.done()
+            proxy.restore()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and (await asyncio.to_thread(statuses, pg_engine)).get(
+                "pending"
+            ):
+                await asyncio.sleep(0.1)
+            stop.set()
+            await running
+            assert survived
+
+        asyncio.run(scenario())
+        received = consumer.wait_for(len(before) + len(after))
+        through_proxy.dispose()
+
+    # Assert
+    kept = first_seen(received)
+    assert sorted(m.event_id for m in kept) == sorted(str(i) for i in before + after)
+    assert in_order_per_tenant(kept)
+    assert statuses(pg_engine) == {"published": 10}
