@@ -117,3 +117,26 @@ def test_relay_once_with_the_broker_down_fails_as_upstream(
     assert result.code == 7
     assert "unreachable" in result.err and "secret-pw" not in result.err
     assert status["pending"] == 1 and status["failing"] == 0
+
+
+def test_workflows_lists_the_spec_examples_and_refuses_a_bad_file(
+    ready_cli: Runner, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # Prepare
+    bad = tmp_path_factory.mktemp("wf") / "workflows.yaml"
+    bad.write_text("workflows:\n  - name: x\n    trigger: 'not a trigger!'\n")
+
+    # Execute
+    shipped = ready_cli("hub", "workflows", "--json")
+    monkeypatch.setenv("ACCUTE_HUB_WORKFLOWS_FILE", str(bad))
+    refused = ready_cli("hub", "workflows", "--json")
+
+    # Assert
+    assert shipped.code == 0, shipped.err
+    assert [w["trigger"] for w in shipped.json()["workflows"]] == [
+        "accute.invoice.generated",
+        "accute.client.created",
+        "accute.task.assigned[type=tax_filing]",
+    ]
+    assert shipped.json()["executions"] == []
+    assert refused.code == 2 and "workflow #1 (x)" in refused.err

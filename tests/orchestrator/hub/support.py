@@ -134,12 +134,9 @@ class Consumer:
                 self.messages.append(received)
 
     async def _stop(self) -> None:
-        import aio_pika
-
         channel = await self._connection.channel()
         await channel.exchange_delete(self.exchange)
         await self._connection.close()
-        del aio_pika
 
     def snapshot(self) -> list[Received]:
         with self._lock:
