@@ -77,9 +77,12 @@ def relay(
             _line(
                 f"hub relay {wiring.relay.relay_id}: publishing to {', '.join(s.name for s in wiring.relay.sinks)}"
             )
-            return await wiring.relay.run(
+            total = await wiring.relay.run(
                 stop, once=once, idle_s=settings.hub_poll_s, progress=progress, between=wiring.between
             )
+            if once and not total.unavailable:
+                await wiring.dispatch_now()
+            return total
         finally:
             if wiring.client is not None:
                 await wiring.client.close()

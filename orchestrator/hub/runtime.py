@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -45,8 +46,22 @@ class Wiring:
     client: HubClient | None
     book: WorkflowBook
 
+    dispatch_every_s: float = 0.5
+    _last_dispatch: float = float("-inf")
+
     async def between(self) -> None:
-        """After each relay step: start the workflow executions that are due (needs the HTTP hub)."""
+        """After a relay step: start the workflow executions that are due (needs the HTTP hub); at
+        most every ``dispatch_every_s``, so a busy relay does not pay a query per batch."""
+        if self.client is None or not self.book.workflows:
+            return
+        now = time.monotonic()
+        if now - self._last_dispatch < self.dispatch_every_s:
+            return
+        self._last_dispatch = now
+        await dispatch(self.relay.engine, self.client, self.relay.policy)
+
+    async def dispatch_now(self) -> None:
+        """Start what is due now, unthrottled (the end of ``hub relay --once``)."""
         if self.client is not None and self.book.workflows:
             await dispatch(self.relay.engine, self.client, self.relay.policy)
 

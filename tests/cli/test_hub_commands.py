@@ -140,3 +140,35 @@ def test_workflows_lists_the_spec_examples_and_refuses_a_bad_file(
     ]
     assert shipped.json()["executions"] == []
     assert refused.code == 2 and "workflow #1 (x)" in refused.err
+
+
+def test_relay_once_starts_the_matching_workflow_once(
+    ready_cli: Runner,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # Prepare: a book whose trigger matches the consent events; the HTTP hub is the only sink.
+    book = tmp_path_factory.mktemp("wf") / "workflows.yaml"
+    book.write_text(
+        "workflows:\n  - name: fl_consent_review\n    trigger: accute.consent.granted[consent_type=federated_learning]\n"
+    )
+    engine = make_engine(database_url)
+    ids = append_events(engine, [uuid.uuid4()], per_tenant=2)
+    engine.dispose()
+    with FakeHub() as hub:
+        monkeypatch.setenv("ACCUTE_HUB_URL", hub.url)
+        monkeypatch.setenv("ACCUTE_HUB_WORKFLOWS_FILE", str(book))
+
+        # Execute: twice; the second run has nothing left to start.
+        first = ready_cli("hub", "relay", "--once")
+        second = ready_cli("hub", "relay", "--once")
+        listed = ready_cli("hub", "workflows", "--json").json()
+        triggers = hub.requests("/workflows/")
+
+    # Assert
+    assert first.code == 0 and second.code == 0, first.err + second.err
+    assert sorted(t.body["input"]["event_id"] for t in triggers) == sorted(str(i) for i in ids)
+    assert {t.path for t in triggers} == {"/workflows/fl_consent_review/trigger"}
+    assert sorted(e["status"] for e in listed["executions"]) == ["started", "started"]
+    assert all(e["execution_id"].startswith("exec-") for e in listed["executions"])
