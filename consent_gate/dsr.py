@@ -43,7 +43,7 @@ from consent_gate import erasure, records, scope
 from consent_gate.gate import OPEN_REQUEST_STATUSES
 from consent_gate.lineage import model_versions, user_lineage
 from consent_gate.policy import ConsentPolicy
-from schema import audit
+from schema import audit, events
 from schema.directory import user_as_dict
 from schema.errors import ConflictError, InvalidInputError, NotFoundError
 from schema.models import DataSubjectRequest, User
@@ -91,6 +91,17 @@ def file_request(
     session.add(request)
     session.flush()
     _audit(session, request, "dsr.filed", {"deadline": iso(request.deadline)})
+    events.append(
+        session,
+        event_type="accute.dsr.filed",
+        organization_id=request.organization_id,
+        payload={
+            "request_id": request.id,
+            "user_id": request.user_id,
+            "request_type": request.request_type,
+            "deadline": request.deadline,
+        },
+    )
     return request
 
 
@@ -154,6 +165,18 @@ def process_request(
     request.processed_by = None if processor is None else processor.id
     session.flush()
     _audit(session, request, f"dsr.{status}", summary)
+    # One event for both ends (status says which): the hub's products act on a completed erasure.
+    events.append(
+        session,
+        event_type="accute.dsr.completed",
+        organization_id=request.organization_id,
+        payload={
+            "request_id": request.id,
+            "user_id": request.user_id,
+            "request_type": request.request_type,
+            "status": status,
+        },
+    )
     return request
 
 

@@ -23,10 +23,12 @@ What erasure does, store by store (the response names each, with row counts):
 - ``immutable_audit_log``: records kept (they carry ids only); the values sealed under the user's
   data key become unreadable when ``personal_data_keys`` shreds it.
 - ``personal_data_keys``: the user's wrapped key destroyed.
-- ``hub_outbox``: a hook; until the hub registers its store the entry says so.
+- ``hub_outbox``: kept. Its payloads hold ids, codes and numbers only (every event type's model
+  forbids anything else, ``schema.hub_events``), so the consent and request events naming the user
+  carry the pseudonymous id alone; the hub learns of the erasure from ``accute.dsr.completed``.
 
-A new store (the hub outbox, issue 13) joins with :func:`register_store`; an access request then
-lists it and every erasure walks it, with no change here.
+A new store joins with :func:`register_store`; an access request then lists it and every erasure
+walks it, with no change here.
 
 Erasing rows does not erase bytes: SQLite keeps deleted content in free pages, PostgreSQL keeps
 dead row versions (and plain ``VACUUM`` leaves their bytes in the page's free space). :func:`compact`
@@ -51,6 +53,7 @@ from schema.models import (
     ConsentEvent,
     ConsentSnapshotMember,
     DataSubjectRequest,
+    HubOutbox,
     ImmutableAuditLog,
     LlmUsageLog,
     SecurityAnomaly,
@@ -344,13 +347,27 @@ def _erase_keys(session: Session, ctx: ErasureContext) -> dict[str, Any]:
     return {"action": "shredded" if shredded else "no live key", "rows": int(shredded)}
 
 
-# -- hub outbox (hook) ---------------------------------------------------------------------------
-def _describe_no_outbox(session: Session, user: User) -> dict[str, Any]:
-    return {"rows": 0, "note": "no hub outbox in this installation"}
+# -- hub outbox ----------------------------------------------------------------------------------
+def _outbox_of(user: User) -> tuple[Any, ...]:
+    return (
+        HubOutbox.organization_id == user.organization_id,
+        HubOutbox.payload["user_id"].as_string() == str(user.id),
+    )
 
 
-def _erase_no_outbox(session: Session, ctx: ErasureContext) -> dict[str, Any]:
-    return {"action": "none: no hub outbox in this installation", "rows": 0}
+def _describe_outbox(session: Session, user: User) -> dict[str, Any]:
+    return {"rows": _count(session, HubOutbox, *_outbox_of(user)), "holds": "pseudonymous user id only"}
+
+
+def _erase_outbox(session: Session, ctx: ErasureContext) -> dict[str, Any]:
+    # Payloads are validated against models that admit ids, codes and numbers only
+    # (schema.hub_events): nothing here identifies the person once the user row is anonymized.
+    # The hub learns of the erasure from this request's own accute.dsr.completed event.
+    return {
+        "action": "kept: events carry the pseudonymous user id only (no email, name or text); "
+        "the hub is told by accute.dsr.completed",
+        "rows": _count(session, HubOutbox, *_outbox_of(ctx.user)),
+    }
 
 
 STORES: list[Store] = [
@@ -439,7 +456,12 @@ STORES: list[Store] = [
         _describe_audit,
         _keep_audit,
     ),
-    Store("hub_outbox", "events for the Fin(Ai)d hub", _describe_no_outbox, _erase_no_outbox),
+    Store(
+        "hub_outbox",
+        "events for the Fin(Ai)d hub naming the user by id (consent and request events)",
+        _describe_outbox,
+        _erase_outbox,
+    ),
     Store(
         "personal_data_keys",
         "the user's data key (wrapped by the KEK)",

@@ -31,7 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from consent_gate import scope
-from schema import audit
+from schema import audit, events
 from schema.errors import ConflictError, InvalidInputError, NotFoundError
 from schema.models import ConsentEvent, User, UserConsent
 from schema.personal_data import PersonalDataVault
@@ -118,6 +118,17 @@ def _record(
         resource_id=consent.id,
         user_id=consent.user_id,
         data=data,
+    )
+    events.append(
+        session,
+        event_type=f"accute.consent.{action}",
+        organization_id=consent.organization_id,
+        payload={
+            "consent_id": consent.id,
+            "user_id": consent.user_id,
+            "consent_type": consent.consent_type,
+            "consent_version": consent.consent_version,
+        },
     )
 
 

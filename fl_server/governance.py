@@ -68,6 +68,7 @@ from fl_server.config import DpMode, RunConfig
 from privacy import ledger
 from privacy.events import UNITS, CentralDpEvent, DpEvent, DpSgdEvent, NonPrivateEvent
 from schema import audit
+from schema import events as hub_events
 from schema.config import Settings
 from schema.db import transaction
 from schema.errors import BudgetExceededError, ConflictError, DatabaseUnavailableError
@@ -1047,6 +1048,32 @@ class Governor:
                 "reason": reason,
             },
         )
+        self._contribution_event(session, server_round, tenant, contribution_id, status)
+
+    def _contribution_event(
+        self, session: Any, server_round: int, tenant: Tenant, contribution_id: uuid.UUID, status: str
+    ) -> None:
+        """The hub hears of a decided contribution: accepted, or rejected with the status as its
+        reason code (the free-text reason stays in the audit log: it may name a tenant or a node).
+        ``failed`` (a node offline or erroring) and ``aborted`` are no decision and send nothing."""
+        if status != ACCEPTED and not status.startswith("rejected"):
+            return
+        assert self.run_id is not None
+        hub_events.append(
+            session,
+            event_type="accute.fl.contribution.accepted"
+            if status == ACCEPTED
+            else "accute.fl.contribution.rejected",
+            organization_id=tenant.organization_id,
+            payload={
+                "contribution_id": contribution_id,
+                "run_id": self.run_id,
+                "model_type": self.config.task,
+                "round": server_round,
+                "status": status,
+            },
+            correlation_id=str(self.run_id),
+        )
 
     # --- end of round -------------------------------------------------------------------------
 
@@ -1137,6 +1164,22 @@ class Governor:
                 resource_type="fl_run",
                 resource_id=self.run_id,
                 data={"round": server_round, "accepted": len(weights), "weights_checksum": weights_checksum},
+            )
+            assert self.run_id is not None
+            hub_events.append(
+                session,
+                event_type="accute.fl.round.completed",
+                organization_id=None,
+                payload={
+                    "run_id": self.run_id,
+                    "model_type": self.config.task,
+                    "round": server_round,
+                    "accepted": len(weights),
+                    "weights_checksum": weights_checksum,
+                    "metric_name": self.task.metric.name,
+                    "metric_value": finite(metric),
+                },
+                correlation_id=str(self.run_id),
             )
 
     def record_metric(self, server_round: int, metric: float | None) -> None:

@@ -8,7 +8,9 @@ nothing of it is written — a repeated or concurrent duplicate is never counted
 get an ``llm_usage_log`` row per attempt (errors included), their ``vamn_inference_log`` rows, and
 for a successful fallback answer an atomic upsert of the month's ``fallback_billing`` row (INSERT …
 ON CONFLICT … DO UPDATE with increments, on PostgreSQL and SQLite alike), so concurrent requests
-and processes never lose an update.
+and processes never lose an update. Those upserts report the month's figures to the hub
+(``accute.llm.fallback.billed``) at most once per organization and interval, in the same
+transaction (``orchestrator.billing_events``).
 
 Charges by ``organizations.billing_model``: ``pay_as_you_go`` pays the list price;
 ``unlimited_tier`` pays nothing per request (tokens still counted); ``token_bundle`` and ``hybrid``
@@ -37,6 +39,7 @@ from sqlalchemy import Connection, and_, bindparam, case, delete, func, insert, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from orchestrator import billing_events
 from schema.config import Settings
 from schema.models import (
     FallbackBilling,
@@ -139,7 +142,12 @@ def record(session: Session, settings: Settings, outcome: Outcome) -> None:
         raise DuplicateRequest(outcome.request_id)
 
 
-def record_batch(connection: Connection, settings: Settings, outcomes: Sequence[Outcome]) -> list[bool]:
+def record_batch(
+    connection: Connection,
+    settings: Settings,
+    outcomes: Sequence[Outcome],
+    reporter: billing_events.FallbackBilledReporter | None = None,
+) -> list[bool]:
     """Write the outcomes of many requests in the connection's open transaction (group commit).
 
     Returns, per outcome, whether it was written. ``False``: its (organization, request id) was
@@ -148,6 +156,7 @@ def record_batch(connection: Connection, settings: Settings, outcomes: Sequence[
     ``INSERT … ON CONFLICT DO NOTHING RETURNING id``; only the claims that came back get their
     usage, VAMN and billing rows. Rows that other transactions may also lock (claims, billing rows)
     are written in a fixed order, so concurrent batches of several processes cannot deadlock.
+    ``reporter`` throttles the hub's billing events (the process's own unless a test passes one).
     """
     if not outcomes:
         return []
@@ -189,6 +198,9 @@ def record_batch(connection: Connection, settings: Settings, outcomes: Sequence[
     ]
     if charges:
         _charge_all(connection, settings, charges)
+    reporter = reporter or billing_events.REPORTER
+    if charges or reporter.has_due():
+        reporter.after_batch(connection, settings, {c[0] for c in charges}, billing_period(utcnow().date()))
     released = sorted(
         (
             {"o": o.organization_id, "c": o.caller, "r": o.request_id, "k": o.claim_id}

@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -210,6 +210,15 @@ def _error_body(exc: AccuteError) -> dict[str, Any]:
     return {"error": exc.code, "message": exc.message}
 
 
+def _hub_relay(settings: Settings, engine: Engine) -> AbstractAsyncContextManager[object]:
+    """The hub outbox relay as a background task of the service, when a hub is configured."""
+    if settings.hub_amqp_url is None and not settings.hub_url:
+        return nullcontext()
+    from orchestrator.hub.runtime import background
+
+    return background(settings, engine)
+
+
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     """The service; ``engine`` lets tests and the benchmark share a database."""
     settings = settings or Settings()
@@ -232,7 +241,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         cascade = Cascade(services.engine, settings, services.keyring, vamn, cache, client)
         services.cascade = cascade
         try:
-            yield
+            async with _hub_relay(settings, services.engine):
+                yield
         finally:
             # In-flight requests have finished: write what is queued, then let go of connections.
             await anyio.to_thread.run_sync(cascade.close)

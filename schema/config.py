@@ -195,3 +195,70 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(
         default=32_000, ge=1, description="Longest chat message accepted (characters)."
     )
+
+    # Fin(Ai)d hub (schema/events.py, orchestrator/hub): with neither the broker nor the hub set,
+    # events stay pending in the outbox and nothing fails.
+    hub_amqp_url: SecretStr | None = Field(
+        default=None,
+        description=(
+            "AMQP URL of the hub's RabbitMQ (amqp://user:password@host:5672/vhost); may hold a password, "
+            "so it is never logged. Unset: nothing is published to a broker."
+        ),
+    )
+    hub_exchange: str = Field(
+        default="finaid.events",
+        min_length=1,
+        max_length=255,
+        description="Topic exchange the relay publishes to; the routing key is the event type.",
+    )
+    hub_url: str | None = Field(
+        default=None,
+        description="Base URL of the Fin(Ai)d hub's HTTP API (POST {hub_url}/events). Unset: no HTTP publishing.",
+    )
+    hub_token: SecretStr | None = Field(
+        default=None, description="Service token sent as 'Authorization: Bearer' to the hub; never logged."
+    )
+    hub_max_attempts: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="Publish attempts of one event before it goes to the dead letters (admin can replay).",
+    )
+    hub_backoff_base_s: float = Field(
+        default=1.0, gt=0, description="First retry delay of a failed event (seconds); doubles each attempt."
+    )
+    hub_backoff_max_s: float = Field(
+        default=300.0, gt=0, description="Longest retry delay of a failed event (seconds), before jitter."
+    )
+    # The relay (orchestrator/hub/relay.py).
+    hub_batch_size: int = Field(
+        default=500, ge=1, le=10_000, description="Outbox rows one relay claims and publishes per batch."
+    )
+    hub_lease_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a relay holds the rows it claimed; a dead relay's rows are claimed again after it.",
+    )
+    hub_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Timeout of one broker connect, confirm wait or hub HTTP request (seconds).",
+    )
+    hub_poll_s: float = Field(
+        default=0.2, gt=0, le=60, description="How often an idle relay looks for new outbox rows (seconds)."
+    )
+    hub_workflows_file: Path | None = Field(
+        default=None,
+        description=(
+            "YAML of cross-product workflows (trigger event → hub workflow). Unset: the spec's examples "
+            "in orchestrator/hub/workflows.yaml."
+        ),
+    )
+    hub_fallback_billed_interval_s: float = Field(
+        default=300.0,
+        ge=0,
+        description=(
+            "At most one accute.llm.fallback.billed event per organization and billing period per this "
+            "many seconds (0: one per billing flush that changed the period)."
+        ),
+    )

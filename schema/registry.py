@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from schema import audit
+from schema import audit, events
 from schema.errors import ConflictError, NotFoundError
 from schema.models import VamnModelRegistry
 from schema.timeutil import iso
@@ -48,6 +48,17 @@ def publish(
     session.add(row)
     session.flush()
     _audit(session, row, "registry.published")
+    events.append(
+        session,
+        event_type="accute.model.published",
+        organization_id=None,
+        payload={
+            "model_id": row.id,
+            "head_type": row.head_type,
+            "model_version": row.model_version,
+            "weights_checksum": row.weights_checksum,
+        },
+    )
     return row
 
 
@@ -74,14 +85,28 @@ def activate(session: Session, model_id: str | uuid.UUID) -> VamnModelRegistry:
         VamnModelRegistry.is_active.is_(True),
         VamnModelRegistry.id != row.id,
     )
+    retired: list[uuid.UUID] = []
     for other in session.scalars(previous.with_for_update()):
         other.is_active = False
         other.deployment_status = RETIRED
+        retired.append(other.id)
         _audit(session, other, "registry.retired")
     row.is_active = True
     row.deployment_status = ACTIVE
     session.flush()
     _audit(session, row, "registry.activated")
+    events.append(
+        session,
+        event_type="accute.model.promoted",
+        organization_id=None,
+        payload={
+            "model_id": row.id,
+            "head_type": row.head_type,
+            "model_version": row.model_version,
+            "weights_checksum": row.weights_checksum,
+            "retired_model_ids": retired,
+        },
+    )
     return row
 
 

@@ -20,6 +20,14 @@ if ! scripts/ensure-postgres.sh; then
   echo "test: PostgreSQL is down; its tests will be skipped with the reason" >&2
 fi
 
+if ! scripts/ensure-rabbitmq.sh; then
+  if [ "${CI:-}" = "true" ]; then
+    echo "test: RabbitMQ is required in CI" >&2
+    exit 1
+  fi
+  echo "test: RabbitMQ is down; the hub tests will be skipped with the reason" >&2
+fi
+
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

@@ -86,6 +86,11 @@ COMMANDS: dict[str, LazyCommand] = {
         "app",
         "Federated training runs: status, rounds, participants, ε.",
     ),
+    "hub": LazyCommand(
+        "orchestrator.cli.hub_commands",
+        "app",
+        "The Fin(Ai)d hub: publish the event outbox (relay), its status, dead letters and replay.",
+    ),
     "token": LazyCommand(
         "orchestrator.cli.service_commands", "token_app", "Bearer tokens for the HTTP service."
     ),

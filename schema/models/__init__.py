@@ -29,6 +29,8 @@ if TYPE_CHECKING:
         FlRoundSummary,
         FlRun,
     )
+    from schema.models.hub import HubOutbox
+    from schema.models.hub_workflows import HubWorkflowExecution
     from schema.models.llm import FallbackBilling, FineTunedModelConfig, LlmUsageLog, TenantLlmConfig
     from schema.models.orchestrator import (
         LlmInflight,
@@ -83,6 +85,8 @@ MODEL_MODULES: dict[str, str] = {
     "FlRoundSummary": "federation",
     "FlRun": "federation",
     "HsmKeyRegistry": "security",
+    "HubOutbox": "hub",
+    "HubWorkflowExecution": "hub_workflows",
     "ImmutableAuditLog": "audit_log",
     "Invoice": "tenancy",
     "LlmInflight": "orchestrator",
@@ -166,6 +170,8 @@ __all__ = [
     "FlRoundSummary",
     "FlRun",
     "HsmKeyRegistry",
+    "HubOutbox",
+    "HubWorkflowExecution",
     "ImmutableAuditLog",
     "Invoice",
     "LlmInflight",

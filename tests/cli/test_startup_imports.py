@@ -131,6 +131,8 @@ def light_commands(tenant: Tenant) -> dict[str, list[str]]:
         "db current": ["db", "current", "--json"],
         "status": ["status", "--json"],
         "token issue": ["token", "issue", "--role", "org_admin", "--org", org],
+        "hub status": ["hub", "status", "--json"],
+        "hub dead": ["hub", "dead", "--json"],
     }
 
 
@@ -147,6 +149,8 @@ LIGHT = (
     "db current",
     "status",
     "token issue",
+    "hub status",
+    "hub dead",
 )
 
 
@@ -313,3 +317,17 @@ def test_root_group_is_lazy() -> None:
 
     assert isinstance(group, LazyGroup)
     assert list(group.list_commands(None))[: len(cli_main.COMMANDS)] == list(cli_main.COMMANDS)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["hub status", "hub dead"])
+def test_hub_operator_commands_leave_the_broker_client_alone(tenant: Tenant, name: str) -> None:
+    """Only `hub relay` talks to RabbitMQ: the operator's commands read rows, not aio-pika."""
+    # Prepare
+    args = light_commands(tenant)[name]
+
+    # Execute
+    result = probe(tenant, args, watch=("aio_pika", "aiormq", "orchestrator.hub.amqp"))
+
+    # Assert
+    assert result.code == 0, result.stderr
+    assert result.loaded == []

@@ -6,6 +6,7 @@ the erasure's compaction, and a ``pg_dump`` of the test's PostgreSQL schema.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import uuid
@@ -25,6 +26,7 @@ from schema.db import make_engine, transaction
 from schema.models import (
     AgentSession,
     BehavioralBiometrics,
+    HubOutbox,
     ImmutableAuditLog,
     LlmUsageLog,
     PersonalDataKey,
@@ -211,16 +213,18 @@ def test_access_request_lists_every_store_that_holds_the_user(engine: Engine, tm
     with transaction(engine) as session:
         export = (dsr.process_request(session, request.id).response_details or {})["export"]
 
-    # Assert: every store but the absent hub outbox holds something, and says what.
+    # Assert: every store but the security anomalies holds something, and says what.
     listed = {entry["store"]: entry for entry in export["stores"]}
     assert list(listed) == [store.name for store in erasure.STORES]
     holding = {name for name, entry in listed.items() if erasure._holds_something(entry)}
-    assert holding == {store.name for store in erasure.STORES} - {"hub_outbox", "security_anomalies"}
+    assert holding == {store.name for store in erasure.STORES} - {"security_anomalies"}
     assert listed["trustedDevices"]["rows"] == 1 and listed["llm_usage_log"]["rows"] == 1
     assert listed["immutable_audit_log"]["sealed_values"] == 3  # the email and two reasons
     assert listed["personal_data_keys"]["state"] == "active"
     assert all(isinstance(entry["holds"], str) and entry["holds"] for entry in export["stores"])
-    assert listed["hub_outbox"]["rows"] == 0 and listed["security_anomalies"]["rows"] == 0
+    # The hub events naming the user: 5 consent changes, the world's access request filed and
+    # completed, this one filed.
+    assert listed["hub_outbox"]["rows"] == 8 and listed["security_anomalies"]["rows"] == 0
 
 
 def test_after_erasure_no_personal_byte_is_left_and_the_chain_verifies(
@@ -261,8 +265,10 @@ def test_after_erasure_no_personal_byte_is_left_and_the_chain_verifies(
             "consent_snapshot_members",
             "zero_trust_access_log",
             "immutable_audit_log",
+            "hub_outbox",
             "users",
-        ]  # what is left: withdrawn consents, history facts, requests, lineage, security ids, the row
+        ]  # what is left: withdrawn consents, history facts, requests, lineage, security ids, events
+        # naming the user by id, the row
         for model in (UserSession, TrustedDevice, BehavioralBiometrics):
             assert session.scalar(select(sa.func.count()).select_from(model)) == 0
         # ... the chain still verifies and sealed values read as the marker, never an error ...
@@ -354,6 +360,28 @@ def test_gate_and_lineage_behave_as_before_for_the_other_users(engine: Engine, t
     assert {"model_name": "vamn-quantitative", "model_version": "1.1.0"} in other_versions
     assert {c.consent_type for c in consents if c.consent_given} == set(FL_CONSENTS)
     assert all(c.user_agent == OTHER_AGENT for c in consents)
+
+
+def test_hub_events_name_the_erased_user_by_id_only(engine: Engine, tmp_path: Path) -> None:
+    """The outbox keeps the consent and request events of an erased user: ids, never the email or text."""
+    # Prepare
+    world = _world(engine, tmp_path)
+
+    # Execute
+    response = _erase(engine, world)
+
+    # Assert
+    with transaction(engine) as session:
+        rows = session.execute(select(HubOutbox.event_type, HubOutbox.payload)).all()
+    mine = [(kind, payload) for kind, payload in rows if payload.get("user_id") == str(world.user)]
+    kinds = [kind for kind, _ in mine]
+    assert kinds.count("accute.dsr.filed") == 2 and kinds.count("accute.dsr.completed") == 2
+    assert "accute.consent.withdrawn" in kinds  # the erasure withdrew every consent
+    dumped = json.dumps([payload for _, payload in rows])
+    assert all(secret not in dumped for secret in (*SECRETS, OTHER_EMAIL, "erase-me"))
+    stores = response["erased"]["stores"]  # type: ignore[index]
+    assert stores["hub_outbox"]["rows"] == len(mine) - 1  # its own completion is appended after
+    assert stores["hub_outbox"]["action"].startswith("kept")
 
 
 def test_registered_store_is_listed_and_erased(engine: Engine, tmp_path: Path) -> None:

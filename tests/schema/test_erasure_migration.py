@@ -7,10 +7,10 @@ import uuid
 
 from sqlalchemy import Engine, select
 
-from consent_gate import records
 from schema import audit, directory, migrate
 from schema.db import transaction
-from schema.models import ImmutableAuditLog, User
+from schema.models import ImmutableAuditLog, User, UserConsent
+from schema.timeutil import utcnow
 
 EMAILS = ("ada.ledger@old-rule.example.com", "bob.journal@old-rule.example.com")
 
@@ -32,7 +32,27 @@ def _old_rule_users(engine: Engine) -> tuple[uuid.UUID, uuid.UUID, dict[uuid.UUI
                 resource_id=user.id,
                 data={"email": address},
             )
-            records.grant(session, org.id, user.id, "federated_learning")
+            # A consent granted then, as 0005's ``records.grant`` wrote it (today's also appends a
+            # hub event, to a table that revision has not created yet).
+            consent = UserConsent(
+                organization_id=org.id,
+                user_id=user.id,
+                consent_type="federated_learning",
+                consent_given=True,
+                consent_version="1.0",
+                given_at=utcnow(),
+            )
+            session.add(consent)
+            session.flush()
+            audit.append(
+                session,
+                organization_id=org.id,
+                action="consent.granted",
+                resource_type="user_consent",
+                resource_id=consent.id,
+                user_id=user.id,
+                data={"consent_type": "federated_learning", "consent_version": "1.0"},
+            )
     with transaction(engine) as session:
         heads = {
             o: session.scalars(

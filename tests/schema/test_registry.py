@@ -68,3 +68,55 @@ def test_duplicate_and_bad_input_are_refused(engine: Engine) -> None:
         _publish(engine, "2", head="visual")
     with pytest.raises(NotFoundError), transaction(engine) as session:
         registry.get(session, "00000000-0000-0000-0000-000000000001")
+
+
+def _model_events(engine: Engine) -> list[tuple[str, dict[str, object]]]:
+    from sqlalchemy import select
+
+    from schema.models import HubOutbox
+
+    with transaction(engine) as session:
+        rows = session.execute(
+            select(HubOutbox.event_type, HubOutbox.payload, HubOutbox.organization_id)
+            .where(HubOutbox.event_type.startswith("accute.model."))
+            .order_by(HubOutbox.sequence)
+        ).all()
+    assert all(org is None for _, _, org in rows)  # platform events
+    return [(kind, payload) for kind, payload, _ in rows]
+
+
+def test_publish_and_activate_emit_published_and_promoted(engine: Engine) -> None:
+    # Prepare
+    first, second = _publish(engine, "1"), _publish(engine, "2")
+
+    # Execute
+    with transaction(engine) as session:
+        registry.activate(session, first)
+    with transaction(engine) as session:
+        registry.activate(session, second)
+
+    # Assert
+    assert _model_events(engine) == [
+        ("accute.model.published", _payload(first, "1")),
+        ("accute.model.published", _payload(second, "2")),
+        ("accute.model.promoted", _payload(first, "1") | {"retired_model_ids": []}),
+        ("accute.model.promoted", _payload(second, "2") | {"retired_model_ids": [first]}),
+    ]
+
+
+def _payload(model_id: str, version: str) -> dict[str, object]:
+    return {
+        "model_id": model_id,
+        "head_type": "quantitative",
+        "model_version": version,
+        "weights_checksum": "a" * 64,
+    }
+
+
+def test_a_publication_that_rolls_back_emits_nothing(engine: Engine) -> None:
+    with pytest.raises(RuntimeError), transaction(engine) as session:
+        registry.publish(
+            session, model_name="m", model_version="9", head_type="semantic", weights_checksum="b" * 64
+        )
+        raise RuntimeError("the publication fails after the registry row")
+    assert _model_events(engine) == []
