@@ -717,6 +717,30 @@ def set_budget(
 # --- review ----------------------------------------------------------------------------------
 
 
+def status_of(spent_eps: float, cap: float) -> str:
+    """``ok``, ``near_cap`` (at least ``NEAR_CAP_SHARE`` of the cap) or ``exhausted`` (at the cap)."""
+    if spent_eps >= cap:
+        return "exhausted"
+    if spent_eps >= NEAR_CAP_SHARE * cap:
+        return "near_cap"
+    return "ok"
+
+
+def _status_row(budget: _Budget, cap: float, delta: float, spent_eps: float) -> BudgetStatus:
+    return BudgetStatus(
+        organization_id=str(budget.organization_id),
+        model_type=budget.model_type,
+        unit=budget.unit,
+        epsilon_cap=cap,
+        delta=delta,
+        epsilon_spent=spent_eps,
+        epsilon_remaining=max(0.0, cap - spent_eps),
+        events=budget.event_count,
+        last_round=budget.last_round,
+        status=status_of(spent_eps, cap),
+    )
+
+
 def _status(session: Session, budget: _Budget, policy: LedgerPolicy) -> BudgetStatus:
     cap, delta = _cap(budget, policy)
     spent_eps = _epsilon(
@@ -728,37 +752,44 @@ def _status(session: Session, budget: _Budget, policy: LedgerPolicy) -> BudgetSt
         delta,
         policy,
     )
-    if spent_eps >= cap:
-        status = "exhausted"
-    elif spent_eps >= NEAR_CAP_SHARE * cap:
-        status = "near_cap"
-    else:
-        status = "ok"
-    return BudgetStatus(
-        organization_id=str(budget.organization_id),
-        model_type=budget.model_type,
-        unit=budget.unit,
-        epsilon_cap=cap,
-        delta=delta,
-        epsilon_spent=spent_eps,
-        epsilon_remaining=max(0.0, cap - spent_eps),
-        events=budget.event_count,
-        last_round=budget.last_round,
-        status=status,
-    )
+    return _status_row(budget, cap, delta, spent_eps)
+
+
+def _statuses(session: Session, budgets: Sequence[_Budget], policy: LedgerPolicy) -> list[BudgetStatus]:
+    """``_status`` of many budgets; with ``rdp`` every epsilon comes from one numpy pass over the
+    stored curves (bit-identical to one at a time), so thousands of budgets take milliseconds."""
+    if policy.accountant != "rdp" or not budgets:
+        return [_status(session, budget, policy) for budget in budgets]
+    caps = [_cap(budget, policy) for budget in budgets]
+    curves = np.stack([_curve(session, budget) for budget in budgets])
+    spent_all = accounting.epsilons_from_rdp(curves, np.array([delta for _, delta in caps]))
+    return [
+        _status_row(budget, cap, delta, float(spent_eps))
+        for budget, (cap, delta), spent_eps in zip(budgets, caps, spent_all, strict=True)
+    ]
 
 
 def budget_rows(
-    session: Session, organization_id: str | uuid.UUID | None = None, *, policy: LedgerPolicy
+    session: Session,
+    organization_id: str | uuid.UUID | None = None,
+    *,
+    policy: LedgerPolicy,
+    model_type: str | None = None,
+    unit: str | None = None,
 ) -> list[BudgetStatus]:
-    """Every budget (or one organization's), one row per unit, with epsilon spent and remaining
-    (+inf after a non-private release); [] on a fresh database."""
+    """Every budget (or one organization's, one model type's, one unit's), one row per unit, with
+    epsilon spent and remaining (+inf after a non-private release), sorted by organization id,
+    model type and unit; [] on a fresh database. ``budget show`` and the admin API both read this."""
     query = select(*_BUDGET_COLUMNS).order_by(
         PrivacyBudget.organization_id, PrivacyBudget.model_type, PrivacyBudget.unit
     )
     if organization_id is not None:
         query = query.where(PrivacyBudget.organization_id == get_organization(session, organization_id).id)
-    return [_status(session, _Budget(*row), policy) for row in session.execute(query)]
+    if model_type is not None:
+        query = query.where(PrivacyBudget.model_type == clean_model_type(model_type))
+    if unit is not None:
+        query = query.where(PrivacyBudget.unit == check_unit(unit))
+    return _statuses(session, [_Budget(*row) for row in session.execute(query)], policy)
 
 
 def history(
