@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     jwt_max_ttl_s: int = Field(
         default=86_400, ge=60, description="Longest lifetime a token may be issued with (seconds)."
     )
+    admin_cookie_secure: bool = Field(
+        default=False,
+        description="Always mark the admin console's session cookie Secure (set it behind a proxy that "
+        "terminates TLS; requests that arrive over https get Secure anyway).",
+    )
     redis_url: str | None = Field(
         default=None, description="Redis URL for the response cache; in-memory LRU when unset."
     )
