@@ -142,7 +142,8 @@ def _budget_chart(detail: Any) -> dict[str, Markup]:
     result: dict[str, Markup] = {}
     for status in detail.budgets:
         events = [e for e in detail.events if e.unit == status.unit]
-        points = [(float(n), _epsilon(e.epsilon_after)) for n, e in enumerate(events, start=1)]
+        # Event 0 is the empty ledger (epsilon 0), so the first charge shows as a step.
+        points = [(0.0, 0.0)] + [(float(n), _epsilon(e.epsilon_after)) for n, e in enumerate(events, start=1)]
         result[status.unit] = Markup(
             charts.line_chart(
                 points,
@@ -351,8 +352,25 @@ def build(services: Any, guard: Guard) -> APIRouter:
         )
 
     @router.get("/registry")
-    def registry_list(admin: Admin, done: Annotated[str | None, Query(max_length=200)] = None) -> Response:
-        return registry_page(admin, done)
+    def registry_list(
+        admin: Admin,
+        promoted: uuid.UUID | None = None,
+        rolled_back: uuid.UUID | None = None,
+    ) -> Response:
+        """The registry; after a change, a notice built from the registry row (never from text in
+        the URL, which anyone could write)."""
+        notice = None
+        changed = promoted or rolled_back
+        if changed is not None:
+            with transaction(services.engine) as session:
+                row = registry.get(session, changed)
+                label = f"{row.model_name} {row.model_version}"
+                serving = row.is_active
+                head = row.head_type
+            if serving:
+                verb = "now serves" if promoted else "serves again"
+                notice = f"{label} {verb} the {head} head."
+        return registry_page(admin, notice)
 
     def platform_only(admin: Viewer) -> None:
         if not admin.platform:
@@ -384,14 +402,13 @@ def build(services: Any, guard: Guard) -> APIRouter:
         await checked_form(request, admin)
         platform_only(admin)
 
-        def change() -> str:
+        def change() -> None:
             with transaction(services.engine) as session:
-                row = registry.promote(session, model_id, by=admin.principal.subject)
-                return f"{row.model_name} {row.model_version} now serves the {row.head_type} head."
+                registry.promote(session, model_id, by=admin.principal.subject)
 
-        notice = await anyio.to_thread.run_sync(change)
+        await anyio.to_thread.run_sync(change)
         log.info("admin console: %s promoted model %s", admin.principal.subject, model_id)
-        return RedirectResponse("/admin/registry?" + urlencode({"done": notice}), status_code=303)
+        return RedirectResponse(f"/admin/registry?promoted={model_id}", status_code=303)
 
     @router.get("/registry/heads/{head}/rollback")
     def confirm_rollback(admin: Admin, head: str) -> Response:
@@ -416,14 +433,13 @@ def build(services: Any, guard: Guard) -> APIRouter:
         await checked_form(request, admin)
         platform_only(admin)
 
-        def change() -> str:
+        def change() -> uuid.UUID:
             with transaction(services.engine) as session:
-                row = registry.rollback(session, head, by=admin.principal.subject)
-                return f"{row.model_name} {row.model_version} serves the {row.head_type} head again."
+                return registry.rollback(session, head, by=admin.principal.subject).id
 
-        notice = await anyio.to_thread.run_sync(change)
+        restored = await anyio.to_thread.run_sync(change)
         log.info("admin console: %s rolled back the %s head", admin.principal.subject, head)
-        return RedirectResponse("/admin/registry?" + urlencode({"done": notice}), status_code=303)
+        return RedirectResponse(f"/admin/registry?rolled_back={restored}", status_code=303)
 
     # -- consent, requests, alerts ----------------------------------------------------------------
     @router.get("/consent")

@@ -232,7 +232,7 @@ def test_an_admin_signs_in_reviews_budgets_and_runs_promotes_a_version_and_an_or
             # ... and with it, the version is promoted and the cascade answers with it.
             admin.goto(f"{server}/admin/registry/{target.id}/promote")
             admin.click("#confirm")
-            admin.wait_for_url(re.compile(r".*/admin/registry\?done=.*"))
+            admin.wait_for_url(f"{server}/admin/registry?promoted={target.id}")
             assert target.model_version in admin.locator("p.notice").inner_text()
             shot(admin, "registry-promoted")
             expected_model = f"vamn-quantitative:{target.model_name}@{target.model_version}"

@@ -16,6 +16,7 @@ from orchestrator.web.render import CONTENT_SECURITY_POLICY
 from orchestrator.web.session import COOKIE
 from privacy import ledger
 from privacy.events import DpSgdEvent
+from schema import registry
 from schema.db import transaction
 from tests.orchestrator.conftest import Service
 
@@ -250,3 +251,62 @@ def test_the_page_shows_what_budget_show_json_prints(
         )
         assert cells is not None, row
         assert cells.groups() == (f"{float(row['epsilon_spent']):.6g}", f"{float(row['epsilon_cap']):.6g}")
+
+
+def _publish(service: Service, version: str) -> str:
+    with transaction(service.engine) as session:
+        row = registry.publish(
+            session,
+            model_name="vamn-q",
+            model_version=version,
+            head_type="quantitative",
+            weights_checksum="0" * 64,
+        )
+        registry.activate(session, row.id)
+        return str(row.id)
+
+
+def test_promote_and_roll_back_need_a_confirmation_page_a_csrf_token_and_a_platform_admin(
+    service: Service,
+) -> None:
+    # Prepare: version 1 served, then version 2 (1 retired).
+    first, second = _publish(service, "1"), _publish(service, "2")
+    org = service.org("delta-firm")
+    admin = TestClient(service.client.app)
+    sign_in(admin, service.token(None, "platform_admin"))
+    org_admin = TestClient(service.client.app)
+    sign_in(org_admin, service.token(org, "org_admin"))
+
+    # Execute
+    confirm = admin.get(f"/admin/registry/{first}/promote")
+    token = _CSRF.search(confirm.text)
+    assert token is not None
+    refused = org_admin.post(
+        f"/admin/registry/{first}/promote", data={"csrf": csrf_of(org_admin, "/admin/registry")}
+    )
+    org_confirm = org_admin.get(f"/admin/registry/{first}/promote")
+    promoted = admin.post(
+        f"/admin/registry/{first}/promote", data={"csrf": token.group(1)}, follow_redirects=False
+    )
+    notice = admin.get(promoted.headers["location"]).text
+    rollback_confirm = admin.get("/admin/registry/heads/quantitative/rollback")
+    rolled = admin.post(
+        "/admin/registry/heads/quantitative/rollback",
+        data={"csrf": csrf_of(admin, "/admin/registry")},
+        follow_redirects=False,
+    )
+
+    # Assert
+    assert (
+        confirm.status_code == 200
+        and "Promote vamn-q 1" in confirm.text
+        and "serves vamn-q 2 today" in confirm.text
+    )
+    assert refused.status_code == 403 and org_confirm.status_code == 403
+    assert promoted.status_code == 303 and promoted.headers["location"] == f"/admin/registry?promoted={first}"
+    assert "vamn-q 1 now serves the quantitative head." in notice
+    assert rollback_confirm.status_code == 200
+    assert rolled.status_code == 303 and rolled.headers["location"] == f"/admin/registry?rolled_back={second}"
+    with transaction(service.engine) as session:
+        assert str(registry.active_for_head(session, "quantitative").id) == second  # type: ignore[union-attr]
+    assert 'class="button promote"' not in org_admin.get("/admin/registry").text
