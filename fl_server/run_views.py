@@ -197,3 +197,40 @@ def _contribution(row: FederatedLearningContribution, run: str | None) -> Contri
         gradient_checksum=row.gradient_checksum,
         created_at=iso(row.created_at),
     )
+
+
+# --- aggregates for /metrics -------------------------------------------------------------------
+
+
+def contribution_counts(session: Session) -> list[tuple[str, str, int]]:
+    """(model type, status, contributions) over every organization, sorted."""
+    c = FederatedLearningContribution
+    query = (
+        select(c.model_type, c.status, func.count())
+        .group_by(c.model_type, c.status)
+        .order_by(c.model_type, c.status)
+    )
+    return [(model_type, status or "pending", int(n)) for model_type, status, n in session.execute(query)]
+
+
+def round_durations(session: Session) -> list[tuple[str, float]]:
+    """(model type, seconds) of every committed round: from the previous round's commit (the run's
+    start for the first) to this round's commit."""
+    from schema.models import FlRoundSummary
+    from schema.timeutil import as_utc
+
+    query = (
+        select(FlRun.id, FlRun.task, FlRun.created_at, FlRoundSummary.created_at)
+        .join(FlRoundSummary, FlRoundSummary.run_id == FlRun.id)
+        .order_by(FlRun.id, FlRoundSummary.aggregation_round)
+    )
+    durations: list[tuple[str, float]] = []
+    previous: tuple[uuid.UUID, Any] | None = None
+    for run_id, task, started, committed in session.execute(query):
+        if committed is None:
+            continue
+        since = previous[1] if previous is not None and previous[0] == run_id else started
+        if since is not None:
+            durations.append((task, max(0.0, (as_utc(committed) - as_utc(since)).total_seconds())))
+        previous = (run_id, committed)
+    return durations

@@ -34,6 +34,7 @@ deadlock (PostgreSQL would abort one of them; nothing is overspent either way).
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -46,7 +47,7 @@ from sqlalchemy import Table, bindparam, delete, exists, func, select, update
 from sqlalchemy import insert as insert_into
 from sqlalchemy.orm import Session
 
-from privacy import accounting
+from privacy import accounting, alerts, timing
 from privacy.accounting import FloatArray
 from privacy.events import (
     UNIT_RECORD,
@@ -544,6 +545,26 @@ def charge(
     *,
     policy: LedgerPolicy,
 ) -> ChargeResult:
+    """``_charge``, its latency observed for ``/metrics`` (``privacy.timing.CHARGES``)."""
+    started = time.perf_counter()
+    try:
+        return _charge(
+            session, organization_id, model_type, event, contribution_id, aggregation_round, policy=policy
+        )
+    finally:
+        timing.CHARGES.observe(time.perf_counter() - started)
+
+
+def _charge(
+    session: Session,
+    organization_id: str | uuid.UUID,
+    model_type: str,
+    event: DpEvent,
+    contribution_id: str | uuid.UUID | None = None,
+    aggregation_round: int | None = None,
+    *,
+    policy: LedgerPolicy,
+) -> ChargeResult:
     """Check and charge one DP event to the tenant's ledger of the event's unit, in the caller's transaction.
 
     Raises ``BudgetExceededError`` (nothing written) if epsilon after the event would exceed the
@@ -663,6 +684,18 @@ def charge(
             "accountant": policy.accountant,
         },
     )
+    alerts.record_crossings(
+        session,
+        organization_id=org_id,
+        model_type=model_type,
+        unit=unit,
+        status_before=status_of(before, cap),
+        status_after=status_of(after, cap),
+        epsilon=after,
+        epsilon_cap=cap,
+        delta=delta,
+        ledger_event_id=event_id,
+    )
     return result
 
 
@@ -710,7 +743,21 @@ def set_budget(
                 "delta": delta,
             },
         )
-        statuses.append(_status(session, budget, policy))
+        status = _status(session, budget, policy)
+        # Thresholds are per cap: under this cap, record any not recorded yet (a lowered cap can
+        # make a budget near_cap or exhausted without a charge).
+        alerts.record_crossings(
+            session,
+            organization_id=organization.id,
+            model_type=model_type,
+            unit=each,
+            status_before="ok",
+            status_after=status.status,
+            epsilon=status.epsilon_spent,
+            epsilon_cap=status.epsilon_cap,
+            delta=status.delta,
+        )
+        statuses.append(status)
     return statuses
 
 

@@ -200,3 +200,13 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(
         default=32_000, ge=1, description="Longest chat message accepted (characters)."
     )
+
+    # Admin console (orchestrator/api/): Prometheus metrics.
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Bearer token Prometheus sends to scrape GET /metrics (Authorization: Bearer <token>). "
+            "Unset: /metrics answers 404 (metrics are off); a wrong or missing token answers 401. "
+            "Labels are bounded (organization, model type, route template, never user or request ids)."
+        ),
+    )
