@@ -110,7 +110,11 @@ class AdminRoute(APIRoute):
                 response.delete_cookie(COOKIE, path=COOKIE_PATH)
             except PermissionDeniedError as exc:
                 log.warning(
-                    "admin console: %s %s refused (%s)", request.method, request.url.path, exc.message[:200]
+                    "admin console: %s %s refused to %s (%s)",
+                    request.method,
+                    request.url.path,
+                    getattr(request.state, "admin_subject", "an unsigned visitor"),
+                    exc.message[:200],
                 )
                 response = _error_page(request, 403, None if exc.message == "forbidden" else exc.message)
             except AccuteError as exc:
@@ -168,6 +172,7 @@ def build(services: Any, guard: Guard) -> APIRouter:
         if session is None:
             raise AuthenticationError("unauthenticated")
         who = await guard.authenticate(session.token)
+        request.state.admin_subject = who.subject
         if not ADMIN_ROLES & who.roles:
             raise PermissionDeniedError("forbidden")
         return Viewer(who, session)
@@ -372,6 +377,12 @@ def build(services: Any, guard: Guard) -> APIRouter:
                 notice = f"{label} {verb} the {head} head."
         return registry_page(admin, notice)
 
+    def serve_now(head_type: str) -> None:
+        """This process's cascade serves the new active version at its next request (other
+        workers within ``ACCUTE_CONFIG_CACHE_TTL_S``), as the admin API's promotion does."""
+        if services.cascade is not None:
+            services.cascade.vamn.forget(head_type)
+
     def platform_only(admin: Viewer) -> None:
         if not admin.platform:
             raise PermissionDeniedError("only a platform admin may change the registry")
@@ -402,11 +413,11 @@ def build(services: Any, guard: Guard) -> APIRouter:
         await checked_form(request, admin)
         platform_only(admin)
 
-        def change() -> None:
+        def change() -> str:
             with transaction(services.engine) as session:
-                registry.promote(session, model_id, by=admin.principal.subject)
+                return registry.promote(session, model_id, by=admin.principal.subject).head_type
 
-        await anyio.to_thread.run_sync(change)
+        serve_now(await anyio.to_thread.run_sync(change))
         log.info("admin console: %s promoted model %s", admin.principal.subject, model_id)
         return RedirectResponse(f"/admin/registry?promoted={model_id}", status_code=303)
 
@@ -438,6 +449,7 @@ def build(services: Any, guard: Guard) -> APIRouter:
                 return registry.rollback(session, head, by=admin.principal.subject).id
 
         restored = await anyio.to_thread.run_sync(change)
+        serve_now(head)
         log.info("admin console: %s rolled back the %s head", admin.principal.subject, head)
         return RedirectResponse(f"/admin/registry?rolled_back={restored}", status_code=303)
 
@@ -464,14 +476,20 @@ def build(services: Any, guard: Guard) -> APIRouter:
         )
 
     @router.get("/alerts")
-    def alerts_page(admin: Admin) -> Response:
+    def alerts_page(
+        admin: Admin,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> Response:
         with transaction(services.engine) as session:
             me = named(admin, session)
+            page, names = views.alerts(session, admin.scope, limit=limit, offset=offset)
         return render.page(
             "alerts.html",
             viewer=me,
             section="alerts",
-            alerts=None,
+            alerts=page,
+            names=names,
             near_cap_percent=round(NEAR_CAP_SHARE * 100),
         )
 

@@ -182,6 +182,8 @@ def test_budgets_page_equals_budget_show_and_an_org_admin_sees_only_its_own(serv
     probe = beta_admin.get("/admin/budgets", params={"org": str(alpha)})
     probe_detail = beta_admin.get(f"/admin/budgets/{alpha}/{MODEL}")
     own_detail = beta_admin.get(f"/admin/budgets/{beta}/{MODEL}")
+    alerts = table(admin.get("/admin/alerts").text, "alerts")
+    beta_alerts = table(beta_admin.get("/admin/alerts").text, "alerts")
 
     # Assert: the numbers are budget show's, printed to 6 significant digits.
     rows = re.findall(
@@ -202,6 +204,8 @@ def test_budgets_page_equals_budget_show_and_an_org_admin_sees_only_its_own(serv
     assert "alpha-firm" in exhausted_only and "beta-firm" not in exhausted_only
     assert "beta-firm" in mine and "alpha-firm" not in mine_page and str(alpha) not in mine_page
     assert probe.status_code == 403 and probe_detail.status_code == 403
+    assert "alpha-firm" in alerts and 'class="badge exhausted"' in alerts
+    assert "alpha-firm" not in beta_alerts
     assert own_detail.status_code == 200 and "<svg" in own_detail.text and "cap 8" in own_detail.text
 
 
