@@ -266,15 +266,15 @@ def build(services: Any, guard: Guard) -> APIRouter:
     @router.get("/budgets")
     def budgets_page(
         admin: Admin,
-        org: Annotated[str | None, Query(max_length=36)] = None,
+        org: Annotated[str | None, Query(max_length=200)] = None,
         model_type: Annotated[str | None, Query(max_length=50)] = None,
         status: Annotated[str | None, Query(max_length=20)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> Response:
-        organization = uuid.UUID(org) if org else None
         with transaction(services.engine) as session:
             me = named(admin, session)
+            organization = views.organization_id(session, org) if org else None
             page = views.budgets(
                 session,
                 policy,
@@ -285,7 +285,6 @@ def build(services: Any, guard: Guard) -> APIRouter:
                 limit=limit,
                 offset=offset,
             )
-            choices = views.organization_choices(session, admin.scope) if admin.platform else []
         filters = {"org": org or "", "model_type": model_type or "", "status": status or ""}
 
         def url(at: int) -> str:
@@ -299,7 +298,6 @@ def build(services: Any, guard: Guard) -> APIRouter:
             page=page,
             filters=filters,
             statuses=views.BUDGET_STATUSES,
-            organizations=choices,
             accountant=policy.accountant,
             near_cap_percent=round(NEAR_CAP_SHARE * 100),
             prev_url=url(max(0, offset - limit)) if offset > 0 else None,

@@ -33,6 +33,11 @@ def check_scope(scope: uuid.UUID | None, organization_id: uuid.UUID) -> None:
         raise PermissionDeniedError("forbidden")
 
 
+def organization_id(session: Session, name_or_id: str) -> uuid.UUID:
+    """The organization a filter names, by id or by (unique) name, as the CLI's ``--org`` takes it."""
+    return directory.find_organization(session, name_or_id).id
+
+
 def organization_choices(session: Session, scope: uuid.UUID | None) -> list[tuple[str, str]]:
     """(id, name) of the organizations the viewer may filter by, by name."""
     if scope is not None:
