@@ -48,6 +48,13 @@ def epsilon_text(value: Any) -> str:
     return f"{number:.6g}"
 
 
+def when_text(value: str | None) -> str:
+    """An ISO timestamp as ``2026-11-30 00:21:57`` (UTC, as stored); '' for None."""
+    if not value:
+        return ""
+    return value.replace("T", " ")[:19]
+
+
 @cache
 def environment() -> Environment:
     env = Environment(
@@ -57,6 +64,7 @@ def environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["eps"] = epsilon_text
+    env.filters["when"] = when_text
     env.globals["bar"] = lambda spent, cap, status: Markup(charts.share_bar(float(spent), float(cap), status))
     return env
 
