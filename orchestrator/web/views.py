@@ -131,7 +131,14 @@ def consent(
         counts = admin_views.consent_counts(session, org_id)
         by_type = {c.consent_type: c for c in counts.counts}
         types |= set(by_type)
-        rows.append({"organization": name, "users": counts.users_with_consents, "counts": by_type})
+        rows.append(
+            {
+                "organization_id": org_id,
+                "organization": name,
+                "users": counts.users_with_consents,
+                "counts": by_type,
+            }
+        )
     organizations = Page[dict[str, Any]](items=rows, total=len(choices), limit=limit, offset=offset)
     requests = admin_views.list_dsrs(session, organization_id=scope, limit=MAX_LIMIT)
     return organizations, sorted(types), requests, dict(choices)

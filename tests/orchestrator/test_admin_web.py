@@ -18,6 +18,7 @@ from privacy import ledger
 from privacy.events import DpSgdEvent
 from schema import registry
 from schema.db import transaction
+from tests.orchestrator.admin_world import build_world
 from tests.orchestrator.conftest import Service
 
 MODEL = "fraud_detection"
@@ -314,3 +315,52 @@ def test_promote_and_roll_back_need_a_confirmation_page_a_csrf_token_and_a_platf
     with transaction(service.engine) as session:
         assert str(registry.active_for_head(session, "quantitative").id) == second  # type: ignore[union-attr]
     assert 'class="button promote"' not in org_admin.get("/admin/registry").text
+
+
+def test_every_page_shows_the_admin_apis_numbers_for_the_same_data(service: Service) -> None:
+    # Prepare: the admin API tests' federation (budgets near and at the cap, a run, a version,
+    # consents, an overdue request).
+    world = build_world(service)
+    api = {"Authorization": f"Bearer {service.token(None, 'platform_admin')}"}
+    client = service.client
+    sign_in(client, service.token(None, "platform_admin"))
+
+    # Execute
+    budgets_api = client.get("/v1/admin/budgets", headers=api).json()["items"]
+    budgets_page = table(client.get("/admin/budgets").text, "budgets")
+    run_api = client.get(f"/v1/admin/runs/{world.run}", headers=api).json()
+    run_page = table(client.get(f"/admin/runs/{world.run}").text, "rounds")
+    dsr_api = client.get("/v1/admin/dsr", headers=api).json()["items"]
+    consent_page = client.get("/admin/consent").text
+    counts_api = client.get(f"/v1/admin/consent/{world.acme}/counts", headers=api).json()
+    alerts_api = client.get("/v1/admin/budget-alerts", headers=api).json()
+    alerts_page = table(client.get("/admin/alerts").text, "alerts")
+
+    # Assert: budgets, row by row.
+    assert budgets_api
+    for row in budgets_api:
+        cells = re.search(
+            rf'data-org="{row["organization_id"]}" data-model-type="{row["model_type"]}" '
+            rf'data-unit="{row["unit"]}">.*?epsilon-spent">([^<]+)<.*?epsilon-cap">([^<]+)<.*?class="badge (\w+)"',
+            budgets_page,
+            re.S,
+        )
+        assert cells is not None, row
+        assert cells.groups() == (
+            "inf" if row["epsilon_spent"] == "inf" else f"{row['epsilon_spent']:.6g}",
+            f"{row['epsilon_cap']:.6g}",
+            row["status"],
+        )
+    # A run's per-round, per-tenant statuses.
+    assert run_api["rounds"] and dsr_api and counts_api["counts"]
+    for entry in run_api["rounds"]:
+        for tenant, status in entry["tenants"].items():
+            cell = re.search(rf'data-round="{entry["round"]}" data-tenant="{tenant}">([a-z_]+)', run_page)
+            assert cell is not None and cell.group(1) == status["status"], (entry, tenant)
+    # Requests in the API's order (overdue first); consent counts; alerts.
+    assert re.findall(r'data-id="([^"]+)"', table(consent_page, "dsrs")) == [r["id"] for r in dsr_api]
+    acme_row = re.search(rf'<tr data-org="{world.acme}">(.*?)</tr>', consent_page, re.S)
+    assert acme_row is not None
+    for count in counts_api["counts"]:
+        assert f"{count['given']} / {count['withdrawn']}" in acme_row.group(1)
+    assert alerts_page.count('<tr class="status-') == alerts_api["total"] > 0
