@@ -152,7 +152,11 @@ def _chat(base: str, org: str, token: str) -> dict[str, Any]:
 
 
 def test_an_admin_signs_in_reviews_budgets_and_runs_promotes_a_version_and_an_org_admin_sees_its_own(
-    world: tuple[Engine, Settings], server: str, tmp_path: Path, artifacts: Path
+    world: tuple[Engine, Settings],
+    server: str,
+    tmp_path: Path,
+    artifacts: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     sync_api = _require_browser()
     engine, settings = world
@@ -266,5 +270,6 @@ def test_an_admin_signs_in_reviews_budgets_and_runs_promotes_a_version_and_an_or
             assert own.locator("a.promote").count() == 0
         finally:
             browser.close()
-    print(f"\nadmin console screenshots: {artifacts}")
+    with capsys.disabled():  # shown even when pytest captures output
+        print(f"\nadmin console screenshots: {artifacts}")
     assert all(p.stat().st_size > 0 for p in shots)
