@@ -54,7 +54,6 @@ def test_the_overview_follows_every_charge_and_cap_change(engine: Engine, policy
     assert [(b.organization_id, b.epsilon_spent, b.epsilon_cap, b.status) for b in page.items] == [
         (s.organization_id, s.epsilon_spent, s.epsilon_cap, s.status) for s in second[1:3]
     ]
-    )
     assert [b.organization_id for b in exhausted.items] == [str(orgs[1])] and exhausted.total == 1
 
 
