@@ -19,7 +19,7 @@ from privacy import ledger
 from privacy.ledger import LedgerPolicy, finite_or_inf
 from schema.directory import get_organization
 from schema.errors import InvalidInputError
-from schema.pagination import Page, page_of
+from schema.pagination import Page, check_window, page_of
 from schema.validation import one_of
 
 BUDGET_STATUSES = ("ok", "near_cap", "exhausted")
@@ -115,10 +115,22 @@ def list_budgets(
     one page of them with the total that matched."""
     if status is not None:
         one_of(status, BUDGET_STATUSES, "status")
-    rows = ledger.budget_rows(session, organization_id, policy=policy, model_type=model_type, unit=unit)
-    if status is not None:
-        rows = [r for r in rows if r.status == status]
-    page = page_of(rows, limit, offset)
+    if status is None:  # the window and the total straight from SQL: epsilon of one page only
+        limit, offset = check_window(limit, offset)
+        window = ledger.budget_rows(
+            session,
+            organization_id,
+            policy=policy,
+            model_type=model_type,
+            unit=unit,
+            limit=limit,
+            offset=offset,
+        )
+        total = ledger.count_budgets(session, organization_id, model_type=model_type, unit=unit)
+        page = Page[ledger.BudgetStatus](items=window, total=total, limit=limit, offset=offset)
+    else:  # a status needs every budget's epsilon (memoized per ledger state)
+        rows = ledger.budget_rows(session, organization_id, policy=policy, model_type=model_type, unit=unit)
+        page = page_of([r for r in rows if r.status == status], limit, offset)
     names = organization_names(session, {r.organization_id for r in page.items})
     return Page[BudgetView](
         items=[_view(r, names.get(r.organization_id)) for r in page.items],
