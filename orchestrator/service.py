@@ -31,7 +31,7 @@ from sqlalchemy import Engine
 
 from aggregation.weights_store import WeightsStore
 from orchestrator import accounting, configs, openai_compat
-from orchestrator.api import include_routers
+from orchestrator.api import include_routers, metrics
 from orchestrator.api.deps import Guard
 from orchestrator.auth import TokenService
 from orchestrator.cache import make_cache
@@ -437,6 +437,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     openai_compat.install(app, services, authenticate)
     include_routers(app, services, guard)
+    metrics.install(app, services)
 
     def _invalidate(org: uuid.UUID) -> None:
         if services.cascade is not None:

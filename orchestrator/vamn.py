@@ -98,6 +98,15 @@ class VamnServer:
         self._active[head_type] = (time.monotonic(), row)
         return row
 
+    def forget(self, head_type: str | None = None) -> None:
+        """Drop the cached active row of ``head_type`` (every head with None): the next request
+        reads the registry again. A promotion or rollback in this process calls it, so the new
+        version serves at once; other processes see it within ``registry_ttl_s``."""
+        if head_type is None:
+            self._active.clear()
+        else:
+            self._active.pop(head_type, None)
+
     def model_for(self, session: Session, head_type: str) -> HeadModel | None:
         """The servable model of the head, or None (no active model, bad weights, no linear layer)."""
         row = self._active_row(session, head_type)

@@ -243,6 +243,29 @@ def epsilon_from_rdp(curve: FloatArray, delta: float) -> float:
     return float(max(0.0, float(eps.min())))
 
 
+def epsilons_from_rdp(curves: FloatArray, deltas: FloatArray) -> FloatArray:
+    """``epsilon_from_rdp`` of many curves at once (one row per curve, one delta per row).
+
+    The same element-wise operations in the same order as the single-curve function, so each
+    value is bit-identical to it; one numpy pass instead of one per budget keeps an overview of
+    thousands of budgets (``budget show``, the admin API, ``/metrics``) in milliseconds.
+    """
+    rdp = np.asarray(curves, dtype=np.float64)
+    if rdp.ndim != 2 or rdp.shape[1] != ORDERS.size:
+        raise InvalidInputError(f"RDP curves must be rows of {ORDERS.size} orders, not shape {rdp.shape}")
+    delta = np.asarray(deltas, dtype=np.float64).reshape(-1, 1)
+    for value in np.unique(delta):
+        check_delta(float(value))
+    with np.errstate(all="ignore"):
+        eps = rdp + np.log1p(-1.0 / ORDERS) - np.log(delta * ORDERS) / (ORDERS - 1.0)
+        eps = np.where(delta**2 + np.expm1(-rdp) > 0, 0.0, eps)
+    eps = np.where(np.isnan(eps), np.inf, eps)
+    if not len(eps):
+        return np.zeros(0, dtype=np.float64)
+    lowest = eps.min(axis=1)
+    return np.where(lowest > 0.0, lowest, 0.0)  # as max(0.0, x): never -0.0
+
+
 def _grouped(events: Iterable[SubsampledGaussian]) -> tuple[tuple[float, float, int], ...]:
     """(z, q, total steps) per distinct mechanism, sorted: composition commutes, so steps add up."""
     totals: dict[tuple[float, float], int] = {}

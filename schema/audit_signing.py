@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from schema import audit
 from schema.audit import REANCHOR_ACTION, UNSIGNED
 from schema.errors import AccuteError
 from schema.models import AuditReanchorSignature, AuditSigningKey, ImmutableAuditLog
@@ -253,3 +254,15 @@ def rewrap_keys(session: Session, kek: KeyWrapper) -> int:
         row.kek_version, row.private_wrapped = kek.wrap(seed, _key_aad(row.kid, public))
     session.flush()
     return len(rows)
+
+
+def verify_chains(
+    session: Session, organization_id: uuid.UUID | None = None, kek: KeyWrapper | None = None
+) -> list[audit.ChainReport]:
+    """``accute-fl audit verify``: every chain (or one organization's) re-hashed, re-anchors checked
+    against their signatures, and, where the KEK is reachable (``kek``), the signing keys checked
+    against it (a key that does not open under the KEK is distrusted: its signatures count as forged)."""
+    book = load(session, organization_id)
+    if kek is not None:
+        book.distrusted = set(authenticate_keys(session, kek))
+    return audit.verify(session, organization_id, signatures=book)

@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     jwt_max_ttl_s: int = Field(
         default=86_400, ge=60, description="Longest lifetime a token may be issued with (seconds)."
     )
+    admin_cookie_secure: bool = Field(
+        default=False,
+        description="Always mark the admin console's session cookie Secure (set it behind a proxy that "
+        "terminates TLS; requests that arrive over https get Secure anyway).",
+    )
     redis_url: str | None = Field(
         default=None, description="Redis URL for the response cache; in-memory LRU when unset."
     )
@@ -260,5 +265,14 @@ class Settings(BaseSettings):
         description=(
             "At most one accute.llm.fallback.billed event per organization and billing period per this "
             "many seconds (0: one per billing flush that changed the period)."
+        ),
+    )
+    # Admin console (orchestrator/api/): Prometheus metrics.
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Bearer token Prometheus sends to scrape GET /metrics (Authorization: Bearer <token>). "
+            "Unset: /metrics answers 404 (metrics are off); a wrong or missing token answers 401. "
+            "Labels are bounded (organization, model type, route template, never user or request ids)."
         ),
     )

@@ -110,6 +110,59 @@ def activate(session: Session, model_id: str | uuid.UUID) -> VamnModelRegistry:
     return row
 
 
+def promote(session: Session, model_id: str | uuid.UUID, *, by: str | None = None) -> VamnModelRegistry:
+    """An admin's promotion: ``activate`` (the previous active version retired) plus a record saying
+    who asked. A rejected version may be promoted (the admin overrides the publish gate, on record);
+    the active one is refused (nothing would change)."""
+    row = get(session, model_id)
+    if row.is_active:
+        raise ConflictError(f"model {row.id} is already the active version of the {row.head_type} head")
+    previous = active_for_head(session, row.head_type)
+    activate(session, row.id)
+    _audit(
+        session,
+        row,
+        "registry.promoted",
+        previous_id=None if previous is None else str(previous.id),
+        by=by,
+    )
+    return row
+
+
+def rollback(session: Session, head_type: str, *, by: str | None = None) -> VamnModelRegistry:
+    """Serve the head's previously active version again (the one retired most recently, read from
+    the audit chain's order, not from timestamps that may tie); the current one is retired."""
+    from schema.models import ImmutableAuditLog
+
+    one_of(head_type, VAMN_HEAD_TYPES, "head type")
+    current = active_for_head(session, head_type)
+    retired = (
+        select(ImmutableAuditLog.resource_id)
+        .where(
+            ImmutableAuditLog.action == "registry.retired", ImmutableAuditLog.resource_type == "vamn_model"
+        )
+        .order_by(ImmutableAuditLog.id.desc())
+    )
+    for candidate_id in session.scalars(retired):
+        candidate = session.get(VamnModelRegistry, candidate_id)
+        if (
+            candidate is not None
+            and candidate.head_type == head_type
+            and candidate.deployment_status == RETIRED
+            and (current is None or candidate.id != current.id)
+        ):
+            activate(session, candidate.id)
+            _audit(
+                session,
+                candidate,
+                "registry.rolled_back",
+                previous_id=None if current is None else str(current.id),
+                by=by,
+            )
+            return candidate
+    raise NotFoundError(f"the {head_type} head has no previously active version to roll back to")
+
+
 def reject(session: Session, model_id: str | uuid.UUID, reason: str) -> VamnModelRegistry:
     """Keep a version that regressed on record, never serving it."""
     row = get(session, model_id)

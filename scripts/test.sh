@@ -11,6 +11,14 @@ if [ "${CI:-}" = "true" ] && ! command -v softhsm2-util >/dev/null 2>&1; then
   $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq softhsm2 >/dev/null
 fi
 
+# Chromium for the admin console's browser tests (Playwright drives Debian's /usr/bin/chromium):
+# installed in CI when missing (outside CI they skip with the reason).
+if [ "${CI:-}" = "true" ] && [ ! -x /usr/bin/chromium ]; then
+  echo "test: installing chromium for the admin console's browser tests" >&2
+  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq chromium >/dev/null
+fi
+
 export ACCUTE_TEST_POSTGRES_URL=${ACCUTE_TEST_POSTGRES_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/test}
 if ! scripts/ensure-postgres.sh; then
   if [ "${CI:-}" = "true" ]; then

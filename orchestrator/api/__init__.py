@@ -17,7 +17,14 @@ if TYPE_CHECKING:
     from orchestrator.service import Services
 
 #: Router modules, included in this order (the chat route is added by ``create_app`` and goes first).
-ROUTER_MODULES: tuple[str, ...] = ()
+ROUTER_MODULES: tuple[str, ...] = (
+    "orchestrator.api.admin_budgets",
+    "orchestrator.api.admin_runs",
+    "orchestrator.api.admin_registry",
+    "orchestrator.api.admin_consent",
+    "orchestrator.api.admin_audit",
+    "orchestrator.api.admin_web",
+)
 
 
 def include_routers(app: FastAPI, services: Services, guard: Guard) -> None:

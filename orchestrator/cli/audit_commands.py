@@ -10,7 +10,6 @@ from sqlalchemy import Engine
 
 from orchestrator.cli.context import load_settings, organization_id, ready_engine
 from orchestrator.cli.output import emit
-from schema import audit
 from schema.db import transaction
 from schema.errors import AccuteError, ConfigurationError, ConflictError
 from schema.validation import parse_uuid
@@ -40,10 +39,7 @@ def verify(
     if kek is not None:
         kek.current_version()  # a misconfigured KEK is a one-line error, not a distrusted key
     with transaction(ready_engine()) as session:
-        book = audit_signing.load(session, organization)
-        if kek is not None:
-            book.distrusted = set(audit_signing.authenticate_keys(session, kek))
-        reports = audit.verify(session, organization, signatures=book)
+        reports = audit_signing.verify_chains(session, organization, kek)
     emit(
         [asdict(r) for r in reports],
         as_json,

@@ -165,27 +165,20 @@ def dsr_process(
     done in each), shreds the user's data key, keeps the model lineage, then rewrites the touched
     tables (SQLite: VACUUM; PostgreSQL: VACUUM FULL) so no erased bytes stay in free space or dead
     rows (`compaction` says what was done); restriction/objection withdraw training consents."""
+    from consent_gate.admin_views import process_and_compact
     from orchestrator.keys import personal_data_vault
 
     vault = personal_data_vault(load_settings()) if reject is not None else None
-    bound = ready_engine()
-    with transaction(bound) as session:
-        request = dsr.process_request(
-            session,
-            request_id,
-            organization_id=org,
-            reject_reason=reject,
-            processed_by=processed_by,
-            rectified_email=email,
-            vault=vault,
-        )
-        record = dsr.request_as_dict(request)
-    if record["request_type"] == "erasure" and record["status"] == "completed":
-        record["compaction"] = (
-            erasure.compact(bound)
-            if compact
-            else {"status": "deferred", "reason": "run `accute-fl dsr compact` before the erasure deadline"}
-        )
+    record = process_and_compact(
+        ready_engine(),
+        request_id,
+        organization_id=org,
+        reject_reason=reject,
+        processed_by=processed_by,
+        rectified_email=email,
+        vault=vault,
+        compact=compact,
+    )
     emit(record, as_json, f"Data subject request {record['status']}", REQUEST_COLUMNS)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -212,31 +211,16 @@ def budget_history(
 
 
 def _organization_names(session: Any, ids: set[str]) -> dict[str, str]:
-    from sqlalchemy import select
+    from privacy.budget_views import organization_names
 
-    from schema.models import Organization
-
-    if not ids:
-        return {}
-    wanted = [uuid.UUID(i) for i in ids]
-    return {
-        str(org_id): name
-        for org_id, name in session.execute(
-            select(Organization.id, Organization.name).where(Organization.id.in_(wanted))
-        )
-    }
+    return organization_names(session, ids)
 
 
 def _check_model_type(session: Any, model_type: str) -> None:
     """A model type is known when the consent policy names it or some ledger has charged it; else
     refuse with the known ones (a typo must not look like an empty history)."""
-    from sqlalchemy import select
+    from privacy.budget_views import known_model_types
 
-    from consent_gate.policy import ConsentPolicy
-    from schema.models import PrivacyBudget, PrivacyLedgerEvent
-
-    known = set(ConsentPolicy.default().model_types)
-    known |= set(session.scalars(select(PrivacyBudget.model_type).distinct()))
-    known |= set(session.scalars(select(PrivacyLedgerEvent.model_type).distinct()))
+    known = known_model_types(session)
     if model_type not in known:
         raise InvalidInputError(f"unknown model type '{model_type}'; known: {', '.join(sorted(known))}")

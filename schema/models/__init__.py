@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     )
     from schema.models.organization import Organization, User
     from schema.models.personal_data import PersonalDataKey
-    from schema.models.privacy import PrivacyBudget, PrivacyLedgerEvent
+    from schema.models.privacy import PrivacyBudget, PrivacyBudgetAlert, PrivacyLedgerEvent
     from schema.models.security import (
         BehavioralBiometrics,
         DeadManSwitchConfig,
@@ -96,6 +96,7 @@ MODEL_MODULES: dict[str, str] = {
     "OrganizationDataKey": "orchestrator",
     "PersonalDataKey": "personal_data",
     "PrivacyBudget": "privacy",
+    "PrivacyBudgetAlert": "privacy",
     "PrivacyLedgerEvent": "privacy",
     "SecurityAnomaly": "security",
     "ServiceSigningKey": "orchestrator",
@@ -181,6 +182,7 @@ __all__ = [
     "OrganizationDataKey",
     "PersonalDataKey",
     "PrivacyBudget",
+    "PrivacyBudgetAlert",
     "PrivacyLedgerEvent",
     "SecurityAnomaly",
     "ServiceSigningKey",

@@ -116,3 +116,46 @@ class PrivacyLedgerEvent(Base):
 # organization to find it (3 ms at 10,000 records on PostgreSQL here, growing linearly); with it,
 # one index probe. Added by the privacy migration (0002) because the ledger is what makes chains long.
 Index("idx_audit_org_id", ImmutableAuditLog.organization_id, ImmutableAuditLog.id)
+
+
+#: Thresholds a budget alert records: ``near_cap`` at ``privacy.ledger.NEAR_CAP_SHARE`` of the cap,
+#: ``exhausted`` at the cap.
+ALERT_THRESHOLDS: tuple[str, ...] = ("near_cap", "exhausted")
+
+
+class PrivacyBudgetAlert(Base):
+    """A budget crossing a threshold of its cap, recorded once per (ledger, threshold, cap).
+
+    Written by ``privacy/alerts.py`` in the transaction of the charge (or cap change) that crossed
+    it; a raised cap is a new cap, so crossing its thresholds alerts again. Never updated.
+    """
+
+    __tablename__ = "privacy_budget_alerts"
+    __table_args__ = (
+        UniqueConstraint(
+            "organization_id",
+            "model_type",
+            "unit",
+            "threshold",
+            "epsilon_cap",
+            name="uq_privacy_budget_alerts_once",
+        ),
+        CheckConstraint(in_list("threshold", ALERT_THRESHOLDS), name="threshold"),
+        CheckConstraint(in_list("unit", PRIVACY_UNITS), name="unit"),
+        Index("idx_privacy_budget_alerts_created", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    organization_id: Mapped[uuid.UUID] = mapped_column(UUIDType, ForeignKey("organizations.id"))
+    model_type: Mapped[str] = mapped_column(String(100))
+    unit: Mapped[str] = mapped_column(String(10))
+    threshold: Mapped[str] = mapped_column(String(20))
+    #: The ledger's epsilon right after the crossing, and the cap and delta it was measured against.
+    epsilon: Mapped[float] = mapped_column(Double)
+    epsilon_cap: Mapped[float] = mapped_column(Double)
+    delta: Mapped[float] = mapped_column(Double)
+    #: The charge that crossed it; None when a lowered cap did.
+    ledger_event_id: Mapped[int | None] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), ForeignKey("privacy_ledger_events.id")
+    )
+    created_at: Mapped[datetime | None] = created_at()
