@@ -8,7 +8,7 @@ transitions happened before anyone recorded them (``budget show`` still reports 
 Downgrade drops the table (the audit records of the alerts stay in the chain).
 
 Revision ID: 0015
-Revises: 0012
+Revises: 0014
 Create Date: 2026-11-30
 """
 
