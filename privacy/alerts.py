@@ -8,8 +8,8 @@ NOTHING``, then one audit record; a raised cap is a new cap and alerts again whe
 The thresholds are ``privacy.ledger``'s statuses (``status_of``), so an alert and ``budget show``
 never disagree about when a budget became ``near_cap`` or ``exhausted``.
 
-``_announce`` is where the event bus publishes ``accute.privacy.budget.near_cap`` /
-``accute.privacy.budget.exhausted`` (appending to the outbox in the same transaction).
+``_announce`` appends ``accute.privacy.budget.near_cap`` / ``accute.privacy.budget.exhausted`` to
+the hub's outbox in the same transaction.
 """
 
 from __future__ import annotations
@@ -136,8 +136,25 @@ def _audit(session: Session, crossing: Crossing) -> None:
 
 
 def _announce(session: Session, crossing: Crossing) -> None:
-    """The hook of the event bus: publish ``accute.privacy.budget.<threshold>`` here, in the same
-    transaction (an outbox row), so the event exists exactly when the alert does. Nothing yet."""
+    """``accute.privacy.budget.<threshold>`` in the outbox, in the same transaction, so the hub's
+    event exists exactly when the alert does (the relay publishes it after the commit)."""
+    from schema import events
+    from schema.hub_events import BudgetCrossing
+
+    events.append(
+        session,
+        event_type=f"accute.privacy.budget.{crossing.threshold}",
+        organization_id=crossing.organization_id,
+        payload=BudgetCrossing(
+            model_type=crossing.model_type,
+            privacy_unit=crossing.unit,
+            threshold=crossing.threshold,
+            epsilon_spent=crossing.epsilon,
+            epsilon_cap=crossing.epsilon_cap,
+            delta=crossing.delta,
+            ledger_event_id=crossing.ledger_event_id,
+        ),
+    )
 
 
 # --- review ----------------------------------------------------------------------------------

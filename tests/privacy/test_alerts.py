@@ -13,7 +13,7 @@ from privacy.events import DpSgdEvent, NonPrivateEvent
 from privacy.ledger import LedgerPolicy
 from schema.db import transaction
 from schema.errors import BudgetExceededError
-from schema.models import ImmutableAuditLog, PrivacyBudgetAlert
+from schema.models import HubOutbox, ImmutableAuditLog, PrivacyBudgetAlert
 
 #: Three charges of this event reach 62 %, 83 % and exactly 100 % of a cap set to their epsilon.
 EVENT = DpSgdEvent(noise_multiplier=1.0, sample_rate=0.02, steps=300)
@@ -103,6 +103,46 @@ def test_a_raised_cap_alerts_again_and_a_repeated_cap_does_not(
         page = alerts.list_alerts(session, organization_id=org)
     assert page.total == 3 and page.items[0].epsilon == "inf"
     assert [a.threshold for a in page.items[:2]] == ["exhausted", "near_cap"]
+
+
+def test_each_crossing_puts_one_hub_event_in_the_outbox_and_a_rolled_back_one_none(
+    engine: Engine, org: uuid.UUID, policy: LedgerPolicy
+) -> None:
+    # Prepare: a cap equal to the epsilon of three charges; a charge that crosses 80 % rolled back.
+    cap = _epsilon_after(3)
+    with transaction(engine) as session:
+        ledger.set_budget(session, org, "digits", cap, 1e-5, policy=policy, unit="record")
+    _charge(engine, org, policy)
+    with pytest.raises(RuntimeError), transaction(engine) as session:
+        ledger.charge(session, org, "digits", EVENT, policy=policy)
+        raise RuntimeError("the round failed before it committed")
+
+    # Execute: the crossing charges, then one more attempt past the cap (refused).
+    second = _charge(engine, org, policy)
+    third = _charge(engine, org, policy)
+    with pytest.raises(BudgetExceededError), transaction(engine) as session:
+        ledger.charge(session, org, "digits", EVENT, policy=policy)
+
+    # Assert: one event per crossing, carrying the ledger event that crossed, and nothing personal.
+    with transaction(engine) as session:
+        rows = session.scalars(
+            select(HubOutbox).where(HubOutbox.organization_id == org).order_by(HubOutbox.sequence)
+        ).all()
+        events = [(r.event_type, r.payload["ledger_event_id"], r.payload["epsilon_cap"]) for r in rows]
+        keys = {k for r in rows for k in r.payload}
+    assert events == [
+        ("accute.privacy.budget.near_cap", second, cap),
+        ("accute.privacy.budget.exhausted", third, cap),
+    ]
+    assert keys == {
+        "model_type",
+        "privacy_unit",
+        "threshold",
+        "epsilon_spent",
+        "epsilon_cap",
+        "delta",
+        "ledger_event_id",
+    }
 
 
 def test_a_charge_that_crosses_nothing_writes_no_alert(
