@@ -78,10 +78,12 @@ class Snapshot:
     durations: list[tuple[str, float]]
     requests: list[tuple[str, str, int]]
     tokens: list[tuple[str, int]]
+    hub: dict[str, float]
 
 
 def read_snapshot(engine: Engine, policy: LedgerPolicy) -> Snapshot:
     from fl_server.run_views import contribution_counts, round_durations
+    from orchestrator.hub.metrics import hub_metrics
     from orchestrator.usage_views import fallback_tokens, request_counts
     from privacy.alerts import alert_counts
 
@@ -93,9 +95,11 @@ def read_snapshot(engine: Engine, policy: LedgerPolicy) -> Snapshot:
             durations=round_durations(session),
             requests=request_counts(session),
             tokens=fallback_tokens(session),
+            hub=hub_metrics(session),
         )
 
 
+_HUB_HELP = "Fin(Ai)d hub outbox and relay, as accute-fl hub status reports it."
 _BUDGET_LABELS = ["organization_id", "model_type", "unit"]
 _SPENT = ("accute_privacy_epsilon_spent", "Epsilon spent (at the budget's delta), as budget show.")
 _CAP = ("accute_privacy_epsilon_cap", "Epsilon cap of the budget.")
@@ -164,6 +168,12 @@ def families(snapshot: Snapshot, *, per_budget: bool = True) -> Iterator[Metric]
     for organization_id, count in snapshot.tokens:
         token_family.add_metric([organization_id], count)
     yield token_family
+
+    for name, value in snapshot.hub.items():  # the outbox and this process's relays (hub status)
+        if name.endswith("_total"):
+            yield CounterMetricFamily(name.removesuffix("_total"), _HUB_HELP, value=value)
+        else:
+            yield GaugeMetricFamily(name, _HUB_HELP, value=value)
 
     buckets, total = timing.CHARGES.snapshot()
     charges = HistogramMetricFamily(

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from orchestrator.hub import store
 from privacy import ledger, timing
 from schema.db import transaction
 from tests.orchestrator.admin_world import POLICY, build_world
@@ -64,6 +65,12 @@ def test_metrics_numbers_equal_the_ledger_and_the_tables(service_factory: Callab
     assert contributions == {("digits", "accepted"): 3.0}
     rounds = {s.labels["model_type"]: s.value for s in samples["accute_fl_round_duration_seconds_count"]}
     assert rounds == {"digits": 1.0}
+    with transaction(service.engine) as session:
+        hub = store.status(session)
+    assert hub["pending"] > 0  # the world's consents, rounds and alert are hub events not yet relayed
+    assert samples["accute_hub_outbox_pending"][0].value == hub["pending"]
+    assert samples["accute_hub_outbox_dead"][0].value == hub["dead"] == 0
+    assert "accute_hub_relay_published_total" in samples
     charge_count = samples["accute_privacy_charge_duration_seconds_count"][0].value
     assert charge_count >= 3 and charge_count >= charges_before
     requests = {
