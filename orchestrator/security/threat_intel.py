@@ -21,7 +21,7 @@ without a trailing dot, URLs with a lowercase scheme and host and no trailing sl
 lowercase), so the same indicator written two ways is one row.
 
 Import is idempotent on (type, value, source): a known indicator is updated (``last_seen`` the
-later of the two, ``first_seen`` the earlier, severity, confidence, threat type, active again), a
+later of the two when the feed dates it, ``first_seen`` the earlier, severity, confidence, threat type, active again), a
 new one inserted; importing the same file twice changes nothing. Expiry: ``expire`` marks
 indicators whose ``last_seen`` is older than a cutoff inactive; inactive rows are not matched.
 """
@@ -74,6 +74,9 @@ class Indicator:
     last_seen: datetime
     is_active: bool = True
     metadata: dict[str, Any] = field(default_factory=dict)
+    dated: bool = True
+    """``last_seen`` came from the feed (False: defaulted to the import time, which does not move a
+    known indicator's ``last_seen``, so importing an undated file twice changes nothing)."""
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -179,6 +182,7 @@ def parse_csv(text: str) -> Iterator[Indicator]:
         try:
             kind = row["indicator_type"].strip().lower()
             first = _moment(row.get("first_seen"), now)
+            last = row.get("last_seen")
             source = row["source"].strip()
             threat_type = row["threat_type"].strip()
             if not source or not threat_type:
@@ -191,7 +195,8 @@ def parse_csv(text: str) -> Iterator[Indicator]:
                 source=source[:100],
                 confidence=_confidence(row["confidence"]),
                 first_seen=first,
-                last_seen=_moment(row.get("last_seen"), max(first, now)),
+                last_seen=_moment(last, max(first, now)),
+                dated=bool(last and last.strip()),
             )
         except InvalidInputError as exc:
             raise InvalidInputError(f"CSV line {line}: {exc}") from None
@@ -346,7 +351,7 @@ def import_indicators(session: Session, indicators: Iterable[Indicator]) -> Impo
                 result.inserted += 1
                 continue
             first = min(as_utc(row.first_seen), item.first_seen)
-            last = max(as_utc(row.last_seen), item.last_seen)
+            last = max(as_utc(row.last_seen), item.last_seen) if item.dated else as_utc(row.last_seen)
             wanted = {
                 "threat_type": item.threat_type,
                 "severity": item.severity,
