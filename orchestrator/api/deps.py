@@ -5,8 +5,9 @@ Every route that needs a token depends on ``Guard.principal`` (or ``Guard.org_sc
 ``Guard.authenticate``. A policy layer (zero trust, anomaly rules) plugs in here, not in routes.
 
 With the security gate on (``ACCUTE_ZERO_TRUST_ENABLED``, orchestrator/security/gate.py), a call
-that passes the request checks the client address's rate limit before the token, then the
-organization's rate limit and the zero-trust decision after it (429, 401 challenge, 403).
+that passes the request checks the client address's rate limit (before the signature check of a
+token not seen before; with the organization's otherwise), the organization's rate limit and the
+zero-trust decision (429, 401 challenge, 403).
 """
 
 # No ``from __future__ import annotations``: FastAPI evaluates the closures' annotations, which
@@ -36,14 +37,15 @@ class Guard:
     async def authenticate(self, token: str, request: Request | None = None) -> Principal:
         """The token's principal; with ``request``, also through the security gate (if on)."""
         gate = self.services.gate if request is not None else None
-        if gate is not None:
-            await gate.limit_address(request.scope)  # type: ignore[union-attr]
         known = self.services.tokens.cached(token)
+        fresh = known is None
+        if gate is not None and fresh:  # the address's limit before a signature check it could flood
+            await gate.limit_address(request.scope)  # type: ignore[union-attr]
         if known is None:
             # First sight of this token: RS256 and maybe a public-key read, off the event loop.
             known = await anyio.to_thread.run_sync(self.services.tokens.verify, token)
         if gate is not None:
-            await gate.admit(known, request.scope)  # type: ignore[union-attr]
+            await gate.admit(known, request.scope, address_counted=fresh)  # type: ignore[union-attr]
         return known
 
     async def principal(

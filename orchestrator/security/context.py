@@ -39,6 +39,19 @@ class SecurityContext:
     devices: dict[uuid.UUID, dict[str, uuid.UUID]] = field(default_factory=dict)
     """user -> {fingerprint or device id text: device id}."""
 
+    @property
+    def empty(self) -> bool:
+        """Nothing flagged and no device enrolled: every lookup would come back clean."""
+        return not (
+            self.blocked_users
+            or self.blocked_orgs
+            or self.blocked_addresses
+            or self.user_anomalies
+            or self.org_anomalies
+            or self.behaviour
+            or self.devices
+        )
+
     def blocked(self, user: uuid.UUID | None, org: uuid.UUID | None, address: str | None) -> bool:
         return (
             (user is not None and user in self.blocked_users)

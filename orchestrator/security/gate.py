@@ -111,8 +111,7 @@ class SecurityGate:
         await self.limits.close()
 
     # -- the request path -----------------------------------------------------------------------------
-    async def limit_address(self, scope: Any) -> None:
-        address = client_address(scope)
+    async def _address_limit(self, address: str | None) -> None:
         if self.address_limit and address is not None:
             wait = await self.limits.hit("address", address, self.address_limit)
             if wait is not None:
@@ -121,9 +120,7 @@ class SecurityGate:
                     retry_after_header(wait),
                 )
 
-    async def admit(self, who: Principal, scope: Any) -> None:
-        """Rate limit, then the zero-trust decision for ``who`` calling ``scope``; raises unless allowed."""
-        org = who.organization_id
+    async def _org_limit(self, org: uuid.UUID | None) -> None:
         if self.org_limit and org is not None:
             wait = await self.limits.hit("org", str(org), self.org_limit)
             if wait is not None:
@@ -131,28 +128,53 @@ class SecurityGate:
                     f"more than {self.org_limit} requests a minute for this organization; retry later",
                     retry_after_header(wait),
                 )
+
+    async def limit_address(self, scope: Any) -> None:
+        """The address's rate limit alone (before an unknown token's signature check)."""
+        await self._address_limit(client_address(scope))
+
+    async def admit(self, who: Principal, scope: Any, address_counted: bool = True) -> None:
+        """Rate limits, then the zero-trust decision for ``who`` calling ``scope``; raises unless allowed.
+
+        ``address_counted=False``: the address limit was not checked yet (a cached token).
+        """
+        org = who.organization_id
         address = client_address(scope)
+        if not address_counted and self.address_limit:
+            await self._address_limit(address)
+        if self.org_limit:
+            await self._org_limit(org)
         user = who.user_id
         threats = self.threats.index
         context = self.context
         match: Match | None = threats.match_ip(address)
         if match is None and threats.agents:
             match = threats.match_agent(_header(scope, b"user-agent"))
-        device, device_id = (
-            context.device(user, _header(scope, DEVICE_HEADER)) if context.devices else (None, None)
-        )
-        behaviour = context.behaviour.get(user) if user is not None else None
-        factors = Factors(
-            role_ok=self._role_ok(who, scope),
-            threat=match.indicator if match is not None else None,
-            threat_severity=match.severity if match is not None else None,
-            auto_blocked=context.blocked(user, org, address),
-            anomalies=context.anomalies(user, org),
-            biometric_risk=behaviour[0] if behaviour is not None else None,
-            biometric_anomaly=behaviour[1] if behaviour is not None else False,
-            device=device,
-            hour_utc=time.gmtime().tm_hour,
-        )
+        hour = int(time.time() // 3600 % 24)
+        if context.empty:  # nothing flagged anywhere (the usual case): skip the lookups
+            factors = Factors(
+                role_ok=self._role_ok(who, scope),
+                threat=match.indicator if match is not None else None,
+                threat_severity=match.severity if match is not None else None,
+                hour_utc=hour,
+            )
+            device_id = None
+        else:
+            device, device_id = (
+                context.device(user, _header(scope, DEVICE_HEADER)) if context.devices else (None, None)
+            )
+            behaviour = context.behaviour.get(user) if user is not None else None
+            factors = Factors(
+                role_ok=self._role_ok(who, scope),
+                threat=match.indicator if match is not None else None,
+                threat_severity=match.severity if match is not None else None,
+                auto_blocked=context.blocked(user, org, address),
+                anomalies=context.anomalies(user, org),
+                biometric_risk=behaviour[0] if behaviour is not None else None,
+                biometric_anomaly=behaviour[1] if behaviour is not None else False,
+                device=device,
+                hour_utc=hour,
+            )
         decision = decide(factors, self.policy)
         if decision.outcome != ALLOW or self.log_allowed:
             self.access_log.record(
@@ -178,6 +200,8 @@ class SecurityGate:
         """The token's organization covers the path's ``{org}`` (platform admins cover every one)."""
         raw = (scope.get("path_params") or {}).get("org")
         if raw is None or "platform_admin" in who.roles:
+            return True
+        if who.organization_id is not None and raw == str(who.organization_id):
             return True
         try:
             return uuid.UUID(str(raw)) == who.organization_id
