@@ -58,7 +58,10 @@ def _indicator_rows(count: int) -> list[dict[str, Any]]:
     for i in range(count):
         kind = i % 20
         if kind < 14:
-            value, itype = f"{rng.randint(11, 126)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}", "ip"
+            value, itype = (
+                f"{rng.randint(11, 126)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
+                "ip",
+            )
         elif kind < 16:
             value, itype = f"{rng.randint(128, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.0/24", "ip"
         elif kind < 19:
@@ -163,15 +166,21 @@ def main() -> None:
             "off": off,
             "on": on,
             "added_latency_p50_ms": round(on["latency_p50_ms"] - off["latency_p50_ms"], 3),
-            "added_overhead_header_p50_ms": round(on["overhead_header_p50_ms"] - off["overhead_header_p50_ms"], 3),
-            "added_cpu_ms_per_request": round(on["service_cpu_ms_per_request"] - off["service_cpu_ms_per_request"], 3),
+            "added_overhead_header_p50_ms": round(
+                on["overhead_header_p50_ms"] - off["overhead_header_p50_ms"], 3
+            ),
+            "added_cpu_ms_per_request": round(
+                on["service_cpu_ms_per_request"] - off["service_cpu_ms_per_request"], 3
+            ),
             "on_requests": args.warmup + args.rounds * args.block,
             "access_log_rows": logged,
         }
         print(json.dumps(result, indent=2))
         engine.dispose()
         if logged != result["on_requests"]:
-            raise SystemExit(f"{result['on_requests']} requests on the 'on' side but {logged} access-log rows")
+            raise SystemExit(
+                f"{result['on_requests']} requests on the 'on' side but {logged} access-log rows"
+            )
     finally:
         for process in processes:
             if process.is_alive():

@@ -17,14 +17,18 @@ from schema import audit
 from schema.db import transaction
 from schema.errors import InvalidInputError, NotFoundError
 
-app = typer.Typer(help="Threat intelligence: import STIX 2.1 bundles and CSV feeds, list, expire.", no_args_is_help=True)
+app = typer.Typer(
+    help="Threat intelligence: import STIX 2.1 bundles and CSV feeds, list, expire.", no_args_is_help=True
+)
 
 
 @app.command("import")
 def import_file(
     file: Path = typer.Argument(..., help="A STIX 2.1 bundle (JSON) or a CSV with the table's column names."),
     source: str | None = typer.Option(
-        None, "--source", help="Source name of a STIX bundle's indicators (default: its identity, else 'stix')."
+        None,
+        "--source",
+        help="Source name of a STIX bundle's indicators (default: its identity, else 'stix').",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -59,7 +63,9 @@ def import_file(
 
 @app.command("list")
 def list_cmd(
-    indicator_type: str | None = typer.Option(None, "--type", help="ip, domain, url, hash, email or user_agent."),
+    indicator_type: str | None = typer.Option(
+        None, "--type", help="ip, domain, url, hash, email or user_agent."
+    ),
     include_inactive: bool = typer.Option(False, "--all", help="Include expired (inactive) indicators."),
     limit: int = typer.Option(100, "--limit", min=1, max=100_000, help="Most recently seen first."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),

@@ -126,7 +126,9 @@ class RedisLimits:
             now = time.monotonic()
             if now - self._warned > 60:
                 self._warned = now
-                log.warning("rate limits: Redis did not answer (%s); requests are let through", type(exc).__name__)
+                log.warning(
+                    "rate limits: Redis did not answer (%s); requests are let through", type(exc).__name__
+                )
             return None
         return max(stats.reset_time - time.time(), 0.0)
 

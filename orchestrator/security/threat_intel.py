@@ -117,7 +117,9 @@ def normalize(indicator_type: str, value: str) -> str:
     if indicator_type == "hash":
         digest = text.lower()
         if any(c not in "0123456789abcdef" for c in digest) or len(digest) not in (32, 40, 64, 128):
-            raise InvalidInputError(f"hash indicator '{text[:100]}' is not an MD5/SHA-1/SHA-256/SHA-512 hex digest")
+            raise InvalidInputError(
+                f"hash indicator '{text[:100]}' is not an MD5/SHA-1/SHA-256/SHA-512 hex digest"
+            )
         return digest
     if indicator_type == "email":
         return text.lower()

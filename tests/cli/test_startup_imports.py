@@ -131,6 +131,7 @@ def light_commands(tenant: Tenant) -> dict[str, list[str]]:
         "db current": ["db", "current", "--json"],
         "status": ["status", "--json"],
         "token issue": ["token", "issue", "--role", "org_admin", "--org", org],
+        "threat list": ["threat", "list", "--json"],
     }
 
 
@@ -147,6 +148,7 @@ LIGHT = (
     "db current",
     "status",
     "token issue",
+    "threat list",
 )
 
 

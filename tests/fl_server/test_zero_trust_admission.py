@@ -16,7 +16,9 @@ from tests.fl_server.conftest import Federation
 MakeFederation = Callable[..., Federation]
 
 
-def _anomaly(org: uuid.UUID, severity: str, auto_blocked: bool = False, resolution: str | None = None) -> SecurityAnomaly:
+def _anomaly(
+    org: uuid.UUID, severity: str, auto_blocked: bool = False, resolution: str | None = None
+) -> SecurityAnomaly:
     return SecurityAnomaly(
         organization_id=org,
         anomaly_type="volume_spike",
@@ -58,8 +60,12 @@ def test_zero_trust_off_admits_everyone(make_federation: MakeFederation) -> None
     org = uuid.UUID(fed.tenants[0].organization_id)
     with transaction(fed.engine) as session:
         session.add(_anomaly(org, "high", auto_blocked=True))
-    tenants = [Tenant(fed.node_of(i), uuid.UUID(t.organization_id), t.name) for i, t in enumerate(fed.tenants)]
-    governor = Governor(fed.engine, fed.config(rounds=1), fed.settings.model_copy(update={"zero_trust_enabled": False}))
+    tenants = [
+        Tenant(fed.node_of(i), uuid.UUID(t.organization_id), t.name) for i, t in enumerate(fed.tenants)
+    ]
+    governor = Governor(
+        fed.engine, fed.config(rounds=1), fed.settings.model_copy(update={"zero_trust_enabled": False})
+    )
     governor.start_run()
 
     # Execute / Assert

@@ -5,7 +5,9 @@ from __future__ import annotations
 import stix2
 
 
-def bundle_json(address: str = "127.0.0.5", agent: str = "EvilBot/6.6", domain: str = "evil-llm.example") -> str:
+def bundle_json(
+    address: str = "127.0.0.5", agent: str = "EvilBot/6.6", domain: str = "evil-llm.example"
+) -> str:
     feed = stix2.Identity(name="ACME CTI", identity_class="organization")
     indicators = [
         stix2.Indicator(
@@ -20,8 +22,7 @@ def bundle_json(address: str = "127.0.0.5", agent: str = "EvilBot/6.6", domain: 
         stix2.Indicator(
             name="Scanner",
             pattern=(
-                "[network-traffic:extensions.'http-request-ext'.request_header.'User-Agent' = "
-                f"'{agent}']"
+                f"[network-traffic:extensions.'http-request-ext'.request_header.'User-Agent' = '{agent}']"
             ),
             pattern_type="stix",
             valid_from="2026-01-01T00:00:00Z",

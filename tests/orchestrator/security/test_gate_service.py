@@ -16,13 +16,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 
 from orchestrator.service import build_services
 from schema import directory
@@ -88,13 +89,19 @@ def _wait_up(base: str, procs: list[subprocess.Popen[str]]) -> None:
                 return
         except httpx.HTTPError:
             pass
-        assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, "the server did not come up"
+        assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, (
+            "the server did not come up"
+        )
         time.sleep(0.2)
 
 
 def _start(env: dict[str, str], port: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [SCRIPT, "serve", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [SCRIPT, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -135,8 +142,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             procs = [_start(env, port)]
             base = f"http://127.0.0.1:{port}"
 
-            def token(role: str = "org_admin", subject: str | None = None) -> str:
-                return services.tokens.issue(role=role, organization_id=org, subject=subject)
+            token = partial(_token, services, org)
 
             try:
                 _wait_up(base, procs)
@@ -145,6 +151,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                 output = _stop(procs)
                 assert "Traceback" not in output, output
         engine.dispose()
+
+
+def _token(services: Any, org: uuid.UUID, role: str = "org_admin", subject: str | None = None) -> str:
+    return str(services.tokens.issue(role=role, organization_id=org, subject=subject))
 
 
 def _eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
@@ -196,7 +206,12 @@ def test_a_listed_address_is_denied_and_logged(served: Served, tmp_path: Path) -
     # Execute: the same token from the listed and from another address, on two kinds of route.
     def denied() -> bool:
         with served.client("127.0.0.2") as client:
-            return bool(client.get(f"/v1/orgs/{served.org}/usage", headers={"Authorization": f"Bearer {token}"}).status_code == 403)
+            return bool(
+                client.get(
+                    f"/v1/orgs/{served.org}/usage", headers={"Authorization": f"Bearer {token}"}
+                ).status_code
+                == 403
+            )
 
     assert _eventually(denied), "the listed address was not denied after the refresh interval"
     with served.client("127.0.0.2") as client:
@@ -209,8 +224,16 @@ def test_a_listed_address_is_denied_and_logged(served: Served, tmp_path: Path) -
     assert (chat.status_code, chat.json()) == (403, {"error": "forbidden"})
     assert (usage.status_code, usage.json()) == (403, {"error": "forbidden"})
     assert other.status_code == 200
-    rows = _eventually(lambda: [r for r in served.log_rows(access_decision="deny") if r.factors_evaluated.get("address") == "127.0.0.2"])
-    assert rows and rows[0].factors_evaluated["threat"] == "ip:127.0.0.2" and float(rows[0].trust_score) == 0.0
+    rows = _eventually(
+        lambda: [
+            r
+            for r in served.log_rows(access_decision="deny")
+            if r.factors_evaluated.get("address") == "127.0.0.2"
+        ]
+    )
+    assert (
+        rows and rows[0].factors_evaluated["threat"] == "ip:127.0.0.2" and float(rows[0].trust_score) == 0.0
+    )
 
 
 def test_a_listed_cidr_range_and_stix_user_agent_are_denied(served: Served, tmp_path: Path) -> None:
@@ -231,10 +254,15 @@ def test_a_listed_cidr_range_and_stix_user_agent_are_denied(served: Served, tmp_
     # Execute
     def status(source: str, agent: str = "test") -> int:
         with served.client(source) as client:
-            return client.get(url, headers={"Authorization": f"Bearer {token}", "User-Agent": agent}).status_code
+            return client.get(
+                url, headers={"Authorization": f"Bearer {token}", "User-Agent": agent}
+            ).status_code
 
     # Assert: the second import changed nothing; the range and the agent are denied, others not.
-    assert '"inserted": 7' in first.stdout and '"unchanged": 7' in second.stdout, (first.stdout, second.stdout)
+    assert '"inserted": 7' in first.stdout and '"unchanged": 7' in second.stdout, (
+        first.stdout,
+        second.stdout,
+    )
     assert _eventually(lambda: status("127.0.10.77") == 403)
     assert status("127.0.11.1") == 200
     assert status("127.0.0.6", agent="EvilBot/6.6") == 403
@@ -336,7 +364,9 @@ def test_two_workers_share_one_redis_rate_limit(served: Served) -> None:
         for port in ports:
             with served.client("127.0.0.8", base=f"http://127.0.0.1:{port}") as client:
                 for _ in range(20):
-                    response = client.get(f"/v1/orgs/{org}/usage", headers={"Authorization": f"Bearer {token}"})
+                    response = client.get(
+                        f"/v1/orgs/{org}/usage", headers={"Authorization": f"Bearer {token}"}
+                    )
                     statuses.append(response.status_code)
                     if response.status_code == 429:
                         retry_after.append(response.headers["retry-after"])

@@ -26,8 +26,19 @@ def snapshot(engine: Engine) -> list[tuple[object, ...]]:
     with transaction(engine) as session:
         rows = session.scalars(select(ThreatIntelligence).order_by(ThreatIntelligence.indicator_value))
         return [
-            (r.id, r.indicator_type, r.indicator_value, r.source, r.severity, str(r.confidence),
-             r.first_seen, r.last_seen, r.is_active, r.updated_at, r.metadata_)
+            (
+                r.id,
+                r.indicator_type,
+                r.indicator_value,
+                r.source,
+                r.severity,
+                str(r.confidence),
+                r.first_seen,
+                r.last_seen,
+                r.is_active,
+                r.updated_at,
+                r.metadata_,
+            )
             for r in rows
         ]
 

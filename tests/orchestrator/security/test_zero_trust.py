@@ -39,8 +39,8 @@ def test_a_policy_file_changes_thresholds_and_hours(tmp_path: Path) -> None:
     # Prepare: working hours 8-18 UTC, anything off hours is challenged; low threats only penalised.
     path = tmp_path / "policy.toml"
     path.write_text(
-        "[decision]\nallow_at = 90\nchallenge_at = 50\nchallenge_type = \"captcha\"\n"
-        "[threats]\ndeny_at_severity = \"high\"\npenalty = 20\n"
+        '[decision]\nallow_at = 90\nchallenge_at = 50\nchallenge_type = "captcha"\n'
+        '[threats]\ndeny_at_severity = "high"\npenalty = 20\n'
         "[time_of_day]\nstart_hour_utc = 8\nend_hour_utc = 18\noff_hours_penalty = 30\n"
     )
     policy = load_policy(path)
