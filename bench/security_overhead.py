@@ -152,7 +152,7 @@ def main() -> None:
                 totals[side].overhead_ms += run.overhead_ms
                 totals[side].cpu_s += run.cpu_s
         load_after = _uptime_load()
-        time.sleep(1.0)  # the access log's last batch
+        time.sleep(2.5)  # the access log's last batch (flushed every second)
         with engine.connect() as connection:
             logged = connection.execute(sa.text("SELECT count(*) FROM zero_trust_access_log")).scalar_one()
         on, off = _side(totals["on"]), _side(totals["off"])

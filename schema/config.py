@@ -216,7 +216,7 @@ class Settings(BaseSettings):
         description="Write allowed requests to zero_trust_access_log too (denials and challenges always are).",
     )
     zero_trust_log_flush_ms: int = Field(
-        default=200, ge=1, description="Longest time a decision waits before its batch is written (ms)."
+        default=1000, ge=1, description="Longest time a decision waits before its batch is written (ms)."
     )
     zero_trust_log_batch: int = Field(
         default=500, ge=1, description="Decisions written at once when that many are waiting."
