@@ -429,3 +429,22 @@ def version(session: Session) -> tuple[int, int, Any]:
         )
     ).one()
     return int(total), int(active), latest
+
+
+def hash_listed(session: Session, digest: str) -> str | None:
+    """``hash:<digest>`` when an active indicator lists the file hash, else None (one indexed query).
+
+    For the places that see a file once (publishing weights, loading them into the VAMN server),
+    where the table itself is asked rather than the service's in-memory index.
+    """
+    value = digest.strip().lower()
+    found = session.scalar(
+        select(ThreatIntelligence.indicator_value)
+        .where(
+            ThreatIntelligence.indicator_type == "hash",
+            ThreatIntelligence.indicator_value == value,
+            ThreatIntelligence.is_active.is_(True),
+        )
+        .limit(1)
+    )
+    return None if found is None else f"hash:{found}"
