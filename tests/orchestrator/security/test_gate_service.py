@@ -6,6 +6,7 @@ to a source address before it connects, so the server sees it as the ASGI ``clie
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -267,6 +268,10 @@ def test_a_listed_cidr_range_and_stix_user_agent_are_denied(served: Served, tmp_
     assert status("127.0.11.1") == 200
     assert status("127.0.0.6", agent="EvilBot/6.6") == 403
     assert status("127.0.0.6") == 200
+    listed = json.loads(served.cli("threat", "list", "--type", "user_agent", "--json").stdout)
+    assert [r["indicator_value"] for r in listed] == ["EvilBot/6.6"]
+    kept = json.loads(served.cli("threat", "expire", "--older-than-days", "36500", "--json").stdout)
+    assert kept == {"older_than_days": 36500, "expired": 0}
 
 
 def test_a_listed_provider_domain_is_refused_at_config_creation(served: Served, tmp_path: Path) -> None:
