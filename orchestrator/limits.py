@@ -59,6 +59,16 @@ class RateLimiter:
             window.token_sum += estimate
             return True
 
+    def forget_idle(self) -> int:
+        """Drop the windows of keys with no request in the last minute (keys such as client
+        addresses come and go); how many were dropped."""
+        now = time.monotonic()
+        with self._lock:
+            idle = [k for k, w in self._windows.items() if not w.requests or now - w.requests[-1] >= WINDOW_S]
+            for key in idle:
+                del self._windows[key]
+        return len(idle)
+
     def retry_after(self, key: Hashable) -> float:
         """Seconds until the oldest request counted for ``key`` leaves the window (0 if none)."""
         with self._lock:

@@ -64,10 +64,17 @@ class Limits(Protocol):
 
 
 class MemoryLimits:
+    #: Idle keys are forgotten every this many hits (memory stays bounded by active keys).
+    PRUNE_EVERY = 10_000
+
     def __init__(self) -> None:
         self.limiter = RateLimiter()
+        self._hits = 0
 
     async def hit(self, kind: str, key: str, per_minute: int) -> float | None:
+        self._hits += 1
+        if self._hits % self.PRUNE_EVERY == 0:
+            self.limiter.forget_idle()
         slot = (kind, key)
         if self.limiter.try_acquire(slot, per_minute, None, 0):
             return None
