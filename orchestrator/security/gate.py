@@ -81,8 +81,17 @@ class SecurityGate:
         self.context = load_context(self.engine, self.policy.anomaly_window_s)
 
     def start(self) -> None:
-        """Load once, then keep refreshing in a daemon thread."""
-        self.refresh()
+        """Load once, then keep refreshing in a daemon thread.
+
+        A database that is down at start does not stop the service (``/readyz`` says so); the
+        snapshots stay empty until the refresher's next successful load.
+        """
+        try:
+            self.refresh()
+        except Exception as exc:
+            log.warning(
+                "security gate: first load failed (%s); retrying in the background", type(exc).__name__
+            )
         self._thread = threading.Thread(target=self._refresher, name="accute-security-refresh", daemon=True)
         self._thread.start()
 
