@@ -7,7 +7,8 @@ behavioural biometrics ``behavioral_biometrics``, device enrolment ``trustedDevi
 - blocks: unresolved anomalies (``resolution`` NULL) with ``auto_blocked``, whatever their age,
   by user, organization and address (``details.address``, or ``details.ip`` / ``details.client_ip``);
 - recent anomalies: severities of unresolved anomalies younger than the policy's window, by user
-  and by organization;
+  (rows naming one), by address (rows naming an address but no user) and by organization (rows
+  naming neither: organization-wide, e.g. a volume spike);
 - behaviour: each user's latest ``behavioral_biometrics`` row within the window (risk, flag);
 - devices: each user's enrolled devices, by fingerprint and by id.
 """
@@ -35,6 +36,7 @@ class SecurityContext:
     blocked_addresses: set[str] = field(default_factory=set)
     user_anomalies: dict[uuid.UUID, tuple[str, ...]] = field(default_factory=dict)
     org_anomalies: dict[uuid.UUID, tuple[str, ...]] = field(default_factory=dict)
+    address_anomalies: dict[str, tuple[str, ...]] = field(default_factory=dict)
     behaviour: dict[uuid.UUID, tuple[float, bool]] = field(default_factory=dict)
     devices: dict[uuid.UUID, dict[str, uuid.UUID]] = field(default_factory=dict)
     """user -> {fingerprint or device id text: device id}."""
@@ -48,6 +50,7 @@ class SecurityContext:
             or self.blocked_addresses
             or self.user_anomalies
             or self.org_anomalies
+            or self.address_anomalies
             or self.behaviour
             or self.devices
         )
@@ -59,10 +62,15 @@ class SecurityContext:
             or (address is not None and address in self.blocked_addresses)
         )
 
-    def anomalies(self, user: uuid.UUID | None, org: uuid.UUID | None) -> tuple[str, ...]:
+    def anomalies(
+        self, user: uuid.UUID | None, org: uuid.UUID | None, address: str | None = None
+    ) -> tuple[str, ...]:
+        """Severities of the unresolved recent anomalies of the user, of the organization (those
+        naming no user and no address) and of the client address."""
         mine = self.user_anomalies.get(user, ()) if user is not None else ()
         theirs = self.org_anomalies.get(org, ()) if org is not None else ()
-        return mine + theirs if mine and theirs else mine or theirs
+        where = self.address_anomalies.get(address, ()) if address is not None else ()
+        return mine + theirs + where
 
     def device(self, user: uuid.UUID | None, presented: str | None) -> tuple[bool | None, uuid.UUID | None]:
         """(known?, device id): None when no device id was presented."""
@@ -73,7 +81,8 @@ class SecurityContext:
         return device_id is not None, device_id
 
 
-def _address(details: Any) -> str | None:
+def address_of(details: Any) -> str | None:
+    """The client address an anomaly's ``details`` name (``address``, ``ip`` or ``client_ip``), if any."""
     if not isinstance(details, dict):
         return None
     for key in ADDRESS_KEYS:
@@ -96,7 +105,7 @@ def load_context(engine: Engine, window_s: float, now: datetime | None = None) -
             )
         )
         for org, user, details in blocks:
-            address = _address(details)
+            address = address_of(details)
             if address is not None:  # an address block: only that address, not its organization
                 context.blocked_addresses.add(address)
             elif user is not None:
@@ -104,13 +113,20 @@ def load_context(engine: Engine, window_s: float, now: datetime | None = None) -
             else:
                 context.blocked_orgs.add(org)
         recent = session.execute(
-            select(SecurityAnomaly.organization_id, SecurityAnomaly.user_id, SecurityAnomaly.severity).where(
-                SecurityAnomaly.created_at >= since, SecurityAnomaly.resolution.is_(None)
-            )
+            select(
+                SecurityAnomaly.organization_id,
+                SecurityAnomaly.user_id,
+                SecurityAnomaly.severity,
+                SecurityAnomaly.details,
+            ).where(SecurityAnomaly.created_at >= since, SecurityAnomaly.resolution.is_(None))
         )
-        for org, user, severity in recent:
+        addresses: dict[str, list[str]] = {}
+        for org, user, severity, details in recent:
+            address = address_of(details)
             if user is not None:
                 users.setdefault(user, []).append(severity)
+            elif address is not None:
+                addresses.setdefault(address, []).append(severity)
             else:
                 orgs.setdefault(org, []).append(severity)
         sessions = session.execute(
@@ -134,5 +150,6 @@ def load_context(engine: Engine, window_s: float, now: datetime | None = None) -
             known[str(device_id)] = device_id
     context.user_anomalies = {k: tuple(v) for k, v in users.items()}
     context.org_anomalies = {k: tuple(v) for k, v in orgs.items()}
+    context.address_anomalies = {k: tuple(v) for k, v in addresses.items()}
     context.behaviour = {user: (risk, flagged) for user, (_, risk, flagged) in latest.items()}
     return context
