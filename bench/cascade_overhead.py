@@ -382,6 +382,73 @@ def _block(direct: Run, cascade: Run, direct_requests: int, cascade_requests: in
     }
 
 
+@dataclass
+class Bench:
+    """The benchmark's database (its own PostgreSQL schema), key state and the service's environment."""
+
+    schema_name: str
+    database_url: str
+    state: Path
+    env: dict[str, str]
+
+    @classmethod
+    def create(cls) -> Bench:
+        schema_name = f"bench_{uuid.uuid4().hex[:10]}"
+        admin = sa.create_engine(POSTGRES_URL)
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f'CREATE SCHEMA "{schema_name}"')
+        admin.dispose()
+        url = sa.make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema_name}"})
+        database_url = url.render_as_string(hide_password=False)
+        state = Path(tempfile.mkdtemp(prefix="accute-bench-"))
+        env = {
+            "ACCUTE_DATABASE_URL": database_url,
+            "ACCUTE_KEK_FILE": str(state / "kek.json"),
+            "ACCUTE_WEIGHTS_DIR": str(state / "weights"),
+            "ACCUTE_CACHE_ENABLED": "false",
+            "ACCUTE_CONFIG_CACHE_TTL_S": "5",
+            # The provider listens on loopback, which the egress policy refuses unless allowed.
+            "ACCUTE_EGRESS_ALLOW": "127.0.0.1",
+            # The security gate's rate limits count every request but never refuse one here.
+            "ACCUTE_RATE_LIMIT_ORG_PER_MINUTE": "100000000",
+            "ACCUTE_RATE_LIMIT_ADDRESS_PER_MINUTE": "100000000",
+        }
+        return cls(schema_name, database_url, state, env)
+
+    def tenant(self, provider_port: int) -> tuple[sa.Engine, uuid.UUID, str]:
+        """Migrate, then one organization with one config pointing at the provider, and its token."""
+        from orchestrator import configs
+        from orchestrator.service import build_services
+        from schema import directory, migrate
+        from schema.config import Settings
+        from schema.db import make_engine, transaction
+
+        engine = make_engine(self.database_url)
+        migrate.upgrade(engine)
+        settings = Settings(database_url=self.database_url, kek_file=self.state / "kek.json")
+        services = build_services(settings, engine)
+        with transaction(engine) as session:
+            org = directory.create_organization(session, "bench firm").id
+            body = configs.ConfigCreate(
+                provider="openai",
+                display_name="bench",
+                model_id="bench-model",
+                api_endpoint=f"http://127.0.0.1:{provider_port}/v1",
+                api_key="sk-bench",
+                rate_limit_rpm=1_000_000,
+                rate_limit_tpm=1_000_000_000,
+            )
+            configs.create(session, services.keyring, org, body)
+        token = services.tokens.issue(role="org_user", organization_id=org, ttl_s=3600)
+        return engine, org, token
+
+    def drop(self) -> None:
+        admin = sa.create_engine(POSTGRES_URL)
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f'DROP SCHEMA "{self.schema_name}" CASCADE')
+        admin.dispose()
+
+
 def _uptime_load() -> str:
     with open("/proc/loadavg") as handle:
         return " ".join(handle.read().split()[:3])
@@ -418,52 +485,15 @@ def main() -> None:
     global REQUEST_IDS
     REQUEST_IDS = args.request_ids
 
-    from orchestrator import configs
-    from orchestrator.service import build_services
-    from schema import directory, migrate
-    from schema.config import Settings
-    from schema.db import make_engine, transaction
-
-    schema_name = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(POSTGRES_URL)
-    with admin.begin() as connection:
-        connection.exec_driver_sql(f'CREATE SCHEMA "{schema_name}"')
-    url = sa.make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema_name}"})
-    database_url = url.render_as_string(hide_password=False)
-    state = Path(tempfile.mkdtemp(prefix="accute-bench-"))
-    env = {
-        "ACCUTE_DATABASE_URL": database_url,
-        "ACCUTE_KEK_FILE": str(state / "kek.json"),
-        "ACCUTE_WEIGHTS_DIR": str(state / "weights"),
-        "ACCUTE_CACHE_ENABLED": "false",
-        "ACCUTE_CONFIG_CACHE_TTL_S": "5",
-        # The provider listens on loopback, which the egress policy refuses unless allowed.
-        "ACCUTE_EGRESS_ALLOW": "127.0.0.1",
-    }
+    bench = Bench.create()
     provider_port, service_port = _free_port(), _free_port()
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(target=_run_provider, args=(provider_port,), daemon=True),
-        context.Process(target=_run_service, args=(service_port, env, args.workers)),
+        context.Process(target=_run_service, args=(service_port, bench.env, args.workers)),
     ]
     try:
-        engine = make_engine(database_url)
-        migrate.upgrade(engine)
-        settings = Settings(database_url=database_url, kek_file=state / "kek.json")
-        services = build_services(settings, engine)
-        with transaction(engine) as session:
-            org = directory.create_organization(session, "bench firm").id
-            body = configs.ConfigCreate(
-                provider="openai",
-                display_name="bench",
-                model_id="bench-model",
-                api_endpoint=f"http://127.0.0.1:{provider_port}/v1",
-                api_key="sk-bench",
-                rate_limit_rpm=1_000_000,
-                rate_limit_tpm=1_000_000_000,
-            )
-            configs.create(session, services.keyring, org, body)
-        token = services.tokens.issue(role="org_user", organization_id=org, ttl_s=3600)
+        engine, org, token = bench.tenant(provider_port)
         for process in processes:
             process.start()
         _wait(provider_port, "/")
@@ -578,9 +608,7 @@ def main() -> None:
             if process.is_alive():
                 process.terminate()
                 process.join(timeout=10)
-        with admin.begin() as connection:
-            connection.exec_driver_sql(f'DROP SCHEMA "{schema_name}" CASCADE')
-        admin.dispose()
+        bench.drop()
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ from aggregation import Accepted, ModelSpec, SeenChecksums, UpdateValidator
 from fl_client.protocol import NodeIdentity, TrainInstruction, TrainReport
 from fl_client.tasks import TaskSpec, get_task
 from fl_server.config import DpMode, RunConfig
+from orchestrator.security import node_admission
 from privacy import ledger
 from privacy.events import UNITS, CentralDpEvent, DpEvent, DpSgdEvent, NonPrivateEvent
 from schema import audit
@@ -93,6 +94,8 @@ REJECTED_CONSENT = "rejected_consent"
 REJECTED_CONSENT_CHANGED = "rejected_consent_changed"
 REJECTED_BUDGET = "rejected_budget"
 REJECTED_INVALID = "rejected_invalid"
+#: The zero-trust policy keeps the tenant out (an auto-block or recent anomalies of its organization).
+REJECTED_POLICY = "rejected_policy"
 FAILED = "failed"
 #: Written by an attempt of a round that never committed; its charges stay.
 ABORTED = "aborted"
@@ -103,6 +106,7 @@ STATUSES = (
     REJECTED_CONSENT_CHANGED,
     REJECTED_BUDGET,
     REJECTED_INVALID,
+    REJECTED_POLICY,
     FAILED,
     ABORTED,
 )
@@ -242,6 +246,8 @@ class Governor:
         self.task: TaskSpec = get_task(config.task)
         # The platform's delta, never the run's: delta belongs to the budget (module docstring).
         self.policy = ledger.LedgerPolicy.from_settings(settings)
+        #: Zero trust for nodes (orchestrator/security/node_admission.py); None when it is off.
+        self.zero_trust = node_admission.node_policy(settings)
         self.settings = settings
         self.run_id: uuid.UUID | None = None
         #: Who holds the run lease: host, process and a token unique to this Governor.
@@ -566,8 +572,15 @@ class Governor:
         ]
 
     def _gate(self, session: Any, server_round: int, tenants: list[Tenant], admission: Admission) -> None:
-        """Consent (one grouped query for the batch), then the delta rule and the cap (per tenant,
-        on its own ledger); a tenant that fails is skipped with its outcome row and reason."""
+        """Zero trust and consent (one grouped query each for the batch), then the delta rule and
+        the cap (per tenant, on its own ledger); a tenant that fails is skipped with its outcome
+        row and reason."""
+        if self.zero_trust is not None:
+            refused = node_admission.refusals(session, {t.organization_id for t in tenants}, self.zero_trust)
+            for tenant in [t for t in tenants if t.organization_id in refused]:
+                self._skip(session, server_round, tenant, REJECTED_POLICY, refused[tenant.organization_id])
+                admission.skipped[tenant.name] = REJECTED_POLICY
+            tenants = [t for t in tenants if t.organization_id not in refused]
         eligible = consent_gate.batch_eligibility(
             session, {t.organization_id for t in tenants}, self.config.task, self.settings
         )

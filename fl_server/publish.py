@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 import consent_gate
 from fl_client.tasks import TaskSpec, get_task
 from fl_server.config import RunConfig
+from orchestrator.security import threat_intel
 from schema import registry
 from schema.config import Settings
 from schema.db import transaction
@@ -137,6 +138,9 @@ def publish_in(
         else None
     )
     refusal = gate.refusal(task, metric, active_metric)
+    listed = threat_intel.hash_listed(session, run.weights_checksum)
+    if listed is not None:
+        refusal = f"the weights are listed in threat intelligence ({listed}); not activated"
     if refusal is not None:
         registry.reject(session, row.id, refusal)
     else:

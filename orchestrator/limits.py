@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 WINDOW_S = 60.0
@@ -34,7 +35,7 @@ class _Window:
 
 class RateLimiter:
     def __init__(self) -> None:
-        self._windows: dict[uuid.UUID, _Window] = {}
+        self._windows: dict[Hashable, _Window] = {}
         self._lock = threading.Lock()
 
     def _trim(self, window: _Window, now: float) -> None:
@@ -43,7 +44,7 @@ class RateLimiter:
         while window.tokens and now - window.tokens[0][0] >= WINDOW_S:
             window.token_sum -= window.tokens.popleft()[1]
 
-    def try_acquire(self, config_id: uuid.UUID, rpm: int | None, tpm: int | None, estimate: int) -> bool:
+    def try_acquire(self, config_id: Hashable, rpm: int | None, tpm: int | None, estimate: int) -> bool:
         """Count one request if it fits both limits; False (nothing counted) otherwise."""
         now = time.monotonic()
         with self._lock:
@@ -58,7 +59,25 @@ class RateLimiter:
             window.token_sum += estimate
             return True
 
-    def settle(self, config_id: uuid.UUID, reserved: int, used: int) -> None:
+    def forget_idle(self) -> int:
+        """Drop the windows of keys with no request in the last minute (keys such as client
+        addresses come and go); how many were dropped."""
+        now = time.monotonic()
+        with self._lock:
+            idle = [k for k, w in self._windows.items() if not w.requests or now - w.requests[-1] >= WINDOW_S]
+            for key in idle:
+                del self._windows[key]
+        return len(idle)
+
+    def retry_after(self, key: Hashable) -> float:
+        """Seconds until the oldest request counted for ``key`` leaves the window (0 if none)."""
+        with self._lock:
+            window = self._windows.get(key)
+            if window is None or not window.requests:
+                return 0.0
+            return max(WINDOW_S - (time.monotonic() - window.requests[0]), 0.0)
+
+    def settle(self, config_id: Hashable, reserved: int, used: int) -> None:
         """Replace a request's reserved estimate by the tokens it used (0 when it failed)."""
         delta = used - reserved
         if delta == 0:

@@ -80,7 +80,7 @@ def _from_accute(exc: AccuteError) -> JSONResponse:
     kinds = {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}
     kind = kinds.get(exc.http_status, "invalid_request_error" if exc.http_status < 500 else "api_error")
     message = exc.code if exc.http_status in (401, 403) else exc.message
-    headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+    headers = exc.headers or ({"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None)
     response = _error(exc.http_status, message, kind, exc.code)
     if headers:
         response.headers.update(headers)
@@ -103,7 +103,7 @@ def _last_user_text(messages: list[_Message]) -> str:
 def install(
     app: FastAPI,
     services: Any,
-    authenticate: Callable[[str], Awaitable[Principal]],
+    authenticate: Callable[[str, Request], Awaitable[Principal]],
 ) -> None:
     """Add the OpenAI-compatible routes to ``app`` (``services``: the app's ``Services``)."""
 
@@ -111,7 +111,7 @@ def install(
         scheme, token = get_authorization_scheme_param(http.headers.get("authorization"))
         if scheme.lower() != "bearer" or not token:
             raise AuthenticationError("unauthenticated")
-        who = await authenticate(token)
+        who = await authenticate(token, http)
         if who.organization_id is None:
             raise InvalidInputError("use a token of an organization (org_user or org_admin)")
         who.require_org(who.organization_id, CHAT_ROLES)

@@ -39,6 +39,7 @@ from orchestrator.cascade import Cascade, ChatRequest, Timing, caller_key
 from orchestrator.edge import RequestLimits
 from orchestrator.egress import EgressPolicy
 from orchestrator.keys import KeyRing, kek_provider
+from orchestrator.security.gate import SecurityGate
 from orchestrator.upstream import make_upstream
 from orchestrator.vamn import VamnServer
 from schema.config import Settings
@@ -122,13 +123,16 @@ class Services:
     tokens: TokenService
     egress: EgressPolicy
     cascade: Cascade | None = None
+    gate: SecurityGate | None = None
+    """Zero trust, threat intelligence and rate limits (None when ACCUTE_ZERO_TRUST_ENABLED is off)."""
 
 
 def build_services(settings: Settings, engine: Engine | None = None) -> Services:
     bound = engine or make_engine(settings)
     keyring = KeyRing(kek_provider(settings))
     egress = EgressPolicy.parse(settings.egress_allow)
-    return Services(settings, bound, keyring, TokenService(bound, keyring, settings), egress)
+    gate = SecurityGate(bound, settings) if settings.zero_trust_enabled else None
+    return Services(settings, bound, keyring, TokenService(bound, keyring, settings), egress, gate=gate)
 
 
 class ChatBody(BaseModel):
@@ -240,12 +244,16 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         vamn = VamnServer(WeightsStore(settings.weights_dir), settings.config_cache_ttl_s)
         cascade = Cascade(services.engine, settings, services.keyring, vamn, cache, client)
         services.cascade = cascade
+        if services.gate is not None:
+            await anyio.to_thread.run_sync(services.gate.start)
         try:
             async with _hub_relay(settings, services.engine):
                 yield
         finally:
             # In-flight requests have finished: write what is queued, then let go of connections.
             await anyio.to_thread.run_sync(cascade.close)
+            if services.gate is not None:
+                await services.gate.close()
             await client.aclose()
             if cache is not None:
                 await cache.close()
@@ -271,7 +279,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @app.exception_handler(AccuteError)
     async def accute_error(request: Request, exc: AccuteError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+        headers = exc.headers or ({"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None)
         return JSONResponse(_error_body(exc), status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -316,6 +324,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     @app.post("/v1/orgs/{org}/llm-configs", status_code=201, tags=["llm-configs"])
     def create_config(org: AdminOrg, body: configs.ConfigCreate) -> dict[str, Any]:
         """Add a provider config; ``api_key`` is stored encrypted and never returned."""
+        if services.gate is not None:
+            services.gate.check_endpoint(body.api_endpoint)
         with transaction(services.engine) as session:
             result = configs.as_dict(configs.create(session, services.keyring, org, body, services.egress))
         _invalidate(org)
@@ -333,6 +343,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @app.patch("/v1/orgs/{org}/llm-configs/{config_id}", tags=["llm-configs"])
     def update_config(org: AdminOrg, config_id: str, body: configs.ConfigUpdate) -> dict[str, Any]:
+        if services.gate is not None:
+            services.gate.check_endpoint(body.api_endpoint)
         with transaction(services.engine) as session:
             row = configs.update(session, services.keyring, org, config_id, body, services.egress)
             result = configs.as_dict(row)
@@ -378,7 +390,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         scheme, token = get_authorization_scheme_param(http.headers.get("authorization"))
         if scheme.lower() != "bearer" or not token:
             raise AuthenticationError("unauthenticated")
-        who = await authenticate(token)
+        who = await authenticate(token, http)
         try:
             org = uuid.UUID(http.path_params["org"])
         except ValueError:

@@ -23,6 +23,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from aggregation.weights_store import WeightsIntegrityError, WeightsStore
+from orchestrator.security import threat_intel
 from schema.models import VamnModelRegistry
 from schema.registry import active_for_head
 
@@ -86,6 +87,8 @@ class VamnServer:
         self.registry_ttl_s = registry_ttl_s
         self._models: dict[str, HeadModel] = {}
         self._active: dict[str, tuple[float, VamnModelRegistry | None]] = {}
+        #: Checksums refused because threat intelligence lists them, and when (re-asked after the TTL).
+        self._refused: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def _active_row(self, session: Session, head_type: str) -> VamnModelRegistry | None:
@@ -115,6 +118,13 @@ class VamnServer:
         model = self._models.get(row.weights_checksum)
         if model is not None:
             return model
+        # First load of these weights: refused when threat intelligence lists their hash.
+        refused_at = self._refused.get(row.weights_checksum)
+        if refused_at is not None and time.monotonic() - refused_at < self.registry_ttl_s:
+            return None
+        if threat_intel.hash_listed(session, row.weights_checksum) is not None:
+            self._refused[row.weights_checksum] = time.monotonic()
+            return None
         try:
             arrays = self.store.get(row.weights_checksum)
         except WeightsIntegrityError:

@@ -124,7 +124,10 @@ class Settings(BaseSettings):
         "terminates TLS; requests that arrive over https get Secure anyway).",
     )
     redis_url: str | None = Field(
-        default=None, description="Redis URL for the response cache; in-memory LRU when unset."
+        default=None,
+        description=(
+            "Redis URL for the response cache and the shared rate limits; in-process memory when unset."
+        ),
     )
     cache_enabled: bool = Field(default=False, description="Cache responses per organization.")
     cache_max_entries: int = Field(default=10_000, ge=1, description="Entries of the in-memory LRU cache.")
@@ -275,4 +278,59 @@ class Settings(BaseSettings):
             "Unset: /metrics answers 404 (metrics are off); a wrong or missing token answers 401. "
             "Labels are bounded (organization, model type, route template, never user or request ids)."
         ),
+    )
+    # Security layers (orchestrator/security/): zero trust, threat intelligence, rate limits.
+    zero_trust_enabled: bool = Field(
+        default=True,
+        description=(
+            "Run every authenticated request (and node admission to a round) through the zero-trust "
+            "policy, threat intelligence and the rate limits; off: tokens and roles only."
+        ),
+    )
+    zero_trust_policy_path: Path | None = Field(
+        default=None,
+        description="TOML file of the zero-trust policy; the documented orchestrator/security/policy.toml when unset.",
+    )
+    zero_trust_log_allowed: bool = Field(
+        default=True,
+        description="Write allowed requests to zero_trust_access_log too (denials and challenges always are).",
+    )
+    zero_trust_log_flush_ms: int = Field(
+        default=1000, ge=1, description="Longest time a decision waits before its batch is written (ms)."
+    )
+    zero_trust_log_batch: int = Field(
+        default=500, ge=1, description="Decisions written at once when that many are waiting."
+    )
+    zero_trust_log_queue: int = Field(
+        default=50_000,
+        ge=1,
+        description="Decisions that may wait to be written; beyond, new ones are dropped and counted.",
+    )
+    security_context_refresh_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds between reloads of anomalies, behaviour scores and trusted devices into memory.",
+    )
+    threat_intel_refresh_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds between checks whether threat_intelligence changed (reloaded only if it did).",
+    )
+    threat_intel_max_age_days: int = Field(
+        default=90, ge=1, description="`accute-fl threat expire` deactivates indicators last seen longer ago."
+    )
+    rate_limit_org_per_minute: int = Field(
+        default=12_000,
+        ge=0,
+        description="Authenticated requests per organization per sliding minute (0: no limit); 429 above.",
+    )
+    rate_limit_address_per_minute: int = Field(
+        default=30_000,
+        ge=0,
+        description="Authenticated requests per client address per sliding minute (0: no limit); 429 above.",
+    )
+    rate_limit_key_prefix: str = Field(
+        default="accute:ratelimit",
+        min_length=1,
+        description="Prefix of the rate-limit keys in Redis (shared by every worker using ACCUTE_REDIS_URL).",
     )

@@ -14,6 +14,8 @@ class AccuteError(Exception):
     code: str = "error"
     http_status: int = 500
     exit_code: int = 1
+    #: Extra HTTP response headers (a challenge, Retry-After); None for most errors.
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -75,6 +77,31 @@ class AuthenticationError(AccuteError):
     code = "unauthenticated"
     http_status = 401
     exit_code = 6
+
+
+class ChallengeRequiredError(AuthenticationError):
+    """The token is valid but the zero-trust policy wants more proof (a second factor, ...)."""
+
+    code = "challenge_required"
+
+    def __init__(self, challenge: str) -> None:
+        super().__init__(f"complete the {challenge} challenge and retry")
+        self.challenge = challenge
+        self.headers = {
+            "WWW-Authenticate": f'Bearer error="insufficient_user_authentication", challenge="{challenge}"'
+        }
+
+
+class RateLimitedError(AccuteError):
+    """Too many requests from one organization or address; retry after the header's seconds."""
+
+    code = "rate_limited"
+    http_status = 429
+    exit_code = 7
+
+    def __init__(self, message: str, retry_after: str) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": retry_after}
 
 
 class PermissionDeniedError(AccuteError):

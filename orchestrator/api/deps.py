@@ -3,6 +3,11 @@
 Every route that needs a token depends on ``Guard.principal`` (or ``Guard.org_scope`` /
 ``Guard.platform_admin``); the chat route, which reads its request itself, calls
 ``Guard.authenticate``. A policy layer (zero trust, anomaly rules) plugs in here, not in routes.
+
+With the security gate on (``ACCUTE_ZERO_TRUST_ENABLED``, orchestrator/security/gate.py), a call
+that passes the request checks the client address's rate limit (before the signature check of a
+token not seen before; with the organization's otherwise), the organization's rate limit and the
+zero-trust decision (429, 401 challenge, 403).
 """
 
 # No ``from __future__ import annotations``: FastAPI evaluates the closures' annotations, which
@@ -11,7 +16,7 @@ import uuid
 from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from orchestrator.auth import Principal
@@ -29,19 +34,28 @@ class Guard:
     def __init__(self, services: "Services") -> None:
         self.services = services
 
-    async def authenticate(self, token: str) -> Principal:
+    async def authenticate(self, token: str, request: Request | None = None) -> Principal:
+        """The token's principal; with ``request``, also through the security gate (if on)."""
+        gate = self.services.gate if request is not None else None
         known = self.services.tokens.cached(token)
-        if known is not None:
-            return known
-        # First sight of this token: RS256 and maybe a public-key read, off the event loop.
-        return await anyio.to_thread.run_sync(self.services.tokens.verify, token)
+        fresh = known is None
+        if gate is not None and fresh:  # the address's limit before a signature check it could flood
+            await gate.limit_address(request.scope)  # type: ignore[union-attr]
+        if known is None:
+            # First sight of this token: RS256 and maybe a public-key read, off the event loop.
+            known = await anyio.to_thread.run_sync(self.services.tokens.verify, token)
+        if gate is not None:
+            await gate.admit(known, request.scope, address_counted=fresh)  # type: ignore[union-attr]
+        return known
 
     async def principal(
-        self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+        self,
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Principal:
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise AuthenticationError("unauthenticated")
-        return await self.authenticate(credentials.credentials)
+        return await self.authenticate(credentials.credentials, request)
 
     def org_scope(self, roles: tuple[str, ...]) -> Any:
         """A dependency: the path's ``{org}``, if the caller may act on it with one of ``roles``."""

@@ -99,6 +99,11 @@ COMMANDS: dict[str, LazyCommand] = {
         "keys_app",
         "Key rotation (KEK, organization data keys, token signing key).",
     ),
+    "threat": LazyCommand(
+        "orchestrator.cli.threat_commands",
+        "app",
+        "Threat intelligence: import STIX 2.1 bundles and CSV feeds, list, expire.",
+    ),
 }
 
 app = typer.Typer(

@@ -133,6 +133,7 @@ def light_commands(tenant: Tenant) -> dict[str, list[str]]:
         "token issue": ["token", "issue", "--role", "org_admin", "--org", org],
         "hub status": ["hub", "status", "--json"],
         "hub dead": ["hub", "dead", "--json"],
+        "threat list": ["threat", "list", "--json"],
     }
 
 
@@ -151,6 +152,7 @@ LIGHT = (
     "token issue",
     "hub status",
     "hub dead",
+    "threat list",
 )
 
 

@@ -1,0 +1,165 @@
+"""Batched writes of zero-trust decisions to ``zero_trust_access_log``, off the request path.
+
+A request puts its decision on a bounded queue (a lock and an append; it never waits for the
+database) and goes on. One writer thread takes what has queued and inserts it in one statement
+per batch, on a connection it keeps checked out: every ``flush_ms`` milliseconds (default 1 s:
+larger batches cost less CPU per row), or at once when ``batch`` rows are waiting. ``close``
+writes what is left.
+
+When the queue is full (the database is slower than the traffic for longer than the queue lasts)
+a decision is dropped and counted (``dropped``, one warning per thousand) rather than slowing or
+failing the request: the access log is evidence, the answer to the request does not depend on it.
+A batch that fails is logged and dropped the same way (the thread keeps going).
+
+Rows without a user or organization: ``user_id`` and ``organization_id`` are NOT NULL in the spec.
+A token whose subject is not a user row is logged under ``uuid5(NAMESPACE_URL, "accute:subject:" +
+sub)`` (stable per subject); a platform admin's token without an organization under the nil UUID.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, Engine, insert
+
+from orchestrator.security.zero_trust import Decision, Factors
+from schema.models import ZeroTrustAccessLog
+from schema.timeutil import utcnow
+
+log = logging.getLogger("accute.security")
+NIL = uuid.UUID(int=0)
+
+
+def subject_user(subject: str) -> uuid.UUID:
+    """The ``user_id`` logged for a token subject that names no user row."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"accute:subject:{subject}")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    organization_id: uuid.UUID | None
+    user_id: uuid.UUID | None
+    subject: str
+    device_id: uuid.UUID | None
+    resource: str
+    decision: Decision
+    factors: Factors
+    address: str | None
+    at: Any
+
+
+def _row(entry: Entry) -> dict[str, Any]:
+    factors = entry.factors.as_json()
+    factors["address"] = entry.address
+    factors["reasons"] = list(entry.decision.reasons)
+    if entry.user_id is None:
+        factors["subject"] = entry.subject
+    return {
+        "id": uuid.uuid4(),
+        "organization_id": entry.organization_id or NIL,
+        "user_id": entry.user_id or subject_user(entry.subject),
+        "device_id": entry.device_id,
+        "resource_requested": entry.resource[:500],
+        "access_decision": entry.decision.outcome,
+        "trust_score": Decimal(str(round(entry.decision.trust_score, 2))),
+        "factors_evaluated": factors,
+        "challenge_type": entry.decision.challenge_type,
+        "challenge_passed": None,
+        "created_at": entry.at,
+    }
+
+
+class AccessLogWriter:
+    def __init__(
+        self, engine: Engine, flush_ms: int = 1000, batch: int = 500, capacity: int = 50_000
+    ) -> None:
+        self.engine = engine
+        self.flush_s = flush_ms / 1000
+        self.batch = batch
+        self._queue: queue.Queue[Entry | None] = queue.Queue(capacity)
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._closed = False
+        self.dropped = 0
+        self.written = 0
+        self.on_flush: Callable[[int], None] | None = None
+        self._connection: Connection | None = None
+
+    def record(self, entry: Entry) -> None:
+        """Queue ``entry`` (never blocks; drops and counts when the queue is full)."""
+        if self._thread is None:
+            self._start()
+        try:
+            self._queue.put_nowait(entry)
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.warning("zero-trust access log queue full: %d decisions dropped so far", self.dropped)
+
+    def entry(self, **fields: Any) -> Entry:
+        return Entry(at=utcnow(), **fields)
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="accute-access-log", daemon=True)
+                self._thread.start()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is queued, then stop."""
+        self._closed = True
+        thread = self._thread
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout)
+        self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception:  # a broken connection: the pool discards it
+                log.debug("closing the access-log connection failed", exc_info=True)
+
+    def _run(self) -> None:
+        pending: list[Entry] = []
+        deadline = time.monotonic() + self.flush_s
+        stop = False
+        while not stop:
+            try:
+                item = self._queue.get(timeout=max(deadline - time.monotonic(), 0.001))
+                if item is None:
+                    stop = True
+                else:
+                    pending.append(item)
+            except queue.Empty:
+                pass
+            if pending and (stop or len(pending) >= self.batch or time.monotonic() >= deadline):
+                self._write(pending)
+                pending = []
+            if time.monotonic() >= deadline:
+                deadline = time.monotonic() + self.flush_s
+
+    def _write(self, entries: list[Entry]) -> None:
+        try:
+            rows = [_row(e) for e in entries]
+            if self._connection is None:  # kept checked out: no pool checkout or pre-ping per batch
+                self._connection = self.engine.connect()
+            with self._connection.begin():
+                self._connection.execute(insert(ZeroTrustAccessLog), rows)
+            self.written += len(rows)
+            if self.on_flush is not None:
+                self.on_flush(len(rows))
+        except Exception as exc:
+            self._drop_connection()  # it may be broken; the next batch checks out a fresh one
+            self.dropped += len(entries)
+            log.error("zero-trust access log: a batch of %d failed (%s)", len(entries), type(exc).__name__)
