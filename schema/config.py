@@ -123,6 +123,16 @@ class Settings(BaseSettings):
         description="Always mark the admin console's session cookie Secure (set it behind a proxy that "
         "terminates TLS; requests that arrive over https get Secure anyway).",
     )
+    forwarded_allow_ips: str = Field(
+        default="",
+        max_length=2000,
+        description=(
+            "Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto the service believes "
+            "(comma-separated addresses or CIDRs, as uvicorn's --forwarded-allow-ips). Empty (default): "
+            "the client address is the TCP peer's, so a client cannot claim another address to slip past "
+            "threat intelligence, blocks or per-address rate limits."
+        ),
+    )
     redis_url: str | None = Field(
         default=None,
         description=(

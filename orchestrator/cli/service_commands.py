@@ -26,8 +26,14 @@ JSON_OPTION = typer.Option(False, "--json", help="Print JSON.")
 
 
 def uvicorn_options(host: str, port: int, workers: int, log_level: str, access_log: bool) -> dict[str, Any]:
-    """uvicorn's arguments for the service (uvloop, httptools with a cap on request heads)."""
+    """uvicorn's arguments for the service (uvloop, httptools with a cap on request heads).
+
+    Proxy headers are believed only from ``ACCUTE_FORWARDED_ALLOW_IPS`` (uvicorn's own default
+    trusts 127.0.0.1, which let any local client claim another address).
+    """
     from orchestrator.http_protocol import LimitedHttpToolsProtocol
+
+    proxies = load_settings().forwarded_allow_ips.strip()
 
     return {
         "app": "orchestrator.service:create_served_app",
@@ -40,6 +46,8 @@ def uvicorn_options(host: str, port: int, workers: int, log_level: str, access_l
         "log_level": log_level,
         "access_log": access_log,
         "backlog": 4096,
+        "proxy_headers": bool(proxies),
+        "forwarded_allow_ips": proxies or None,
     }
 
 

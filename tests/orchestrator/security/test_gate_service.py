@@ -220,11 +220,16 @@ def test_a_listed_address_is_denied_and_logged(served: Served, tmp_path: Path) -
         usage = client.get(f"/v1/orgs/{served.org}/usage", headers={"Authorization": f"Bearer {token}"})
     with served.client("127.0.0.4") as client:
         other = client.get(f"/v1/orgs/{served.org}/usage", headers={"Authorization": f"Bearer {token}"})
+    with served.client("127.0.0.1") as client:  # no proxy is trusted by default: the header is ignored
+        claimed = client.get(
+            f"/v1/orgs/{served.org}/usage",
+            headers={"Authorization": f"Bearer {token}", "X-Forwarded-For": "127.0.0.2"},
+        )
 
     # Assert
     assert (chat.status_code, chat.json()) == (403, {"error": "forbidden"})
     assert (usage.status_code, usage.json()) == (403, {"error": "forbidden"})
-    assert other.status_code == 200
+    assert other.status_code == 200 and claimed.status_code == 200
     rows = _eventually(
         lambda: [
             r
