@@ -71,4 +71,3 @@ class AdminDeps:
     def read(self, work: Callable[[Session], T]) -> T:
         with transaction(self.services.engine) as session:
             return work(session)
-
