@@ -17,17 +17,13 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel
 from sqlalchemy import Table, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from schema import audit
 from schema.models import PrivacyBudgetAlert
-from schema.pagination import Page, check_window
-from schema.timeutil import iso
-from schema.validation import one_of, parse_uuid
 
 #: Thresholds in the order a budget reaches them; level 1 is near_cap, level 2 exhausted.
 THRESHOLDS: tuple[str, ...] = ("near_cap", "exhausted")
@@ -155,64 +151,6 @@ def _announce(session: Session, crossing: Crossing) -> None:
             ledger_event_id=crossing.ledger_event_id,
         ),
     )
-
-
-# --- review ----------------------------------------------------------------------------------
-
-
-class AlertView(BaseModel):
-    id: str
-    organization_id: str
-    model_type: str
-    unit: str
-    threshold: Literal["near_cap", "exhausted"]
-    epsilon: float | Literal["inf"]
-    epsilon_cap: float
-    delta: float
-    ledger_event_id: int | None
-    created_at: str | None
-
-
-def list_alerts(
-    session: Session,
-    *,
-    organization_id: str | uuid.UUID | None = None,
-    threshold: str | None = None,
-    limit: int = 50,
-    offset: int = 0,
-) -> Page[AlertView]:
-    """Alerts newest first, one page with the total."""
-    from privacy.ledger import finite_or_inf
-
-    limit, offset = check_window(limit, offset)
-    query = select(PrivacyBudgetAlert)
-    if organization_id is not None:
-        query = query.where(
-            PrivacyBudgetAlert.organization_id == parse_uuid(organization_id, "organization id")
-        )
-    if threshold is not None:
-        query = query.where(PrivacyBudgetAlert.threshold == one_of(threshold, THRESHOLDS, "threshold"))
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    # Newest first; the two thresholds of one charge: exhausted (reached second) first.
-    ordered = query.order_by(
-        PrivacyBudgetAlert.created_at.desc(), PrivacyBudgetAlert.threshold, PrivacyBudgetAlert.id
-    )
-    items = [
-        AlertView(
-            id=str(a.id),
-            organization_id=str(a.organization_id),
-            model_type=a.model_type,
-            unit=a.unit,
-            threshold=a.threshold,
-            epsilon=finite_or_inf(a.epsilon),
-            epsilon_cap=a.epsilon_cap,
-            delta=a.delta,
-            ledger_event_id=a.ledger_event_id,
-            created_at=iso(a.created_at),
-        )
-        for a in session.scalars(ordered.limit(limit).offset(offset))
-    ]
-    return Page[AlertView](items=items, total=total, limit=limit, offset=offset)
 
 
 def alert_counts(session: Session) -> list[tuple[str, str, int]]:

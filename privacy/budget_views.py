@@ -12,15 +12,17 @@ import uuid
 from typing import Literal
 
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from privacy import ledger
+from privacy import alerts, ledger
 from privacy.ledger import LedgerPolicy, finite_or_inf
 from schema.directory import get_organization
 from schema.errors import InvalidInputError
+from schema.models import PrivacyBudgetAlert
 from schema.pagination import Page, check_window, page_of
-from schema.validation import one_of
+from schema.timeutil import iso
+from schema.validation import one_of, parse_uuid
 
 BUDGET_STATUSES = ("ok", "near_cap", "exhausted")
 
@@ -213,3 +215,56 @@ def set_cap(
     )
     names = organization_names(session, {s.organization_id for s in statuses})
     return [_view(s, names.get(s.organization_id)) for s in statuses]
+
+
+class AlertView(BaseModel):
+    id: str
+    organization_id: str
+    model_type: str
+    unit: str
+    threshold: Literal["near_cap", "exhausted"]
+    epsilon: float | Literal["inf"]
+    epsilon_cap: float
+    delta: float
+    ledger_event_id: int | None
+    created_at: str | None
+
+
+def list_alerts(
+    session: Session,
+    *,
+    organization_id: str | uuid.UUID | None = None,
+    threshold: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> Page[AlertView]:
+    """Alerts newest first, one page with the total."""
+    limit, offset = check_window(limit, offset)
+    query = select(PrivacyBudgetAlert)
+    if organization_id is not None:
+        query = query.where(
+            PrivacyBudgetAlert.organization_id == parse_uuid(organization_id, "organization id")
+        )
+    if threshold is not None:
+        query = query.where(PrivacyBudgetAlert.threshold == one_of(threshold, alerts.THRESHOLDS, "threshold"))
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    # Newest first; the two thresholds of one charge: exhausted (reached second) first.
+    ordered = query.order_by(
+        PrivacyBudgetAlert.created_at.desc(), PrivacyBudgetAlert.threshold, PrivacyBudgetAlert.id
+    )
+    items = [
+        AlertView(
+            id=str(a.id),
+            organization_id=str(a.organization_id),
+            model_type=a.model_type,
+            unit=a.unit,
+            threshold=a.threshold,
+            epsilon=finite_or_inf(a.epsilon),
+            epsilon_cap=a.epsilon_cap,
+            delta=a.delta,
+            ledger_event_id=a.ledger_event_id,
+            created_at=iso(a.created_at),
+        )
+        for a in session.scalars(ordered.limit(limit).offset(offset))
+    ]
+    return Page[AlertView](items=items, total=total, limit=limit, offset=offset)

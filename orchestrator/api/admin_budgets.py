@@ -13,9 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.api.admin_scope import AdminDeps, scope_for
 from orchestrator.auth import Principal
-from privacy import alerts, budget_views
-from privacy.alerts import AlertView
-from privacy.budget_views import BudgetDetail, BudgetView
+from privacy import budget_views
+from privacy.budget_views import AlertView, BudgetDetail, BudgetView
 from schema.db import transaction
 from schema.pagination import MAX_LIMIT, Page
 
@@ -114,7 +113,7 @@ def build(services: "Services", guard: "Guard") -> APIRouter:
         """Each budget's crossing of 80 % (near_cap) and 100 % (exhausted) of a cap, once, newest first."""
         org = scope_for(who, organization_id, request)
         return deps.read(
-            lambda s: alerts.list_alerts(
+            lambda s: budget_views.list_alerts(
                 s, organization_id=org, threshold=threshold, limit=limit, offset=offset
             )
         )

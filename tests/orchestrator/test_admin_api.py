@@ -124,8 +124,8 @@ def test_state_changing_routes_are_refused_to_every_non_platform_caller(
             response = service.client.post(path, json={}, headers=_headers(service, world, caller))
             assert response.status_code == status, (path, caller, response.text)
     with transaction(service.engine) as session:
-        status = ledger.budget_rows(session, world.acme, policy=POLICY)[0].epsilon_cap
-    assert status != 20.0
+        cap = ledger.budget_rows(session, world.acme, policy=POLICY)[0].epsilon_cap
+    assert cap != 20.0
 
 
 def test_an_org_admin_sees_only_its_own_organization_and_a_probe_is_logged(

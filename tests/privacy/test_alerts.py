@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine, func, select
 
-from privacy import accounting, alerts, ledger
+from privacy import accounting, budget_views, ledger
 from privacy.events import DpSgdEvent, NonPrivateEvent
 from privacy.ledger import LedgerPolicy
 from schema.db import transaction
@@ -100,7 +100,7 @@ def test_a_raised_cap_alerts_again_and_a_repeated_cap_does_not(
         ("near_cap", raised, released),
     ]
     with transaction(engine) as session:
-        page = alerts.list_alerts(session, organization_id=org)
+        page = budget_views.list_alerts(session, organization_id=org)
     assert page.total == 3 and page.items[0].epsilon == "inf"
     assert [a.threshold for a in page.items[:2]] == ["exhausted", "near_cap"]
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from privacy import budget_views, ledger
 from privacy.events import DpSgdEvent
 from privacy.ledger import LedgerPolicy
 from schema.db import transaction
+from schema.models import PrivacyBudget
 from tests.privacy.conftest import make_org
 
 EVENT = DpSgdEvent(noise_multiplier=1.0, sample_rate=0.02, steps=300)
@@ -21,10 +22,10 @@ def _one_at_a_time(engine: Engine, policy: LedgerPolicy) -> list[ledger.BudgetSt
         return [
             ledger._status(session, ledger._Budget(*row), policy)
             for row in session.execute(
-                ledger.select(*ledger._BUDGET_COLUMNS).order_by(
-                    ledger.PrivacyBudget.organization_id,
-                    ledger.PrivacyBudget.model_type,
-                    ledger.PrivacyBudget.unit,
+                select(*ledger._BUDGET_COLUMNS).order_by(
+                    PrivacyBudget.organization_id,
+                    PrivacyBudget.model_type,
+                    PrivacyBudget.unit,
                 )
             )
         ]
