@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 
 from consent_gate import admin_views
 from fl_server import run_views
-from privacy import alerts as budget_alerts
 from privacy import budget_views
 from privacy.ledger import LedgerPolicy
 from schema import directory, registry_views
@@ -146,7 +145,7 @@ def consent(
 
 def alerts(
     session: Session, scope: uuid.UUID | None, *, limit: int, offset: int
-) -> tuple[Page[budget_alerts.AlertView], dict[str, str]]:
+) -> tuple[Page[budget_views.AlertView], dict[str, str]]:
     """Budget threshold crossings, newest first, and the names of their organizations."""
-    page = budget_alerts.list_alerts(session, organization_id=scope, limit=limit, offset=offset)
+    page = budget_views.list_alerts(session, organization_id=scope, limit=limit, offset=offset)
     return page, budget_views.organization_names(session, {a.organization_id for a in page.items})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +17,7 @@ from orchestrator.cli import context
 from orchestrator.cli.main import main
 from privacy import ledger
 from schema.db import transaction
-from schema.models import ImmutableAuditLog
+from schema.models import ImmutableAuditLog, ZeroTrustAccessLog
 from tests.orchestrator.admin_world import POLICY, World, build_world
 from tests.orchestrator.conftest import Service
 
@@ -150,13 +151,51 @@ def test_an_org_admin_sees_only_its_own_organization_and_a_probe_is_logged(
     assert dsrs == {"items": [], "total": 0, "limit": 50, "offset": 0}
     assert probe.status_code == 403 and probe.json() == {"error": "forbidden"}
     assert processed.status_code == 404  # another organization's request is reported missing
+    # The probe is refused by the zero-trust gate (the token's organization is not the path's) and
+    # logged in zero_trust_access_log, without the token.
+    denied = _eventually(lambda: _access_log(service, f"/v1/admin/budgets/{world.acme}/digits"))
+    assert denied and denied[0].access_decision == "deny" and denied[0].factors_evaluated["role_ok"] is False
+    assert denied[0].organization_id == world.baker
+    assert headers["Authorization"].split()[1] not in str(denied[0].factors_evaluated)
+    assert not caplog.records  # the gate answered first: the admin scope was not reached
+
+
+def test_without_the_gate_the_admin_scope_refuses_and_logs_a_probe(
+    service_factory: Callable[..., Service], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Prepare: the zero-trust gate off, so the admin scope is the only check.
+    service = service_factory(zero_trust_enabled=False)
+    world = build_world(service)
+    headers = _headers(service, world, "admin_other")
+
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="accute.orchestrator.admin"):
+        probe = service.client.get(f"/v1/admin/budgets/{world.acme}/digits", headers=headers)
+
+    # Assert
     logged = [r.getMessage() for r in caplog.records if "probe" in r.getMessage()]
-    assert (
-        len(logged) == 1
-        and str(world.acme) in logged[0]
-        and "/v1/admin/budgets/{org}/{model_type}" in logged[0]
-    )
+    assert probe.status_code == 403 and probe.json() == {"error": "forbidden"}
+    assert len(logged) == 1 and str(world.acme) in logged[0]
+    assert "/v1/admin/budgets/{org}/{model_type}" in logged[0]
     assert "Bearer" not in logged[0] and headers["Authorization"].split()[1] not in logged[0]
+
+
+def _access_log(service: Service, path: str) -> list[ZeroTrustAccessLog]:
+    with transaction(service.engine) as session:
+        return list(
+            session.scalars(
+                select(ZeroTrustAccessLog).where(ZeroTrustAccessLog.resource_requested == f"GET {path}")
+            )
+        )
+
+
+def _eventually(
+    probe: Callable[[], list[ZeroTrustAccessLog]], seconds: float = 5.0
+) -> list[ZeroTrustAccessLog]:
+    deadline = time.monotonic() + seconds
+    while not (found := probe()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
 
 
 def test_budgets_equal_budget_show_json_and_one_budget_equals_budget_history(
