@@ -11,7 +11,7 @@ import uuid
 from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from orchestrator.auth import Principal
@@ -29,25 +29,63 @@ class Guard:
     def __init__(self, services: "Services") -> None:
         self.services = services
 
-    async def authenticate(self, token: str) -> Principal:
+    async def authenticate(self, token: str, address: str | None = None) -> Principal:
+        """The token's principal; ``address`` (the client's IP) feeds the anomaly detectors."""
+        security = self.services.security
+        if security is not None and address is not None and security.is_blocked(address=address):
+            raise PermissionDeniedError("forbidden")  # auto-blocked (credential stuffing): this address only
         known = self.services.tokens.cached(token)
-        if known is not None:
-            return known
-        # First sight of this token: RS256 and maybe a public-key read, off the event loop.
-        return await anyio.to_thread.run_sync(self.services.tokens.verify, token)
+        if known is None:
+            try:
+                # First sight of this token: RS256 and maybe a public-key read, off the event loop.
+                known = await anyio.to_thread.run_sync(self.services.tokens.verify, token)
+            except AuthenticationError:
+                if security is not None:
+                    security.auth_failed(address)
+                raise
+        if security is not None:
+            if security.is_blocked(subject=known.subject):
+                raise PermissionDeniedError("forbidden")  # auto-blocked (repeated privilege probes)
+            security.request_seen(known, address)
+        return known
+
+    def authorize(
+        self,
+        who: Principal,
+        org: uuid.UUID | None,
+        roles: tuple[str, ...],
+        address: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        """``who`` may act on ``org`` with one of ``roles`` (any organization when ``org`` is None);
+        a refusal is reported to the anomaly detectors (``privilege_escalation``) before the 403."""
+        try:
+            if org is None:
+                if "platform_admin" not in who.roles and not who.roles.intersection(roles):
+                    raise PermissionDeniedError("forbidden")
+            else:
+                who.require_org(org, roles)
+        except PermissionDeniedError:
+            if self.services.security is not None:
+                self.services.security.forbidden(who, org, roles, address, path)
+            raise
 
     async def principal(
-        self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+        self,
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Principal:
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise AuthenticationError("unauthenticated")
-        return await self.authenticate(credentials.credentials)
+        return await self.authenticate(credentials.credentials, client_address(request))
 
     def org_scope(self, roles: tuple[str, ...]) -> Any:
         """A dependency: the path's ``{org}``, if the caller may act on it with one of ``roles``."""
 
-        async def check(org: uuid.UUID, who: Annotated[Principal, Depends(self.principal)]) -> uuid.UUID:
-            who.require_org(org, roles)
+        async def check(
+            request: Request, org: uuid.UUID, who: Annotated[Principal, Depends(self.principal)]
+        ) -> uuid.UUID:
+            self.authorize(who, org, roles, client_address(request), request.url.path)
             return org
 
         return check
@@ -55,9 +93,13 @@ class Guard:
     def any_role(self, roles: tuple[str, ...]) -> Any:
         """A dependency: the caller, if it holds one of ``roles`` (platform admins always may)."""
 
-        async def check(who: Annotated[Principal, Depends(self.principal)]) -> Principal:
-            if "platform_admin" not in who.roles and not who.roles.intersection(roles):
-                raise PermissionDeniedError("forbidden")
+        async def check(request: Request, who: Annotated[Principal, Depends(self.principal)]) -> Principal:
+            self.authorize(who, None, roles, client_address(request), request.url.path)
             return who
 
         return check
+
+
+def client_address(request: Request) -> str | None:
+    """The peer's IP as the server saw it (a proxy in front must be trusted explicitly by uvicorn)."""
+    return request.client.host if request.client is not None else None

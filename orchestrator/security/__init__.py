@@ -1,0 +1,1 @@
+"""Security layers of the HTTP service: anomaly detection, behavioural biometrics."""
