@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from schema.models.personal_data import PersonalDataKey
     from schema.models.privacy import PrivacyBudget, PrivacyLedgerEvent
     from schema.models.security import (
+        BehavioralBaseline,
         BehavioralBiometrics,
         DeadManSwitchConfig,
         HsmKeyRegistry,
@@ -67,6 +68,7 @@ MODEL_MODULES: dict[str, str] = {
     "AgentVamnRouting": "vamn",
     "AuditReanchorSignature": "audit_signing",
     "AuditSigningKey": "audit_signing",
+    "BehavioralBaseline": "security",
     "BehavioralBiometrics": "security",
     "ConsentEvent": "consent_lineage",
     "ConsentSnapshot": "consent_lineage",
@@ -150,6 +152,7 @@ __all__ = [
     "AgentVamnRouting",
     "AuditReanchorSignature",
     "AuditSigningKey",
+    "BehavioralBaseline",
     "BehavioralBiometrics",
     "ConsentEvent",
     "ConsentSnapshot",
