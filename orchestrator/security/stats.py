@@ -18,6 +18,16 @@ one; it moves the median and MAD by nothing). A minute is a spike when its count
   level faster than an hour's median follows; a spike must also be a multiple of the level;
 - ``min_count``: a tenant that sends 3 requests a minute is not spiking at 12.
 
+Daily seasonality: an hour's median lags the morning ramp (a firm goes from its night level to
+its working level in two hours, 3x the last hour's median within twenty minutes), which made
+most of the false alarms of a median-only rule (BENCHMARKS.md). So each key also keeps 24 numbers,
+the level (mean per minute) of each hour of the day as a decaying maximum over the days before
+(``SEASON_DECAY`` = 0.9 a day: a quiet weekend does not erase Monday's level), and the same for
+each of the 168 hours of the week (so a Saturday is judged against Saturdays: with the
+hour-of-day level alone, spikes on a quiet weekend were missed); a minute must also exceed
+``max(ratio x level, level + z x sqrt(level))`` for its hour of the week (of the day during the
+first week; on the first day only the recent baseline applies). 192 numbers a key.
+
 The limit is computed once per minute (when the bucket rolls), so the per-request cost is an
 increment and one comparison. Defaults: z = 6, ratio = 3, min_count = 30, history = 60 minutes,
 judged after 30 minutes of history; the measured false-positive rate on a replay of 14 days of
@@ -32,6 +42,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from array import array
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +52,10 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 MAD_TO_SIGMA = 1.4826
+#: Per day, how much of an hour-of-day's level is kept when the hour is quieter (about a week's memory).
+SEASON_DECAY = 0.9
+#: The Unix epoch was a Thursday: hour-of-week 0 is Monday 00:00 UTC.
+HOUR_OF_WEEK_OFFSET = 3 * 24
 
 
 def median(values: Sequence[float]) -> float:
@@ -154,6 +169,9 @@ class _Minutes:
     history: deque[float] = field(default_factory=deque)
     limit: float | None = None
     fired: int = -1
+    hour_total: float = 0.0
+    seasonal: array[float] | None = None
+    """24 hour-of-day levels, then 168 hour-of-week levels (mean requests a minute)."""
 
 
 class RateBaseline(Generic[K]):
@@ -179,10 +197,38 @@ class RateBaseline(Generic[K]):
     def __len__(self) -> int:
         return len(self._keys)
 
+    def _season(self, state: _Minutes, minute: int) -> None:
+        """Close the hour(s) between ``state.minute`` and ``minute`` into the seasonal levels."""
+        if minute // 60 == state.minute // 60:
+            return
+        if state.seasonal is None:
+            state.seasonal = array("d", [math.nan] * (24 + 168))
+        closed = state.minute // 60
+        # The closed hour at its level; hours skipped entirely (no request at all) at zero.
+        for hour_index in range(closed, min(minute // 60, closed + 169)):
+            level = state.hour_total / 60.0 if hour_index == closed else 0.0
+            for slot in (hour_index % 24, 24 + (hour_index + HOUR_OF_WEEK_OFFSET) % 168):
+                previous = state.seasonal[slot]
+                state.seasonal[slot] = level if math.isnan(previous) else max(level, SEASON_DECAY * previous)
+        state.hour_total = 0.0
+
+    def _seasonal_limit(self, state: _Minutes, minute: int) -> float:
+        if state.seasonal is None:
+            return 0.0
+        hour_index = minute // 60
+        level = state.seasonal[24 + (hour_index + HOUR_OF_WEEK_OFFSET) % 168]
+        if math.isnan(level):  # the first week: the hour of the day stands in
+            level = state.seasonal[hour_index % 24]
+        if math.isnan(level):  # the first day: the recent baseline alone
+            return 0.0
+        return max(self.ratio * level, level + self.z * math.sqrt(max(level, 1.0)))
+
     def _roll(self, state: _Minutes, minute: int) -> None:
         gap = minute - state.minute
         if gap <= 0:
             return
+        state.hour_total += state.count
+        self._season(state, minute)
         state.history.append(state.count)
         # Minutes without any request count as zeros (bounded: at most the history's length).
         for _ in range(min(gap - 1, self.history)):
@@ -191,7 +237,10 @@ class RateBaseline(Generic[K]):
             state.history.popleft()
         state.minute, state.count = minute, 0.0
         state.limit = (
-            spike_limit(state.history, self.z, self.ratio, self.min_count)
+            max(
+                spike_limit(state.history, self.z, self.ratio, self.min_count),
+                self._seasonal_limit(state, minute),
+            )
             if len(state.history) >= self.min_history
             else None
         )
