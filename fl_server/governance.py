@@ -579,7 +579,9 @@ class Governor:
             session, {t.organization_id for t in tenants}, self.config.task, self.settings
         )
         blocked = (
-            self.watch.blocked(session, {t.organization_id for t in tenants}) if self.watch is not None else {}
+            self.watch.blocked(session, {t.organization_id for t in tenants})
+            if self.watch is not None
+            else {}
         )
         for tenant in sorted(tenants, key=lambda t: t.name):
             if tenant.organization_id in blocked:  # an open auto-blocked security anomaly

@@ -411,8 +411,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         )
         timing = Timing()
         answer = await services.cascade.chat(request, timing)
-        if answer.is_fallback and services.security is not None:
-            services.security.fallback_tokens(org, answer.input_tokens + answer.output_tokens)
+        if answer["is_fallback"] and services.security is not None:
+            services.security.fallback_tokens(org, int(answer["input_tokens"]) + int(answer["output_tokens"]))
         content = ChatResponse.model_validate(answer).model_dump_json()
         overhead_ms = (time.perf_counter() - started - timing.upstream_s) * 1000
         return Response(

@@ -84,9 +84,7 @@ DEFAULT_RULES: dict[str, AnomalyRule] = {
         "behavioral_mismatch", "high", threshold=0, window_s=86_400, auto_block=True, block_s=86_400
     ),
     # A round's epsilon increment above 3x the median of the tenant's earlier increments (3 at least).
-    "fl_budget_burn": AnomalyRule(
-        "volume_spike", "medium", threshold=3.0, window_s=86_400, min_history=3
-    ),
+    "fl_budget_burn": AnomalyRule("volume_spike", "medium", threshold=3.0, window_s=86_400, min_history=3),
     # A behavioural session whose risk score reaches 70 (of 100).
     "biometric_mismatch": AnomalyRule("behavioral_mismatch", "medium", threshold=70, window_s=3600),
 }
@@ -130,7 +128,9 @@ def load_policy(path: Path | None = None) -> AnomalyPolicy:
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigurationError(f"anomaly policy file {path} cannot be read ({exc.strerror}); fix the path") from None
+        raise ConfigurationError(
+            f"anomaly policy file {path} cannot be read ({exc.strerror}); fix the path"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"anomaly policy file {path} is not valid TOML: {exc}") from None
     for name, values in data.items():

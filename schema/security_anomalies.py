@@ -180,7 +180,10 @@ def blocking(
     )
     found: dict[uuid.UUID, SecurityAnomaly] = {}
     for row in rows:
-        if blocked_until(row, moment) is not None and row.details.get("subject") == f"org:{row.organization_id}":
+        if (
+            blocked_until(row, moment) is not None
+            and row.details.get("subject") == f"org:{row.organization_id}"
+        ):
             found.setdefault(row.organization_id, row)
     return found
 

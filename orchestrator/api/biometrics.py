@@ -33,7 +33,11 @@ def build(services: "Services", guard: "Guard") -> APIRouter:
     settings = services.settings
     key = settings.biometrics_hash_key.get_secret_value().encode() if settings.biometrics_hash_key else None
     hasher = biometrics.PatternHasher(key)
-    policy = services.security.policy if services.security is not None else load_policy(settings.anomaly_policy_file)
+    policy = (
+        services.security.policy
+        if services.security is not None
+        else load_policy(settings.anomaly_policy_file)
+    )
     Org = Annotated[uuid.UUID, Depends(guard.org_scope(USER_ROLES))]
     Caller = Annotated[Principal, Depends(guard.principal)]
 

@@ -14,7 +14,18 @@ from schema.validation import parse_uuid
 
 app = typer.Typer(help="Security anomalies: review and resolve.", no_args_is_help=True)
 
-COLUMNS = ("id", "created_at", "organization_id", "anomaly_type", "severity", "subject", "count", "auto_blocked", "status", "resolution")
+COLUMNS = (
+    "id",
+    "created_at",
+    "organization_id",
+    "anomaly_type",
+    "severity",
+    "subject",
+    "count",
+    "auto_blocked",
+    "status",
+    "resolution",
+)
 
 
 @app.command("anomalies")
@@ -30,7 +41,10 @@ def anomalies(
     spikes, exfiltration, unusual hours, federation outliers...)."""
     organization = parse_uuid(org, "organization id") if org else None
     with transaction(ready_engine()) as session:
-        rows = [security_anomalies.as_dict(r) for r in security_anomalies.list_rows(session, organization, status, limit)]
+        rows = [
+            security_anomalies.as_dict(r)
+            for r in security_anomalies.list_rows(session, organization, status, limit)
+        ]
     emit(rows, as_json, "Security anomalies", COLUMNS)
 
 
@@ -38,7 +52,9 @@ def anomalies(
 def resolve(
     anomaly_id: str = typer.Argument(..., help="The anomaly's id (see `accute-fl security anomalies`)."),
     resolution: str = typer.Option(..., "--resolution", help="Up to 50 characters, e.g. false_positive."),
-    by: str = typer.Option(..., "--by", help="Who reviewed it: a name, or a user id (recorded as reviewed_by)."),
+    by: str = typer.Option(
+        ..., "--by", help="Who reviewed it: a name, or a user id (recorded as reviewed_by)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Close an anomaly (audited); an auto-blocked subject is no longer refused."""

@@ -32,8 +32,9 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -228,7 +229,9 @@ class SecurityMonitor:
         timing = rules["time_anomaly"]
         self._hours: HourProfile[uuid.UUID] = HourProfile(timing.threshold, timing.min_history, capacity)
         exfil = rules["data_exfiltration"]
-        self._reads: SlidingCounter[str] = SlidingCounter(max(int(exfil.threshold), 1), exfil.window_s, capacity)
+        self._reads: SlidingCounter[str] = SlidingCounter(
+            max(int(exfil.threshold), 1), exfil.window_s, capacity
+        )
         self._rows: BoundedLru[str, list[float]] = BoundedLru(capacity)
 
     @staticmethod
@@ -406,7 +409,7 @@ class SecurityMonitor:
         *,
         organization_id: uuid.UUID | None = None,
         user_id: uuid.UUID | None = None,
-        evidence: dict[str, object] | None = None,
+        evidence: Mapping[str, Any] | None = None,
         severity: str | None = None,
         block: bool = True,
         confidence: float | None = None,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import math
 import secrets
 import uuid
@@ -93,7 +94,9 @@ class MouseSummary(BaseModel):
 class NavigationSummary(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    sequence: list[int] = Field(min_length=1, max_length=500, description="Route-category codes 0-1023, in order.")
+    sequence: list[int] = Field(
+        min_length=1, max_length=500, description="Route-category codes 0-1023, in order."
+    )
     mean_dwell_s: float = Field(ge=0, le=86_400)
 
     @model_validator(mode="after")
@@ -112,7 +115,9 @@ class BiometricSession(BaseModel):
     keystroke: KeystrokeSummary | None = None
     mouse: MouseSummary | None = None
     navigation: NavigationSummary | None = None
-    device_fingerprint: str | None = Field(default=None, min_length=8, max_length=256, pattern=r"^[\x21-\x7e]+$")
+    device_fingerprint: str | None = Field(
+        default=None, min_length=8, max_length=256, pattern=r"^[\x21-\x7e]+$"
+    )
 
     @model_validator(mode="after")
     def _something(self) -> BiometricSession:
@@ -123,7 +128,7 @@ class BiometricSession(BaseModel):
 
 def transition_entropy(sequence: list[int]) -> float:
     """Shannon entropy (nats) of the sequence's page-to-page transitions (0 for fewer than two)."""
-    pairs = Counter(zip(sequence, sequence[1:], strict=False))
+    pairs = Counter(itertools.pairwise(sequence))
     total = sum(pairs.values())
     return -sum(c / total * math.log(c / total) for c in pairs.values()) if total else 0.0
 
@@ -138,7 +143,13 @@ def vector(body: BiometricSession) -> list[float | None]:
         else [None] * 5
     )
     values += (
-        [m.mean_speed_px_s, m.std_speed_px_s, m.mean_acceleration_px_s2, m.mean_curvature, m.click_rate_per_min]
+        [
+            m.mean_speed_px_s,
+            m.std_speed_px_s,
+            m.mean_acceleration_px_s2,
+            m.mean_curvature,
+            m.click_rate_per_min,
+        ]
         if m
         else [None] * 5
     )

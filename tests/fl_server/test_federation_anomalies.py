@@ -126,7 +126,11 @@ def test_repeated_rejections_and_budget_burn_rules(engine) -> None:  # type: ign
     with transaction(engine) as session:
         rows = {r.anomaly_type: r for r in session.scalars(select(SecurityAnomaly))}
         assert set(rows) == {"access_pattern", "volume_spike"}
-        assert rows["access_pattern"].auto_blocked and rows["access_pattern"].details["rejected_rounds"] == [1, 2, 3]
+        assert rows["access_pattern"].auto_blocked and rows["access_pattern"].details["rejected_rounds"] == [
+            1,
+            2,
+            3,
+        ]
         assert not rows["volume_spike"].auto_blocked and rows["volume_spike"].details["ratio"] == 5.0
         assert org in watch.blocked(session, {org})
     assert burn_ratio([], 1.0) is None and burn_ratio([0.0], 1.0) is None

@@ -15,7 +15,9 @@ from tests.orchestrator.test_security_anomalies import serve  # noqa: F401  (the
 NAVIGATION = [1, 2, 3, 2, 4, 5, 2, 3]
 
 
-def _session(rng: random.Random, *, typing_ms: float = 180.0, speed: float = 600.0, **extra: Any) -> dict[str, Any]:
+def _session(
+    rng: random.Random, *, typing_ms: float = 180.0, speed: float = 600.0, **extra: Any
+) -> dict[str, Any]:
     """A session of one person: the same habits with a few percent of noise."""
 
     def jitter(value: float) -> float:
@@ -54,21 +56,32 @@ def test_a_baseline_then_an_outlying_session_scores_high_and_is_flagged(serve: A
     rng = random.Random(7)
     url = f"/v1/orgs/{org}/biometrics/sessions"
     with served.client() as client:
-        first = [client.post(url, json=_session(rng, device_fingerprint="laptop-fp-0001"), headers=headers) for _ in range(5)]
+        first = [
+            client.post(url, json=_session(rng, device_fingerprint="laptop-fp-0001"), headers=headers)
+            for _ in range(5)
+        ]
 
         # Execute: one more ordinary session, then someone else's (slow typist, fast mouse, new device).
         normal = client.post(url, json=_session(rng, device_fingerprint="laptop-fp-0001"), headers=headers)
         impostor = client.post(
-            url, json=_session(rng, typing_ms=420.0, speed=1500.0, device_fingerprint="other-device-99"), headers=headers
+            url,
+            json=_session(rng, typing_ms=420.0, speed=1500.0, device_fingerprint="other-device-99"),
+            headers=headers,
         )
         raw = client.post(url, json={"keystroke": {"keys": "hunter2"}}, headers=headers)
         no_user = client.post(url, json=_session(rng), headers=served.headers(org, "org_user"))
-        other_org = client.post(f"/v1/orgs/{served.org()}/biometrics/sessions", json=_session(rng), headers=headers)
+        other_org = client.post(
+            f"/v1/orgs/{served.org()}/biometrics/sessions", json=_session(rng), headers=headers
+        )
 
     # Assert: the baseline sessions score 0 until 5 exist; normal stays low; the impostor is flagged.
     assert [r.status_code for r in first] == [201] * 5
     assert all(r.json()["risk_score"] == 0 for r in first)
-    assert normal.status_code == 201 and normal.json()["risk_score"] < 40 and not normal.json()["anomaly_detected"]
+    assert (
+        normal.status_code == 201
+        and normal.json()["risk_score"] < 40
+        and not normal.json()["anomaly_detected"]
+    )
     body = impostor.json()
     assert impostor.status_code == 201 and body["anomaly_detected"] and body["risk_score"] >= 70
     assert any("keystroke.mean_interval_ms" in r for r in body["anomaly_reasons"])
@@ -77,7 +90,13 @@ def test_a_baseline_then_an_outlying_session_scores_high_and_is_flagged(serve: A
     with transaction(served.engine) as session:
         rows = list(session.scalars(select(BehavioralBiometrics).where(BehavioralBiometrics.user_id == user)))
         baseline = session.get(BehavioralBaseline, user)
-        anomalies = list(session.scalars(select(SecurityAnomaly).where(SecurityAnomaly.user_id == user)))
+        anomalies = list(
+            session.scalars(
+                select(SecurityAnomaly).where(
+                    SecurityAnomaly.user_id == user, SecurityAnomaly.anomaly_type == "behavioral_mismatch"
+                )
+            )
+        )
         assert len(rows) == 7 and sum(bool(r.anomaly_detected) for r in rows) == 1
         assert all(r.typing_pattern_hash and len(r.typing_pattern_hash) == 64 for r in rows)
         assert all(r.session_id is not None and r.device_fingerprint != "laptop-fp-0001" for r in rows)

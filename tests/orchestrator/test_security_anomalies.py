@@ -66,7 +66,9 @@ class Served:
         with transaction(self.engine) as session:
             return directory.create_user(session, org, f"u{uuid.uuid4().hex[:8]}@example.com").id
 
-    def headers(self, org: uuid.UUID | None, role: str = "org_admin", subject: str | None = None) -> dict[str, str]:
+    def headers(
+        self, org: uuid.UUID | None, role: str = "org_admin", subject: str | None = None
+    ) -> dict[str, str]:
         token = self.services.tokens.issue(role=role, organization_id=org, subject=subject)
         return {"Authorization": f"Bearer {token}"}
 
@@ -248,7 +250,9 @@ def test_admins_review_and_resolve_anomalies_and_the_block_ends(serve: Any) -> N
             f"/v1/security/anomalies/{probe.id}/resolve", json={"resolution": "x"}, headers=platform
         )
         unblocked = client.post(
-            f"/v1/security/anomalies/{stuffing.id}/resolve", json={"resolution": "false_positive"}, headers=platform
+            f"/v1/security/anomalies/{stuffing.id}/resolve",
+            json={"resolution": "false_positive"},
+            headers=platform,
         )
         open_now = client.get("/v1/security/anomalies", headers=platform).json()
         closed = client.get("/v1/security/anomalies?status=resolved", headers=platform).json()
@@ -307,3 +311,29 @@ def test_cli_lists_and_resolves(serve: Any, engine: Engine, tmp_path: Path) -> N
     assert json.loads(resolved.stdout)["details"]["reviewer"] == "ops-oncall"
     assert missing.returncode == 3 and too_long.returncode == 2
     assert [r["resolution"] for r in json.loads(closed.stdout)] == ["false_positive"]
+
+
+def test_a_burst_of_fallback_tokens_raises_api_abuse(serve: Any, tmp_path: Path) -> None:
+    # Prepare: a lower token floor (each fallback answer here is 30 tokens); 40 minutes of one chat a minute.
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[api_abuse]\nmin_count = 100\n")
+    served = serve(anomaly_policy_file=policy)
+    org = served.org()
+    headers = served.headers(org, "org_user")
+    url = f"/v1/orgs/{org}/agents/luca/chat"
+    with served.client() as client:
+        for minute in range(40):
+            answer = client.post(url, json={"message": f"q{minute}"}, headers=headers)
+            assert answer.status_code == 200 and answer.json()["is_fallback"]
+            served.clock.now += 60
+        steady = served.anomalies("api_abuse")
+
+        # Execute: 10 fallback answers within one minute.
+        for i in range(10):
+            assert client.post(url, json={"message": f"burst {i}"}, headers=headers).status_code == 200
+
+    # Assert: none while steady; one api_abuse row with the evidence once 100 tokens were passed.
+    assert steady == []
+    (row,) = served.anomalies("api_abuse")
+    assert row.organization_id == org and row.severity == "high"
+    assert row.details["baseline_median"] == 30 and row.details["fallback_tokens_this_minute"] == 120

@@ -71,7 +71,11 @@ def replay(series: np.ndarray, spikes: set[int] | None = None, factor: float = 5
     """Minutes flagged, and minutes judged (after the warm-up), by the default volume_spike rule."""
     rule = DEFAULT_RULES["volume_spike"]
     detector: RateBaseline[str] = RateBaseline(
-        z=rule.z, ratio=rule.ratio, min_count=rule.min_count, history=rule.window_s // 60, min_history=rule.min_history
+        z=rule.z,
+        ratio=rule.ratio,
+        min_count=rule.min_count,
+        history=rule.window_s // 60,
+        min_history=rule.min_history,
     )
     flagged: set[int] = set()
     for minute, count in enumerate(series):
@@ -107,8 +111,10 @@ def test_false_positive_rate_on_normal_traffic_and_detection_of_spikes() -> None
     # are mostly weekends of the first week, judged against weekday levels, and evening hours).
     fp_rate = false_positives / judged
     detection = detected / injected
-    print(f"\nvolume_spike replay: {judged} org-minutes, {false_positives} false positives "
-          f"(rate {fp_rate:.2e}), spikes detected {detected}/{injected} ({detection:.1%})")
+    print(
+        f"\nvolume_spike replay: {judged} org-minutes, {false_positives} false positives "
+        f"(rate {fp_rate:.2e}), spikes detected {detected}/{injected} ({detection:.1%})"
+    )
     assert fp_rate < 1e-4
     assert detection >= 0.9
 
@@ -125,7 +131,9 @@ def test_robust_z_is_monotone_and_non_positive_at_or_below_the_median(history: l
 
 @given(st.lists(st.integers(min_value=0, max_value=1000), min_size=5, max_size=80), st.integers(min_value=0))
 @settings(max_examples=200, deadline=None)
-def test_one_outlier_in_the_history_cannot_move_the_median_outside_the_data(history: list[int], index: int) -> None:
+def test_one_outlier_in_the_history_cannot_move_the_median_outside_the_data(
+    history: list[int], index: int
+) -> None:
     # A mean moves without bound; the median stays between the original extremes (breakdown point).
     values = [float(v) for v in history]
     poisoned = list(values)
@@ -134,15 +142,22 @@ def test_one_outlier_in_the_history_cannot_move_the_median_outside_the_data(hist
     assert mad(poisoned) <= max(values) - min(values)
 
 
-@given(counts, st.floats(min_value=0, max_value=50), st.floats(min_value=1, max_value=10), st.integers(0, 1000))
+@given(
+    counts, st.floats(min_value=0, max_value=50), st.floats(min_value=1, max_value=10), st.integers(0, 1000)
+)
 @settings(max_examples=200, deadline=None)
-def test_spike_limit_is_above_median_ratio_and_floor(history: list[int], z: float, ratio: float, floor: int) -> None:
+def test_spike_limit_is_above_median_ratio_and_floor(
+    history: list[int], z: float, ratio: float, floor: int
+) -> None:
     values = [float(v) for v in history]
     limit = spike_limit(values, z, ratio, floor)
     assert limit >= median(values) and limit >= ratio * median(values) - 1e-9 and limit >= floor
 
 
-@given(st.lists(st.floats(min_value=-1e6, max_value=1e6), min_size=1, max_size=200), st.floats(min_value=0.01, max_value=1))
+@given(
+    st.lists(st.floats(min_value=-1e6, max_value=1e6), min_size=1, max_size=200),
+    st.floats(min_value=0.01, max_value=1),
+)
 @settings(max_examples=200, deadline=None)
 def test_ewma_mean_stays_within_the_inputs_and_a_constant_has_zero_z(xs: list[float], alpha: float) -> None:
     ewma = Ewma(alpha)
@@ -157,7 +172,11 @@ def test_ewma_mean_stays_within_the_inputs_and_a_constant_has_zero_z(xs: list[fl
     assert constant.z(7.0) == 0
 
 
-@given(st.lists(st.floats(min_value=0, max_value=100), min_size=1, max_size=100), st.integers(1, 10), st.floats(0.5, 30))
+@given(
+    st.lists(st.floats(min_value=0, max_value=100), min_size=1, max_size=100),
+    st.integers(1, 10),
+    st.floats(0.5, 30),
+)
 @settings(max_examples=200, deadline=None)
 def test_sliding_counter_fires_exactly_when_threshold_events_fall_in_the_window(
     gaps: list[float], threshold: int, window: float
