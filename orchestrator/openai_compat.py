@@ -103,7 +103,7 @@ def _last_user_text(messages: list[_Message]) -> str:
 def install(
     app: FastAPI,
     services: Any,
-    authenticate: Callable[[str], Awaitable[Principal]],
+    authenticate: Callable[[str, str | None], Awaitable[Principal]],
 ) -> None:
     """Add the OpenAI-compatible routes to ``app`` (``services``: the app's ``Services``)."""
 
@@ -111,7 +111,7 @@ def install(
         scheme, token = get_authorization_scheme_param(http.headers.get("authorization"))
         if scheme.lower() != "bearer" or not token:
             raise AuthenticationError("unauthenticated")
-        who = await authenticate(token)
+        who = await authenticate(token, http.client.host if http.client is not None else None)
         if who.organization_id is None:
             raise InvalidInputError("use a token of an organization (org_user or org_admin)")
         who.require_org(who.organization_id, CHAT_ROLES)

@@ -224,10 +224,11 @@ class SecurityMonitor:
         self._probes: SlidingCounter[str] = SlidingCounter(
             max(int(escalation.threshold), 1), escalation.window_s, capacity
         )
-        self._volume: RateBaseline[uuid.UUID] = self._baseline(rules["volume_spike"], capacity)
-        self._fallback: RateBaseline[uuid.UUID] = self._baseline(rules["api_abuse"], capacity)
+        # Organizations are keyed by their UUID's integer: hashing a UUID runs Python code.
+        self._volume: RateBaseline[int] = self._baseline(rules["volume_spike"], capacity)
+        self._fallback: RateBaseline[int] = self._baseline(rules["api_abuse"], capacity)
         timing = rules["time_anomaly"]
-        self._hours: HourProfile[uuid.UUID] = HourProfile(timing.threshold, timing.min_history, capacity)
+        self._hours: HourProfile[int] = HourProfile(timing.threshold, timing.min_history, capacity)
         exfil = rules["data_exfiltration"]
         self._reads: SlidingCounter[str] = SlidingCounter(
             max(int(exfil.threshold), 1), exfil.window_s, capacity
@@ -235,7 +236,7 @@ class SecurityMonitor:
         self._rows: BoundedLru[str, list[float]] = BoundedLru(capacity)
 
     @staticmethod
-    def _baseline(rule: AnomalyRule, capacity: int) -> RateBaseline[uuid.UUID]:
+    def _baseline(rule: AnomalyRule, capacity: int) -> RateBaseline[int]:
         return RateBaseline(
             z=rule.z,
             ratio=rule.ratio,
@@ -316,7 +317,8 @@ class SecurityMonitor:
         if org is None:
             return
         now = self.clock()
-        spike = self._volume.add(org, now)
+        key = org.int
+        spike = self._volume.add(key, now)
         if spike is not None:
             rule = self.policy.rules["volume_spike"]
             self._emit(
@@ -333,7 +335,7 @@ class SecurityMonitor:
                 },
                 confidence=min(spike.z / (2 * rule.z), 1.0) if rule.z else 1.0,
             )
-        share = self._hours.add(org, now)
+        share = self._hours.add(key, now)
         if share is not None:
             rule = self.policy.rules["time_anomaly"]
             evidence: dict[str, object] = {
@@ -349,7 +351,7 @@ class SecurityMonitor:
         if tokens <= 0:
             return
         now = self.clock()
-        spike = self._fallback.add(organization_id, now, tokens)
+        spike = self._fallback.add(organization_id.int, now, tokens)
         if spike is None:
             return
         rule = self.policy.rules["api_abuse"]

@@ -120,13 +120,20 @@ class Ewma:
 
 
 class BoundedLru(Generic[K, V]):
-    """A dict of at most ``capacity`` keys; the least recently used goes first."""
+    """A dict of at most ``capacity`` keys; when full, the key inserted (or refreshed) longest ago goes.
 
-    def __init__(self, capacity: int) -> None:
+    A hit does not reorder (``OrderedDict.move_to_end`` on every request cost more than the
+    detector itself); a key is refreshed (moved to the young end) at most once per
+    ``refresh_every`` hits, so a busy key is not the one evicted by a flood of new ones.
+    """
+
+    def __init__(self, capacity: int, refresh_every: int = 64) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
+        self.refresh_every = refresh_every
         self._items: OrderedDict[K, V] = OrderedDict()
+        self._hits = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -134,10 +141,16 @@ class BoundedLru(Generic[K, V]):
     def __contains__(self, key: object) -> bool:
         return key in self._items
 
+    def _touch(self, key: K) -> None:
+        self._hits += 1
+        if self._hits >= self.refresh_every:
+            self._hits = 0
+            self._items.move_to_end(key)
+
     def get(self, key: K) -> V | None:
         value = self._items.get(key)
         if value is not None:
-            self._items.move_to_end(key)
+            self._touch(key)
         return value
 
     def setdefault(self, key: K, factory: Callable[[], V]) -> V:
@@ -147,7 +160,7 @@ class BoundedLru(Generic[K, V]):
             if len(self._items) > self.capacity:
                 self._items.popitem(last=False)
         else:
-            self._items.move_to_end(key)
+            self._touch(key)
         return value
 
     def pop(self, key: K) -> V | None:
