@@ -7,13 +7,15 @@ commits or rolls back with the verdict that caused it. Rules (``schema.anomaly_p
 
 - ``fl_repeated_rejections`` (``access_pattern``): a node whose updates were rejected as invalid
   in ``threshold`` of the last ``window_s`` rounds (``window_s`` counts rounds here).
-- ``fl_update_outlier`` (``behavioral_mismatch``): an update flagged as an outlier, by the
-  validator (norm above the bound, a weight the tenant cannot hold) or by the robust aggregator
-  (far from the round's coordinate-wise median): the existing ``fl_round_outcomes.outlier`` flag.
+- ``fl_update_outlier`` (``behavioral_mismatch``, blocks by default): an update the validator
+  rejected as an outlier (norm above the bound, a weight the tenant cannot hold), and
+  ``fl_aggregator_outlier`` (recorded only by default): an accepted update the robust aggregator
+  found far from the round's coordinate-wise median; both are the existing
+  ``fl_round_outcomes.outlier`` flag.
 - ``fl_budget_burn`` (``volume_spike``): a round's epsilon increment above ``threshold`` x the
   median of the tenant's earlier increments in this run (``min_history`` of them at least).
 
-With ``auto_block`` (the default for the first two) the row blocks ``org:<id>`` for ``block_s``;
+With ``auto_block`` (the default for repeated rejections and validator outliers) the row blocks ``org:<id>`` for ``block_s``;
 ``blocked`` is read at admission, and a blocked tenant sits the round out (``rejected_invalid``,
 the reason names the anomaly) until the block ends or an admin resolves the row
 (``accute-fl security resolve``).
@@ -59,7 +61,7 @@ class FederationWatch:
         self._increments: dict[uuid.UUID, list[float]] = {}
 
     def blocking_types(self) -> tuple[str, ...]:
-        names = ("fl_repeated_rejections", "fl_update_outlier", "fl_budget_burn")
+        names = ("fl_repeated_rejections", "fl_update_outlier", "fl_aggregator_outlier", "fl_budget_burn")
         return tuple({self.policy.rule(n).anomaly_type for n in names if self.policy.rule(n).auto_block})
 
     def blocked(self, session: Session, organizations: set[uuid.UUID]) -> dict[uuid.UUID, str]:
@@ -111,11 +113,13 @@ class FederationWatch:
         rejected_invalid: bool,
         outlier: bool,
         reason: str | None,
+        by_aggregator: bool = False,
     ) -> None:
-        """One verdict of the governor (or the aggregator's outlier flag at commit)."""
+        """One verdict of the governor (or, ``by_aggregator``, the robust aggregator's flag at commit)."""
         evidence = {"run": run_name, "round": server_round, "reason": (reason or "")[:300]}
         if outlier:
-            self._record(session, "fl_update_outlier", organization_id, evidence)
+            detector = "fl_aggregator_outlier" if by_aggregator else "fl_update_outlier"
+            self._record(session, detector, organization_id, evidence)
         if not rejected_invalid:
             return
         rule = self.policy.rule("fl_repeated_rejections")

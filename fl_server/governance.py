@@ -1157,6 +1157,7 @@ class Governor:
                             rejected_invalid=False,
                             outlier=True,
                             reason=outcome.reason,
+                            by_aggregator=True,
                         )
             run.last_completed_round = server_round
             run.weights_checksum = weights_checksum

@@ -78,10 +78,16 @@ DEFAULT_RULES: dict[str, AnomalyRule] = {
     "fl_repeated_rejections": AnomalyRule(
         "access_pattern", "high", threshold=3, window_s=5, auto_block=True, block_s=86_400
     ),
-    # An update the validator or the robust aggregator flagged as an outlier (norm far outside the
-    # round's distribution): the node sits out the next round(s) until an admin resolves it.
+    # An update the validator rejected as an outlier (norm above the bound, a weight the tenant
+    # cannot hold): the node sits out the next round(s) until an admin resolves it.
     "fl_update_outlier": AnomalyRule(
         "behavioral_mismatch", "high", threshold=0, window_s=86_400, auto_block=True, block_s=86_400
+    ),
+    # An accepted update the robust aggregator found far from the round's others (norm far outside
+    # the round's distribution): recorded, not blocked by default (an honest tenant with unusual,
+    # non-IID data can be far from the median; an admin decides).
+    "fl_aggregator_outlier": AnomalyRule(
+        "behavioral_mismatch", "medium", threshold=0, window_s=86_400, auto_block=False, block_s=86_400
     ),
     # A round's epsilon increment above 3x the median of the tenant's earlier increments (3 at least).
     "fl_budget_burn": AnomalyRule("volume_spike", "medium", threshold=3.0, window_s=86_400, min_history=3),

@@ -134,3 +134,19 @@ def test_repeated_rejections_and_budget_burn_rules(engine) -> None:  # type: ign
         assert not rows["volume_spike"].auto_blocked and rows["volume_spike"].details["ratio"] == 5.0
         assert org in watch.blocked(session, {org})
     assert burn_ratio([], 1.0) is None and burn_ratio([0.0], 1.0) is None
+
+
+def test_an_aggregator_outlier_is_recorded_and_not_blocked_by_default(make_federation) -> None:  # type: ignore[no-untyped-def]
+    # Prepare: a loose norm bound, so the median aggregator (not the validator) flags the attacker.
+    fed = make_federation()
+    fed.grid.tamper[fed.node_of(ATTACKER)] = _boost
+    org = uuid.UUID(fed.tenants[ATTACKER].organization_id)
+
+    # Execute: two rounds.
+    fed.run(fed.config(rounds=2, dp="off", lr=0.1, aggregator="fedmedian", max_update_norm=1e9))
+
+    # Assert: accepted and flagged both rounds; one medium row (count 2), never blocking.
+    assert [s for _, s, _ in _outcomes(fed, org)] == ["accepted", "accepted"]
+    (anomaly,) = _anomalies(fed, org)
+    assert anomaly.details["detector"] == "fl_aggregator_outlier" and anomaly.severity == "medium"
+    assert not anomaly.auto_blocked and anomaly.details["count"] == 2
