@@ -337,3 +337,55 @@ def test_a_burst_of_fallback_tokens_raises_api_abuse(serve: Any, tmp_path: Path)
     (row,) = served.anomalies("api_abuse")
     assert row.organization_id == org and row.severity == "high"
     assert row.details["baseline_median"] == 30 and row.details["fallback_tokens_this_minute"] == 120
+
+
+def test_activity_at_an_unusual_hour_raises_time_anomaly(engine: Engine) -> None:
+    # Prepare: the monitor with its recorder on a real database; 2 000 requests on working hours.
+    from orchestrator.auth import Principal
+    from orchestrator.security.anomalies import AnomalyRecorder
+    from schema.anomaly_policy import load_policy
+
+    with transaction(engine) as session:
+        org = directory.create_organization(session, "nine-to-five").id
+    clock = Clock(start=1_800_000_000.0 - 1_800_000_000.0 % 86_400)  # a midnight UTC
+    recorder = AnomalyRecorder(engine)
+    monitor = SecurityMonitor(load_policy(), recorder, clock=clock)
+    who = Principal("clerk", org, frozenset({"org_user"}))
+    for i in range(2000):
+        clock.now = clock.now - clock.now % 86_400 + (9 + i % 8) * 3600 + i % 3600
+        monitor.request_seen(who, "127.0.0.1")
+
+    # Execute: a request at 03:00 UTC the next day.
+    clock.now = clock.now - clock.now % 86_400 + 86_400 + 3 * 3600
+    monitor.request_seen(who, "127.0.0.1")
+
+    # Assert
+    assert recorder.flush()
+    recorder.close()
+    with transaction(engine) as session:
+        (row,) = session.scalars(
+            select(SecurityAnomaly).where(SecurityAnomaly.anomaly_type == "time_anomaly")
+        )
+        assert row.organization_id == org and row.severity == "low"
+        assert row.details["hour_utc"] == 3 and row.details["usual_share_of_hour"] == 0
+
+
+def test_a_policy_file_with_a_mistake_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    from schema.anomaly_policy import load_policy
+    from schema.errors import ConfigurationError
+
+    cases = {
+        "[credential_stuffing]\nthreshhold = 5\n": "unknown key",
+        "[no_such_rule]\n": "unknown detector",
+        "[credential_stuffing]\nseverity = 'urgent'\n": "severity must be one of",
+        "[credential_stuffing]\nblock_s = -1\n": "block_s must be a number",
+        "not toml = [": "not valid TOML",
+    }
+    for text, message in cases.items():
+        path = tmp_path / "policy.toml"
+        path.write_text(text)
+        with pytest.raises(ConfigurationError, match=message):
+            load_policy(path)
+    path.write_text("[credential_stuffing]\nthreshold = 5\nblock_s = 60\n")
+    rule = load_policy(path).rule("credential_stuffing")
+    assert rule.threshold == 5 and rule.block_s == 60 and rule.auto_block
