@@ -188,6 +188,28 @@ def blocking(
     return found
 
 
+def live_blocks(
+    session: Session, prefixes: tuple[str, ...], now: datetime | None = None, lookback_s: int = 7 * 86_400
+) -> dict[str, datetime]:
+    """Subject -> end of its block, for the open auto-blocked rows whose subject starts with one of
+    ``prefixes`` and whose block has not ended (rows of the last ``lookback_s`` seconds)."""
+    moment = now or utcnow()
+    rows = session.scalars(
+        select(SecurityAnomaly).where(
+            SecurityAnomaly.auto_blocked.is_(True),
+            SecurityAnomaly.reviewed_at.is_(None),
+            SecurityAnomaly.created_at >= moment - timedelta(seconds=lookback_s),
+        )
+    )
+    found: dict[str, datetime] = {}
+    for row in rows:
+        subject = str((row.details or {}).get("subject", ""))
+        until = blocked_until(row, moment)
+        if until is not None and subject.startswith(prefixes):
+            found[subject] = max(until, found.get(subject, until))
+    return found
+
+
 def as_dict(row: SecurityAnomaly) -> dict[str, Any]:
     return {
         "id": str(row.id),

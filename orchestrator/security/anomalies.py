@@ -37,13 +37,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.auth import Principal
 from orchestrator.security.stats import BoundedLru, HourProfile, RateBaseline, SlidingCounter
 from schema import security_anomalies
 from schema.anomaly_policy import AnomalyPolicy, AnomalyRule, load_policy
 from schema.config import Settings
-from schema.db import transaction
+from schema.db import sqlite_file_missing, transaction
+from schema.errors import AccuteError
 from schema.security_anomalies import Finding
 from schema.vocab import SEVERITIES
 
@@ -438,11 +440,31 @@ class SecurityMonitor:
         )
 
 
+def load_blocks(monitor: SecurityMonitor, engine: Engine) -> int:
+    """Put the table's live address and token blocks on ``monitor``'s blocklist (a restarted or
+    added worker keeps refusing what another refused); returns how many. An unreachable or
+    unmigrated database loads none (``/readyz`` says what is wrong)."""
+    if sqlite_file_missing(engine) is not None:  # never bring an empty SQLite file into being
+        return 0
+    try:
+        with transaction(engine) as session:
+            live = security_anomalies.live_blocks(session, ("address:", "principal:"))
+    except (SQLAlchemyError, AccuteError) as exc:
+        log.warning("no anomaly blocks loaded at start (%s)", type(exc).__name__)
+        return 0
+    for subject, until in live.items():
+        monitor.blocks.block(subject, until.timestamp())
+    return len(live)
+
+
 def build_monitor(settings: Settings, engine: Engine) -> SecurityMonitor:
-    """The process's monitor: the policy file (or the defaults) and a recorder on ``engine``."""
-    return SecurityMonitor(
+    """The process's monitor: the policy file (or the defaults), a recorder on ``engine``, and the
+    blocks still live in the table."""
+    monitor = SecurityMonitor(
         load_policy(settings.anomaly_policy_file),
         AnomalyRecorder(engine),
         capacity=settings.anomaly_tracked_keys,
         dedup_window_s=settings.anomaly_dedup_window_s,
     )
+    load_blocks(monitor, engine)
+    return monitor

@@ -389,3 +389,22 @@ def test_a_policy_file_with_a_mistake_is_refused_with_a_clear_message(tmp_path: 
     path.write_text("[credential_stuffing]\nthreshold = 5\nblock_s = 60\n")
     rule = load_policy(path).rule("credential_stuffing")
     assert rule.threshold == 5 and rule.block_s == 60 and rule.auto_block
+
+
+def test_a_new_worker_keeps_refusing_an_address_another_blocked(serve: Any) -> None:
+    # Prepare: the first service blocks 127.0.0.2 (a burst of bad tokens) and writes the row.
+    first = serve()
+    org = first.org()
+    with first.client(ATTACKER) as attacker:
+        for _ in range(20):
+            attacker.get(f"/v1/orgs/{org}/usage", headers={"Authorization": "Bearer bad"})
+    first.anomalies("credential_stuffing")  # flushed
+
+    # Execute: a second service on the same database (a restart, or another worker).
+    second = serve()
+    with second.client(ATTACKER) as attacker, second.client(HONEST) as honest:
+        refused = attacker.get(f"/v1/orgs/{org}/usage", headers=second.headers(org))
+        allowed = honest.get(f"/v1/orgs/{org}/usage", headers=second.headers(org))
+
+    # Assert
+    assert refused.status_code == 403 and allowed.status_code == 200
