@@ -64,12 +64,14 @@ import consent_gate
 from aggregation import Accepted, ModelSpec, SeenChecksums, UpdateValidator
 from fl_client.protocol import NodeIdentity, TrainInstruction, TrainReport
 from fl_client.tasks import TaskSpec, get_task
+from fl_server.anomalies import FederationWatch
 from fl_server.config import DpMode, RunConfig
 from orchestrator.security import node_admission
 from privacy import ledger
 from privacy.events import UNITS, CentralDpEvent, DpEvent, DpSgdEvent, NonPrivateEvent
 from schema import audit
 from schema import events as hub_events
+from schema.anomaly_policy import load_policy
 from schema.config import Settings
 from schema.db import transaction
 from schema.errors import BudgetExceededError, ConflictError, DatabaseUnavailableError
@@ -255,6 +257,12 @@ class Governor:
         self.attempt = 0
         #: Nodes bound (or found bound) by this server: a binding outside it is an earlier attempt's.
         self._bound_here: set[str] = set()
+        #: Anomaly rules of the federation (fl_server/anomalies.py); None when detection is off.
+        self.watch: FederationWatch | None = (
+            FederationWatch(load_policy(settings.anomaly_policy_file), settings.anomaly_dedup_window_s)
+            if settings.anomaly_detection
+            else None
+        )
 
     # --- the run lease ------------------------------------------------------------------------
 
@@ -584,7 +592,16 @@ class Governor:
         eligible = consent_gate.batch_eligibility(
             session, {t.organization_id for t in tenants}, self.config.task, self.settings
         )
+        blocked = (
+            self.watch.blocked(session, {t.organization_id for t in tenants})
+            if self.watch is not None
+            else {}
+        )
         for tenant in sorted(tenants, key=lambda t: t.name):
+            if tenant.organization_id in blocked:  # an open auto-blocked security anomaly
+                self._skip(session, server_round, tenant, REJECTED_INVALID, blocked[tenant.organization_id])
+                admission.skipped[tenant.name] = REJECTED_INVALID
+                continue
             verdict = eligible[tenant.organization_id]
             if not verdict.eligible:
                 self._skip(session, server_round, tenant, REJECTED_CONSENT, verdict.reason or verdict.code)
@@ -785,6 +802,10 @@ class Governor:
                     "steps": event.steps,
                 }
                 epsilon_after, cap, delta = result.epsilon_after, result.epsilon_cap, result.delta
+                if self.watch is not None:
+                    self.watch.charged(
+                        session, tenant.organization_id, self.config.run_name, server_round, result.increment
+                    )
             else:  # no local charge tells the node its cap: read it (dp=off or central DP only)
                 cap, delta = ledger.cap_of(
                     session, tenant.organization_id, self.config.task, unit, policy=self.policy
@@ -920,6 +941,16 @@ class Governor:
             outcome.outlier = verdict.status == REJECTED_INVALID and (verdict.reason or "").startswith(
                 ("norm_exceeded", "invalid_weight")
             )
+            if self.watch is not None:
+                self.watch.judged(
+                    session,
+                    tenant.organization_id,
+                    self.config.run_name,
+                    server_round,
+                    rejected_invalid=verdict.status == REJECTED_INVALID,
+                    outlier=bool(outcome.outlier),
+                    reason=verdict.reason,
+                )
             if verdict.status == ACCEPTED:
                 consent_gate.record_snapshot_use(
                     session,
@@ -1157,6 +1188,17 @@ class Governor:
                 if outlier is not None and outcome.organization_id in outlier:
                     outcome.outlier = True
                     outcome.reason = outlier[outcome.organization_id]
+                    if self.watch is not None:
+                        self.watch.judged(
+                            session,
+                            outcome.organization_id,
+                            self.config.run_name,
+                            server_round,
+                            rejected_invalid=False,
+                            outlier=True,
+                            reason=outcome.reason,
+                            by_aggregator=True,
+                        )
             run.last_completed_round = server_round
             run.weights_checksum = weights_checksum
             run.seen_checksums = sorted(seen)

@@ -33,12 +33,13 @@ from aggregation.weights_store import WeightsStore
 from orchestrator import accounting, configs, openai_compat
 from orchestrator.api import include_routers, metrics
 from orchestrator.api.deps import Guard
-from orchestrator.auth import TokenService
+from orchestrator.auth import Principal, TokenService
 from orchestrator.cache import make_cache
 from orchestrator.cascade import Cascade, ChatRequest, Timing, caller_key
 from orchestrator.edge import RequestLimits
 from orchestrator.egress import EgressPolicy
 from orchestrator.keys import KeyRing, kek_provider
+from orchestrator.security.anomalies import SecurityMonitor, build_monitor
 from orchestrator.security.gate import SecurityGate
 from orchestrator.upstream import make_upstream
 from orchestrator.vamn import VamnServer
@@ -125,6 +126,8 @@ class Services:
     cascade: Cascade | None = None
     gate: SecurityGate | None = None
     """Zero trust, threat intelligence and rate limits (None when ACCUTE_ZERO_TRUST_ENABLED is off)."""
+    security: "SecurityMonitor | None" = None
+    """Anomaly detectors and the address/subject blocklist (None with ACCUTE_ANOMALY_DETECTION=false)."""
 
 
 def build_services(settings: Settings, engine: Engine | None = None) -> Services:
@@ -132,7 +135,10 @@ def build_services(settings: Settings, engine: Engine | None = None) -> Services
     keyring = KeyRing(kek_provider(settings))
     egress = EgressPolicy.parse(settings.egress_allow)
     gate = SecurityGate(bound, settings) if settings.zero_trust_enabled else None
-    return Services(settings, bound, keyring, TokenService(bound, keyring, settings), egress, gate=gate)
+    services = Services(settings, bound, keyring, TokenService(bound, keyring, settings), egress, gate=gate)
+    if settings.anomaly_detection:
+        services.security = build_monitor(settings, bound)
+    return services
 
 
 class ChatBody(BaseModel):
@@ -254,6 +260,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             await anyio.to_thread.run_sync(cascade.close)
             if services.gate is not None:
                 await services.gate.close()
+            if services.security is not None and services.security.recorder is not None:
+                await anyio.to_thread.run_sync(services.security.recorder.close)
             await client.aclose()
             if cache is not None:
                 await cache.close()
@@ -300,6 +308,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     authenticate = guard.authenticate
 
     AdminOrg = Annotated[uuid.UUID, Depends(guard.org_scope(ADMIN_ROLES))]
+    Caller = Annotated[Principal, Depends(guard.principal)]
+
+    def _sensitive_read(who: Principal, kind: str, rows: int, http: Request) -> None:
+        if services.security is not None:
+            services.security.sensitive_read(who, kind, rows, http.client.host if http.client else None)
 
     @app.get("/healthz", tags=["health"], summary="The process is up")
     def healthz() -> dict[str, str]:
@@ -395,7 +408,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             org = uuid.UUID(http.path_params["org"])
         except ValueError:
             raise InvalidInputError("org: Input should be a valid UUID") from None
-        who.require_org(org, CHAT_ROLES)
+        guard.authorize(who, org, CHAT_ROLES, http.client.host if http.client else None, http.url.path)
         x_request_id = http.headers.get("x-request-id")
         if x_request_id is not None and len(x_request_id) > 100:
             raise InvalidInputError("x-request-id: String should have at most 100 characters")
@@ -419,6 +432,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         )
         timing = Timing()
         answer = await services.cascade.chat(request, timing)
+        if answer["is_fallback"] and services.security is not None:
+            services.security.fallback_tokens(org, int(answer["input_tokens"]) + int(answer["output_tokens"]))
         content = ChatResponse.model_validate(answer).model_dump_json()
         overhead_ms = (time.perf_counter() - started - timing.upstream_s) * 1000
         return Response(
@@ -428,24 +443,33 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         )
 
     @app.get("/v1/orgs/{org}/usage", tags=["accounting"])
-    async def usage(org: AdminOrg, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+    async def usage(
+        org: AdminOrg,
+        who: Caller,
+        http: Request,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[dict[str, Any]]:
         """The organization's most recent ``llm_usage_log`` rows (every attempt, cache hits included)."""
 
         def read() -> list[dict[str, Any]]:
             with transaction(services.engine) as session:
                 return accounting.usage_rows(session, org, limit)
 
-        return await anyio.to_thread.run_sync(read)
+        rows = await anyio.to_thread.run_sync(read)
+        _sensitive_read(who, "usage", len(rows), http)
+        return rows
 
     @app.get("/v1/orgs/{org}/billing", tags=["accounting"], response_model=list[BillingRow])
-    async def billing(org: AdminOrg) -> list[dict[str, Any]]:
+    async def billing(org: AdminOrg, who: Caller, http: Request) -> list[dict[str, Any]]:
         """The organization's ``fallback_billing`` rows, newest period first."""
 
         def read() -> list[dict[str, Any]]:
             with transaction(services.engine) as session:
                 return accounting.billing_rows(session, org)
 
-        return await anyio.to_thread.run_sync(read)
+        rows = await anyio.to_thread.run_sync(read)
+        _sensitive_read(who, "billing", len(rows), http)
+        return rows
 
     openai_compat.install(app, services, authenticate)
     include_routers(app, services, guard)

@@ -344,3 +344,39 @@ class Settings(BaseSettings):
         min_length=1,
         description="Prefix of the rate-limit keys in Redis (shared by every worker using ACCUTE_REDIS_URL).",
     )
+    # Anomaly detection (orchestrator/security/anomalies.py, fl_server/anomalies.py).
+    anomaly_detection: bool = Field(
+        default=True,
+        description="Run the anomaly detectors on every authenticated request and in FL rounds.",
+    )
+    anomaly_policy_file: Path | None = Field(
+        default=None,
+        description=(
+            "TOML file overriding the anomaly rules (thresholds, windows, severities, auto_block, "
+            "block_s); the defaults and keys are documented in schema/anomaly_policy.py."
+        ),
+    )
+    anomaly_dedup_window_s: int = Field(
+        default=3600,
+        ge=1,
+        description="One open security_anomalies row per (type, subject) within this many seconds; "
+        "repeats increment its count.",
+    )
+    anomaly_tracked_keys: int = Field(
+        default=65_536,
+        ge=16,
+        description="Addresses, tokens or organizations each detector remembers at most (LRU), "
+        "so a flood of strangers cannot grow memory.",
+    )
+
+    # Behavioural biometrics (orchestrator/security/biometrics.py).
+    biometrics_min_sessions: int = Field(
+        default=5,
+        ge=1,
+        description="Sessions a user's behavioural baseline needs before a session can be judged anomalous.",
+    )
+    biometrics_hash_key: SecretStr | None = Field(
+        default=None,
+        description="HMAC key for the behavioural pattern hashes (behavioral_biometrics.*_hash); "
+        "without it a random key per process is used (hashes then compare only within a process).",
+    )

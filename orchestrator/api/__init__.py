@@ -23,6 +23,8 @@ ROUTER_MODULES: tuple[str, ...] = (
     "orchestrator.api.admin_registry",
     "orchestrator.api.admin_consent",
     "orchestrator.api.admin_audit",
+    "orchestrator.api.security_anomalies",
+    "orchestrator.api.biometrics",
     "orchestrator.api.admin_web",
 )
 

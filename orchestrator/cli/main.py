@@ -31,6 +31,9 @@ COMMANDS: dict[str, LazyCommand] = {
     "org": LazyCommand("orchestrator.cli.admin_commands", "org_app", "Organizations (tenants)."),
     "user": LazyCommand("orchestrator.cli.admin_commands", "user_app", "Users of an organization."),
     "audit": LazyCommand("orchestrator.cli.audit_commands", "app", "The hash-chained audit log."),
+    "security": LazyCommand(
+        "orchestrator.cli.security_commands", "app", "Security anomalies: review and resolve."
+    ),
     "consent": LazyCommand(
         "orchestrator.cli.consent_commands",
         "consent_app",

@@ -162,7 +162,7 @@ class SecurityGate:
         hour = int(time.time() // 3600 % 24)
         if context.empty:  # nothing flagged anywhere (the usual case): skip the lookups
             factors = Factors(
-                role_ok=self._role_ok(who, scope),
+                role_ok=self.role_ok(who, scope),
                 threat=match.indicator if match is not None else None,
                 threat_severity=match.severity if match is not None else None,
                 hour_utc=hour,
@@ -174,7 +174,7 @@ class SecurityGate:
             )
             behaviour = context.behaviour.get(user) if user is not None else None
             factors = Factors(
-                role_ok=self._role_ok(who, scope),
+                role_ok=self.role_ok(who, scope),
                 threat=match.indicator if match is not None else None,
                 threat_severity=match.severity if match is not None else None,
                 auto_blocked=context.blocked(user, org, address),
@@ -205,7 +205,7 @@ class SecurityGate:
         raise PermissionDeniedError("forbidden")
 
     @staticmethod
-    def _role_ok(who: Principal, scope: Any) -> bool:
+    def role_ok(who: Principal, scope: Any) -> bool:
         """The token's organization covers the path's ``{org}`` (platform admins cover every one)."""
         raw = (scope.get("path_params") or {}).get("org")
         if raw is None or "platform_admin" in who.roles:

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from schema.models.personal_data import PersonalDataKey
     from schema.models.privacy import PrivacyBudget, PrivacyBudgetAlert, PrivacyLedgerEvent
     from schema.models.security import (
+        BehavioralBaseline,
         BehavioralBiometrics,
         DeadManSwitchConfig,
         HsmKeyRegistry,
@@ -69,6 +70,7 @@ MODEL_MODULES: dict[str, str] = {
     "AgentVamnRouting": "vamn",
     "AuditReanchorSignature": "audit_signing",
     "AuditSigningKey": "audit_signing",
+    "BehavioralBaseline": "security",
     "BehavioralBiometrics": "security",
     "ConsentEvent": "consent_lineage",
     "ConsentSnapshot": "consent_lineage",
@@ -155,6 +157,7 @@ __all__ = [
     "AgentVamnRouting",
     "AuditReanchorSignature",
     "AuditSigningKey",
+    "BehavioralBaseline",
     "BehavioralBiometrics",
     "ConsentEvent",
     "ConsentSnapshot",

@@ -29,6 +29,10 @@ from schema.base import Base, created_at, in_list, ordered_index, updated_at, uu
 
 # The audit chain's table has its own module (every audited write needs it, nothing else here).
 from schema.models.audit_log import ImmutableAuditLog  # noqa: F401
+
+# The tables these foreign keys name (users, organizations, sessions, trustedDevices) must be on the
+# metadata whenever this module is, or a flush of a lone security row cannot resolve them.
+from schema.models.tenancy import TrustedDevice, UserSession  # noqa: F401
 from schema.types import JSONBType, TextArrayType, TimestampTZ, UUIDType
 from schema.vocab import ACCESS_DECISIONS, ANOMALY_TYPES, INDICATOR_TYPES, KEY_PURPOSES, SEVERITIES
 
@@ -82,6 +86,28 @@ class BehavioralBiometrics(Base):
     anomaly_detected: Mapped[bool | None] = mapped_column(Boolean, server_default=false())
     anomaly_reasons: Mapped[list[str] | None] = mapped_column(TextArrayType)
     created_at: Mapped[datetime | None] = created_at()
+
+
+class BehavioralBaseline(Base):
+    """A user's running behavioural baseline (Welford mean and sum of squares per feature).
+
+    Not in the spec: ``behavioral_biometrics`` keeps only hashes, from which no baseline can be
+    computed; the numeric summaries a score needs live here, one row per user, never raw events.
+    """
+
+    __tablename__ = "behavioral_baselines"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(UUIDType, ForeignKey("users.id"), primary_key=True)
+    organization_id: Mapped[uuid.UUID] = mapped_column(UUIDType, ForeignKey("organizations.id"), index=True)
+    feature_version: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    sessions: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    #: Per feature (``orchestrator.security.biometrics.FEATURES`` order): sessions that had it,
+    #: running mean, running sum of squared deviations (Welford).
+    counts: Mapped[list[int]] = mapped_column(JSONBType)
+    mean: Mapped[list[float]] = mapped_column(JSONBType)
+    m2: Mapped[list[float]] = mapped_column(JSONBType)
+    created_at: Mapped[datetime | None] = created_at()
+    updated_at: Mapped[datetime | None] = updated_at()
 
 
 class SecurityAnomaly(Base):
