@@ -583,20 +583,23 @@ class Governor:
         """Zero trust and consent (one grouped query each for the batch), then the delta rule and
         the cap (per tenant, on its own ledger); a tenant that fails is skipped with its outcome
         row and reason."""
-        if self.zero_trust is not None:
-            refused = node_admission.refusals(session, {t.organization_id for t in tenants}, self.zero_trust)
-            for tenant in [t for t in tenants if t.organization_id in refused]:
-                self._skip(session, server_round, tenant, REJECTED_POLICY, refused[tenant.organization_id])
-                admission.skipped[tenant.name] = REJECTED_POLICY
-            tenants = [t for t in tenants if t.organization_id not in refused]
         eligible = consent_gate.batch_eligibility(
             session, {t.organization_id for t in tenants}, self.config.task, self.settings
         )
+        # An open auto-block of the federation's own detectors first (its reason names the anomaly),
+        # then the zero-trust policy over every other open anomaly of the organization.
         blocked = (
             self.watch.blocked(session, {t.organization_id for t in tenants})
             if self.watch is not None
             else {}
         )
+        if self.zero_trust is not None:
+            unblocked = {t.organization_id for t in tenants} - set(blocked)
+            refused = node_admission.refusals(session, unblocked, self.zero_trust)
+            for tenant in [t for t in tenants if t.organization_id in refused]:
+                self._skip(session, server_round, tenant, REJECTED_POLICY, refused[tenant.organization_id])
+                admission.skipped[tenant.name] = REJECTED_POLICY
+            tenants = [t for t in tenants if t.organization_id not in refused]
         for tenant in sorted(tenants, key=lambda t: t.name):
             if tenant.organization_id in blocked:  # an open auto-blocked security anomaly
                 self._skip(session, server_round, tenant, REJECTED_INVALID, blocked[tenant.organization_id])

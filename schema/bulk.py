@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import ARRAY, JSON, Connection, Table
 from sqlalchemy.orm import Session
+from sqlalchemy.types import TypeDecorator
 
 #: Rows per executemany call on SQLite (bounds the memory of one parameter list).
 EXECUTEMANY_BATCH = 5000
@@ -22,6 +23,8 @@ def _json_columns(table: Table, columns: Sequence[str], dialect: Any) -> list[in
     positions = []
     for position, name in enumerate(columns):
         impl = table.c[name].type.dialect_impl(dialect)
+        if isinstance(impl, TypeDecorator):  # schema.types' portable types: what this dialect stores
+            impl = impl.impl_instance
         if isinstance(impl, JSON) and not isinstance(impl, ARRAY):
             positions.append(position)
     return positions

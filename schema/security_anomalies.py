@@ -158,6 +158,42 @@ def blocked_until(row: SecurityAnomaly, now: datetime | None = None) -> datetime
     return until if until > (now or utcnow()) else None
 
 
+def target_of(details: Any, user_id: uuid.UUID | None) -> tuple[str, str]:
+    """What an anomaly row is about, as ``(kind, value)``: ``address``, ``user``, ``principal`` (a
+    token subject) or ``org`` (the whole organization).
+
+    The detectors name it in ``details.subject`` (``address:<ip>``, ``user:<id>``,
+    ``principal:<sub>``, ``org:<id>``); rows written by other tools may name an address in
+    ``details.address``/``ip``/``client_ip`` or a user in ``user_id``; a row naming nothing is
+    about its organization. A block applies to exactly this target, so one hostile user or address
+    never shuts out the rest of its organization.
+    """
+    subject = details.get("subject") if isinstance(details, dict) else None
+    if isinstance(subject, str) and ":" in subject:
+        kind, _, value = subject.partition(":")
+        if kind in ("address", "user", "principal", "org") and value:
+            return kind, value
+    if isinstance(details, dict):
+        for key in ("address", "ip", "client_ip"):
+            named = details.get(key)
+            if isinstance(named, str) and named:
+                return "address", named
+    if user_id is not None:
+        return "user", str(user_id)
+    return "org", ""
+
+
+def block_expired(details: Any, now: datetime | None = None) -> bool:
+    """An auto-block whose ``blocked_until`` has passed (a block without one lasts until resolved)."""
+    raw = details.get("blocked_until") if isinstance(details, dict) else None
+    if not raw:
+        return False
+    try:
+        return as_utc(datetime.fromisoformat(str(raw))) <= (now or utcnow())
+    except ValueError:
+        return False
+
+
 def blocking(
     session: Session,
     organization_ids: set[uuid.UUID],

@@ -18,15 +18,13 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import Engine, select
 
 from schema.db import transaction
 from schema.models import BehavioralBiometrics, SecurityAnomaly, TrustedDevice
+from schema.security_anomalies import block_expired, target_of
 from schema.timeutil import as_utc, utcnow
-
-ADDRESS_KEYS = ("address", "ip", "client_ip")
 
 
 @dataclass
@@ -34,6 +32,8 @@ class SecurityContext:
     blocked_users: set[uuid.UUID] = field(default_factory=set)
     blocked_orgs: set[uuid.UUID] = field(default_factory=set)
     blocked_addresses: set[str] = field(default_factory=set)
+    blocked_subjects: set[str] = field(default_factory=set)
+    """Token subjects (``principal:<sub>`` anomalies: repeated privilege probes by one token)."""
     user_anomalies: dict[uuid.UUID, tuple[str, ...]] = field(default_factory=dict)
     org_anomalies: dict[uuid.UUID, tuple[str, ...]] = field(default_factory=dict)
     address_anomalies: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -46,6 +46,7 @@ class SecurityContext:
         """Nothing flagged and no device enrolled: every lookup would come back clean."""
         return not (
             self.blocked_users
+            or self.blocked_subjects
             or self.blocked_orgs
             or self.blocked_addresses
             or self.user_anomalies
@@ -55,9 +56,12 @@ class SecurityContext:
             or self.devices
         )
 
-    def blocked(self, user: uuid.UUID | None, org: uuid.UUID | None, address: str | None) -> bool:
+    def blocked(
+        self, user: uuid.UUID | None, org: uuid.UUID | None, address: str | None, subject: str | None = None
+    ) -> bool:
         return (
             (user is not None and user in self.blocked_users)
+            or (subject is not None and subject in self.blocked_subjects)
             or (org is not None and org in self.blocked_orgs)
             or (address is not None and address in self.blocked_addresses)
         )
@@ -81,17 +85,6 @@ class SecurityContext:
         return device_id is not None, device_id
 
 
-def address_of(details: Any) -> str | None:
-    """The client address an anomaly's ``details`` name (``address``, ``ip`` or ``client_ip``), if any."""
-    if not isinstance(details, dict):
-        return None
-    for key in ADDRESS_KEYS:
-        value = details.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return None
-
-
 def load_context(engine: Engine, window_s: float, now: datetime | None = None) -> SecurityContext:
     """A fresh snapshot (four indexed queries)."""
     since = (now or utcnow()) - timedelta(seconds=window_s)
@@ -105,11 +98,15 @@ def load_context(engine: Engine, window_s: float, now: datetime | None = None) -
             )
         )
         for org, user, details in blocks:
-            address = address_of(details)
-            if address is not None:  # an address block: only that address, not its organization
-                context.blocked_addresses.add(address)
-            elif user is not None:
-                context.blocked_users.add(user)
+            if block_expired(details, now):
+                continue
+            kind, value = target_of(details, user)  # a block covers its target only
+            if kind == "address":
+                context.blocked_addresses.add(value)
+            elif kind == "user":
+                context.blocked_users.add(uuid.UUID(value))
+            elif kind == "principal":
+                context.blocked_subjects.add(value)
             else:
                 context.blocked_orgs.add(org)
         recent = session.execute(
@@ -122,13 +119,14 @@ def load_context(engine: Engine, window_s: float, now: datetime | None = None) -
         )
         addresses: dict[str, list[str]] = {}
         for org, user, severity, details in recent:
-            address = address_of(details)
-            if user is not None:
-                users.setdefault(user, []).append(severity)
-            elif address is not None:
-                addresses.setdefault(address, []).append(severity)
-            else:
+            kind, value = target_of(details, user)
+            if kind == "user":
+                users.setdefault(uuid.UUID(value), []).append(severity)
+            elif kind == "address":
+                addresses.setdefault(value, []).append(severity)
+            elif kind == "org":
                 orgs.setdefault(org, []).append(severity)
+            # a token subject's anomalies weigh on that token only, through its block
         sessions = session.execute(
             select(
                 BehavioralBiometrics.user_id,

@@ -177,7 +177,7 @@ class SecurityGate:
                 role_ok=self.role_ok(who, scope),
                 threat=match.indicator if match is not None else None,
                 threat_severity=match.severity if match is not None else None,
-                auto_blocked=context.blocked(user, org, address),
+                auto_blocked=context.blocked(user, org, address, who.subject),
                 anomalies=context.anomalies(user, org, address),
                 biometric_risk=behaviour[0] if behaviour is not None else None,
                 biometric_anomaly=behaviour[1] if behaviour is not None else False,

@@ -19,10 +19,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from orchestrator.security.context import address_of
 from orchestrator.security.zero_trust import ALLOW, Factors, Policy, decide, load_policy
 from schema.config import Settings
 from schema.models import SecurityAnomaly
+from schema.security_anomalies import block_expired, target_of
 from schema.timeutil import utcnow
 
 
@@ -56,10 +56,10 @@ def refusals(
     severities: dict[uuid.UUID, list[str]] = {}
     blocked: set[uuid.UUID] = set()
     for org, severity, auto_blocked, details in rows:
-        if address_of(details) is not None:  # about one client address, not the organization
+        if target_of(details, None)[0] != "org":  # about one address or token, not the organization
             continue
         severities.setdefault(org, []).append(severity)
-        if auto_blocked:
+        if auto_blocked and not block_expired(details, moment):
             blocked.add(org)
     refused: dict[uuid.UUID, str] = {}
     for org in set(severities) | blocked:
