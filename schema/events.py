@@ -22,7 +22,7 @@ from sqlalchemy import Connection, insert
 from sqlalchemy.orm import Session
 
 from schema.errors import InvalidInputError
-from schema.hub_events import EventPayload, event_type
+from schema.hub_events import EventPayload, EventType, event_type
 from schema.models import HubOutbox
 from schema.timeutil import as_utc, iso, utcnow
 
@@ -109,7 +109,7 @@ def row_values(
     }
 
 
-def _spec(name: str, organization_id: uuid.UUID | None) -> Any:
+def _spec(name: str, organization_id: uuid.UUID | None) -> EventType:
     spec = event_type(name)
     if spec.tenant and organization_id is None:
         raise ValueError(f"hub event {name} belongs to a tenant; pass its organization_id")
