@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from schema.models.audit_log import ImmutableAuditLog
-    from schema.models.audit_signing import AuditReanchorSignature, AuditSigningKey
+    from schema.models.audit_signing import AuditChainAnchor, AuditReanchorSignature, AuditSigningKey
     from schema.models.consent import DataSubjectRequest, UserConsent
+    from schema.models.dead_man_switch import DeadManSwitchFiring
     from schema.models.consent_lineage import (
         ConsentEvent,
         ConsentSnapshot,
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
 MODEL_MODULES: dict[str, str] = {
     "AgentSession": "tenancy",
     "AgentVamnRouting": "vamn",
+    "AuditChainAnchor": "audit_signing",
     "AuditReanchorSignature": "audit_signing",
     "AuditSigningKey": "audit_signing",
     "BehavioralBiometrics": "security",
@@ -74,6 +76,7 @@ MODEL_MODULES: dict[str, str] = {
     "ConsentSnapshotUse": "consent_lineage",
     "DataSubjectRequest": "consent",
     "DeadManSwitchConfig": "security",
+    "DeadManSwitchFiring": "dead_man_switch",
     "FallbackBilling": "llm",
     "FederatedLearningContribution": "vamn",
     "FineTunedModelConfig": "llm",
@@ -148,6 +151,7 @@ __all__ = [
     "SPEC_TABLES",
     "AgentSession",
     "AgentVamnRouting",
+    "AuditChainAnchor",
     "AuditReanchorSignature",
     "AuditSigningKey",
     "BehavioralBiometrics",
@@ -157,6 +161,7 @@ __all__ = [
     "ConsentSnapshotUse",
     "DataSubjectRequest",
     "DeadManSwitchConfig",
+    "DeadManSwitchFiring",
     "FallbackBilling",
     "FederatedLearningContribution",
     "FineTunedModelConfig",
