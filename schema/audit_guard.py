@@ -13,17 +13,18 @@ trigger; that is what the hash chain, the signed re-anchors and the exported anc
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
 MAINTENANCE_SETTING = "accute.audit_maintenance"
 
 
-def maintenance(session: Session) -> None:
+def maintenance(session: Session | Connection) -> None:
     """Allow the owner to change audit rows until this transaction ends (no-op on SQLite).
 
     Whatever is rewritten must end with an ``audit.reanchored`` record (``schema.audit.rechain``
     and ``reanchor_data``), so the rewrite is itself in the chain and its signature says who did it.
     """
-    if session.get_bind().dialect.name == "postgresql":
+    dialect = session.get_bind().dialect if isinstance(session, Session) else session.dialect
+    if dialect.name == "postgresql":
         session.execute(text(f"SET LOCAL {MAINTENANCE_SETTING} = 'on'"))
