@@ -67,7 +67,7 @@ from fl_client.tasks import TaskSpec, get_task
 from fl_server.config import DpMode, RunConfig
 from privacy import ledger
 from privacy.events import UNITS, CentralDpEvent, DpEvent, DpSgdEvent, NonPrivateEvent
-from schema import audit
+from schema import audit, restrictions
 from schema.config import Settings
 from schema.db import transaction
 from schema.errors import BudgetExceededError, ConflictError, DatabaseUnavailableError
@@ -95,6 +95,8 @@ REJECTED_INVALID = "rejected_invalid"
 FAILED = "failed"
 #: Written by an attempt of a round that never committed; its charges stay.
 ABORTED = "aborted"
+#: The organization's dead man's switch fired and paused its training (``schema.restrictions``).
+REJECTED_PAUSED = "rejected_paused"
 STATUSES = (
     DISPATCHED,
     ACCEPTED,
@@ -104,6 +106,7 @@ STATUSES = (
     REJECTED_INVALID,
     FAILED,
     ABORTED,
+    REJECTED_PAUSED,
 )
 
 #: What a tenant can truthfully claim as its example count in a non-DP run (weights by counts):
@@ -570,7 +573,12 @@ class Governor:
         eligible = consent_gate.batch_eligibility(
             session, {t.organization_id for t in tenants}, self.config.task, self.settings
         )
+        paused = restrictions.paused_for_training(session, (t.organization_id for t in tenants))
         for tenant in sorted(tenants, key=lambda t: t.name):
+            if tenant.organization_id in paused:
+                self._skip(session, server_round, tenant, REJECTED_PAUSED, restrictions.PAUSED_REASON)
+                admission.skipped[tenant.name] = REJECTED_PAUSED
+                continue
             verdict = eligible[tenant.organization_id]
             if not verdict.eligible:
                 self._skip(session, server_round, tenant, REJECTED_CONSENT, verdict.reason or verdict.code)
@@ -605,10 +613,12 @@ class Governor:
         deltas = [
             self._budget_deltas(session, unit) for unit in sorted({e.unit for e in self.planned_events(0)})
         ]
+        paused = restrictions.paused_for_training(session, (t.organization_id for t in tenants))
         return [
             t
             for t in tenants
             if consent[t.organization_id].eligible
+            and t.organization_id not in paused
             and all(
                 self.config.delta <= own.get(t.organization_id, self.policy.default_delta) for own in deltas
             )

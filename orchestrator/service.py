@@ -12,6 +12,8 @@ time it waited for models (provider calls, retries' attempts, VAMN inference), a
 and waiting for the accounting commit.
 """
 
+import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -124,6 +126,21 @@ class Services:
     cascade: Cascade | None = None
 
 
+def start_dms_watcher(services: Services) -> "asyncio.Task[None] | None":
+    """The dead man's switch watcher as a background task of the app (``ACCUTE_DMS_WATCH_INTERVAL_S``)."""
+    if services.settings.dms_watch_interval_s <= 0:
+        return None
+    from orchestrator.security.dms_actions import watch
+
+    def fired(changed: list[dict[str, Any]]) -> None:
+        if services.cascade is not None:
+            for entry in changed:
+                services.cascade.invalidate(uuid.UUID(entry["organization_id"]))
+
+    interval = services.settings.dms_watch_interval_s
+    return asyncio.create_task(watch(services.engine, services.keyring, interval, on_change=fired))
+
+
 def build_services(settings: Settings, engine: Engine | None = None) -> Services:
     bound = engine or make_engine(settings)
     keyring = KeyRing(kek_provider(settings))
@@ -231,9 +248,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         vamn = VamnServer(WeightsStore(settings.weights_dir), settings.config_cache_ttl_s)
         cascade = Cascade(services.engine, settings, services.keyring, vamn, cache, client)
         services.cascade = cascade
+        watcher = start_dms_watcher(services)  # the dead man's switch (issue 14)
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher  # a tick under way finishes its transaction first
             # In-flight requests have finished: write what is queued, then let go of connections.
             await anyio.to_thread.run_sync(cascade.close)
             await client.aclose()

@@ -110,6 +110,11 @@ class ReanchorSigner:
         self._kid, self._private = kid, private
         return kid, private
 
+    def sign_message(self, session: Session, message: bytes) -> tuple[str, str]:
+        """(key id, base64 signature) of ``message`` (the chain anchors of ``schema.audit_anchors``)."""
+        kid, private = self._key(session)
+        return kid, base64.b64encode(private.sign(message)).decode()
+
     def sign(self, session: Session, record: Any) -> AuditReanchorSignature:
         kid, private = self._key(session)
         message = reanchor_message(record.organization_id, record.id, record.record_hash, record.action_data)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from orchestrator.service import Services
 
 #: Router modules, included in this order (the chat route is added by ``create_app`` and goes first).
-ROUTER_MODULES: tuple[str, ...] = ()
+ROUTER_MODULES: tuple[str, ...] = ("orchestrator.api.dead_man_switch",)
 
 
 def include_routers(app: FastAPI, services: Services, guard: Guard) -> None:

@@ -31,6 +31,7 @@ COMMANDS: dict[str, LazyCommand] = {
     "org": LazyCommand("orchestrator.cli.admin_commands", "org_app", "Organizations (tenants)."),
     "user": LazyCommand("orchestrator.cli.admin_commands", "user_app", "Users of an organization."),
     "audit": LazyCommand("orchestrator.cli.audit_commands", "app", "The hash-chained audit log."),
+    "dms": LazyCommand("orchestrator.cli.dms_commands", "app", "The dead man's switch of organizations."),
     "consent": LazyCommand(
         "orchestrator.cli.consent_commands",
         "consent_app",

@@ -16,13 +16,13 @@ if TYPE_CHECKING:
     from schema.models.audit_log import ImmutableAuditLog
     from schema.models.audit_signing import AuditChainAnchor, AuditReanchorSignature, AuditSigningKey
     from schema.models.consent import DataSubjectRequest, UserConsent
-    from schema.models.dead_man_switch import DeadManSwitchFiring
     from schema.models.consent_lineage import (
         ConsentEvent,
         ConsentSnapshot,
         ConsentSnapshotMember,
         ConsentSnapshotUse,
     )
+    from schema.models.dead_man_switch import DeadManSwitchFiring
     from schema.models.federation import (
         FlNodeBinding,
         FlPublishedModel,

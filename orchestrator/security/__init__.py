@@ -1,0 +1,1 @@
+"""Security layers of the service (spec §3): tokens' policy, keys' protection, the dead man's switch."""
