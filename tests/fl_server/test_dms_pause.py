@@ -46,9 +46,13 @@ def test_a_paused_tenant_sits_out_until_a_platform_admin_reverses_the_switch(
     fed.run(fed.config(rounds=1, fraction=1.0, steps=2))
     first_trained = sorted(trained(fed, 1))
     with transaction(fed.engine) as session:
-        rows = list(session.scalars(select(FlRoundOutcome).where(FlRoundOutcome.organization_id == paused_org)))
+        rows = list(
+            session.scalars(select(FlRoundOutcome).where(FlRoundOutcome.organization_id == paused_org))
+        )
         charged = list(
-            session.scalars(select(PrivacyLedgerEvent).where(PrivacyLedgerEvent.organization_id == paused_org))
+            session.scalars(
+                select(PrivacyLedgerEvent).where(PrivacyLedgerEvent.organization_id == paused_org)
+            )
         )
         session.expunge_all()
     with transaction(fed.engine) as session:

@@ -25,13 +25,17 @@ PROVIDER_KEY = "tenant-key-0123456789"
 
 def _users(service: Service, org: uuid.UUID, n: int) -> list[uuid.UUID]:
     with transaction(service.engine) as session:
-        users = [User(organization_id=org, email=f"u{i}-{uuid.uuid4().hex[:6]}@firm.example") for i in range(n)]
+        users = [
+            User(organization_id=org, email=f"u{i}-{uuid.uuid4().hex[:6]}@firm.example") for i in range(n)
+        ]
         session.add_all(users)
         session.flush()
         return [u.id for u in users]
 
 
-def _configure(service: Service, org: uuid.UUID, admin: uuid.UUID, contacts: list[uuid.UUID], **fields: Any) -> Any:
+def _configure(
+    service: Service, org: uuid.UUID, admin: uuid.UUID, contacts: list[uuid.UUID], **fields: Any
+) -> Any:
     body = {
         "admin_user_id": str(admin),
         "heartbeat_interval_hours": 24,
@@ -92,7 +96,9 @@ def test_a_missed_heartbeat_fires_every_action_and_a_platform_admin_reverses_the
     assert shown["state"] == "fired" and shown["firing"]["id"] == firing["id"]
     with transaction(service.engine) as session:
         versions = sorted(
-            session.scalars(select(OrganizationDataKey.version).where(OrganizationDataKey.organization_id == org))
+            session.scalars(
+                select(OrganizationDataKey.version).where(OrganizationDataKey.organization_id == org)
+            )
         )
         firings = session.scalar(select(sa.func.count()).select_from(DeadManSwitchFiring))
     assert versions == [1, 2] and firings == 1
@@ -113,7 +119,9 @@ def test_a_missed_heartbeat_fires_every_action_and_a_platform_admin_reverses_the
     assert "@" not in json.dumps([r.action_data for r in _audit(service, org)])  # ids, never addresses
 
     # Execute: the organization's admin may not reverse; a platform admin may, once.
-    by_org_admin = service.client.post(f"/v1/orgs/{org}/dead-man-switch/reverse", headers=service.headers(org))
+    by_org_admin = service.client.post(
+        f"/v1/orgs/{org}/dead-man-switch/reverse", headers=service.headers(org)
+    )
     platform = service.headers(None, "platform_admin")
     reversed_ = service.client.post(f"/v1/orgs/{org}/dead-man-switch/reverse", headers=platform)
     twice = service.client.post(f"/v1/orgs/{org}/dead-man-switch/reverse", headers=platform)
@@ -136,7 +144,10 @@ def test_a_heartbeat_resets_the_timer_and_org_admins_heartbeat_only_their_own(se
     # Prepare: a switch, the doom timer started by a look after the interval.
     org, other = service.org(), service.org()
     (admin,) = _users(service, org, 1)
-    assert _configure(service, org, admin, [], heartbeat_interval_hours=1, grace_period_hours=2).status_code == 200
+    assert (
+        _configure(service, org, admin, [], heartbeat_interval_hours=1, grace_period_hours=2).status_code
+        == 200
+    )
     keyring = service.services.keyring
     doom = dms_actions.tick(service.engine, keyring, utcnow() + timedelta(hours=1, minutes=1))
 
@@ -152,7 +163,11 @@ def test_a_heartbeat_resets_the_timer_and_org_admins_heartbeat_only_their_own(se
 
     # Assert
     assert [d["state"] for d in doom] == ["doom"]
-    assert own.status_code == 200 and own.json()["state"] == "armed" and own.json()["doom_timer_started_at"] is None
+    assert (
+        own.status_code == 200
+        and own.json()["state"] == "armed"
+        and own.json()["doom_timer_started_at"] is None
+    )
     assert foreign.status_code == 403 and user_role.status_code == 403
     assert [entry["state"] for entry in later] == ["doom"]
     with transaction(service.engine) as session:
@@ -170,7 +185,10 @@ def test_configuration_is_validated(service: Service) -> None:
     foreign_admin = _configure(service, org, stranger, [])
     missing = service.client.get(f"/v1/orgs/{org}/dead-man-switch", headers=service.headers(org))
     assert unknown_action.status_code == 422
-    assert foreign_contact.status_code == 422 and "is not a user of organization" in foreign_contact.json()["message"]
+    assert (
+        foreign_contact.status_code == 422
+        and "is not a user of organization" in foreign_contact.json()["message"]
+    )
     assert foreign_admin.status_code == 422
     assert missing.status_code == 404
 

@@ -73,9 +73,9 @@ def test_the_maintenance_path_is_the_owners_only(pg_engine: Engine) -> None:
         with pg_engine.begin() as connection:
             audit_guard.maintenance(connection)
             connection.exec_driver_sql(STATEMENTS["update"](ids))
-        with pg_engine.begin() as connection:  # the setting ended with its transaction
-            with pytest.raises(DBAPIError):
-                connection.exec_driver_sql(STATEMENTS["delete"](ids))
+        # The setting ended with its transaction.
+        with pg_engine.begin() as connection, pytest.raises(DBAPIError):
+            connection.exec_driver_sql(STATEMENTS["delete"](ids))
     finally:
         with pg_engine.begin() as connection:
             connection.exec_driver_sql(f"DROP OWNED BY {role}")
