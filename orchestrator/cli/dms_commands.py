@@ -110,12 +110,16 @@ def watch(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Start doom timers and fire due switches (pause training, disable providers and fallback,
-    rotate the data key, notify contacts), every ``--interval-s`` seconds until stopped."""
-    from orchestrator.keys import KeyRing, kek_provider
+    rotate the data key, notify contacts), every ``--interval-s`` seconds until stopped. The key
+    rotation needs the service's KEK on this host (``ACCUTE_KEK_FILE`` or PKCS#11)."""
+    from orchestrator.keys import KeyRing, configured_kek
     from orchestrator.security import dms_actions
 
     engine = ready_engine()
-    keyring = KeyRing(kek_provider(load_settings()))
+    # Never a new KEK here: without the service's, a firing's key rotation fails (audited) and
+    # the other actions still apply.
+    kek = configured_kek(load_settings())
+    keyring = KeyRing(kek) if kek is not None else None
     while True:
         changed = dms_actions.tick(engine, keyring, _now(now))
         if once:

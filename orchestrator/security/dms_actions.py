@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from orchestrator.keys import KeyRing
+from orchestrator.keys import KeyRing, KeyUnusableError
 from orchestrator.security import dead_man_switch as dms
 from schema import audit
 from schema.db import transaction
@@ -197,7 +197,7 @@ def heartbeat(
 
 
 # -- the watcher -----------------------------------------------------------------------------------
-def tick(engine: Engine, keyring: KeyRing, now: datetime) -> list[dict[str, Any]]:
+def tick(engine: Engine, keyring: KeyRing | None, now: datetime) -> list[dict[str, Any]]:
     """Evaluate every active switch at ``now``: start doom timers, fire what is due.
 
     Returns one entry per switch that changed (``doom`` started or ``fired``). Each organization
@@ -223,7 +223,7 @@ def tick(engine: Engine, keyring: KeyRing, now: datetime) -> list[dict[str, Any]
 
 
 def _tick_one(
-    session: Session, keyring: KeyRing, organization_id: uuid.UUID, now: datetime
+    session: Session, keyring: KeyRing | None, organization_id: uuid.UUID, now: datetime
 ) -> dict[str, Any] | None:
     row = _config(session, organization_id, lock=True)
     firing = _active_firing(session, organization_id)
@@ -269,7 +269,7 @@ def _audit_step(session: Session, row: DeadManSwitchConfig, action: str, data: d
 
 
 def fire(
-    session: Session, keyring: KeyRing, row: DeadManSwitchConfig, doom_started: datetime, now: datetime
+    session: Session, keyring: KeyRing | None, row: DeadManSwitchConfig, doom_started: datetime, now: datetime
 ) -> DeadManSwitchFiring:
     """Apply the configured actions once; an unreversed firing already there is returned as is."""
     existing = _active_firing(session, row.organization_id)
@@ -296,8 +296,11 @@ def fire(
     if firing.fallback_disabled:
         _audit_step(session, row, "dms.fallback_disabled", step)
     if dms.ROTATE_DATA_KEY in actions:
-        # In a savepoint: a KEK that is not reachable must not hold up the other actions.
+        # In a savepoint: a KEK that is not reachable (``keyring`` None: a watcher on a host
+        # without it) must not hold up the other actions; the failure is audited.
         try:
+            if keyring is None:
+                raise KeyUnusableError("the KEK is not reachable on this host")
             with session.begin_nested():
                 version = keyring.rotate_data_key(session, row.organization_id)  # audited there too
         except AccuteError as exc:

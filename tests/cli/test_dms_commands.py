@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
+from schema.db import make_engine, transaction
+from schema.models import ImmutableAuditLog
 from tests.cli.conftest import Runner
 
 T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
@@ -86,3 +91,37 @@ def test_a_contact_of_another_organization_and_a_missing_switch_are_refused(read
     missing = ready_cli("dms", "heartbeat", "--org", org)
     assert foreign.code == 2 and "is not a user of organization" in foreign.err
     assert missing.code == 3 and "dms configure" in missing.err
+
+
+def test_without_the_kek_here_the_rotation_fails_audited_and_the_other_actions_apply(
+    ready_cli: Runner, database_url: str
+) -> None:
+    # Prepare: a switch with every action; then the KEK file is not on this host.
+    org, admin, contact = _org_with_users(ready_cli, "nokek")
+    ready_cli(
+        "dms", "configure", "--org", org, "--admin-user", admin, "--contact", contact,
+        "--interval-hours", "1", "--grace-hours", "0", "--now", at(0),
+    )  # fmt: skip
+    kek = Path(os.environ["ACCUTE_KEK_FILE"])
+    kek.unlink()
+
+    # Execute
+    fired = ready_cli("dms", "watch", "--once", "--now", at(2), "--json")
+
+    # Assert: fired, paused and disabled, no rotation, no stray KEK made; the failure is audited.
+    assert fired.code == 0, fired.err
+    firing = fired.json()[0]["firing"]
+    assert firing["training_paused"] and firing["providers_disabled"] and firing["fallback_disabled"]
+    assert firing["rotated_key_version"] is None and firing["notified_contacts"] == 1
+    assert not kek.exists()
+    engine = make_engine(database_url)
+    try:
+        with transaction(engine) as session:
+            actions = list(
+                session.scalars(
+                    select(ImmutableAuditLog.action).where(ImmutableAuditLog.action.like("dms.%"))
+                )
+            )
+    finally:
+        engine.dispose()
+    assert "dms.data_key_rotation_failed" in actions and "dms.data_key_rotated" not in actions
