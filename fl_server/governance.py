@@ -69,7 +69,7 @@ from fl_server.config import DpMode, RunConfig
 from orchestrator.security import node_admission
 from privacy import ledger
 from privacy.events import UNITS, CentralDpEvent, DpEvent, DpSgdEvent, NonPrivateEvent
-from schema import audit
+from schema import audit, restrictions
 from schema import events as hub_events
 from schema.anomaly_policy import load_policy
 from schema.config import Settings
@@ -101,6 +101,8 @@ REJECTED_POLICY = "rejected_policy"
 FAILED = "failed"
 #: Written by an attempt of a round that never committed; its charges stay.
 ABORTED = "aborted"
+#: The organization's dead man's switch fired and paused its training (``schema.restrictions``).
+REJECTED_PAUSED = "rejected_paused"
 STATUSES = (
     DISPATCHED,
     ACCEPTED,
@@ -111,6 +113,7 @@ STATUSES = (
     REJECTED_POLICY,
     FAILED,
     ABORTED,
+    REJECTED_PAUSED,
 )
 
 #: What a tenant can truthfully claim as its example count in a non-DP run (weights by counts):
@@ -586,6 +589,7 @@ class Governor:
         eligible = consent_gate.batch_eligibility(
             session, {t.organization_id for t in tenants}, self.config.task, self.settings
         )
+        paused = restrictions.paused_for_training(session, (t.organization_id for t in tenants))
         # An open auto-block of the federation's own detectors first (its reason names the anomaly),
         # then the zero-trust policy over every other open anomaly of the organization.
         blocked = (
@@ -594,13 +598,17 @@ class Governor:
             else {}
         )
         if self.zero_trust is not None:
-            unblocked = {t.organization_id for t in tenants} - set(blocked)
+            unblocked = {t.organization_id for t in tenants} - set(blocked) - set(paused)
             refused = node_admission.refusals(session, unblocked, self.zero_trust)
             for tenant in [t for t in tenants if t.organization_id in refused]:
                 self._skip(session, server_round, tenant, REJECTED_POLICY, refused[tenant.organization_id])
                 admission.skipped[tenant.name] = REJECTED_POLICY
             tenants = [t for t in tenants if t.organization_id not in refused]
         for tenant in sorted(tenants, key=lambda t: t.name):
+            if tenant.organization_id in paused:  # the dead man's switch paused its training
+                self._skip(session, server_round, tenant, REJECTED_PAUSED, restrictions.PAUSED_REASON)
+                admission.skipped[tenant.name] = REJECTED_PAUSED
+                continue
             if tenant.organization_id in blocked:  # an open auto-blocked security anomaly
                 self._skip(session, server_round, tenant, REJECTED_INVALID, blocked[tenant.organization_id])
                 admission.skipped[tenant.name] = REJECTED_INVALID
@@ -639,10 +647,12 @@ class Governor:
         deltas = [
             self._budget_deltas(session, unit) for unit in sorted({e.unit for e in self.planned_events(0)})
         ]
+        paused = restrictions.paused_for_training(session, (t.organization_id for t in tenants))
         return [
             t
             for t in tenants
             if consent[t.organization_id].eligible
+            and t.organization_id not in paused
             and all(
                 self.config.delta <= own.get(t.organization_id, self.policy.default_delta) for own in deltas
             )

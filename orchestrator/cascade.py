@@ -61,6 +61,7 @@ from orchestrator.upstream import (
 )
 from orchestrator.vamn import VamnServer, count_tokens
 from orchestrator.writer import AccountingWriter
+from schema import restrictions
 from schema.config import Settings
 from schema.db import transaction
 from schema.errors import (
@@ -128,6 +129,8 @@ class _OrgState:
     loaded_at: float
     billing_model: str
     configs: list[configs.ConfigView]
+    #: False while the organization's dead man's switch holds the fallback disabled.
+    fallback_allowed: bool = True
 
 
 class _Failed(Exception):
@@ -252,11 +255,17 @@ class Cascade:
             )
             if billing_model is None:
                 raise NotFoundError(f"organization {organization_id} does not exist")
-            views = configs.views(session, self.keyring, organization_id, time.time())
+            # A fired dead man's switch: its provider keys are not even decrypted.
+            blocked = restrictions.of(session, organization_id)
+            views = (
+                []
+                if blocked.providers_disabled
+                else configs.views(session, self.keyring, organization_id, time.time())
+            )
             if self._routing is None:
                 rows = session.execute(select(AgentVamnRouting.agent_slug, AgentVamnRouting.primary_head))
                 self._routing = {slug: head for slug, head in rows}
-        return _OrgState(time.monotonic(), billing_model, views)
+        return _OrgState(time.monotonic(), billing_model, views, not blocked.fallback_disabled)
 
     async def _org(self, organization_id: uuid.UUID) -> _OrgState:
         """The organization's configs.
@@ -582,7 +591,8 @@ class Cascade:
         if self.cache is not None:
             chain = [f"{c.target.provider}/{c.target.model_id}" for c in eligible]
             chain.append(f"vamn/{head}")
-            chain.append(f"{self.settings.fallback_provider}/{self.settings.fallback_model}")
+            if state.fallback_allowed:
+                chain.append(f"{self.settings.fallback_provider}/{self.settings.fallback_model}")
             key = cache_key(
                 request.organization_id,
                 request.agent_slug,
@@ -618,7 +628,7 @@ class Cascade:
         )
         if response is None:
             response = await self._vamn_tier(request, head, outcome, timing)
-        if response is None:
+        if response is None and state.fallback_allowed:
             response = await self._fallback_tier(request, outcome, deadline, timing, stream)
         if isinstance(response, _Live):  # accounted by ``_settle`` once the stream ends
             response.outcome, response.health, response.key = outcome, health, key

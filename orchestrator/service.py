@@ -12,6 +12,8 @@ time it waited for models (provider calls, retries' attempts, VAMN inference), a
 and waiting for the accounting commit.
 """
 
+import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -128,6 +130,21 @@ class Services:
     """Zero trust, threat intelligence and rate limits (None when ACCUTE_ZERO_TRUST_ENABLED is off)."""
     security: "SecurityMonitor | None" = None
     """Anomaly detectors and the address/subject blocklist (None with ACCUTE_ANOMALY_DETECTION=false)."""
+
+
+def start_dms_watcher(services: Services) -> "asyncio.Task[None] | None":
+    """The dead man's switch watcher as a background task of the app (``ACCUTE_DMS_WATCH_INTERVAL_S``)."""
+    if services.settings.dms_watch_interval_s <= 0:
+        return None
+    from orchestrator.security.dms_actions import watch
+
+    def fired(changed: list[dict[str, Any]]) -> None:
+        if services.cascade is not None:
+            for entry in changed:
+                services.cascade.invalidate(uuid.UUID(entry["organization_id"]))
+
+    interval = services.settings.dms_watch_interval_s
+    return asyncio.create_task(watch(services.engine, services.keyring, interval, on_change=fired))
 
 
 def build_services(settings: Settings, engine: Engine | None = None) -> Services:
@@ -252,10 +269,15 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         services.cascade = cascade
         if services.gate is not None:
             await anyio.to_thread.run_sync(services.gate.start)
+        watcher = start_dms_watcher(services)  # the dead man's switch (issue 14)
         try:
             async with _hub_relay(settings, services.engine):
                 yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher  # a tick under way finishes its transaction first
             # In-flight requests have finished: write what is queued, then let go of connections.
             await anyio.to_thread.run_sync(cascade.close)
             if services.gate is not None:

@@ -111,6 +111,11 @@ class ReanchorSigner:
         self._kid, self._private = kid, private
         return kid, private
 
+    def sign_message(self, session: Session, message: bytes) -> tuple[str, str]:
+        """(key id, base64 signature) of ``message`` (the chain anchors of ``schema.audit_anchors``)."""
+        kid, private = self._key(session)
+        return kid, base64.b64encode(private.sign(message)).decode()
+
     def sign(self, session: Session, record: Any) -> AuditReanchorSignature:
         kid, private = self._key(session)
         message = reanchor_message(record.organization_id, record.id, record.record_hash, record.action_data)
@@ -262,7 +267,14 @@ def verify_chains(
     """``accute-fl audit verify``: every chain (or one organization's) re-hashed, re-anchors checked
     against their signatures, and, where the KEK is reachable (``kek``), the signing keys checked
     against it (a key that does not open under the KEK is distrusted: its signatures count as forged)."""
+    return audit.verify(session, organization_id, signatures=signature_book(session, organization_id, kek))
+
+
+def signature_book(
+    session: Session, organization_id: uuid.UUID | None = None, kek: KeyWrapper | None = None
+) -> SignatureBook:
+    """The stored signatures, with the keys the KEK does not vouch for (when reachable) distrusted."""
     book = load(session, organization_id)
     if kek is not None:
         book.distrusted = set(authenticate_keys(session, kek))
-    return audit.verify(session, organization_id, signatures=book)
+    return book

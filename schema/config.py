@@ -207,6 +207,12 @@ class Settings(BaseSettings):
     cascade_deadline_s: float = Field(
         default=60.0, gt=0, description="Overall deadline of one chat request across all tiers (seconds)."
     )
+    dms_watch_interval_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="Seconds between the dead man's switch watcher's checks inside `serve` (each "
+        "worker runs one; firing is idempotent). 0 runs no watcher there (run `accute-fl dms watch`).",
+    )
     config_cache_ttl_s: float = Field(
         default=5.0, ge=0, description="Seconds a server reuses an organization's provider configs."
     )

@@ -142,6 +142,18 @@ class ConsentChanged(EventPayload):
     consent_version: Label
 
 
+class DeadManSwitchFired(EventPayload):
+    """An organization's dead man's switch fired (no heartbeat for its interval plus its grace
+    period): its actions ran; the hub notifies the escalation contacts, named by user id only."""
+
+    firing_id: uuid.UUID
+    switch_id: uuid.UUID
+    fired_at: datetime
+    escalation_contacts: list[uuid.UUID] = Field(max_length=20, description="Users to notify (ids only).")
+    contact_count: int = Field(ge=0, le=20)
+    actions: list[Code] = Field(max_length=20, description="What the switch did, e.g. pause_training.")
+
+
 class DsrFiled(EventPayload):
     """A data subject request was filed; the hub's products act on it by ``user_id``."""
 
@@ -213,6 +225,13 @@ EVENT_TYPES: dict[str, EventType] = _types(
     EventType("accute.consent.granted", ConsentChanged, 1, True, "consent_gate.records grant"),
     EventType("accute.consent.withdrawn", ConsentChanged, 1, True, "consent_gate.records withdraw"),
     EventType("accute.dsr.filed", DsrFiled, 1, True, "consent_gate.dsr file_request"),
+    EventType(
+        "accute.security.dead_man_switch.fired",
+        DeadManSwitchFired,
+        1,
+        True,
+        "orchestrator.security.dms_actions notify_escalation_contacts",
+    ),
     EventType("accute.dsr.completed", DsrCompleted, 1, True, "consent_gate.dsr process_request"),
     EventType(
         "accute.llm.fallback.billed",

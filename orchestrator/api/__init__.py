@@ -25,6 +25,7 @@ ROUTER_MODULES: tuple[str, ...] = (
     "orchestrator.api.admin_audit",
     "orchestrator.api.security_anomalies",
     "orchestrator.api.biometrics",
+    "orchestrator.api.dead_man_switch",
     "orchestrator.api.admin_web",
 )
 

@@ -1,4 +1,4 @@
-"""Admin API: ``accute-fl audit verify`` over HTTP (``schema.audit_signing.verify_chains``).
+"""Admin API: ``accute-fl audit verify`` over HTTP (``schema.audit_anchors.verify_all``).
 
 A platform admin verifies every chain (or one organization's); an organization admin its own.
 A broken chain is a 200 answer with ``ok: false`` and the first bad record: the check ran.
@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from orchestrator.api.admin_scope import AdminDeps, scope_for
 from orchestrator.auth import Principal
-from schema import audit_signing
+from schema import audit_anchors
 
 if TYPE_CHECKING:
     from orchestrator.api.deps import Guard
@@ -32,11 +32,20 @@ class ChainView(BaseModel):
     unsigned_reanchors: list[int]
 
 
+class AnchorProblemView(BaseModel):
+    anchor_id: int
+    organization_id: str
+    record_id: int
+    reason: str
+
+
 class VerifyResult(BaseModel):
-    """``ok`` when every chain verified (unsigned re-anchors are listed, not failures)."""
+    """``ok`` when every chain verified and every signed anchor still holds (unsigned re-anchors
+    are listed, not failures)."""
 
     ok: bool
     chains: list[ChainView]
+    anchors: list[AnchorProblemView]
 
 
 def build(services: "Services", guard: "Guard") -> APIRouter:
@@ -56,9 +65,10 @@ def build(services: "Services", guard: "Guard") -> APIRouter:
             kek = configured_kek(services.settings)
             if kek is not None:
                 kek.current_version()
-            reports = deps.read(lambda s: audit_signing.verify_chains(s, org, kek))
+            reports, problems = deps.read(lambda s: audit_anchors.verify_all(s, org, kek))
             chains = [ChainView(**asdict(r)) for r in reports]
-            return VerifyResult(ok=all(c.ok for c in chains), chains=chains)
+            anchors = [AnchorProblemView(**asdict(p)) for p in problems]
+            return VerifyResult(ok=all(c.ok for c in chains) and not anchors, chains=chains, anchors=anchors)
 
         return await anyio.to_thread.run_sync(run)
 

@@ -34,6 +34,7 @@ COMMANDS: dict[str, LazyCommand] = {
     "security": LazyCommand(
         "orchestrator.cli.security_commands", "app", "Security anomalies: review and resolve."
     ),
+    "dms": LazyCommand("orchestrator.cli.dms_commands", "app", "The dead man's switch of organizations."),
     "consent": LazyCommand(
         "orchestrator.cli.consent_commands",
         "consent_app",

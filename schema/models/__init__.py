@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from schema.models.audit_log import ImmutableAuditLog
-    from schema.models.audit_signing import AuditReanchorSignature, AuditSigningKey
+    from schema.models.audit_signing import AuditChainAnchor, AuditReanchorSignature, AuditSigningKey
     from schema.models.consent import DataSubjectRequest, UserConsent
     from schema.models.consent_lineage import (
         ConsentEvent,
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         ConsentSnapshotMember,
         ConsentSnapshotUse,
     )
+    from schema.models.dead_man_switch import DeadManSwitchFiring
     from schema.models.federation import (
         FlNodeBinding,
         FlPublishedModel,
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
 MODEL_MODULES: dict[str, str] = {
     "AgentSession": "tenancy",
     "AgentVamnRouting": "vamn",
+    "AuditChainAnchor": "audit_signing",
     "AuditReanchorSignature": "audit_signing",
     "AuditSigningKey": "audit_signing",
     "BehavioralBaseline": "security",
@@ -78,6 +80,7 @@ MODEL_MODULES: dict[str, str] = {
     "ConsentSnapshotUse": "consent_lineage",
     "DataSubjectRequest": "consent",
     "DeadManSwitchConfig": "security",
+    "DeadManSwitchFiring": "dead_man_switch",
     "FallbackBilling": "llm",
     "FederatedLearningContribution": "vamn",
     "FineTunedModelConfig": "llm",
@@ -155,6 +158,7 @@ __all__ = [
     "SPEC_TABLES",
     "AgentSession",
     "AgentVamnRouting",
+    "AuditChainAnchor",
     "AuditReanchorSignature",
     "AuditSigningKey",
     "BehavioralBaseline",
@@ -165,6 +169,7 @@ __all__ = [
     "ConsentSnapshotUse",
     "DataSubjectRequest",
     "DeadManSwitchConfig",
+    "DeadManSwitchFiring",
     "FallbackBilling",
     "FederatedLearningContribution",
     "FineTunedModelConfig",

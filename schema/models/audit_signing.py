@@ -50,3 +50,27 @@ class AuditReanchorSignature(Base):
     signature: Mapped[str] = mapped_column(Text)
     """Base64 of the 64-byte Ed25519 signature."""
     signed_at: Mapped[datetime | None] = mapped_column(TimestampTZ)
+
+
+class AuditChainAnchor(Base):
+    """A chain's head (record id, hash, length) at one moment, signed with the audit signing key.
+
+    Fills the role of the spec's ``blockchain_tx_id`` without a blockchain: once a head is anchored
+    (and the anchors exported somewhere else), rewriting the chain before it, even consistently
+    re-hashed, no longer matches the anchor (``schema.audit_anchors``; migration 0016).
+    """
+
+    __tablename__ = "audit_chain_anchors"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    organization_id: Mapped[uuid.UUID] = mapped_column(UUIDType)
+    record_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
+    """The head's id; no foreign key, so an anchor outlives a deleted record and says so."""
+    record_hash: Mapped[str] = mapped_column(String(128))
+    records: Mapped[int] = mapped_column(Integer)
+    anchored_at: Mapped[datetime] = mapped_column(TimestampTZ)
+    kid: Mapped[str] = mapped_column(String(64), ForeignKey("audit_signing_keys.kid"))
+    algorithm: Mapped[str] = mapped_column(String(20))
+    signature: Mapped[str] = mapped_column(Text)

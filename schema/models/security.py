@@ -181,10 +181,18 @@ class ThreatIntelligence(Base):
 
 
 class DeadManSwitchConfig(Base):
-    """Heartbeat and escalation settings for an organization's admin."""
+    """Heartbeat and escalation settings for an organization's admin (one row per organization).
+
+    ``actions`` (an extension, migration 0016) names what the switch does when it fires
+    (``orchestrator.security.dead_man_switch.ACTIONS``); ``escalation_contacts`` holds user ids of
+    the organization, never addresses (the hub resolves them).
+    """
 
     __tablename__ = "dead_man_switch_config"
-    __table_args__ = (Index("idx_dms_org", "organization_id", "is_active"),)
+    __table_args__ = (
+        Index("idx_dms_org", "organization_id", "is_active"),
+        Index("uq_dms_config_org", "organization_id", unique=True),
+    )
 
     id: Mapped[uuid.UUID] = uuid_pk()
     organization_id: Mapped[uuid.UUID] = mapped_column(UUIDType, ForeignKey("organizations.id"))
@@ -198,6 +206,7 @@ class DeadManSwitchConfig(Base):
     recovery_instructions: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime | None] = created_at()
     updated_at: Mapped[datetime | None] = updated_at()
+    actions: Mapped[list[str]] = mapped_column(JSONBType, server_default=text("'[]'"))
 
 
 # Indexes with a descending column are built on the mapped columns (see ordered_index).

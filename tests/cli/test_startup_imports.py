@@ -113,6 +113,8 @@ def light_commands(tenant: Tenant) -> dict[str, list[str]]:
         "org list": ["org", "list"],
         "user list": ["user", "list", "--org", org, "--json"],
         "audit verify": ["audit", "verify", "--json"],
+        "audit anchors": ["audit", "anchors", "--json"],
+        "dms watch": ["dms", "watch", "--once", "--json"],
         "privacy epsilon": [
             "privacy",
             "epsilon",
@@ -146,6 +148,8 @@ LIGHT = (
     "org list",
     "user list",
     "audit verify",
+    "audit anchors",
+    "dms watch",
     "privacy epsilon",
     "db current",
     "status",

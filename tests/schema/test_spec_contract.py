@@ -72,6 +72,9 @@ EXTENSIONS: dict[str, tuple[str, ...]] = {
     # The month's exact sum (12 decimals) behind the spec's rounded total_cost_usd: money is
     # rounded once per invoice line (orchestrator/accounting.py), never per request.
     "fallback_billing": ("total_cost_exact_usd",),
+    # What the switch does when it fires (orchestrator/security/dead_man_switch.py ACTIONS): the
+    # spec names the actions in prose only (issue 14, migration 0016).
+    "dead_man_switch_config": ("actions",),
 }
 
 
