@@ -8,7 +8,8 @@ load client of ``bench/cascade_overhead.py``, imported, not copied):
   with ``--indicators`` active indicators loaded (addresses, ranges, domains, agents; the client's
   address is not listed), the anomaly/behaviour/device context, the zero-trust decision, and every
   decision written to ``zero_trust_access_log`` in batches;
-- off: ``ACCUTE_ZERO_TRUST_ENABLED=false`` (token and role checks only, as before).
+- off: ``ACCUTE_ZERO_TRUST_ENABLED=false`` and ``ACCUTE_ANOMALY_DETECTION=false`` (token and role
+  checks only, as before); "on" runs the anomaly detectors too.
 
 At concurrency 1, in ``--rounds`` interleaved blocks of ``--block`` requests (off, on, off, on, ...)
 so that load from other processes on the machine falls on both alike. Reported per side: p50/p99 of
@@ -109,10 +110,14 @@ def main() -> None:
     bench = Bench.create()
     provider_port, on_port, off_port = _free_port(), _free_port(), _free_port()
     prefix = f"accute-bench-{uuid.uuid4().hex[:8]}"
-    on_env = bench.env | {"ACCUTE_ZERO_TRUST_ENABLED": "true", "ACCUTE_RATE_LIMIT_KEY_PREFIX": prefix}
+    on_env = bench.env | {
+        "ACCUTE_ZERO_TRUST_ENABLED": "true",
+        "ACCUTE_ANOMALY_DETECTION": "true",
+        "ACCUTE_RATE_LIMIT_KEY_PREFIX": prefix,
+    }
     if args.redis:
         on_env["ACCUTE_REDIS_URL"] = args.redis
-    off_env = bench.env | {"ACCUTE_ZERO_TRUST_ENABLED": "false"}
+    off_env = bench.env | {"ACCUTE_ZERO_TRUST_ENABLED": "false", "ACCUTE_ANOMALY_DETECTION": "false"}
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(target=_run_provider, args=(provider_port,), daemon=True),
