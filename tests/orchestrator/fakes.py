@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import socket
 import socketserver
+import subprocess
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +21,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+import httpx
 
 
 @dataclass
@@ -413,3 +417,18 @@ def running_streaming(provider: StreamingProvider) -> Iterator[StreamingProvider
     with _serving_raw(Handler) as url:
         provider.url = url
         yield provider
+
+
+def wait_ready(base: str, processes: list[subprocess.Popen[str]], seconds: float = 90) -> None:
+    """Until ``{base}/readyz`` answers 200; fails if a server process exits or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1, trust_env=False).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert all(p.poll() is None for p in processes) and time.monotonic() < deadline, (
+            "the server did not come up"
+        )
+        time.sleep(0.2)

@@ -35,7 +35,7 @@ from simulations.runner import simulate
 from simulations.scenario import SimulationSpec
 from tests.conftest import IN_CI
 from tests.orchestrator.conftest import FALLBACK_KEY
-from tests.orchestrator.fakes import FakeProvider, running
+from tests.orchestrator.fakes import FakeProvider, running, wait_ready
 from tests.simulations.conftest import in_process
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -116,15 +116,7 @@ def server(world: tuple[Engine, Settings]) -> Iterator[str]:
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=1, trust_env=False).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert process.poll() is None and time.monotonic() < deadline, "the server did not come up"
-                time.sleep(0.2)
+            wait_ready(base, [process], seconds=60)
             yield base
         finally:
             process.send_signal(signal.SIGTERM)

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from schema.db import transaction
 from schema.models import LlmInflight, LlmRequest, LlmUsageLog
 from schema.timeutil import utcnow
 from tests.orchestrator.conftest import FALLBACK_KEY, make_settings
-from tests.orchestrator.fakes import FakeProvider, running
+from tests.orchestrator.fakes import FakeProvider, running, wait_ready
 from tests.orchestrator.test_serve import SCRIPT, _free_port
 
 
@@ -56,18 +55,6 @@ def _start(port: int, env: dict[str, str]) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
     )
-
-
-def _wait_ready(base: str, server: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1, trust_env=False).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert server.poll() is None and time.monotonic() < deadline, "the server did not come up"
-        time.sleep(0.2)
 
 
 async def _copies(bases: list[str], path: str, token: str, per_server: int) -> list[httpx.Response]:
@@ -108,7 +95,7 @@ def test_copies_of_a_request_id_in_two_server_processes_call_the_provider_once(
         outputs: list[str] = []
         try:
             for base, server in zip(bases, servers, strict=True):
-                _wait_ready(base, server)
+                wait_ready(base, [server])
 
             # Execute: 8 copies of one request id to each server at once.
             responses = asyncio.run(_copies(bases, f"/v1/orgs/{org}/agents/luca/chat", token, 8))

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -21,7 +20,7 @@ from schema import directory
 from schema.db import transaction
 from schema.models import LlmRequest, LlmUsageLog
 from tests.orchestrator.conftest import FALLBACK_KEY, make_settings
-from tests.orchestrator.fakes import FakeProvider
+from tests.orchestrator.fakes import FakeProvider, wait_ready
 
 SCRIPT = shutil.which("accute-fl") or str(Path(sys.executable).with_name("accute-fl"))
 
@@ -73,15 +72,7 @@ def test_serve_with_two_workers_answers_and_accounts_every_request(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1, trust_env=False).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.2)
+        wait_ready(base, [server], seconds=60)
 
         # Execute
         responses = asyncio.run(_chat_many(base, f"/v1/orgs/{org}/agents/luca/chat", token, 40))

@@ -33,7 +33,7 @@ from schema.migrate import upgrade
 from schema.models import SecurityAnomaly, ZeroTrustAccessLog
 from tests.conftest import _postgres_schema_url
 from tests.orchestrator.conftest import FALLBACK_KEY, make_settings
-from tests.orchestrator.fakes import FakeProvider, running
+from tests.orchestrator.fakes import FakeProvider, running, wait_ready
 from tests.orchestrator.security.stix_fixtures import bundle_json
 
 SCRIPT = shutil.which("accute-fl") or str(Path(sys.executable).with_name("accute-fl"))
@@ -80,20 +80,6 @@ class Served:
             rows = list(session.scalars(query))
             session.expunge_all()
         return rows
-
-
-def _wait_up(base: str, procs: list[subprocess.Popen[str]]) -> None:
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1, trust_env=False).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, (
-            "the server did not come up"
-        )
-        time.sleep(0.2)
 
 
 def _start(env: dict[str, str], port: int) -> subprocess.Popen[str]:
@@ -146,7 +132,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             token = partial(_token, services, org)
 
             try:
-                _wait_up(base, procs)
+                wait_ready(base, procs)
                 yield Served(base, engine, env, token, org, user, procs)
             finally:
                 output = _stop(procs)
@@ -366,7 +352,7 @@ def test_two_workers_share_one_redis_rate_limit(served: Served) -> None:
     procs = [_start(env, port) for port in ports]
     try:
         for port in ports:
-            _wait_up(f"http://127.0.0.1:{port}", procs)
+            wait_ready(f"http://127.0.0.1:{port}", procs)
 
         # Execute: 20 requests to each server.
         statuses: list[int] = []
