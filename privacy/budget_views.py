@@ -163,7 +163,7 @@ def budget_detail(
     statuses = ledger.budget_rows(session, organization.id, policy=policy, model_type=model_type, unit=unit)
     entries = ledger.history(session, organization.id, model_type, policy=policy, unit=unit)
     if not statuses and not entries:
-        _known_model_type(session, model_type)
+        check_model_type(session, model_type)
     runs = runs_of_events(session, model_type, entries)
     name = organization.name
     return BudgetDetail(
@@ -192,7 +192,7 @@ def known_model_types(session: Session) -> set[str]:
     return known
 
 
-def _known_model_type(session: Session, model_type: str) -> None:
+def check_model_type(session: Session, model_type: str) -> None:
     """Refuse an unknown model type with the known ones: a typo must not look like an empty history."""
     known = known_model_types(session)
     if model_type not in known:

@@ -180,12 +180,12 @@ def budget_show(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Every budget with epsilon spent and remaining; status ok, near_cap (>= 80 %) or exhausted."""
-    from privacy import ledger
+    from privacy import budget_views, ledger
 
     policy = _policy()
     with transaction(ready_engine()) as session:
         rows = [s.as_dict() for s in ledger.budget_rows(session, org, policy=policy)]
-        names = _organization_names(session, {str(r["organization_id"]) for r in rows})
+        names = budget_views.organization_names(session, {str(r["organization_id"]) for r in rows})
     rows = [{"organization": names.get(str(r["organization_id"])), **r} for r in rows]
     _show(rows, as_json, "Privacy budgets", BUDGET_COLUMNS)
 
@@ -195,7 +195,7 @@ def budget_history(
     org: str = ORG_OPTION, model_type: str = MODEL_TYPE_OPTION, as_json: bool = JSON_OPTION
 ) -> None:
     """A tenant's DP events for a model type, in order, with epsilon after each."""
-    from privacy import ledger
+    from privacy import budget_views, ledger
 
     policy = _policy()
     from fl_server.event_runs import runs_of_events
@@ -203,24 +203,8 @@ def budget_history(
     with transaction(ready_engine()) as session:
         entries = ledger.history(session, org, model_type, policy=policy)  # an unknown org: exit 3
         if not entries:
-            _check_model_type(session, model_type)
+            budget_views.check_model_type(session, model_type)
         runs = runs_of_events(session, model_type, entries)
-        name = _organization_names(session, {org}).get(org)
+        name = budget_views.organization_names(session, {org}).get(org)
     rows = [{"organization": name, "run": runs.get(e.id), **e.as_dict()} for e in entries]
     _show(rows, as_json, f"Privacy ledger of {name} for {model_type}", HISTORY_COLUMNS)
-
-
-def _organization_names(session: Any, ids: set[str]) -> dict[str, str]:
-    from privacy.budget_views import organization_names
-
-    return organization_names(session, ids)
-
-
-def _check_model_type(session: Any, model_type: str) -> None:
-    """A model type is known when the consent policy names it or some ledger has charged it; else
-    refuse with the known ones (a typo must not look like an empty history)."""
-    from privacy.budget_views import known_model_types
-
-    known = known_model_types(session)
-    if model_type not in known:
-        raise InvalidInputError(f"unknown model type '{model_type}'; known: {', '.join(sorted(known))}")

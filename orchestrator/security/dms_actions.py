@@ -118,14 +118,11 @@ def configure(
     row.last_heartbeat = now
     row.doom_timer_started_at = None
     session.flush()
-    audit.append(
+    _audit_step(
         session,
-        organization_id=organization_id,
-        action="dms.configured",
-        resource_type=RESOURCE,
-        resource_id=row.id,
-        user_id=user_id,
-        data={
+        row,
+        "dms.configured",
+        {
             "created": created,
             "is_active": settings.is_active,
             "heartbeat_interval_hours": settings.heartbeat_interval_hours,
@@ -133,6 +130,7 @@ def configure(
             "actions": list(settings.actions),
             "escalation_contacts": len(settings.escalation_contacts),
         },
+        user_id,
     )
     return row
 
@@ -184,15 +182,7 @@ def heartbeat(
     row.last_heartbeat = now
     row.doom_timer_started_at = None
     session.flush()
-    audit.append(
-        session,
-        organization_id=organization_id,
-        action="dms.heartbeat",
-        resource_type=RESOURCE,
-        resource_id=row.id,
-        user_id=user_id,
-        data={"doom_timer_stopped": stopped},
-    )
+    _audit_step(session, row, "dms.heartbeat", {"doom_timer_stopped": stopped}, user_id)
     return status(session, organization_id, now)
 
 
@@ -233,13 +223,11 @@ def _tick_one(
     if decision.start_doom_timer:
         row.doom_timer_started_at = decision.doom_timer_started_at
         session.flush()
-        audit.append(
+        _audit_step(
             session,
-            organization_id=organization_id,
-            action="dms.doom_timer_started",
-            resource_type=RESOURCE,
-            resource_id=row.id,
-            data={
+            row,
+            "dms.doom_timer_started",
+            {
                 "last_heartbeat": iso(row.last_heartbeat),
                 "fires_at": iso(decision.next_deadline),
             },
@@ -257,13 +245,21 @@ def _tick_one(
     return None
 
 
-def _audit_step(session: Session, row: DeadManSwitchConfig, action: str, data: dict[str, Any]) -> None:
+def _audit_step(
+    session: Session,
+    row: DeadManSwitchConfig,
+    action: str,
+    data: dict[str, Any],
+    user_id: uuid.UUID | None = None,
+) -> None:
+    """One ``dms.*`` audit record about the switch ``row`` (ids and counts only)."""
     audit.append(
         session,
         organization_id=row.organization_id,
         action=action,
         resource_type=RESOURCE,
         resource_id=row.id,
+        user_id=user_id,
         data=data,
     )
 
@@ -387,14 +383,8 @@ def reverse(
     if firing.notified_contacts:
         kept.append(dms.NOTIFY_CONTACTS)
     session.flush()
-    audit.append(
-        session,
-        organization_id=organization_id,
-        action="dms.reversed",
-        resource_type=RESOURCE,
-        resource_id=row.id,
-        user_id=user_id,
-        data={"firing_id": str(firing.id), "undone": undone, "kept": kept},
+    _audit_step(
+        session, row, "dms.reversed", {"firing_id": str(firing.id), "undone": undone, "kept": kept}, user_id
     )
     return {"organization_id": str(organization_id), "reversed": True, "undone": undone, "kept": kept}
 
