@@ -1112,7 +1112,14 @@ class Governor:
     ) -> None:
         """The hub hears of a decided contribution: accepted, or rejected with the status as its
         reason code (the free-text reason stays in the audit log: it may name a tenant or a node).
-        ``failed`` (a node offline or erroring) and ``aborted`` are no decision and send nothing."""
+        ``failed`` (a node offline or erroring) and ``aborted`` are no decision and send nothing.
+
+        Under central DP nothing is sent: the tenant is its unit of privacy, so whether a tenant
+        took part in a round is what the DP protects (and what Poisson subsampling's amplification
+        assumes secret). The hub is outside the trusted curator; the decision stays in the
+        contribution rows and the audit log, which are the curator's."""
+        if self.config.dp.central:
+            return
         if status != ACCEPTED and not status.startswith("rejected"):
             return
         assert self.run_id is not None
@@ -1242,7 +1249,8 @@ class Governor:
                     "run_id": self.run_id,
                     "model_type": self.config.task,
                     "round": server_round,
-                    "accepted": len(weights),
+                    # The exact count of contributors is tenant-level membership under central DP.
+                    "accepted": None if self.config.dp.central else len(weights),
                     "weights_checksum": weights_checksum,
                     "metric_name": self.task.metric.name,
                     "metric_value": finite(metric),

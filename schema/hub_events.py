@@ -74,14 +74,22 @@ class RoundCompleted(EventPayload):
     run_id: uuid.UUID
     model_type: Label
     round: int = Field(ge=1)
-    accepted: int = Field(ge=0, description="Contributions aggregated in this round.")
+    accepted: int | None = Field(
+        ge=0,
+        description="Contributions aggregated in this round; null in central-DP runs, where the tenant is "
+        "the unit of privacy and the number of contributors is what the DP protects.",
+    )
     weights_checksum: Checksum
     metric_name: Label | None = None
     metric_value: float | None = Field(default=None, description="Held-out metric, when measured at commit.")
 
 
 class ContributionDecided(EventPayload):
-    """A tenant's contribution to a round was accepted, or rejected with a reason code."""
+    """A tenant's contribution to a round was accepted, or rejected with a reason code.
+
+    Never sent for central-DP runs: there the tenant is the unit of privacy and its participation
+    in a round is what the DP protects.
+    """
 
     contribution_id: uuid.UUID
     run_id: uuid.UUID
@@ -205,14 +213,20 @@ def _types(*types: EventType) -> dict[str, EventType]:
 
 
 EVENT_TYPES: dict[str, EventType] = _types(
-    EventType("accute.fl.round.completed", RoundCompleted, 1, False, "fl_server.governance commit_round"),
-    EventType("accute.fl.contribution.accepted", ContributionDecided, 1, True, "fl_server.governance judge"),
+    EventType("accute.fl.round.completed", RoundCompleted, 2, False, "fl_server.governance commit_round"),
+    EventType(
+        "accute.fl.contribution.accepted",
+        ContributionDecided,
+        1,
+        True,
+        "fl_server.governance judge (not in central-DP runs: participation is what they protect)",
+    ),
     EventType(
         "accute.fl.contribution.rejected",
         ContributionDecided,
         1,
         True,
-        "fl_server.governance admission, dispatch and judge",
+        "fl_server.governance admission, dispatch and judge (not in central-DP runs)",
     ),
     EventType("accute.model.published", ModelPublished, 1, False, "schema.registry publish"),
     EventType("accute.model.promoted", ModelPromoted, 1, False, "schema.registry activate"),

@@ -114,3 +114,30 @@ def test_a_round_commit_that_rolls_back_emits_nothing(make_federation: MakeFeder
     (event,) = _events(fed)
     assert event.event_type == "accute.fl.round.completed"
     assert event.payload["metric_value"] == 0.5 and event.payload["accepted"] == 0
+
+
+def test_a_central_dp_run_tells_the_hub_no_tenant_participation(make_federation: MakeFederation) -> None:
+    # Prepare: central DP, the tenant is the unit, so participation is what the DP protects.
+    fed = make_federation()
+    config = fed.config(rounds=2, dp="central", fraction=0.5, central_noise_multiplier=5.0, steps=2)
+
+    # Execute
+    result = fed.run(config)
+
+    # Assert: contributions were decided and rounds committed, yet the hub hears of no tenant's
+    # decision and no contributor count; the curator's own rows keep both.
+    assert result.last_round == 2
+    with transaction(fed.engine) as session:
+        decided = [
+            c
+            for c in session.scalars(select(FederatedLearningContribution))
+            if c.status is not None and (c.status == "accepted" or c.status.startswith("rejected"))
+        ]
+        summaries = list(session.scalars(select(FlRoundSummary).order_by(FlRoundSummary.aggregation_round)))
+    assert decided and [s.aggregation_round for s in summaries] == [1, 2]
+    events = _events(fed)
+    assert [e for e in events if e.event_type.startswith("accute.fl.contribution.")] == []
+    rounds = [e for e in events if e.event_type == "accute.fl.round.completed"]
+    assert [e.payload["round"] for e in rounds] == [1, 2]
+    assert all(e.payload["accepted"] is None and e.schema_version == 2 for e in rounds)
+    assert all(e.organization_id is None for e in events)
