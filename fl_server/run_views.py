@@ -147,9 +147,19 @@ def run_detail(session: Session, run: str, *, organization_id: str | uuid.UUID |
     if organization_id is not None:
         mine = {t["tenant"] for t in detail["tenants"] if t["organization_id"] == str(org)}
         detail["tenants"] = [t for t in detail["tenants"] if t["tenant"] in mine]
+        hide_count = _tenant_is_the_unit(found)
         for entry in detail["rounds"]:
             entry["tenants"] = {k: v for k, v in entry["tenants"].items() if k in mine}
+            if hide_count:
+                entry["accepted"] = None
     return RunDetail.model_validate(detail)
+
+
+def _tenant_is_the_unit(run: FlRun) -> bool:
+    """Central DP protects a tenant's participation: another tenant may not read a round's count of
+    contributors (with its own status it would tell how many others took part). Platform admins, the
+    curator's operators, still see it."""
+    return str((run.config or {}).get("dp", "")) in ("central", "both")
 
 
 def contributions(

@@ -17,7 +17,7 @@ from orchestrator.cli import context
 from orchestrator.cli.main import main
 from privacy import ledger
 from schema.db import transaction
-from schema.models import ImmutableAuditLog, ZeroTrustAccessLog
+from schema.models import FlRun, ImmutableAuditLog, ZeroTrustAccessLog
 from tests.orchestrator.admin_world import POLICY, World, build_world
 from tests.orchestrator.conftest import Service
 
@@ -158,6 +158,29 @@ def test_an_org_admin_sees_only_its_own_organization_and_a_probe_is_logged(
     assert denied[0].organization_id == world.baker
     assert headers["Authorization"].split()[1] not in str(denied[0].factors_evaluated)
     assert not caplog.records  # the gate answered first: the admin scope was not reached
+
+
+def test_in_a_central_dp_run_a_tenant_does_not_see_how_many_took_part(service: Service, world: World) -> None:
+    # Prepare: the world's run becomes a central-DP run (the tenant is the unit of privacy).
+    with transaction(service.engine) as session:
+        run = session.scalar(select(FlRun).where(FlRun.name == world.run))
+        assert run is not None
+        run.config = {**run.config, "dp": "central"}
+
+    # Execute
+    tenant_view = service.client.get(
+        f"/v1/admin/runs/{world.run}", headers=_headers(service, world, "admin_other")
+    )
+    platform_view = service.client.get(
+        f"/v1/admin/runs/{world.run}", headers=_headers(service, world, "platform")
+    )
+
+    # Assert: Baker's admin sees its own outcome but not the round's contributor count; the platform
+    # admin (the curator's operator) still does.
+    assert tenant_view.status_code == platform_view.status_code == 200
+    assert [r["accepted"] for r in tenant_view.json()["rounds"]] == [None]
+    assert set(tenant_view.json()["rounds"][0]["tenants"]) == {"tenant-1"}
+    assert [r["accepted"] for r in platform_view.json()["rounds"]] == [1]
 
 
 def test_without_the_gate_the_admin_scope_refuses_and_logs_a_probe(
