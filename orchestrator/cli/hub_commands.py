@@ -1,4 +1,4 @@
-"""`accute-fl hub relay|status|dead|replay|workflows`: the Fin(Ai)d hub outbox for operators.
+"""`accute-fl hub relay|status|dead|replay|prune|workflows`: the Fin(Ai)d hub outbox for operators.
 
 ``relay`` is the only command that talks to the broker or the hub (aio-pika is imported there);
 the others read and change the outbox rows.
@@ -155,6 +155,36 @@ def replay(
         emit_json(row)
     else:
         _line(f"event {row['event_id']} ({row['event_type']}) is pending again")
+
+
+@app.command("prune")
+def prune(
+    older_than_days: float = typer.Option(
+        7.0,
+        "--older-than-days",
+        min=0,
+        help="Delete published events acknowledged more than this many days ago.",
+    ),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Delete published (acknowledged) events older than the given age; pending and dead letters stay.
+
+    Run it from cron (e.g. daily): the outbox otherwise keeps every published event, and `hub status`
+    slows as it grows. Progress goes to stderr per batch.
+    """
+    from datetime import timedelta
+
+    from orchestrator.hub import store
+
+    deleted = store.prune(
+        ready_engine(),
+        older_than=timedelta(days=older_than_days),
+        progress=lambda n: _line(f"pruned {n} published events so far"),
+    )
+    if as_json:
+        emit_json({"deleted": deleted, "older_than_days": older_than_days})
+    else:
+        _line(f"pruned {deleted} published events acknowledged more than {older_than_days:g} days ago")
 
 
 @app.command("workflows")

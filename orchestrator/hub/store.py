@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, or_, select, update
+from sqlalchemy import Engine, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from orchestrator.hub.backoff import RetryPolicy
@@ -302,6 +302,47 @@ def replay(session: Session, ref: str, *, now: datetime | None = None) -> dict[s
     row.claim_expires = None
     session.flush()
     return _row_view(row)
+
+
+# ---- pruning ------------------------------------------------------------------------------------
+
+PRUNE_BATCH = 5_000
+
+
+def prune(
+    engine: Engine,
+    *,
+    older_than: timedelta,
+    now: datetime | None = None,
+    batch: int = PRUNE_BATCH,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Delete published events acknowledged before ``now - older_than``; returns how many.
+
+    Only ``published`` rows go (the broker or hub acknowledged them: the outbox's job is done);
+    pending and dead rows are never touched. Batches of ``batch`` rows, each in its own short
+    transaction, so a large backlog neither holds one long lock nor grows one huge transaction,
+    and an interrupted prune keeps what it deleted.
+    """
+    if older_than < timedelta(0):
+        raise InvalidInputError("the age to prune must not be negative; e.g. --older-than-days 7")
+    if batch < 1:
+        raise InvalidInputError("the prune batch must be at least 1")
+    cutoff = (now or utcnow()) - older_than
+    total = 0
+    while True:
+        with transaction(engine) as session:
+            chosen = select(HubOutbox.sequence).where(
+                HubOutbox.status == "published", HubOutbox.published_at < cutoff
+            )
+            done = session.execute(
+                delete(HubOutbox).where(HubOutbox.sequence.in_(chosen.limit(batch).scalar_subquery()))
+            ).rowcount
+        total += done
+        if progress is not None and done:
+            progress(total)
+        if done < batch:
+            return total
 
 
 # ---- the operator's numbers ---------------------------------------------------------------------

@@ -12,7 +12,14 @@ from schema.db import make_engine, transaction
 from schema.models import ImmutableAuditLog
 from tests.cli.conftest import Runner
 from tests.orchestrator.hub.fake_hub import FakeHub
-from tests.orchestrator.hub.support import RABBIT_URL, Consumer, append_events, require_rabbitmq
+from tests.orchestrator.hub.support import (
+    RABBIT_URL,
+    Consumer,
+    age_events,
+    append_events,
+    remaining_event_ids,
+    require_rabbitmq,
+)
 
 
 def test_status_of_an_empty_outbox(ready_cli: Runner) -> None:
@@ -172,3 +179,22 @@ def test_relay_once_starts_the_matching_workflow_once(
     assert {t.path for t in triggers} == {"/workflows/fl_consent_review/trigger"}
     assert sorted(e["status"] for e in listed["executions"]) == ["started", "started"]
     assert all(e["execution_id"].startswith("exec-") for e in listed["executions"])
+
+
+def test_hub_prune_command(ready_cli: Runner, database_url: str) -> None:
+    # Prepare
+    engine = make_engine(database_url)
+    ids = append_events(engine, [uuid.uuid4()], per_tenant=3)
+    age_events(engine, ids[:2], "published", 10)
+
+    # Execute
+    kept_young = ready_cli("hub", "prune", "--older-than-days", "30", "--json")
+    pruned = ready_cli("hub", "prune", "--json")
+    negative = ready_cli("hub", "prune", "--older-than-days", "-1")
+
+    # Assert
+    assert kept_young.code == 0 and kept_young.json()["deleted"] == 0
+    assert pruned.code == 0 and pruned.json() == {"deleted": 2, "older_than_days": 7.0}
+    assert negative.code == 2
+    assert remaining_event_ids(engine) == {ids[2]}
+    engine.dispose()

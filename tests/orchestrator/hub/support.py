@@ -11,14 +11,16 @@ import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
 from schema import events
 from schema.db import transaction
 from schema.models.hub import HubOutbox
+from schema.timeutil import utcnow
 
 RABBIT_HOST = os.environ.get("ACCUTE_TEST_RABBITMQ_HOST", "127.0.0.1")
 RABBIT_PORT = int(os.environ.get("ACCUTE_TEST_RABBITMQ_PORT", "5672"))
@@ -71,6 +73,23 @@ def statuses(engine: Engine) -> dict[str, int]:
     for status in rows:
         counts[status] = counts.get(status, 0) + 1
     return counts
+
+
+def age_events(engine: Engine, ids: list[uuid.UUID], status: str, days: float) -> None:
+    """Set the events' status; published ones acknowledged ``days`` ago."""
+    with transaction(engine) as session:
+        session.execute(
+            update(HubOutbox)
+            .where(HubOutbox.event_id.in_(ids))
+            .values(
+                status=status, published_at=utcnow() - timedelta(days=days) if status == "published" else None
+            )
+        )
+
+
+def remaining_event_ids(engine: Engine) -> set[uuid.UUID]:
+    with transaction(engine) as session:
+        return set(session.scalars(select(HubOutbox.event_id)))
 
 
 @dataclass(frozen=True)
