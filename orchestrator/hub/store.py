@@ -22,9 +22,9 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, delete, func, or_, select, update
+from sqlalchemy import CursorResult, Engine, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from orchestrator.hub.backoff import RetryPolicy
@@ -335,9 +335,10 @@ def prune(
             chosen = select(HubOutbox.sequence).where(
                 HubOutbox.status == "published", HubOutbox.published_at < cutoff
             )
-            done = session.execute(
+            result = session.execute(
                 delete(HubOutbox).where(HubOutbox.sequence.in_(chosen.limit(batch).scalar_subquery()))
-            ).rowcount
+            )
+            done = int(cast(CursorResult[Any], result).rowcount)
         total += done
         if progress is not None and done:
             progress(total)
