@@ -32,6 +32,7 @@ import csv
 import io
 import ipaddress
 import json
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -40,6 +41,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import func, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from schema.errors import InvalidInputError
@@ -314,64 +316,96 @@ def _merge(indicators: Iterable[Indicator]) -> dict[tuple[str, str, str], Indica
 
 
 def import_indicators(session: Session, indicators: Iterable[Indicator]) -> ImportResult:
-    """Insert new indicators, update known ones (by type, value, source); idempotent."""
+    """Insert new indicators, update known ones (by type, value, source); idempotent.
+
+    New keys go in with ``INSERT … ON CONFLICT DO NOTHING`` on ``uq_threat_indicator_source``
+    (migration 0019), so an import racing another one never fails nor duplicates a row: a key the
+    other import inserted first comes back as known and is merged like any known one.
+    """
     merged = _merge(indicators)
     result = ImportResult(read=len(merged))
     keys = list(merged)
     for start in range(0, len(keys), CHUNK):
         chunk = keys[start : start + CHUNK]
-        existing = {
-            (row.indicator_type, row.indicator_value, row.source): row
-            for row in session.scalars(
-                select(ThreatIntelligence).where(
-                    tuple_(
-                        ThreatIntelligence.indicator_type,
-                        ThreatIntelligence.indicator_value,
-                        ThreatIntelligence.source,
-                    ).in_(chunk)
-                )
-            )
-        }
+        existing = _rows(session, chunk)
+        fresh = [key for key in chunk if key not in existing]
+        inserted = _insert_new(session, [merged[key] for key in fresh])
+        result.inserted += len(inserted)
+        lost = [key for key in fresh if key not in inserted]  # another import inserted them first
+        if lost:
+            existing.update(_rows(session, lost))
         for key in chunk:
-            item = merged[key]
             row = existing.get(key)
             if row is None:
-                session.add(
-                    ThreatIntelligence(
-                        indicator_type=item.indicator_type,
-                        indicator_value=item.indicator_value,
-                        threat_type=item.threat_type,
-                        severity=item.severity,
-                        source=item.source,
-                        confidence=item.confidence,
-                        first_seen=item.first_seen,
-                        last_seen=item.last_seen,
-                        is_active=item.is_active,
-                        metadata_=item.metadata,
-                    )
-                )
-                result.inserted += 1
                 continue
-            first = min(as_utc(row.first_seen), item.first_seen)
-            last = max(as_utc(row.last_seen), item.last_seen) if item.dated else as_utc(row.last_seen)
-            wanted = {
-                "threat_type": item.threat_type,
-                "severity": item.severity,
-                "confidence": item.confidence,
-                "first_seen": first,
-                "last_seen": last,
-                "is_active": item.is_active,
-                "metadata_": {**(row.metadata_ or {}), **item.metadata},
-            }
-            changed = {k: v for k, v in wanted.items() if _differs(getattr(row, k), v)}
-            if not changed:
+            if _update(row, merged[key]):
+                result.updated += 1
+            else:
                 result.unchanged += 1
-                continue
-            for name, value in changed.items():
-                setattr(row, name, value)
-            result.updated += 1
         session.flush()
     return result
+
+
+def _rows(session: Session, keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], ThreatIntelligence]:
+    if not keys:
+        return {}
+    query = select(ThreatIntelligence).where(
+        tuple_(ThreatIntelligence.indicator_type, ThreatIntelligence.indicator_value, ThreatIntelligence.source).in_(
+            keys
+        )
+    )
+    return {(row.indicator_type, row.indicator_value, row.source): row for row in session.scalars(query)}
+
+
+def _insert_new(session: Session, items: list[Indicator]) -> set[tuple[str, str, str]]:
+    """Insert ``items`` skipping keys already present; the keys actually inserted."""
+    if not items:
+        return set()
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = (
+        dialect.insert(ThreatIntelligence)
+        .on_conflict_do_nothing(index_elements=["indicator_type", "indicator_value", "source"])
+        .returning(
+            ThreatIntelligence.indicator_type, ThreatIntelligence.indicator_value, ThreatIntelligence.source
+        )
+    )
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "indicator_type": item.indicator_type,
+            "indicator_value": item.indicator_value,
+            "threat_type": item.threat_type,
+            "severity": item.severity,
+            "source": item.source,
+            "confidence": item.confidence,
+            "first_seen": item.first_seen,
+            "last_seen": item.last_seen,
+            "is_active": item.is_active,
+            "metadata_": item.metadata,
+        }
+        for item in items
+    ]
+    done = session.execute(statement, rows)
+    return {(kind, value, source) for kind, value, source in done.all()}
+
+
+def _update(row: ThreatIntelligence, item: Indicator) -> bool:
+    """Merge a known indicator's new report into its row; True when something changed."""
+    first = min(as_utc(row.first_seen), item.first_seen)
+    last = max(as_utc(row.last_seen), item.last_seen) if item.dated else as_utc(row.last_seen)
+    wanted = {
+        "threat_type": item.threat_type,
+        "severity": item.severity,
+        "confidence": item.confidence,
+        "first_seen": first,
+        "last_seen": last,
+        "is_active": item.is_active,
+        "metadata_": {**(row.metadata_ or {}), **item.metadata},
+    }
+    changed = {k: v for k, v in wanted.items() if _differs(getattr(row, k), v)}
+    for name, value in changed.items():
+        setattr(row, name, value)
+    return bool(changed)
 
 
 def _differs(old: Any, new: Any) -> bool:
