@@ -40,11 +40,13 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import Engine, func, inspect, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from schema.errors import InvalidInputError
+from schema import audit
+from schema.db import transaction
+from schema.errors import InvalidInputError, PermissionDeniedError
 from schema.models import ThreatIntelligence
 from schema.timeutil import as_utc, iso, utcnow
 from schema.vocab import INDICATOR_TYPES, SEVERITIES
@@ -62,6 +64,13 @@ CSV_COLUMNS = (
 CSV_REQUIRED = CSV_COLUMNS[:6]
 #: Rows looked up / written per statement on import.
 CHUNK = 1000
+
+
+class ThreatListedError(PermissionDeniedError):
+    """What was presented (a FAB, an email address) is listed in threat intelligence: refused
+    (HTTP 403, CLI exit 6). The message names the indicator, never a secret."""
+
+    code = "threat_listed"
 
 
 @dataclass
@@ -346,13 +355,15 @@ def import_indicators(session: Session, indicators: Iterable[Indicator]) -> Impo
     return result
 
 
-def _rows(session: Session, keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], ThreatIntelligence]:
+def _rows(
+    session: Session, keys: list[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], ThreatIntelligence]:
     if not keys:
         return {}
     query = select(ThreatIntelligence).where(
-        tuple_(ThreatIntelligence.indicator_type, ThreatIntelligence.indicator_value, ThreatIntelligence.source).in_(
-            keys
-        )
+        tuple_(
+            ThreatIntelligence.indicator_type, ThreatIntelligence.indicator_value, ThreatIntelligence.source
+        ).in_(keys)
     )
     return {(row.indicator_type, row.indicator_value, row.source): row for row in session.scalars(query)}
 
@@ -482,3 +493,30 @@ def hash_listed(session: Session, digest: str) -> str | None:
         .limit(1)
     )
     return None if found is None else f"hash:{found}"
+
+
+def refuse_listed_fab(engine: Engine, fab_hash: str | None, stage: str) -> None:
+    """Raise ``ThreatListedError`` when a ``hash`` indicator lists the Flower App Bundle's SHA-256.
+
+    ``stage`` says who refused (``submit``: ``run-local`` before ``flwr run``; ``serverapp``: the
+    ServerApp before any node is asked anything). The refusal is audited (``threat.fab_refused``)
+    in its own committed transaction, so the record outlives the failed run. A database without
+    the table yet (a fresh ``run-local`` folder) lists nothing. One indexed query.
+    """
+    if not fab_hash or not inspect(engine).has_table(ThreatIntelligence.__tablename__):
+        return
+    with transaction(engine) as session:
+        listed = hash_listed(session, fab_hash)
+        if listed is None:
+            return
+        audit.append(
+            session,
+            organization_id=None,
+            action="threat.fab_refused",
+            resource_type="flower_app_bundle",
+            data={"fab_hash": fab_hash.lower(), "indicator": listed, "stage": stage},
+        )
+    raise ThreatListedError(
+        f"the Flower App Bundle {fab_hash.lower()} is listed in threat intelligence ({listed}); "
+        "not run: build it from a trusted checkout, or deactivate the indicator if it is wrong"
+    )

@@ -24,7 +24,9 @@ def day(n: int) -> datetime:
     return datetime(2026, 1, n, tzinfo=UTC)
 
 
-def row(kind: str, value: str, source: str, confidence: str, first: int, last: int, threat: str) -> dict[str, object]:
+def row(
+    kind: str, value: str, source: str, confidence: str, first: int, last: int, threat: str
+) -> dict[str, object]:
     return {
         "id": uuid.uuid4(),
         "indicator_type": kind,
@@ -50,14 +52,25 @@ def indicators(engine: Engine) -> list[tuple[object, ...]]:
     with engine.connect() as connection:
         rows = connection.execute(
             sa.select(
-                c.indicator_type, c.indicator_value, c.source, c.threat_type, c.confidence, c.first_seen, c.last_seen
+                c.indicator_type,
+                c.indicator_value,
+                c.source,
+                c.threat_type,
+                c.confidence,
+                c.first_seen,
+                c.last_seen,
             )
         ).all()
     ordered = sorted(rows, key=lambda r: (r[0] != "ip", r[1], r[2]))
-    return [(r[0], r[1], r[2], r[3], Decimal(str(r[4])), r[5].date().isoformat(), r[6].date().isoformat()) for r in ordered]
+    return [
+        (r[0], r[1], r[2], r[3], Decimal(str(r[4])), r[5].date().isoformat(), r[6].date().isoformat())
+        for r in ordered
+    ]
 
 
-def test_upgrade_merges_duplicates_and_then_refuses_one_downgrade_allows_it_again(empty_engine: Engine) -> None:
+def test_upgrade_merges_duplicates_and_then_refuses_one_downgrade_allows_it_again(
+    empty_engine: Engine,
+) -> None:
     # Prepare: at 0018, three reports of one indicator by one feed, a tie on last_seen broken by
     # confidence in a second group, and the same value from another feed (not a duplicate).
     migrate.upgrade(empty_engine, "0018")

@@ -134,7 +134,11 @@ def test_two_imports_racing_insert_each_indicator_once(pg_engine: Engine) -> Non
 
 def test_a_file_repeating_an_indicator_and_imported_twice_keeps_one_row_each(engine: Engine) -> None:
     # Prepare: the same indicator three times in one file (once with other letter case).
-    text = CSV + "ip,203.0.113.9,botnet,high,abuse-feed,80,,\n" + "DOMAIN,bad.EXAMPLE,phishing,critical,abuse-feed,99.5,,\n"
+    text = (
+        CSV
+        + "ip,203.0.113.9,botnet,high,abuse-feed,80,,\n"
+        + "DOMAIN,bad.EXAMPLE,phishing,critical,abuse-feed,99.5,,\n"
+    )
 
     # Execute
     with transaction(engine) as session:
