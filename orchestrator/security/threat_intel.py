@@ -133,10 +133,39 @@ def normalize(indicator_type: str, value: str) -> str:
             )
         return digest
     if indicator_type == "email":
-        return text.lower()
+        return normalize_email(text)
     if indicator_type == "user_agent":
         return text
     raise InvalidInputError(f"indicator_type '{indicator_type}' is not one of {', '.join(INDICATOR_TYPES)}")
+
+
+def normalize_email(text: str) -> str:
+    """An address ``local@domain`` lowercased, or a whole mail domain as ``@domain`` (written
+    ``@evil.example`` or bare ``evil.example``); ``mailto:`` and a trailing dot dropped."""
+    value = text.strip().lower().removeprefix("mailto:")
+    local, at, domain = value.rpartition("@")
+    if not at:  # a bare domain: every address there
+        local, domain = "", value
+    domain = domain.rstrip(".")
+    if (
+        not domain
+        or "@" in local
+        or domain.startswith(".")
+        or ".." in domain
+        or any(c.isspace() or c in '/:<>,;"' for c in value)
+    ):
+        raise InvalidInputError(
+            f"email indicator '{text[:100]}' is not an address (name@example.com) nor a mail domain (@example.com)"
+        )
+    return f"{local}@{domain}"
+
+
+def mail_domains(address: str) -> list[str]:
+    """The domain of ``address`` and each parent domain (``a.b.example`` → ``a.b.example``,
+    ``b.example``, ``example``): what an address is matched against besides itself."""
+    domain = address.strip().lower().rpartition("@")[2].rstrip(".")
+    parts = domain.split(".") if domain else []
+    return [".".join(parts[i:]) for i in range(len(parts))]
 
 
 def normalize_url(text: str) -> str:
@@ -519,4 +548,62 @@ def refuse_listed_fab(engine: Engine, fab_hash: str | None, stage: str) -> None:
     raise ThreatListedError(
         f"the Flower App Bundle {fab_hash.lower()} is listed in threat intelligence ({listed}); "
         "not run: build it from a trusted checkout, or deactivate the indicator if it is wrong"
+    )
+
+
+def email_listed(session: Session, address: str) -> str | None:
+    """``type:value`` of an active indicator listing ``address``: the whole address (``email``),
+    its mail domain or a parent (``email`` ``@domain``), or that domain as a ``domain`` indicator
+    (a mail address at a listed domain is no more trusted than the domain). None when none does.
+
+    One indexed query (``idx_threat_indicator``), for the places that see an address once
+    (creating a user, issuing a token); the request path uses ``ThreatIndex.match_email``.
+    """
+    value = address.strip().lower()
+    if "@" not in value:
+        return None
+    domains = mail_domains(value)
+    emails = [value, *(f"@{d}" for d in domains)]
+    c = ThreatIntelligence
+    rows = session.execute(
+        select(c.indicator_type, c.indicator_value).where(
+            c.is_active.is_(True),
+            ((c.indicator_type == "email") & c.indicator_value.in_(emails))
+            | ((c.indicator_type == "domain") & c.indicator_value.in_(domains)),
+        )
+    ).all()
+    if not rows:
+        return None
+    wanted = [("email", e) for e in emails] + [("domain", d) for d in domains]
+    kind, found = min(rows, key=lambda r: wanted.index((r[0], r[1])))  # the most specific
+    return f"{kind}:{found}"
+
+
+def refuse_listed_email(
+    engine: Engine, address: str, what: str, organization_id: uuid.UUID | None = None
+) -> None:
+    """Raise ``ThreatListedError`` when threat intelligence lists ``address`` (``email_listed``).
+
+    ``what`` names the refused action (``user.create``, ``token.issue``). The refusal is audited
+    (``threat.email_refused``, with the indicator; the address itself stays out of the append-only
+    log, as personal data) in its own committed transaction.
+    """
+    if not inspect(engine).has_table(ThreatIntelligence.__tablename__):
+        return
+    with transaction(engine) as session:
+        listed = email_listed(session, address)
+        if listed is None:
+            return
+        # A whole address is personal data: the log and the message name the kind of match only.
+        shown = listed if listed.startswith(("domain:", "email:@")) else "email:<this address>"
+        audit.append(
+            session,
+            organization_id=organization_id,
+            action="threat.email_refused",
+            resource_type="threat_intelligence",
+            data={"refused": what, "indicator": shown},
+        )
+    raise ThreatListedError(
+        f"the email address is listed in threat intelligence ({shown}); {what} refused: "
+        "use another address, or deactivate the indicator if it is wrong"
     )
