@@ -703,9 +703,10 @@ def run_local(
             if cause is not None and cause.startswith("ConflictError: "):
                 # Another server took the run (a race the check above cannot close): a conflict.
                 raise ConflictError(cause.removeprefix("ConflictError: "))
-            if cause is not None and cause.startswith("ThreatListedError: "):
+            name, _, message = (cause or "").partition(": ")
+            if name.rsplit(".", 1)[-1] == threat_intel.ThreatListedError.__name__:
                 # The ServerApp refused the bundle Flower handed it (listed after our own check).
-                raise threat_intel.ThreatListedError(cause.removeprefix("ThreatListedError: "))
+                raise threat_intel.ThreatListedError(message)
             partial = deployment.partial_report(name)
             raise DeploymentError(
                 f"run '{name}' ended {status}"

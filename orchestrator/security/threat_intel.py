@@ -546,7 +546,7 @@ def refuse_listed_fab(engine: Engine, fab_hash: str | None, stage: str) -> None:
             data={"fab_hash": fab_hash.lower(), "indicator": listed, "stage": stage},
         )
     raise ThreatListedError(
-        f"the Flower App Bundle {fab_hash.lower()} is listed in threat intelligence ({listed}); "
+        f"the Flower App Bundle {fab_hash.lower()} is listed in threat intelligence; "
         "not run: build it from a trusted checkout, or deactivate the indicator if it is wrong"
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,15 @@ from sqlalchemy import Engine, func, select
 
 from fl_server.app import run_fab_hash, run_governed
 from fl_server.config import DpMode
-from fl_server.deploy import LocalDeployment, fab_hash, project_root, run_overrides
+from fl_server.deploy import (
+    CONNECTION,
+    LocalDeployment,
+    fab_hash,
+    last_exception_line,
+    project_root,
+    run_config_arg,
+    run_overrides,
+)
 from orchestrator.cli.main import main
 from orchestrator.security import threat_intel
 from orchestrator.security.threat_intel import ThreatListedError
@@ -155,3 +164,37 @@ def test_run_local_exits_6_and_starts_no_process_for_a_listed_bundle(
     assert not (out / "logs" / "superlink.log").exists()
     assert [r["stage"] for r in refusals(engine)] == ["submit"]
     engine.dispose()
+
+
+@pytest.mark.slow
+def test_a_real_serverapp_refuses_a_listed_bundle_started_by_hand(tmp_path: Path) -> None:
+    # Prepare: a real SuperLink (no nodes needed: the ServerApp refuses before asking any), and
+    # the bundle listed after our own pre-check would have run, i.e. an operator's own `flwr run`.
+    out = tmp_path / "out"
+    settings = Settings(database_url=f"sqlite:///{out / 'accute.db'}", weights_dir=out / "weights")
+    with LocalDeployment(out, "digits", 1, settings=settings, run_timeout_s=240) as deployment:
+        deployment.prepare()
+        deployment.start_superlink()
+        list_hash(deployment.engine, HASH)
+        overrides = run_overrides("by-hand", "digits", 1, DpMode.OFF, 0, 1)
+
+        # Execute
+        started = deployment._flwr(
+            "run", str(ROOT), CONNECTION, "--format", "json", "--run-config", run_config_arg(overrides)
+        )
+        run_id = str(json.loads(started[started.index("{") :])["run-id"])
+        status = deployment.wait(run_id)
+
+        # Assert: Flower's fab_hash is the one we compute; the run failed on our refusal, unclaimed.
+        assert status.startswith("finished:failed"), status
+        log_text = (deployment.logs / f"serverapp-{run_id}.log").read_text()
+        assert last_exception_line(log_text) == (
+            f"orchestrator.security.threat_intel.ThreatListedError: the Flower App Bundle {HASH} is listed "
+            "in threat intelligence; not run: build it from a trusted checkout, or deactivate the indicator "
+            "if it is wrong"
+        )
+        assert refusals(deployment.engine) == [
+            {"fab_hash": HASH, "indicator": f"hash:{HASH}", "stage": "serverapp"}
+        ]
+        with transaction(deployment.engine) as session:
+            assert session.scalar(select(func.count()).select_from(FlRun)) == 0
