@@ -104,3 +104,27 @@ def test_a_token_is_not_issued_for_a_user_whose_address_was_listed_later(
     assert issued.code == 0 and issued.out.count(".") == 2  # a JWT
     assert service.code == 0
     assert [r["refused"] for r in refusals(database_url)] == ["token.issue"]
+
+
+def test_a_dead_mans_switch_contact_whose_address_is_listed_is_refused(
+    ready_cli: Runner, tmp_path: Path
+) -> None:
+    # Prepare: the contact was created before the feed listed its address.
+    org = ready_cli("org", "create", "--name", "Switched", "--json").json()["id"]
+    admin = ready_cli("user", "create", "--org", org, "--email", "admin@switched.example", "--json").json()[
+        "id"
+    ]
+    contact = ready_cli("user", "create", "--org", org, "--email", "mallory@mail.example", "--json").json()[
+        "id"
+    ]
+    other = ready_cli("user", "create", "--org", org, "--email", "alice@mail.example", "--json").json()["id"]
+    import_feed(ready_cli, tmp_path)
+
+    # Execute
+    refused = ready_cli("dms", "configure", "--org", org, "--admin-user", admin, "--contact", contact)
+    accepted = ready_cli("dms", "configure", "--org", org, "--admin-user", admin, "--contact", other)
+
+    # Assert
+    assert refused.code == 6 and f"user {contact} has an email address listed" in refused.err
+    assert refused.err.count("\n") == 1
+    assert accepted.code == 0, accepted.err
