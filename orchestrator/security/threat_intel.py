@@ -18,11 +18,13 @@ Two input formats:
 
 Values are normalised before they are stored (addresses and ranges canonical, domains lowercase
 without a trailing dot, URLs with a lowercase scheme and host and no trailing slash, hashes
-lowercase), so the same indicator written two ways is one row.
+lowercase, e-mail addresses lowercase and a whole mail domain as ``@domain``), so the same
+indicator written two ways is one row.
 
 Import is idempotent on (type, value, source): a known indicator is updated (``last_seen`` the
 later of the two when the feed dates it, ``first_seen`` the earlier, severity, confidence, threat type, active again), a
-new one inserted; importing the same file twice changes nothing. Expiry: ``expire`` marks
+new one inserted (``ON CONFLICT DO NOTHING`` on the unique key of migration 0019, so two imports
+at once neither fail nor duplicate); importing the same file twice changes nothing. Expiry: ``expire`` marks
 indicators whose ``last_seen`` is older than a cutoff inactive; inactive rows are not matched.
 """
 
