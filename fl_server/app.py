@@ -22,6 +22,7 @@ from fl_server.governance import Governor
 from fl_server.governance_log import GovernanceLog
 from fl_server.publish import Publication, PublishGate, publisher
 from fl_server.strategy import GovernedResult, GovernedStrategy, RoundRecord, ServerEvaluate
+from orchestrator.security import threat_intel
 from schema.config import Settings
 from schema.db import make_engine
 from schema.migrate import require_current_schema
@@ -44,6 +45,16 @@ def inner_strategy(config: RunConfig) -> Strategy:
     )
 
 
+def run_fab_hash(grid: Grid) -> str | None:
+    """The hash of the FAB this run was started from (Flower's ``Run.fab_hash``); None where the
+    grid carries no run (simulation of an in-process app, test grids)."""
+    try:
+        run = grid.run
+    except (AttributeError, TypeError):  # a grid whose run was never set
+        return None
+    return getattr(run, "fab_hash", None) or None
+
+
 def run_governed(
     grid: Grid,
     config: RunConfig,
@@ -54,6 +65,8 @@ def run_governed(
     engine = make_engine(settings)
     try:
         require_current_schema(engine)
+        # A listed bundle runs nothing: refused before the run is claimed or any node asked.
+        threat_intel.refuse_listed_fab(engine, run_fab_hash(grid), "serverapp")
         governor = Governor(engine, config, settings)
         store = WeightsStore(settings.weights_dir)
         governance = GovernanceLog(engine, config, governor.policy)

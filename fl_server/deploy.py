@@ -50,6 +50,7 @@ from fl_server.config import DpMode, RunConfig
 from fl_server.connection import write_connection
 from fl_server.credentials import NodeKey, TlsFiles, make_node_key, make_tls
 from fl_server.report import build_report
+from orchestrator.security import threat_intel
 from privacy import ledger
 from schema.config import Settings
 from schema.db import make_engine, transaction
@@ -79,6 +80,16 @@ def project_root() -> Path:
             f"no Flower app config at {pyproject}; run-local needs the source checkout (pip install -e .)"
         )
     return root
+
+
+def fab_hash(app: Path) -> str:
+    """The SHA-256 of the Flower App Bundle ``flwr run`` builds from ``app``: Flower's own builder
+    (``build_fab_from_disk``, fixed zip timestamps), so it is the ``fab_hash`` the run gets."""
+    import hashlib
+
+    from flwr.cli.build import build_fab_from_disk
+
+    return hashlib.sha256(build_fab_from_disk(app)).hexdigest()
 
 
 def free_port() -> int:
@@ -505,11 +516,24 @@ class LocalDeployment:
             raise DeploymentError(f"flwr {args[0]} failed: {detail[-1] if detail else result.returncode}")
         return result.stdout
 
+    def check_fab(self) -> Path:
+        """Refuse (``ThreatListedError``) the app's FAB when threat intelligence lists its hash;
+        the app's folder otherwise."""
+        root = project_root()
+        threat_intel.refuse_listed_fab(self.engine, fab_hash(root), "submit")
+        return root
+
     def submit(self, overrides: Mapping[str, Any]) -> str:
-        """``flwr run`` with run config overrides; returns Flower's run id."""
+        """``flwr run`` with run config overrides; returns Flower's run id.
+
+        The FAB is built first and its hash checked against threat intelligence: a listed bundle
+        is refused (``ThreatListedError``) before the SuperLink sees it. (The ServerApp checks the
+        hash Flower hands it again, for a ``flwr run`` started by hand.)
+        """
+        root = self.check_fab()
         out = self._flwr(
             "run",
-            str(project_root()),
+            str(root),
             CONNECTION,
             "--format",
             "json",
@@ -669,6 +693,7 @@ def run_local(
         refusal = driven_elsewhere(deployment.engine, name)
         if refusal is not None:  # before any process starts
             raise ConflictError(refusal)
+        deployment.check_fab()  # a listed bundle starts no process (submit checks it again)
         deployment.start()
         run_id = deployment.submit(overrides)
         status = deployment.wait(run_id, name)
@@ -678,6 +703,10 @@ def run_local(
             if cause is not None and cause.startswith("ConflictError: "):
                 # Another server took the run (a race the check above cannot close): a conflict.
                 raise ConflictError(cause.removeprefix("ConflictError: "))
+            name, _, message = (cause or "").partition(": ")
+            if name.rsplit(".", 1)[-1] == threat_intel.ThreatListedError.__name__:
+                # The ServerApp refused the bundle Flower handed it (listed after our own check).
+                raise threat_intel.ThreatListedError(message)
             partial = deployment.partial_report(name)
             raise DeploymentError(
                 f"run '{name}' ended {status}"

@@ -189,6 +189,7 @@ class TokenService:
             raise InvalidInputError(
                 f"ttl {ttl}s exceeds ACCUTE_JWT_MAX_TTL_S ({self.settings.jwt_max_ttl_s}s)"
             )
+        self._refuse_listed_user(subject, org)
         kid, private = self._active_signing_key()
         now = utcnow()
         claims: dict[str, Any] = {
@@ -203,6 +204,19 @@ class TokenService:
         if org is not None:
             claims["organization_id"] = str(org)
         return jwt.encode(claims, private, algorithm="RS256", headers={"kid": kid})
+
+    def _refuse_listed_user(self, subject: str | None, organization_id: uuid.UUID | None) -> None:
+        """A token for a user (``sub`` = a user id of its organization) whose email address threat
+        intelligence lists is not issued (``ThreatListedError``)."""
+        from orchestrator.security.threat_intel import refuse_listed_email
+
+        user_id = self._user_of(subject, organization_id) if subject else None
+        if user_id is None:
+            return
+        with transaction(self.engine) as session:
+            email = session.scalar(select(User.email).where(User.id == user_id))
+        if email:
+            refuse_listed_email(self.engine, email, "token.issue", organization_id)
 
     def cached(self, token: str) -> Principal | None:
         """The principal of a token verified before and not yet expired; None otherwise."""

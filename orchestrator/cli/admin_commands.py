@@ -8,6 +8,7 @@ from orchestrator.cli.context import load_settings, organization_id, ready_engin
 from orchestrator.cli.output import emit
 from schema import directory
 from schema.db import transaction
+from schema.validation import parse_uuid
 
 org_app = typer.Typer(help="Organizations (tenants).", no_args_is_help=True)
 user_app = typer.Typer(help="Users of an organization.", no_args_is_help=True)
@@ -46,11 +47,15 @@ def user_create(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Create a user in an organization (the audit record gets the address only sealed under the
-    user's own data key, which an erasure shreds)."""
+    user's own data key, which an erasure shreds). An address (or its domain) listed in threat
+    intelligence is refused (exit 6)."""
     from orchestrator.keys import personal_data_vault
+    from orchestrator.security.threat_intel import refuse_listed_email
 
     vault = personal_data_vault(load_settings())
-    with transaction(ready_engine()) as session:
+    engine = ready_engine()
+    refuse_listed_email(engine, email, "user.create", parse_uuid(org, "organization id"))
+    with transaction(engine) as session:
         record = directory.user_as_dict(directory.create_user(session, org, email, vault))
     emit(record, as_json, "User created", USER_COLUMNS)
 

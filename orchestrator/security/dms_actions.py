@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator.keys import KeyRing, KeyUnusableError
 from orchestrator.security import dead_man_switch as dms
+from orchestrator.security import threat_intel
 from schema import audit, events
 from schema.db import transaction
 from schema.errors import AccuteError, InvalidInputError, NotFoundError
@@ -84,6 +85,14 @@ def _check_users(session: Session, organization_id: uuid.UUID, settings: dms.Swi
             f"user {missing[0]} is not a user of organization {organization_id}; the admin and the "
             "escalation contacts must be users of the organization (`accute-fl user list --org`)"
         )
+    # Threat intelligence: the doom notice must not go to an address listed since the user was made.
+    for user_id, email in session.execute(select(User.id, User.email).where(User.id.in_(sorted(wanted)))):
+        listed = threat_intel.email_listed(session, email)
+        if listed is not None:
+            raise threat_intel.ThreatListedError(
+                f"user {user_id} has an email address listed in threat intelligence; choose another "
+                "admin or escalation contact for the dead man's switch"
+            )
 
 
 def configure(

@@ -159,6 +159,8 @@ class SecurityGate:
         match: Match | None = threats.match_ip(address)
         if match is None and threats.agents:
             match = threats.match_agent(_header(scope, b"user-agent"))
+        if match is None and user is not None and self.threats.listed_users:  # threat intel: email
+            match = self.threats.match_user(user)
         hour = int(time.time() // 3600 % 24)
         if context.empty:  # nothing flagged anywhere (the usual case): skip the lookups
             factors = Factors(

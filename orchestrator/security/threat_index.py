@@ -8,7 +8,13 @@
 - domains: a dict; a host matches when it or any parent domain is listed (``a.b.evil.com`` walks
   ``a.b.evil.com``, ``b.evil.com``, ``evil.com``, ``com``: one lookup per label);
 - URLs: a dict of normalised URLs; an endpoint matches a listed URL or any of its path prefixes;
-- user agents, hashes, e-mail addresses: dicts.
+- user agents, hashes: dicts;
+- e-mail: a dict of addresses and whole mail domains (``@evil.example``); an address matches
+  itself, then ``@`` + its domain or a parent, then that domain as a ``domain`` indicator: one
+  lookup per label, like a host.
+
+``ThreatIntel`` also keeps the ids of users whose address matches (``listed_users``), computed
+off the request path when the index is reloaded, so the zero-trust gate asks one dict per request.
 
 Each value is the indicator's severity. The index is immutable once built; ``ThreatIntel`` holds
 the current one and swaps in a new one when the table changed (``threat_intel.version``: row
@@ -20,6 +26,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import uuid
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,7 +37,7 @@ from sqlalchemy import Engine, select
 
 from orchestrator.security import threat_intel
 from schema.db import transaction
-from schema.models import ThreatIntelligence
+from schema.models import ThreatIntelligence, User
 from schema.vocab import SEVERITIES
 
 log = logging.getLogger("accute.security")
@@ -168,6 +175,23 @@ class ThreatIndex:
         severity = self.hashes.get(digest.lower())
         return None if severity is None else Match(f"hash:{digest.lower()}", severity)
 
+    def match_email(self, address: str | None) -> Match | None:
+        """The address, its mail domain or a parent listed (``email``), or the domain (``domain``)."""
+        if not address or (not self.emails and not self.domains):
+            return None
+        value = address.strip().lower()
+        if "@" not in value:
+            return None
+        severity = self.emails.get(value)
+        if severity is not None:
+            return Match(f"email:{value}", severity)
+        if self.emails:
+            for domain in threat_intel.mail_domains(value):
+                severity = self.emails.get(f"@{domain}")
+                if severity is not None:
+                    return Match(f"email:@{domain}", severity)
+        return self.match_domain(value.rpartition("@")[2])
+
     def match_url(self, url: str) -> Match | None:
         """A provider endpoint: the URL or a path prefix of it listed, its host (or a parent
         domain) listed, or its host an address inside a listed address or range."""
@@ -200,6 +224,12 @@ class ThreatIntel:
     def __init__(self, index: ThreatIndex | None = None) -> None:
         self.index = index or ThreatIndex()
         self._version: Any = None
+        #: Users whose address the index lists, with the match (recomputed with the index).
+        self.listed_users: dict[uuid.UUID, Match] = {}
+
+    def match_user(self, user_id: uuid.UUID | None) -> Match | None:
+        """The match of a user whose email address is listed (one dict lookup)."""
+        return None if user_id is None or not self.listed_users else self.listed_users.get(user_id)
 
     def refresh(self, engine: Engine) -> bool:
         """Reload if the table changed since the last load (one cheap query otherwise); True if reloaded."""
@@ -217,7 +247,19 @@ class ThreatIntel:
                 .execution_options(yield_per=10_000)
             )
             index = ThreatIndex((kind, value, severity) for kind, value, severity in rows)
+            listed: dict[uuid.UUID, Match] = {}
+            if index.emails or index.domains:  # a user created since was screened on creation
+                users = session.execute(select(User.id, User.email).execution_options(yield_per=10_000))
+                for user_id, email in users:
+                    match = index.match_email(email)
+                    if match is not None:
+                        listed[user_id] = match
         self.index = index
+        self.listed_users = listed
         self._version = current
-        log.info("threat intelligence: %d active indicators loaded", index.size)
+        log.info(
+            "threat intelligence: %d active indicators loaded, %d user(s) with a listed address",
+            index.size,
+            len(listed),
+        )
         return True

@@ -18,11 +18,13 @@ Two input formats:
 
 Values are normalised before they are stored (addresses and ranges canonical, domains lowercase
 without a trailing dot, URLs with a lowercase scheme and host and no trailing slash, hashes
-lowercase), so the same indicator written two ways is one row.
+lowercase, e-mail addresses lowercase and a whole mail domain as ``@domain``), so the same
+indicator written two ways is one row.
 
 Import is idempotent on (type, value, source): a known indicator is updated (``last_seen`` the
 later of the two when the feed dates it, ``first_seen`` the earlier, severity, confidence, threat type, active again), a
-new one inserted; importing the same file twice changes nothing. Expiry: ``expire`` marks
+new one inserted (``ON CONFLICT DO NOTHING`` on the unique key of migration 0019, so two imports
+at once neither fail nor duplicate); importing the same file twice changes nothing. Expiry: ``expire`` marks
 indicators whose ``last_seen`` is older than a cutoff inactive; inactive rows are not matched.
 """
 
@@ -32,6 +34,7 @@ import csv
 import io
 import ipaddress
 import json
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -39,10 +42,13 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import Engine, func, inspect, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from schema.errors import InvalidInputError
+from schema import audit
+from schema.db import transaction
+from schema.errors import InvalidInputError, PermissionDeniedError
 from schema.models import ThreatIntelligence
 from schema.timeutil import as_utc, iso, utcnow
 from schema.vocab import INDICATOR_TYPES, SEVERITIES
@@ -60,6 +66,13 @@ CSV_COLUMNS = (
 CSV_REQUIRED = CSV_COLUMNS[:6]
 #: Rows looked up / written per statement on import.
 CHUNK = 1000
+
+
+class ThreatListedError(PermissionDeniedError):
+    """What was presented (a FAB, an email address) is listed in threat intelligence: refused
+    (HTTP 403, CLI exit 6). The message names the indicator, never a secret."""
+
+    code = "threat_listed"
 
 
 @dataclass
@@ -122,10 +135,39 @@ def normalize(indicator_type: str, value: str) -> str:
             )
         return digest
     if indicator_type == "email":
-        return text.lower()
+        return normalize_email(text)
     if indicator_type == "user_agent":
         return text
     raise InvalidInputError(f"indicator_type '{indicator_type}' is not one of {', '.join(INDICATOR_TYPES)}")
+
+
+def normalize_email(text: str) -> str:
+    """An address ``local@domain`` lowercased, or a whole mail domain as ``@domain`` (written
+    ``@evil.example`` or bare ``evil.example``); ``mailto:`` and a trailing dot dropped."""
+    value = text.strip().lower().removeprefix("mailto:")
+    local, at, domain = value.rpartition("@")
+    if not at:  # a bare domain: every address there
+        local, domain = "", value
+    domain = domain.rstrip(".")
+    if (
+        not domain
+        or "@" in local
+        or domain.startswith(".")
+        or ".." in domain
+        or any(c.isspace() or c in '/:<>,;"' for c in value)
+    ):
+        raise InvalidInputError(
+            f"email indicator '{text[:100]}' is not an address (name@example.com) nor a mail domain (@example.com)"
+        )
+    return f"{local}@{domain}"
+
+
+def mail_domains(address: str) -> list[str]:
+    """The domain of ``address`` and each parent domain (``a.b.example`` → ``a.b.example``,
+    ``b.example``, ``example``): what an address is matched against besides itself."""
+    domain = address.strip().lower().rpartition("@")[2].rstrip(".")
+    parts = domain.split(".") if domain else []
+    return [".".join(parts[i:]) for i in range(len(parts))]
 
 
 def normalize_url(text: str) -> str:
@@ -314,64 +356,98 @@ def _merge(indicators: Iterable[Indicator]) -> dict[tuple[str, str, str], Indica
 
 
 def import_indicators(session: Session, indicators: Iterable[Indicator]) -> ImportResult:
-    """Insert new indicators, update known ones (by type, value, source); idempotent."""
+    """Insert new indicators, update known ones (by type, value, source); idempotent.
+
+    New keys go in with ``INSERT … ON CONFLICT DO NOTHING`` on ``uq_threat_indicator_source``
+    (migration 0019), so an import racing another one never fails nor duplicates a row: a key the
+    other import inserted first comes back as known and is merged like any known one.
+    """
     merged = _merge(indicators)
     result = ImportResult(read=len(merged))
     keys = list(merged)
     for start in range(0, len(keys), CHUNK):
         chunk = keys[start : start + CHUNK]
-        existing = {
-            (row.indicator_type, row.indicator_value, row.source): row
-            for row in session.scalars(
-                select(ThreatIntelligence).where(
-                    tuple_(
-                        ThreatIntelligence.indicator_type,
-                        ThreatIntelligence.indicator_value,
-                        ThreatIntelligence.source,
-                    ).in_(chunk)
-                )
-            )
-        }
+        existing = _rows(session, chunk)
+        fresh = [key for key in chunk if key not in existing]
+        inserted = _insert_new(session, [merged[key] for key in fresh])
+        result.inserted += len(inserted)
+        lost = [key for key in fresh if key not in inserted]  # another import inserted them first
+        if lost:
+            existing.update(_rows(session, lost))
         for key in chunk:
-            item = merged[key]
             row = existing.get(key)
             if row is None:
-                session.add(
-                    ThreatIntelligence(
-                        indicator_type=item.indicator_type,
-                        indicator_value=item.indicator_value,
-                        threat_type=item.threat_type,
-                        severity=item.severity,
-                        source=item.source,
-                        confidence=item.confidence,
-                        first_seen=item.first_seen,
-                        last_seen=item.last_seen,
-                        is_active=item.is_active,
-                        metadata_=item.metadata,
-                    )
-                )
-                result.inserted += 1
                 continue
-            first = min(as_utc(row.first_seen), item.first_seen)
-            last = max(as_utc(row.last_seen), item.last_seen) if item.dated else as_utc(row.last_seen)
-            wanted = {
-                "threat_type": item.threat_type,
-                "severity": item.severity,
-                "confidence": item.confidence,
-                "first_seen": first,
-                "last_seen": last,
-                "is_active": item.is_active,
-                "metadata_": {**(row.metadata_ or {}), **item.metadata},
-            }
-            changed = {k: v for k, v in wanted.items() if _differs(getattr(row, k), v)}
-            if not changed:
+            if _update(row, merged[key]):
+                result.updated += 1
+            else:
                 result.unchanged += 1
-                continue
-            for name, value in changed.items():
-                setattr(row, name, value)
-            result.updated += 1
         session.flush()
     return result
+
+
+def _rows(
+    session: Session, keys: list[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], ThreatIntelligence]:
+    if not keys:
+        return {}
+    query = select(ThreatIntelligence).where(
+        tuple_(
+            ThreatIntelligence.indicator_type, ThreatIntelligence.indicator_value, ThreatIntelligence.source
+        ).in_(keys)
+    )
+    return {(row.indicator_type, row.indicator_value, row.source): row for row in session.scalars(query)}
+
+
+def _insert_new(session: Session, items: list[Indicator]) -> set[tuple[str, str, str]]:
+    """Insert ``items`` skipping keys already present; the keys actually inserted."""
+    if not items:
+        return set()
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = (
+        dialect.insert(ThreatIntelligence)
+        .on_conflict_do_nothing(index_elements=["indicator_type", "indicator_value", "source"])
+        .returning(
+            ThreatIntelligence.indicator_type, ThreatIntelligence.indicator_value, ThreatIntelligence.source
+        )
+    )
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "indicator_type": item.indicator_type,
+            "indicator_value": item.indicator_value,
+            "threat_type": item.threat_type,
+            "severity": item.severity,
+            "source": item.source,
+            "confidence": item.confidence,
+            "first_seen": item.first_seen,
+            "last_seen": item.last_seen,
+            "is_active": item.is_active,
+            "metadata_": item.metadata,
+        }
+        for item in items
+    ]
+    done = session.execute(statement, rows)
+    return {(kind, value, source) for kind, value, source in done.all()}
+
+
+def _update(row: ThreatIntelligence, item: Indicator) -> bool:
+    """Merge a known indicator's new report into its row; True when something changed."""
+    first = min(as_utc(row.first_seen), item.first_seen)
+    last = max(as_utc(row.last_seen), item.last_seen) if item.dated else as_utc(row.last_seen)
+    wanted = {
+        "threat_type": item.threat_type,
+        "severity": item.severity,
+        "confidence": item.confidence,
+        "first_seen": first,
+        "last_seen": last,
+        "is_active": item.is_active,
+        "metadata_": {**(row.metadata_ or {}), **item.metadata},
+    }
+    changed = {k: v for k, v in wanted.items() if _differs(getattr(row, k), v)}
+    for name, value in changed.items():
+        setattr(row, name, value)
+    return bool(changed)
 
 
 def _differs(old: Any, new: Any) -> bool:
@@ -448,3 +524,88 @@ def hash_listed(session: Session, digest: str) -> str | None:
         .limit(1)
     )
     return None if found is None else f"hash:{found}"
+
+
+def refuse_listed_fab(engine: Engine, fab_hash: str | None, stage: str) -> None:
+    """Raise ``ThreatListedError`` when a ``hash`` indicator lists the Flower App Bundle's SHA-256.
+
+    ``stage`` says who refused (``submit``: ``run-local`` before ``flwr run``; ``serverapp``: the
+    ServerApp before any node is asked anything). The refusal is audited (``threat.fab_refused``)
+    in its own committed transaction, so the record outlives the failed run. A database without
+    the table yet (a fresh ``run-local`` folder) lists nothing. One indexed query.
+    """
+    if not fab_hash or not inspect(engine).has_table(ThreatIntelligence.__tablename__):
+        return
+    with transaction(engine) as session:
+        listed = hash_listed(session, fab_hash)
+        if listed is None:
+            return
+        audit.append(
+            session,
+            organization_id=None,
+            action="threat.fab_refused",
+            resource_type="flower_app_bundle",
+            data={"fab_hash": fab_hash.lower(), "indicator": listed, "stage": stage},
+        )
+    raise ThreatListedError(
+        f"the Flower App Bundle {fab_hash.lower()} is listed in threat intelligence; "
+        "not run: build it from a trusted checkout, or deactivate the indicator if it is wrong"
+    )
+
+
+def email_listed(session: Session, address: str) -> str | None:
+    """``type:value`` of an active indicator listing ``address``: the whole address (``email``),
+    its mail domain or a parent (``email`` ``@domain``), or that domain as a ``domain`` indicator
+    (a mail address at a listed domain is no more trusted than the domain). None when none does.
+
+    One indexed query (``idx_threat_indicator``), for the places that see an address once
+    (creating a user, issuing a token); the request path uses ``ThreatIndex.match_email``.
+    """
+    value = address.strip().lower()
+    if "@" not in value:
+        return None
+    domains = mail_domains(value)
+    emails = [value, *(f"@{d}" for d in domains)]
+    c = ThreatIntelligence
+    rows = session.execute(
+        select(c.indicator_type, c.indicator_value).where(
+            c.is_active.is_(True),
+            ((c.indicator_type == "email") & c.indicator_value.in_(emails))
+            | ((c.indicator_type == "domain") & c.indicator_value.in_(domains)),
+        )
+    ).all()
+    if not rows:
+        return None
+    wanted = [("email", e) for e in emails] + [("domain", d) for d in domains]
+    kind, found = min(rows, key=lambda r: wanted.index((r[0], r[1])))  # the most specific
+    return f"{kind}:{found}"
+
+
+def refuse_listed_email(
+    engine: Engine, address: str, what: str, organization_id: uuid.UUID | None = None
+) -> None:
+    """Raise ``ThreatListedError`` when threat intelligence lists ``address`` (``email_listed``).
+
+    ``what`` names the refused action (``user.create``, ``token.issue``). The refusal is audited
+    (``threat.email_refused``, with the indicator; the address itself stays out of the append-only
+    log, as personal data) in its own committed transaction.
+    """
+    if not inspect(engine).has_table(ThreatIntelligence.__tablename__):
+        return
+    with transaction(engine) as session:
+        listed = email_listed(session, address)
+        if listed is None:
+            return
+        # A whole address is personal data: the log and the message name the kind of match only.
+        shown = listed if listed.startswith(("domain:", "email:@")) else "email:<this address>"
+        audit.append(
+            session,
+            organization_id=organization_id,
+            action="threat.email_refused",
+            resource_type="threat_intelligence",
+            data={"refused": what, "indicator": shown},
+        )
+    raise ThreatListedError(
+        f"the email address is listed in threat intelligence ({shown}); {what} refused: "
+        "use another address, or deactivate the indicator if it is wrong"
+    )

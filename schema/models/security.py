@@ -160,6 +160,8 @@ class ThreatIntelligence(Base):
         CheckConstraint(in_list("indicator_type", INDICATOR_TYPES), name="indicator_type"),
         Index("idx_threat_indicator", "indicator_type", "indicator_value"),
         Index("idx_threat_active", "is_active", "indicator_type"),
+        # An extension (migration 0019): one row per indicator and feed; ``threat import`` upserts on it.
+        Index("uq_threat_indicator_source", "indicator_type", "indicator_value", "source", unique=True),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()

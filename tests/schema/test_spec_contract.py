@@ -78,6 +78,19 @@ EXTENSIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Indexes we add to a spec table (name: table, columns, unique), each documented in its migration.
+INDEX_EXTENSIONS: dict[str, tuple[str, tuple[str, ...], bool]] = {
+    # One config per organization (migration 0016).
+    "uq_dms_config_org": ("dead_man_switch_config", ("organization_id",), True),
+    # One row per indicator and feed; `threat import` upserts on it (migration 0019).
+    "uq_threat_indicator_source": (
+        "threat_intelligence",
+        ("indicator_type", "indicator_value", "source"),
+        True,
+    ),
+}
+
+
 @pytest.mark.parametrize("table_name", sorted(spec_tables()))
 def test_table_matches_spec(engine: Engine, table_name: str) -> None:
     # Prepare
@@ -150,6 +163,20 @@ def test_index_matches_spec(engine: Engine, index_name: str) -> None:
         if engine.dialect.name == "sqlite":
             expected_where = expected_where.replace("= true", "= 1")
         assert match.group(3).strip("() ").lower() == expected_where
+
+
+@pytest.mark.parametrize("index_name", sorted(INDEX_EXTENSIONS))
+def test_extension_index_exists_as_documented(engine: Engine, index_name: str) -> None:
+    # Prepare
+    table, columns, unique = INDEX_EXTENSIONS[index_name]
+
+    # Execute
+    found = {i["name"]: i for i in sa.inspect(engine).get_indexes(table)}
+
+    # Assert
+    assert index_name in found, f"{index_name} is missing on {table}"
+    assert tuple(found[index_name]["column_names"]) == columns
+    assert bool(found[index_name]["unique"]) is unique
 
 
 def test_every_spec_table_and_index_is_in_the_contract() -> None:

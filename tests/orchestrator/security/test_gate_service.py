@@ -228,6 +228,40 @@ def test_a_listed_address_is_denied_and_logged(served: Served, tmp_path: Path) -
     )
 
 
+def test_a_user_whose_email_domain_is_listed_is_denied_with_a_token_issued_before(
+    served: Served, tmp_path: Path
+) -> None:
+    # Prepare: a user and a token issued while nothing listed the address, then a feed that
+    # lists the whole mail domain.
+    with transaction(served.engine) as session:
+        user = directory.create_user(session, served.org, "trudy@leaked-mail.example").id
+    token = served.token("org_user", subject=str(user))
+    colleague = served.token("org_user", subject=str(served.user))
+    feed = tmp_path / "mail.csv"
+    feed.write_text(
+        "indicator_type,indicator_value,threat_type,severity,source,confidence\n"
+        "email,@leaked-mail.example,credential-leak,high,mail-feed,90\n"
+    )
+    imported = served.cli("threat", "import", str(feed), "--json")
+    assert imported.returncode == 0, imported.stderr
+
+    # Execute
+    def denied() -> bool:
+        with served.client("127.0.0.6") as client:
+            return bool(_chat(client, served, token).status_code == 403)
+
+    assert _eventually(denied), "the listed user was not denied after the refresh interval"
+    with served.client("127.0.0.6") as client:
+        refused = _chat(client, served, token)
+        other = _chat(client, served, colleague)
+
+    # Assert: the listed user denied with today's 403 body and logged; the colleague served.
+    assert (refused.status_code, refused.json()) == (403, {"error": "forbidden"})
+    assert other.status_code == 200, other.text
+    rows = _eventually(lambda: served.log_rows(user_id=user, access_decision="deny"))
+    assert rows and rows[0].factors_evaluated["threat"] == "email:@leaked-mail.example"
+
+
 def test_a_listed_cidr_range_and_stix_user_agent_are_denied(served: Served, tmp_path: Path) -> None:
     # Prepare: a CIDR range by CSV, a user agent by a STIX bundle imported twice.
     feed = tmp_path / "ranges.csv"

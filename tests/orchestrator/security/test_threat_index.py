@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
+from orchestrator.security import threat_intel
 from orchestrator.security.threat_index import ThreatIndex
+from schema.errors import InvalidInputError
 
 ROWS = [
     ("ip", "203.0.113.9", "high"),
@@ -14,6 +18,8 @@ ROWS = [
     ("url", "https://cdn.example.org/payload", "medium"),
     ("user_agent", "sqlmap/1.7", "high"),
     ("hash", "ab" * 32, "critical"),
+    ("email", "mallory@mail.example", "high"),
+    ("email", "@spam.example", "medium"),
 ]
 
 
@@ -43,3 +49,34 @@ def test_domains_urls_agents_and_hashes() -> None:
 def test_an_empty_index_matches_nothing() -> None:
     index = ThreatIndex()
     assert index.match_ip("203.0.113.9") is None and index.match_url("https://evil.example") is None
+
+
+def test_email_addresses_and_mail_domains() -> None:
+    index = ThreatIndex(ROWS)
+    # The whole address, case-insensitively; another address at the same domain is not listed.
+    assert index.match_email(" Mallory@Mail.Example ").indicator == "email:mallory@mail.example"  # type: ignore[union-attr]
+    assert index.match_email("alice@mail.example") is None
+    # A listed mail domain covers its subdomains; a listed domain covers addresses there.
+    assert index.match_email("bob@eu.spam.example").indicator == "email:@spam.example"  # type: ignore[union-attr]
+    assert index.match_email("carol@mx.evil.example").indicator == "domain:evil.example"  # type: ignore[union-attr]
+    assert index.match_email("dave@notspam.example") is None
+    assert index.match_email("not-an-address") is None and index.match_email(None) is None
+
+
+@pytest.mark.parametrize(
+    ("written", "stored"),
+    [
+        ("Mallory@Mail.Example.", "mallory@mail.example"),
+        ("mailto:eve@x.example", "eve@x.example"),
+        ("@Spam.Example", "@spam.example"),
+        ("spam.example", "@spam.example"),
+    ],
+)
+def test_email_indicators_are_normalised(written: str, stored: str) -> None:
+    assert threat_intel.normalize("email", written) == stored
+
+
+@pytest.mark.parametrize("written", ["a@@b.example", "a b@c.example", "a@", "x@.example", "<a@b.example>"])
+def test_malformed_email_indicators_are_refused(written: str) -> None:
+    with pytest.raises(InvalidInputError, match="email indicator"):
+        threat_intel.normalize("email", written)

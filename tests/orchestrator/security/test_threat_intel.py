@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -99,6 +100,57 @@ def test_csv_import_normalises_and_updates_by_type_value_source(engine: Engine) 
     assert by_value["203.0.113.9"]["last_seen"].startswith("2026-03-01")
     assert "10.9.0.0/16" in by_value
     assert {r[2] for r in snapshot(engine)} >= {"bad.example"}
+
+
+def test_two_imports_racing_insert_each_indicator_once(pg_engine: Engine) -> None:
+    # Prepare: the first import has inserted every row but not committed when the second starts,
+    # so the second sees none of them known (its read precedes the first's commit).
+    engine = pg_engine
+    first_inserted = threading.Event()
+    first_may_commit = threading.Event()
+    outcome: dict[str, threat_intel.ImportResult] = {}
+
+    def first() -> None:
+        with transaction(engine) as session:
+            outcome["first"] = threat_intel.import_indicators(session, threat_intel.parse_csv(CSV))
+            first_inserted.set()
+            first_may_commit.wait(30)
+
+    racer = threading.Thread(target=first)
+    racer.start()
+    assert first_inserted.wait(30)
+
+    # Execute: the second import's INSERT waits on the first's uncommitted rows, which then commit.
+    threading.Timer(0.5, first_may_commit.set).start()
+    with transaction(engine) as session:
+        outcome["second"] = threat_intel.import_indicators(session, threat_intel.parse_csv(CSV))
+    racer.join(30)
+
+    # Assert: no error, no duplicate; the second found all three known and changed none of them.
+    assert (outcome["first"].inserted, outcome["first"].updated) == (3, 0)
+    assert (outcome["second"].inserted, outcome["second"].updated, outcome["second"].unchanged) == (0, 0, 3)
+    assert len(snapshot(engine)) == 3
+
+
+def test_a_file_repeating_an_indicator_and_imported_twice_keeps_one_row_each(engine: Engine) -> None:
+    # Prepare: the same indicator three times in one file (once with other letter case).
+    text = (
+        CSV
+        + "ip,203.0.113.9,botnet,high,abuse-feed,80,,\n"
+        + "DOMAIN,bad.EXAMPLE,phishing,critical,abuse-feed,99.5,,\n"
+    )
+
+    # Execute
+    with transaction(engine) as session:
+        first = threat_intel.import_indicators(session, threat_intel.parse_csv(text))
+    before = snapshot(engine)
+    with transaction(engine) as session:
+        second = threat_intel.import_indicators(session, threat_intel.parse_csv(text))
+
+    # Assert
+    assert (first.read, first.inserted) == (3, 3)
+    assert (second.inserted, second.updated, second.unchanged) == (0, 0, 3)
+    assert snapshot(engine) == before
 
 
 @pytest.mark.parametrize(
