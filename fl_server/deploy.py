@@ -656,6 +656,22 @@ def last_exception_line(log_text: str) -> str | None:
     return None
 
 
+def refusal_from_cause(cause: str | None) -> AccuteError | None:
+    """The typed error a ServerApp's last exception line stands for, when it was a refusal.
+
+    Flower logs the exception qualified (``schema.errors.ConflictError: …``), so the class name is
+    matched, not the prefix: ``ConflictError`` (another server took the run, a race the pre-check
+    cannot close) and ``ThreatListedError`` (the bundle was listed after our own check).
+    """
+    error_path, _, message = (cause or "").partition(": ")
+    error_class = error_path.rsplit(".", 1)[-1]
+    if error_class == ConflictError.__name__:
+        return ConflictError(message)
+    if error_class == threat_intel.ThreatListedError.__name__:
+        return threat_intel.ThreatListedError(message)
+    return None
+
+
 def run_overrides(
     run_name: str, task: str, rounds: int, dp: DpMode, seed: int, nodes: int, **extra: Any
 ) -> dict[str, Any]:
@@ -700,13 +716,9 @@ def run_local(
         if status != "finished:completed":
             log_path = deployment.logs / f"serverapp-{run_id}.log"
             cause = last_exception_line(log_path.read_text(errors="replace")) if log_path.exists() else None
-            if cause is not None and cause.startswith("ConflictError: "):
-                # Another server took the run (a race the check above cannot close): a conflict.
-                raise ConflictError(cause.removeprefix("ConflictError: "))
-            name, _, message = (cause or "").partition(": ")
-            if name.rsplit(".", 1)[-1] == threat_intel.ThreatListedError.__name__:
-                # The ServerApp refused the bundle Flower handed it (listed after our own check).
-                raise threat_intel.ThreatListedError(message)
+            refusal_error = refusal_from_cause(cause)
+            if refusal_error is not None:
+                raise refusal_error
             partial = deployment.partial_report(name)
             raise DeploymentError(
                 f"run '{name}' ended {status}"

@@ -89,6 +89,20 @@ def test_the_cli_error_names_the_serverapps_last_exception() -> None:
     assert last_exception_line("INFO : all rounds done\nINFO : published\n") is None
 
 
+def test_a_servers_refusal_in_its_log_maps_to_the_typed_error() -> None:
+    from fl_server.deploy import refusal_from_cause
+    from orchestrator.security.threat_intel import ThreatListedError
+    from schema.errors import ConflictError
+
+    conflict = refusal_from_cause("schema.errors.ConflictError: run 'r' is driven by server h:1:a")
+    listed = refusal_from_cause("orchestrator.security.threat_intel.ThreatListedError: FAB abc is listed")
+
+    assert isinstance(conflict, ConflictError) and str(conflict) == "run 'r' is driven by server h:1:a"
+    assert isinstance(listed, ThreatListedError) and str(listed) == "FAB abc is listed"
+    assert refusal_from_cause("TimeoutError: only 2 of 3 nodes connected") is None
+    assert refusal_from_cause(None) is None
+
+
 # --- the SuperLink connection an operator writes (README "Deployment") -----------------------------
 
 CONNECT = ["deploy", "connection", "--name", "accute-prod", "--address", "link.example.com:9093"]
