@@ -54,6 +54,8 @@ class Entry:
     factors: Factors
     address: str | None
     at: Any
+    challenge_passed: bool | None = None
+    """Set when the request answered a challenge (``X-Accute-Challenge-Response``)."""
 
 
 def _row(entry: Entry) -> dict[str, Any]:
@@ -72,7 +74,7 @@ def _row(entry: Entry) -> dict[str, Any]:
         "trust_score": Decimal(str(round(entry.decision.trust_score, 2))),
         "factors_evaluated": factors,
         "challenge_type": entry.decision.challenge_type,
-        "challenge_passed": None,
+        "challenge_passed": entry.challenge_passed,
         "created_at": entry.at,
     }
 
