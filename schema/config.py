@@ -335,6 +335,15 @@ class Settings(BaseSettings):
             "resolved anywhere reaches this worker's blocks within this (at once with ACCUTE_REDIS_URL)."
         ),
     )
+    mfa_step_up_s: int = Field(
+        default=300,
+        ge=0,
+        le=86_400,
+        description=(
+            "Seconds a token that passed the mfa challenge is not challenged again (0: every "
+            "challenged request needs its own TOTP code)."
+        ),
+    )
     security_change_channel: str = Field(
         default="accute:security-changes",
         min_length=1,

@@ -62,7 +62,7 @@ class Guard:
         if gate is not None:
             assert request is not None
             try:
-                await gate.admit(known, request.scope, address_counted=fresh)
+                await gate.admit(known, request.scope, address_counted=fresh, token=token)
             except ChallengeFailedError:
                 if security is not None:  # a wrong or replayed second factor counts like a bad token
                     security.auth_failed(address)

@@ -56,12 +56,16 @@ class Entry:
     at: Any
     challenge_passed: bool | None = None
     """Set when the request answered a challenge (``X-Accute-Challenge-Response``)."""
+    step_up: bool = False
+    """The challenge passed because the token answered one recently (``step_up.StepUps``)."""
 
 
 def _row(entry: Entry) -> dict[str, Any]:
     factors = entry.factors.as_json()
     factors["address"] = entry.address
     factors["reasons"] = list(entry.decision.reasons)
+    if entry.step_up:
+        factors["step_up"] = True
     if entry.user_id is None:
         factors["subject"] = entry.subject
     return {

@@ -18,9 +18,11 @@ token and ``admit`` after. ``admit``:
 Answering an ``mfa`` challenge: the client repeats the request with
 ``X-Accute-Challenge-Response: totp=<6 digits>`` (the user's TOTP, ``accute-fl user mfa enroll``).
 A right code for a time step not used before lets the request through and logs the challenge with
-``challenge_passed = true``; a wrong, expired or replayed one is a 401 ``challenge_failed`` (logged
-with ``challenge_passed = false``; ``Guard`` counts it toward ``credential_stuffing`` for the
-address). Only a request the policy challenges reads the header, so it costs the others nothing.
+``challenge_passed = true``, and that token is stepped up for ``ACCUTE_MFA_STEP_UP_S``
+(``step_up.StepUps``: its challenged requests pass without a code meanwhile); a wrong, expired or
+replayed one is a 401 ``challenge_failed`` (logged with ``challenge_passed = false``; ``Guard``
+counts it toward ``credential_stuffing`` for the address). Only a request the policy challenges
+reads the header or the step-up, so they cost the others nothing.
 
 A refresher thread reloads the threat index (when the table changed) and the anomaly/behaviour/
 device context every few seconds; nothing on the request path touches the database.
@@ -41,6 +43,7 @@ from orchestrator.auth import Principal
 from orchestrator.security.access_log import AccessLogWriter
 from orchestrator.security.context import SecurityContext, load_context
 from orchestrator.security.rate_limit import Limits, make_limits, retry_after_header
+from orchestrator.security.step_up import StepUps, token_key
 from orchestrator.security.threat_index import Match, ThreatIntel
 from orchestrator.security.zero_trust import ALLOW, CHALLENGE, Factors, Policy, decide, load_policy
 from schema import mfa
@@ -89,6 +92,7 @@ class SecurityGate:
         self.threats = ThreatIntel()
         self.context = SecurityContext()
         self.limits: Limits = make_limits(settings)
+        self.step_ups = StepUps(settings)
         self.access_log = AccessLogWriter(
             engine,
             flush_ms=settings.zero_trust_log_flush_ms,
@@ -148,6 +152,7 @@ class SecurityGate:
         if self._thread is not None:
             self._thread.join(5)
         self.access_log.close()
+        self.step_ups.close()
         await self.limits.close()
 
     # -- the request path -----------------------------------------------------------------------------
@@ -173,10 +178,13 @@ class SecurityGate:
         """The address's rate limit alone (before an unknown token's signature check)."""
         await self._address_limit(client_address(scope))
 
-    async def admit(self, who: Principal, scope: Any, address_counted: bool = True) -> None:
+    async def admit(
+        self, who: Principal, scope: Any, address_counted: bool = True, token: str | None = None
+    ) -> None:
         """Rate limits, then the zero-trust decision for ``who`` calling ``scope``; raises unless allowed.
 
         ``address_counted=False``: the address limit was not checked yet (a cached token).
+        ``token``: the bearer token itself, to which a passed challenge's step-up is bound.
         """
         org = who.organization_id
         address = client_address(scope)
@@ -217,10 +225,17 @@ class SecurityGate:
             )
         decision = decide(factors, self.policy)
         passed: bool | None = None
+        stepped_up = False
         if decision.outcome == CHALLENGE:
             answer = _header(scope, CHALLENGE_HEADER)
+            key = token_key(token) if token is not None else None
             if answer is not None:
                 passed = await self._answer(decision.challenge_type, user, answer)
+                if passed and key is not None and self.step_ups.seconds:
+                    await anyio.to_thread.run_sync(self.step_ups.remember, key)
+            elif key is not None and self.step_ups.seconds:
+                stepped_up = await anyio.to_thread.run_sync(self.step_ups.active, key)
+                passed = True if stepped_up else None
         if decision.outcome != ALLOW or self.log_allowed:
             self.access_log.record(
                 self.access_log.entry(
@@ -233,6 +248,7 @@ class SecurityGate:
                     factors=factors,
                     address=address,
                     challenge_passed=passed,
+                    step_up=stepped_up,
                 )
             )
         if decision.outcome == ALLOW or passed:

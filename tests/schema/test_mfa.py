@@ -46,7 +46,9 @@ def test_enrolment_stores_the_secret_only_sealed_and_audits_it(engine: Engine, t
     _, user, enrolment = _enrolled(engine, tmp_path)
 
     # Assert: the URI carries the secret for the app; the row only a sealed token; audited.
-    assert enrolment.uri.startswith("otpauth://totp/") and f"secret={enrolment.secret_base32}" in enrolment.uri
+    assert (
+        enrolment.uri.startswith("otpauth://totp/") and f"secret={enrolment.secret_base32}" in enrolment.uri
+    )
     with transaction(engine) as session:
         row = session.get(UserMfa, user)
         assert row is not None and personal_data.is_sealed(row.secret_sealed)

@@ -56,8 +56,10 @@ class Cluster:
         transport = httpx.HTTPTransport(local_address=source)
         return httpx.Client(base_url=self.bases[server], transport=transport, timeout=30, trust_env=False)
 
-    def token(self, role: str = "org_admin", subject: str | None = None) -> str:
-        return str(self.services.tokens.issue(role=role, organization_id=self.org, subject=subject))
+    def token(self, role: str = "org_admin", subject: str | None = None, ttl_s: int | None = None) -> str:
+        return str(
+            self.services.tokens.issue(role=role, organization_id=self.org, subject=subject, ttl_s=ttl_s)
+        )
 
     def cli(self, *args: str) -> Any:
         import subprocess

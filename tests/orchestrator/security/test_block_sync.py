@@ -55,7 +55,9 @@ def two_servers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Clus
 
 def _status(served: Cluster, server: int, token: str) -> int:
     with served.client(SOURCE, server) as client:
-        return client.get(f"/v1/orgs/{served.org}/usage", headers={"Authorization": f"Bearer {token}"}).status_code
+        return client.get(
+            f"/v1/orgs/{served.org}/usage", headers={"Authorization": f"Bearer {token}"}
+        ).status_code
 
 
 def _until(check: Callable[[], bool], timeout: float) -> float | None:
@@ -79,7 +81,9 @@ def test_a_block_on_one_server_is_enforced_by_the_other_and_a_cli_resolve_lifts_
     # Execute: bad tokens to server 0 until its detector blocks the address.
     with served.client(SOURCE, 0) as client:
         codes = [
-            client.get(f"/v1/orgs/{served.org}/usage", headers={"Authorization": "Bearer not-a-token"}).status_code
+            client.get(
+                f"/v1/orgs/{served.org}/usage", headers={"Authorization": "Bearer not-a-token"}
+            ).status_code
             for _ in range(6)
         ]
     blocked_on_other = _until(lambda: _status(served, 1, token) == 403, timeout=10)
@@ -94,7 +98,9 @@ def test_a_block_on_one_server_is_enforced_by_the_other_and_a_cli_resolve_lifts_
         (anomaly,) = session.scalars(
             select(SecurityAnomaly.id).where(SecurityAnomaly.anomaly_type == "credential_stuffing")
         ).all()
-    resolved = served.cli("security", "resolve", str(anomaly), "--resolution", "false_positive", "--by", "tester")
+    resolved = served.cli(
+        "security", "resolve", str(anomaly), "--resolution", "false_positive", "--by", "tester"
+    )
     assert resolved.returncode == 0, resolved.stderr
     lifted = _until(lambda: _status(served, 0, token) == 200 and _status(served, 1, token) == 200, timeout=10)
 

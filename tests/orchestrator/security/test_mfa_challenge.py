@@ -9,7 +9,6 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -121,12 +120,27 @@ def test_a_right_code_passes_the_challenge_once_and_is_logged(served: Cluster) -
         code = _code(secret)
         answered = _get(client, served, token, **{HEADER: f"totp={code}"})
         replayed = _get(client, served, token, **{HEADER: f"totp={code}"})
+        stepped_up = _get(client, served, token)
+        other_token = _get(client, served, served.token("org_admin", subject=str(user), ttl_s=1234))
 
-    # Assert
+    # Assert: passed once; the replay refused; the token (only it) stepped up for a while.
     assert plain.status_code == 401 and plain.json() == {"error": "challenge_required"}
     assert 'challenge="mfa"' in plain.headers["www-authenticate"]
     assert answered.status_code == 200, answered.text
     assert replayed.status_code == 401 and replayed.json() == {"error": "challenge_failed"}
+    assert stepped_up.status_code == 200, stepped_up.text
+    assert other_token.status_code == 401 and other_token.json() == {"error": "challenge_required"}
+
+    def stepped_up_rows() -> list[dict[str, Any]]:
+        with transaction(served.engine) as session:
+            factors = session.scalars(
+                select(ZeroTrustAccessLog.factors_evaluated).where(
+                    ZeroTrustAccessLog.user_id == user, ZeroTrustAccessLog.challenge_passed.is_(True)
+                )
+            ).all()
+        return [f for f in factors if f.get("step_up")]
+
+    assert _eventually(stepped_up_rows), "the stepped-up request is not in the access log"
     log = _eventually(lambda: (rows := _log(served, user)) and ("challenge", False) in rows and rows)
     assert ("challenge", True) in log and ("challenge", None) in log, log
 
@@ -151,5 +165,7 @@ def test_wrong_codes_count_toward_credential_stuffing_for_that_address_only(serv
     assert statuses[:5] == [401] * 5 and statuses[5:] == [403, 403], statuses
     assert elsewhere.status_code == 401
     with transaction(served.engine) as session:
-        rows = session.scalars(select(SecurityAnomaly).where(SecurityAnomaly.anomaly_type == "credential_stuffing"))
+        rows = session.scalars(
+            select(SecurityAnomaly).where(SecurityAnomaly.anomaly_type == "credential_stuffing")
+        )
         assert any(r.details.get("address") == "127.0.0.32" and r.auto_blocked for r in rows)
