@@ -1,4 +1,5 @@
-"""`accute-fl user mfa enroll | remove | status`: a user's TOTP second factor (``schema.mfa``).
+"""`accute-fl user mfa enroll | remove | status`: a user's TOTP second factor (``schema.mfa``,
+imported inside the commands: `user list` must not load the security tables).
 
 The zero-trust policy may answer a request with an ``mfa`` challenge; the user answers it with a
 code from the authenticator app set up here (``X-Accute-Challenge-Response: totp=<code>``).
@@ -10,7 +11,6 @@ import typer
 
 from orchestrator.cli.context import load_settings, ready_engine
 from orchestrator.cli.output import emit
-from schema import mfa
 from schema.db import transaction
 from schema.validation import parse_uuid
 
@@ -31,6 +31,7 @@ def enroll(
     """Create the user's TOTP secret and print it ONCE (otpauth URI and base32) for their
     authenticator app; it is stored only sealed under the user's data key and never shown again."""
     from orchestrator.keys import personal_data_vault
+    from schema import mfa
 
     user_id = parse_uuid(user, "user id")
     vault = personal_data_vault(load_settings())
@@ -53,6 +54,8 @@ def enroll(
 def remove(user: str = USER_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Remove the user's TOTP factor (audited); an mfa challenge can then not be passed until they
     enrol again."""
+    from schema import mfa
+
     user_id = parse_uuid(user, "user id")
     with transaction(ready_engine()) as session:
         mfa.remove(session, user_id)
@@ -62,6 +65,8 @@ def remove(user: str = USER_OPTION, as_json: bool = JSON_OPTION) -> None:
 @mfa_app.command("status")
 def status(user: str = USER_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Whether the user has a TOTP factor (never the secret)."""
+    from schema import mfa
+
     user_id = parse_uuid(user, "user id")
     with transaction(ready_engine()) as session:
         enrolled = mfa.is_enrolled(session, user_id)
