@@ -42,6 +42,7 @@ from orchestrator.edge import RequestLimits
 from orchestrator.egress import EgressPolicy
 from orchestrator.keys import KeyRing, kek_provider
 from orchestrator.security.anomalies import SecurityMonitor, build_monitor
+from orchestrator.security.block_sync import BlockSync
 from orchestrator.security.gate import SecurityGate
 from orchestrator.upstream import make_upstream
 from orchestrator.vamn import VamnServer
@@ -49,6 +50,7 @@ from schema.config import Settings
 from schema.db import check_connection, make_engine, transaction
 from schema.errors import AccuteError, AuthenticationError, DatabaseUnavailableError, InvalidInputError
 from schema.migrate import require_current_schema
+from schema.personal_data import PersonalDataVault
 
 log = logging.getLogger("accute.orchestrator")
 
@@ -130,6 +132,8 @@ class Services:
     """Zero trust, threat intelligence and rate limits (None when ACCUTE_ZERO_TRUST_ENABLED is off)."""
     security: "SecurityMonitor | None" = None
     """Anomaly detectors and the address/subject blocklist (None with ACCUTE_ANOMALY_DETECTION=false)."""
+    block_sync: BlockSync | None = None
+    """Carries blocks and resolutions between workers (None when both layers above are off)."""
 
 
 def start_dms_watcher(services: Services) -> "asyncio.Task[None] | None":
@@ -151,10 +155,16 @@ def build_services(settings: Settings, engine: Engine | None = None) -> Services
     bound = engine or make_engine(settings)
     keyring = KeyRing(kek_provider(settings))
     egress = EgressPolicy.parse(settings.egress_allow)
-    gate = SecurityGate(bound, settings) if settings.zero_trust_enabled else None
+    gate = (
+        SecurityGate(bound, settings, vault=PersonalDataVault(keyring.kek))
+        if settings.zero_trust_enabled
+        else None
+    )
     services = Services(settings, bound, keyring, TokenService(bound, keyring, settings), egress, gate=gate)
     if settings.anomaly_detection:
         services.security = build_monitor(settings, bound)
+    if services.gate is not None or services.security is not None:
+        services.block_sync = BlockSync(bound, settings, services.security, services.gate)
     return services
 
 
@@ -269,6 +279,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         services.cascade = cascade
         if services.gate is not None:
             await anyio.to_thread.run_sync(services.gate.start)
+        if services.block_sync is not None:
+            await anyio.to_thread.run_sync(services.block_sync.start)
         watcher = start_dms_watcher(services)  # the dead man's switch (issue 14)
         try:
             async with _hub_relay(settings, services.engine):
@@ -280,6 +292,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                     await watcher  # a tick under way finishes its transaction first
             # In-flight requests have finished: write what is queued, then let go of connections.
             await anyio.to_thread.run_sync(cascade.close)
+            if services.block_sync is not None:
+                await anyio.to_thread.run_sync(services.block_sync.close)
             if services.gate is not None:
                 await services.gate.close()
             if services.security is not None and services.security.recorder is not None:

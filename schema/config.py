@@ -327,6 +327,29 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds between reloads of anomalies, behaviour scores and trusted devices into memory.",
     )
+    security_change_poll_s: float = Field(
+        default=0.5,
+        gt=0,
+        description=(
+            "Seconds between checks of the security_generation row: a block raised or an anomaly "
+            "resolved anywhere reaches this worker's blocks within this (at once with ACCUTE_REDIS_URL)."
+        ),
+    )
+    mfa_step_up_s: int = Field(
+        default=300,
+        ge=0,
+        le=86_400,
+        description=(
+            "Seconds a token that passed the mfa challenge is not challenged again (0: every "
+            "challenged request needs its own TOTP code)."
+        ),
+    )
+    security_change_channel: str = Field(
+        default="accute:security-changes",
+        min_length=1,
+        max_length=200,
+        description="Redis pub/sub channel on which workers and the CLI announce block/resolve changes.",
+    )
     threat_intel_refresh_s: float = Field(
         default=30.0,
         gt=0,

@@ -92,6 +92,21 @@ class ChallengeRequiredError(AuthenticationError):
         }
 
 
+class ChallengeFailedError(ChallengeRequiredError):
+    """The request answered the challenge with a wrong, expired or already used code (counted
+    toward ``credential_stuffing`` for the client address, like a bad token)."""
+
+    code = "challenge_failed"
+
+    def __init__(self, challenge: str) -> None:
+        super().__init__(challenge)
+        self.message = (
+            f"the {challenge} challenge response was wrong, expired or already used; "
+            "retry with a fresh code in X-Accute-Challenge-Response"
+        )
+        self.args = (self.message,)
+
+
 class RateLimitedError(AccuteError):
     """Too many requests from one organization or address; retry after the header's seconds."""
 

@@ -31,7 +31,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from schema import audit
+from schema import audit, security_generation
 from schema.errors import ConflictError, InvalidInputError, NotFoundError
 from schema.models import SecurityAnomaly
 from schema.timeutil import as_utc, iso, utcnow
@@ -101,6 +101,7 @@ def record(session: Session, finding: Finding) -> tuple[SecurityAnomaly, bool]:
         if blocked_until is not None and (details.get("blocked_until") or "") < blocked_until:
             details["blocked_until"] = blocked_until
             row.auto_blocked = True
+            security_generation.bump(session)
         row.details = details
         if _rank(finding.severity) > _rank(row.severity):
             row.severity = finding.severity
@@ -130,6 +131,8 @@ def record(session: Session, finding: Finding) -> tuple[SecurityAnomaly, bool]:
     )
     session.add(row)
     session.flush()
+    if blocked_until is not None:
+        security_generation.bump(session)  # every worker reloads its blocks
     audit.append(
         session,
         organization_id=org,
@@ -320,6 +323,8 @@ def resolve(
     row.reviewed_by = reviewer_user_id
     row.resolution = text
     row.details = {**row.details, "reviewer": reviewer.strip()[:200]}
+    if row.auto_blocked:
+        security_generation.bump(session)  # every worker drops the block
     audit.append(
         session,
         organization_id=row.organization_id,

@@ -7,7 +7,8 @@ Every route that needs a token depends on ``Guard.principal`` (or ``Guard.org_sc
 With the security gate on (``ACCUTE_ZERO_TRUST_ENABLED``, orchestrator/security/gate.py), a call
 that passes the request checks the client address's rate limit (before the signature check of a
 token not seen before; with the organization's otherwise), the organization's rate limit and the
-zero-trust decision (429, 401 challenge, 403).
+zero-trust decision (429, 401 challenge, 403). A wrong answer to a challenge
+(``X-Accute-Challenge-Response``) is reported to the detectors like a bad token.
 """
 
 # No ``from __future__ import annotations``: FastAPI evaluates the closures' annotations, which
@@ -20,7 +21,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from orchestrator.auth import Principal
-from schema.errors import AuthenticationError, PermissionDeniedError
+from schema.errors import AuthenticationError, ChallengeFailedError, PermissionDeniedError
 
 if TYPE_CHECKING:
     from orchestrator.service import Services
@@ -61,7 +62,11 @@ class Guard:
         if gate is not None:
             assert request is not None
             try:
-                await gate.admit(known, request.scope, address_counted=fresh)
+                await gate.admit(known, request.scope, address_counted=fresh, token=token)
+            except ChallengeFailedError:
+                if security is not None:  # a wrong or replayed second factor counts like a bad token
+                    security.auth_failed(address)
+                raise
             except PermissionDeniedError:
                 # The gate refuses another organization's path first: still a privilege probe.
                 if security is not None and not gate.role_ok(known, request.scope):

@@ -4,7 +4,8 @@ A platform admin sees every organization's rows (and the system-wide ones: bad t
 organization); an organization admin sees its own organization's only, and another
 organization's row is a 404 like a missing one. Resolving records ``reviewed_by`` (the token's
 user, when it names one), ``reviewed_at`` and ``resolution``, is audited, and ends the row's block
-(in this process at once; other workers' zero-trust layer reads the table).
+(in this process at once; in the other workers within ``ACCUTE_SECURITY_CHANGE_POLL_S``, at once
+with Redis: ``orchestrator.security.block_sync``).
 """
 
 # No ``from __future__ import annotations``: FastAPI resolves the routes' annotations, which name
@@ -85,6 +86,8 @@ def build(services: "Services", guard: "Guard") -> APIRouter:
         result = await anyio.to_thread.run_sync(write)
         if services.security is not None and result["subject"]:
             services.security.unblock(result["subject"])
+        if services.block_sync is not None:  # the other workers lift it too, and the gate here
+            await anyio.to_thread.run_sync(services.block_sync.changed)
         return result
 
     return router

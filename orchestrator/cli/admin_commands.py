@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from orchestrator.cli.context import load_settings, organization_id, ready_engine
+from orchestrator.cli.mfa_commands import mfa_app
 from orchestrator.cli.output import emit
 from schema import directory
 from schema.db import transaction
@@ -12,6 +13,7 @@ from schema.validation import parse_uuid
 
 org_app = typer.Typer(help="Organizations (tenants).", no_args_is_help=True)
 user_app = typer.Typer(help="Users of an organization.", no_args_is_help=True)
+user_app.add_typer(mfa_app, name="mfa")
 
 ORG_COLUMNS = ("id", "name", "billing_model", "created_at")
 USER_COLUMNS = ("id", "organization_id", "email", "created_at")

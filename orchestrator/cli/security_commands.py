@@ -6,7 +6,7 @@ import uuid
 
 import typer
 
-from orchestrator.cli.context import organization_id, ready_engine
+from orchestrator.cli.context import load_settings, organization_id, ready_engine
 from orchestrator.cli.output import emit
 from schema import security_anomalies
 from schema.db import transaction
@@ -57,7 +57,8 @@ def resolve(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Close an anomaly (audited); an auto-blocked subject is no longer refused."""
+    """Close an anomaly (audited); an auto-blocked subject is no longer refused, by running
+    servers too (within ACCUTE_SECURITY_CHANGE_POLL_S; at once with ACCUTE_REDIS_URL)."""
     reviewer_user: uuid.UUID | None = None
     try:
         reviewer_user = uuid.UUID(by)
@@ -73,4 +74,9 @@ def resolve(
             session, anomaly_id, None, resolution=resolution, reviewer=by, reviewer_user_id=reviewer_user
         )
         result = security_anomalies.as_dict(row)
+    # Committed (the security generation moved): running workers lift the block within their poll
+    # interval; with Redis, at once.
+    from orchestrator.security.block_sync import publish
+
+    publish(load_settings())
     emit(result, as_json, "Resolved", COLUMNS)

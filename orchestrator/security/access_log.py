@@ -54,12 +54,18 @@ class Entry:
     factors: Factors
     address: str | None
     at: Any
+    challenge_passed: bool | None = None
+    """Set when the request answered a challenge (``X-Accute-Challenge-Response``)."""
+    step_up: bool = False
+    """The challenge passed because the token answered one recently (``step_up.StepUps``)."""
 
 
 def _row(entry: Entry) -> dict[str, Any]:
     factors = entry.factors.as_json()
     factors["address"] = entry.address
     factors["reasons"] = list(entry.decision.reasons)
+    if entry.step_up:
+        factors["step_up"] = True
     if entry.user_id is None:
         factors["subject"] = entry.subject
     return {
@@ -72,7 +78,7 @@ def _row(entry: Entry) -> dict[str, Any]:
         "trust_score": Decimal(str(round(entry.decision.trust_score, 2))),
         "factors_evaluated": factors,
         "challenge_type": entry.decision.challenge_type,
-        "challenge_passed": None,
+        "challenge_passed": entry.challenge_passed,
         "created_at": entry.at,
     }
 

@@ -21,8 +21,9 @@
 The request path only touches in-memory, bounded state (dict lookups and increments); findings
 go to ``AnomalyRecorder``, a thread that writes them in batches (``schema.security_anomalies``,
 deduplicated) off the hot path. ``is_blocked`` answers from memory: a block written by this
-process counts at once; blocks written by other workers reach the zero-trust layer through the
-table.
+process counts at once; blocks raised by other workers, and resolutions by the CLI or API, reach
+it through ``orchestrator.security.block_sync`` (within ``ACCUTE_SECURITY_CHANGE_POLL_S``, at once
+with Redis).
 """
 
 from __future__ import annotations
@@ -74,21 +75,39 @@ class Blocklist:
     def __init__(self, capacity: int = MAX_BLOCKS) -> None:
         self.capacity = capacity
         self._until: dict[str, float] = {}
+        self._since: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._until)
 
-    def block(self, subject: str, until: float) -> None:
+    def block(self, subject: str, until: float, since: float | None = None) -> None:
+        """Refuse ``subject`` until ``until``; ``since`` is when the block began (now by default;
+        0 for a block loaded from the table, which any later resolution lifts)."""
+        began = time.time() if since is None else since
         with self._lock:
             if subject not in self._until and len(self._until) >= self.capacity:
                 # Full: drop the block that ends first (expired ones are the first to go).
-                del self._until[min(self._until, key=self._until.__getitem__)]
+                victim = min(self._until, key=self._until.__getitem__)
+                del self._until[victim]
+                self._since.pop(victim, None)
             self._until[subject] = max(until, self._until.get(subject, 0.0))
+            self._since[subject] = max(began, self._since.get(subject, 0.0))
 
     def unblock(self, subject: str) -> None:
         with self._lock:
             self._until.pop(subject, None)
+            self._since.pop(subject, None)
+
+    def unblock_before(self, subject: str, resolved_at: float) -> bool:
+        """Lift ``subject``'s block if it began no later than ``resolved_at`` (a resolution elsewhere
+        must not lift a block this worker raised after it); True when lifted."""
+        with self._lock:
+            if subject in self._until and self._since.get(subject, 0.0) <= resolved_at:
+                del self._until[subject]
+                self._since.pop(subject, None)
+                return True
+        return False
 
     def until(self, subject: str, now: float) -> float | None:
         if not self._until:  # the common case: nothing blocked, one attribute read
@@ -99,6 +118,7 @@ class Blocklist:
         if until <= now:
             with self._lock:
                 self._until.pop(subject, None)
+                self._since.pop(subject, None)
             return None
         return until
 
@@ -117,6 +137,8 @@ class AnomalyRecorder:
         self.written = 0
         self._idle = threading.Condition()
         self._pending = 0
+        self.on_written: Callable[[bool], None] | None = None
+        """Called after each committed batch with whether it raised a block (``BlockSync``)."""
 
     def submit(self, finding: Finding) -> None:
         with self._lock:
@@ -178,6 +200,10 @@ class AnomalyRecorder:
                 batch.append(item)
             try:
                 self._write(batch)
+                if self.on_written is not None:
+                    self.on_written(any(f.block_s for f in batch))
+            except Exception as exc:  # the notification is best effort; the batch is written
+                log.warning("after an anomaly batch: %s", type(exc).__name__)
             finally:
                 self._done(len(batch))
             if stop:

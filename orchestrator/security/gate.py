@@ -15,6 +15,15 @@ token and ``admit`` after. ``admit``:
    ``WWW-Authenticate: Bearer error="insufficient_user_authentication", challenge="mfa"``); deny
    raises ``PermissionDeniedError`` (403 ``{"error": "forbidden"}``, the body of today's 403).
 
+Answering an ``mfa`` challenge: the client repeats the request with
+``X-Accute-Challenge-Response: totp=<6 digits>`` (the user's TOTP, ``accute-fl user mfa enroll``).
+A right code for a time step not used before lets the request through and logs the challenge with
+``challenge_passed = true``, and that token is stepped up for ``ACCUTE_MFA_STEP_UP_S``
+(``step_up.StepUps``: its challenged requests pass without a code meanwhile); a wrong, expired or
+replayed one is a 401 ``challenge_failed`` (logged with ``challenge_passed = false``; ``Guard``
+counts it toward ``credential_stuffing`` for the address). Only a request the policy challenges
+reads the header or the step-up, so they cost the others nothing.
+
 A refresher thread reloads the threat index (when the table changed) and the anomaly/behaviour/
 device context every few seconds; nothing on the request path touches the database.
 """
@@ -27,19 +36,32 @@ import time
 import uuid
 from typing import Any
 
+import anyio
 from sqlalchemy import Engine
 
 from orchestrator.auth import Principal
 from orchestrator.security.access_log import AccessLogWriter
 from orchestrator.security.context import SecurityContext, load_context
 from orchestrator.security.rate_limit import Limits, make_limits, retry_after_header
+from orchestrator.security.step_up import StepUps, token_key
 from orchestrator.security.threat_index import Match, ThreatIntel
 from orchestrator.security.zero_trust import ALLOW, CHALLENGE, Factors, Policy, decide, load_policy
+from schema import mfa
 from schema.config import Settings
-from schema.errors import ChallengeRequiredError, InvalidInputError, PermissionDeniedError, RateLimitedError
+from schema.db import transaction
+from schema.errors import (
+    ChallengeFailedError,
+    ChallengeRequiredError,
+    InvalidInputError,
+    PermissionDeniedError,
+    RateLimitedError,
+)
+from schema.personal_data import PersonalDataVault
 
 log = logging.getLogger("accute.security")
 DEVICE_HEADER = b"x-device-id"
+CHALLENGE_HEADER = b"x-accute-challenge-response"
+MAX_CHALLENGE_RESPONSE = 64
 
 
 def _header(scope: Any, name: bytes) -> str | None:
@@ -55,13 +77,22 @@ def client_address(scope: Any) -> str | None:
 
 
 class SecurityGate:
-    def __init__(self, engine: Engine, settings: Settings, policy: Policy | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        policy: Policy | None = None,
+        vault: PersonalDataVault | None = None,
+    ) -> None:
         self.engine = engine
+        self.vault = vault
+        """Opens users' sealed TOTP secrets; without one no challenge can be answered."""
         self.settings = settings
         self.policy = policy or load_policy(settings.zero_trust_policy_path)
         self.threats = ThreatIntel()
         self.context = SecurityContext()
         self.limits: Limits = make_limits(settings)
+        self.step_ups = StepUps(settings)
         self.access_log = AccessLogWriter(
             engine,
             flush_ms=settings.zero_trust_log_flush_ms,
@@ -78,6 +109,10 @@ class SecurityGate:
     def refresh(self) -> None:
         """Reload the threat index (if the table changed) and the context (always)."""
         self.threats.refresh(self.engine)
+        self.reload_context()
+
+    def reload_context(self) -> None:
+        """A fresh anomaly/behaviour/device snapshot (the refresher, and ``BlockSync`` on a change)."""
         self.context = load_context(self.engine, self.policy.anomaly_window_s)
 
     def start(self) -> None:
@@ -108,7 +143,7 @@ class SecurityGate:
                     self.threats.refresh(self.engine)
                 if now >= next_context:
                     next_context = now + context_every
-                    self.context = load_context(self.engine, self.policy.anomaly_window_s)
+                    self.reload_context()
             except Exception as exc:  # keep the last good snapshot; try again next time
                 log.warning("security refresh failed (%s); keeping the last snapshot", type(exc).__name__)
 
@@ -117,6 +152,7 @@ class SecurityGate:
         if self._thread is not None:
             self._thread.join(5)
         self.access_log.close()
+        self.step_ups.close()
         await self.limits.close()
 
     # -- the request path -----------------------------------------------------------------------------
@@ -142,10 +178,13 @@ class SecurityGate:
         """The address's rate limit alone (before an unknown token's signature check)."""
         await self._address_limit(client_address(scope))
 
-    async def admit(self, who: Principal, scope: Any, address_counted: bool = True) -> None:
+    async def admit(
+        self, who: Principal, scope: Any, address_counted: bool = True, token: str | None = None
+    ) -> None:
         """Rate limits, then the zero-trust decision for ``who`` calling ``scope``; raises unless allowed.
 
         ``address_counted=False``: the address limit was not checked yet (a cached token).
+        ``token``: the bearer token itself, to which a passed challenge's step-up is bound.
         """
         org = who.organization_id
         address = client_address(scope)
@@ -187,6 +226,18 @@ class SecurityGate:
                 hour_utc=hour,
             )
         decision = decide(factors, self.policy)
+        passed: bool | None = None
+        stepped_up = False
+        if decision.outcome == CHALLENGE:
+            answer = _header(scope, CHALLENGE_HEADER)
+            key = token_key(token) if token is not None else None
+            if answer is not None:
+                passed = await self._answer(decision.challenge_type, user, answer)
+                if passed and key is not None and self.step_ups.seconds:
+                    await anyio.to_thread.run_sync(self.step_ups.remember, key)
+            elif key is not None and self.step_ups.seconds:
+                stepped_up = await anyio.to_thread.run_sync(self.step_ups.active, key)
+                passed = True if stepped_up else None
         if decision.outcome != ALLOW or self.log_allowed:
             self.access_log.record(
                 self.access_log.entry(
@@ -198,13 +249,40 @@ class SecurityGate:
                     decision=decision,
                     factors=factors,
                     address=address,
+                    challenge_passed=passed,
+                    step_up=stepped_up,
                 )
             )
-        if decision.outcome == ALLOW:
+        if decision.outcome == ALLOW or passed:
             return
         if decision.outcome == CHALLENGE:
-            raise ChallengeRequiredError(decision.challenge_type or self.policy.challenge_type)
+            challenge = decision.challenge_type or self.policy.challenge_type
+            raise ChallengeFailedError(challenge) if passed is False else ChallengeRequiredError(challenge)
         raise PermissionDeniedError("forbidden")
+
+    async def _answer(self, challenge: str | None, user: uuid.UUID | None, answer: str) -> bool:
+        """Whether ``answer`` (``totp=<code>``) passes an ``mfa`` challenge for ``user``; checked off
+        the event loop (a database read, maybe a key unwrap, and the one-use update)."""
+        method, _, code = answer.strip().partition("=")
+        if (
+            challenge != "mfa"
+            or user is None
+            or self.vault is None
+            or method.strip().lower() != "totp"
+            or len(answer) > MAX_CHALLENGE_RESPONSE
+        ):
+            return False
+        vault, engine = self.vault, self.engine
+
+        def check() -> bool:
+            with transaction(engine) as session:
+                return mfa.verify(session, vault, user, code.strip())
+
+        try:
+            return await anyio.to_thread.run_sync(check)
+        except Exception as exc:  # a database error is not a pass
+            log.warning("checking a challenge response failed (%s)", type(exc).__name__)
+            return False
 
     @staticmethod
     def role_ok(who: Principal, scope: Any) -> bool:

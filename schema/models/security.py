@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     ForeignKey,
@@ -108,6 +109,40 @@ class BehavioralBaseline(Base):
     m2: Mapped[list[float]] = mapped_column(JSONBType)
     created_at: Mapped[datetime | None] = created_at()
     updated_at: Mapped[datetime | None] = updated_at()
+
+
+class UserMfa(Base):
+    """A user's TOTP second factor (RFC 6238), answering the zero-trust ``mfa`` challenge.
+
+    Not in the spec (which lists MFA as a layer but gives it no table). The shared secret is
+    stored only sealed under the user's personal data key (``schema.personal_data``, purpose
+    ``totp_secret``): an erasure shreds the key and with it the factor. ``last_step`` is the
+    RFC 6238 time step of the last accepted code: a code of that step or earlier is a replay.
+    """
+
+    __tablename__ = "user_mfa"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(UUIDType, ForeignKey("users.id"), primary_key=True)
+    organization_id: Mapped[uuid.UUID] = mapped_column(UUIDType, ForeignKey("organizations.id"), index=True)
+    method: Mapped[str] = mapped_column(String(20), default="totp", server_default=text("'totp'"))
+    secret_sealed: Mapped[str] = mapped_column(Text)
+    last_step: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime | None] = created_at()
+    updated_at: Mapped[datetime | None] = updated_at()
+
+
+class SecurityGeneration(Base):
+    """One row whose ``generation`` grows whenever a block is raised or an anomaly is resolved.
+
+    Not in the spec. Every worker polls this one row (a primary-key read, off the request path)
+    and reloads blocks when it changed, so a block or a resolution on one worker takes effect on
+    the others within the poll interval; with Redis a published message wakes them at once.
+    """
+
+    __tablename__ = "security_generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
 
 
 class SecurityAnomaly(Base):
