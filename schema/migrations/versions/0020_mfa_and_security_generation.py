@@ -8,7 +8,7 @@
 Downgrade drops both tables (enrolled users enrol again; workers fall back to the timed refresh).
 
 Revision ID: 0020
-Revises: 0018 (the lead relinks it after 0019 at merge)
+Revises: 0019
 Create Date: 2026-11-30
 """
 
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0020"
-down_revision: str | None = "0018"
+down_revision: str | None = "0019"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
