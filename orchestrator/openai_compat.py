@@ -43,6 +43,7 @@ from orchestrator.event_stream import ClientWatch, EventStream, client_closed
 from schema.errors import AccuteError, AuthenticationError, InvalidInputError, NotFoundError
 
 MODEL_PREFIX = "agent/"
+COMPLETIONS = "/v1/chat/completions"
 CHAT_ROLES = ("org_admin", "org_user")
 
 
@@ -133,7 +134,7 @@ def install(
         ]
         return JSONResponse({"object": "list", "data": data})
 
-    @app.post("/v1/chat/completions", tags=["openai"], summary="OpenAI chat completions over the cascade")
+    @app.post(COMPLETIONS, tags=["openai"], summary="OpenAI chat completions over the cascade")
     async def completions(http: Request) -> Response:
         try:
             who = await principal(http)
