@@ -27,14 +27,16 @@ cascade request wrote its ``llm_usage_log`` row.
 
     .venv/bin/python bench/cascade_overhead.py [--requests 5000] [--concurrency 50] [--workers 1]
         [--serial-requests 1000] [--rate 300] [--rate-requests 3000] [--warmup 500]
-        [--stream-requests 300] [--request-ids]
+        [--stream-requests 300] [--request-ids] [--stream-only]
 
 Streaming (``--stream-requests``, at concurrency 1): the provider answers ``"stream": true`` with
 server-sent events, the first delta at once and the rest 5 ms later; the time to the first token
 (the first chunk carrying text) directly and through ``POST /v1/chat/completions`` with
 ``stream: true`` (the door streams the provider's deltas through). ``--request-ids`` sends a fresh
 ``X-Request-Id`` with every cascade request: the idempotent path (stored-answer check and the
-cross-process ``llm_inflight`` claim).
+cross-process ``llm_inflight`` claim). ``--stream-only`` skips the non-streamed runs (after the
+warm-up): the time to first token alone, e.g.
+``--stream-only --warmup 200 --stream-requests 1000``.
 
 PostgreSQL: ACCUTE_TEST_POSTGRES_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/test);
 the run uses its own schema and drops it at the end.
@@ -481,6 +483,11 @@ def main() -> None:
         action="store_true",
         help="send a fresh X-Request-Id with every cascade request (the idempotent, claimed path)",
     )
+    parser.add_argument(
+        "--stream-only",
+        action="store_true",
+        help="measure only the streamed time to first token (after the --warmup requests)",
+    )
     args = parser.parse_args()
     global REQUEST_IDS
     REQUEST_IDS = args.request_ids
@@ -519,13 +526,19 @@ def main() -> None:
             _measure(service_port, cascade, args.warmup, args.concurrency, service_pids)
             sent += args.warmup
         load_before = _uptime_load()
-        serial_direct = _measure(provider_port, direct, args.serial_requests, 1, provider_pids)
-        serial_cascade = _measure(service_port, cascade, args.serial_requests, 1, service_pids)
-        loaded_direct = _measure(provider_port, direct, args.requests, args.concurrency, provider_pids)
-        loaded_cascade = _measure(service_port, cascade, args.requests, args.concurrency, service_pids)
-        sent += args.serial_requests + args.requests
+        blocks: dict[str, Any] = {}
+        if not args.stream_only:
+            serial_direct = _measure(provider_port, direct, args.serial_requests, 1, provider_pids)
+            serial_cascade = _measure(service_port, cascade, args.serial_requests, 1, service_pids)
+            loaded_direct = _measure(provider_port, direct, args.requests, args.concurrency, provider_pids)
+            loaded_cascade = _measure(service_port, cascade, args.requests, args.concurrency, service_pids)
+            sent += args.serial_requests + args.requests
+            blocks = {
+                "c1": _block(serial_direct, serial_cascade, args.serial_requests, args.serial_requests),
+                f"c{args.concurrency}": _block(loaded_direct, loaded_cascade, args.requests, args.requests),
+            }
         paced: tuple[Run, Run] | None = None
-        if args.rate > 0:
+        if args.rate > 0 and not args.stream_only:
             paced = (
                 _measure(
                     provider_port, direct, args.rate_requests, args.concurrency, provider_pids, args.rate
@@ -581,8 +594,7 @@ def main() -> None:
             "workers": args.workers,
             "load_average_before": load_before,
             "load_average_after": load_after,
-            "c1": _block(serial_direct, serial_cascade, args.serial_requests, args.serial_requests),
-            f"c{args.concurrency}": _block(loaded_direct, loaded_cascade, args.requests, args.requests),
+            **blocks,
             **(
                 {
                     f"open_loop_{args.rate:g}_per_s": _block(

@@ -82,6 +82,8 @@ DEFAULT_TEMPERATURE = 0.7
 #: A worker waits for another worker's copy of a request id this long past the cascade deadline;
 #: a claim older than deadline + grace belongs to a dead process and is taken over.
 INFLIGHT_GRACE_S = 30.0
+#: The status of a streamed attempt (and request) cut short because its client went away.
+CLIENT_DISCONNECTED = "client_disconnected"
 
 
 @dataclass
@@ -397,16 +399,7 @@ class Cascade:
             stored, claim_id = await self._stored_or_claim(request)
             if stored is not None:
                 return stored
-        if claim_id is None:
-            answer = await self._answer(request, state, head, None, timing)
-        else:
-            try:
-                # A stored outcome releases the claim in its own transaction; when this raises, the
-                # claim may still be held (cancelled, the database failed): release it (a no-op if gone).
-                answer = await self._answer(request, state, head, claim_id, timing)
-            except BaseException:
-                self._release_later(request, claim_id)
-                raise
+        answer = await self._answer(request, state, head, claim_id, timing)
         assert isinstance(answer, dict)
         return answer
 
@@ -441,12 +434,7 @@ class Cascade:
                     yield stored["content"]
                     yield stored
                     return
-            try:
-                answer = await self._answer(request, state, head, claim_id, timing, stream=True)
-            except BaseException:
-                if claim_id is not None:
-                    self._release_later(request, claim_id)
-                raise
+            answer = await self._answer(request, state, head, claim_id, timing, stream=True)
             if isinstance(answer, dict):
                 yield answer["content"]
                 yield answer
@@ -470,7 +458,7 @@ class Cascade:
             except adapters.MalformedReplyError:
                 end = "bad_response"
             except BaseException:  # cancelled or closed: the consumer went away; account in the background
-                self._background(self._settle(request, answer, parts, "client_disconnected", future))
+                self._background(self._settle(request, answer, parts, CLIENT_DISCONNECTED, future))
                 raise
             yield await self._settle(request, answer, parts, end, future)
         finally:
@@ -539,7 +527,7 @@ class Cascade:
         give_up = time.monotonic() + self.settings.cascade_deadline_s + INFLIGHT_GRACE_S
         delay = 0.01
         while True:
-            stored, claim_id = await anyio.to_thread.run_sync(self._read_or_claim, request)
+            stored, claim_id = await self._read_or_claim_shielded(request)
             if stored is not None or claim_id is not None:
                 return stored, claim_id
             if time.monotonic() >= give_up:
@@ -549,6 +537,23 @@ class Cascade:
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.25)
+
+    async def _read_or_claim_shielded(
+        self, request: ChatRequest
+    ) -> tuple[dict[str, Any] | None, uuid.UUID | None]:
+        """``_read_or_claim`` in a thread; cancelled meanwhile (the client left), a claim it took is
+        released once the thread is done (a cancelled wait does not stop the thread)."""
+        work = asyncio.ensure_future(anyio.to_thread.run_sync(self._read_or_claim, request))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+
+            def release(done: asyncio.Future[tuple[dict[str, Any] | None, uuid.UUID | None]]) -> None:
+                if not done.cancelled() and done.exception() is None and (claim := done.result()[1]):
+                    self._release_later(request, claim)
+
+            work.add_done_callback(release)
+            raise
 
     def _read_or_claim(self, request: ChatRequest) -> tuple[dict[str, Any] | None, uuid.UUID | None]:
         stale_before = utcnow() - timedelta(seconds=self.settings.cascade_deadline_s + INFLIGHT_GRACE_S)
@@ -584,6 +589,32 @@ class Cascade:
         timing: Timing,
         stream: bool = False,
     ) -> dict[str, Any] | _Live:
+        """The cascade's answer to ``request`` (streamed: the live stream, once its first piece came).
+
+        When this raises (cancelled, refused, the database failed), the claim on the request id
+        (``claim_id``) is released in the background (a no-op if the outcome that carried it was
+        stored: that releases it in its own transaction), except for a stream cut short before its
+        first piece, whose outcome, still to be written by ``_cut_short``, releases it.
+        """
+        handed: list[bool] = []
+        try:
+            return await self._cascade(request, state, head, claim_id, timing, stream, handed)
+        except BaseException:
+            if claim_id is not None and not handed:
+                self._release_later(request, claim_id)
+            raise
+
+    async def _cascade(
+        self,
+        request: ChatRequest,
+        state: _OrgState,
+        head: str,
+        claim_id: uuid.UUID | None,
+        timing: Timing,
+        stream: bool,
+        handed: list[bool],
+    ) -> dict[str, Any] | _Live:
+        """``_answer``'s work; appends to ``handed`` when an outcome carrying the claim is being written."""
         eligible = [
             c for c in state.configs if c.workspace_id is None or c.workspace_id == request.workspace_id
         ]
@@ -623,13 +654,21 @@ class Cascade:
         health: dict[uuid.UUID, str] = {}
         # The tenant tier stops early enough to leave the fallback its reserve.
         tenant_deadline = deadline - self.fallback_reserve_s()
-        response = await self._tenant_tier(
-            request, eligible, outcome, tenant_deadline, health, timing, stream
-        )
-        if response is None:
-            response = await self._vamn_tier(request, head, outcome, timing)
-        if response is None and state.fallback_allowed:
-            response = await self._fallback_tier(request, outcome, deadline, timing, stream)
+        try:
+            response = await self._tenant_tier(
+                request, eligible, outcome, tenant_deadline, health, timing, stream
+            )
+            if response is None:
+                response = await self._vamn_tier(request, head, outcome, timing)
+            if response is None and state.fallback_allowed:
+                response = await self._fallback_tier(request, outcome, deadline, timing, stream)
+        except asyncio.CancelledError:
+            # A streamed request's client left before its first piece (the door cancels the
+            # request): what the providers were sent is accounted all the same.
+            if stream and outcome.usage:
+                handed.append(True)
+                self._background(self._cut_short(request, outcome, health))
+            raise
         if isinstance(response, _Live):  # accounted by ``_settle`` once the stream ends
             response.outcome, response.health, response.key = outcome, health, key
             response.deadline = deadline
@@ -637,6 +676,26 @@ class Cascade:
         if response is not None:
             outcome.status, outcome.response = "success", response
         return await self._finish(request, outcome, response, health, deadline, key)
+
+    async def _cut_short(self, request: ChatRequest, outcome: Outcome, health: dict[uuid.UUID, str]) -> None:
+        """Account a streamed request whose client left before its first piece (in the background).
+
+        The attempt under way is the usage row ``partial`` / ``client_disconnected`` (``_attempts``),
+        counted by the rule of ``orchestrator.streaming`` and, for the fallback, billed. The request
+        id's outcome is ``client_disconnected`` with no answer: a copy sent later is told so (409).
+        """
+        for row in outcome.usage:
+            if row.is_fallback and row.status == "partial":
+                cost = accounting.price(self.settings, row.model_id, row.input_tokens, row.output_tokens)
+                row.estimated_cost_usd = cost
+                outcome.billed_tokens, outcome.billed_cost = row.input_tokens + row.output_tokens, cost
+        outcome.status = CLIENT_DISCONNECTED
+        try:
+            await self.writer.write(outcome, health)
+        except accounting.DuplicateRequest:
+            log.info("request %s was accounted already", request.request_id)
+        if health:
+            self.invalidate(request.organization_id)
 
     async def _finish(
         self,
@@ -685,6 +744,11 @@ class Cascade:
         ):
             raise ConflictError(
                 f"request id {request.request_id} was used for a different request; send a new request id"
+            )
+        if row.response_json is None and row.status == CLIENT_DISCONNECTED:
+            raise ConflictError(
+                f"request {request.request_id} was cut short: its client disconnected before the "
+                "answer began; send a new request id"
             )
         if row.response_json is None:
             raise UpstreamUnavailableError(
@@ -768,19 +832,26 @@ class Cascade:
                 if request.temperature is not None
                 else (config.temperature if config.temperature is not None else DEFAULT_TEMPERATURE)
             )
-            reply, rows = await self._call(
-                config.target,
-                request.message,
-                max_tokens,
-                temperature,
-                deadline,
-                timing,
-                organization_id=request.organization_id,
-                stream=stream,
-            )
-            for row in rows:
-                row.llm_config_id = config.id
-            outcome.usage.extend(rows)
+            rows: list[UsageRow] = []
+            try:
+                reply = await self._call(
+                    config.target,
+                    request.message,
+                    max_tokens,
+                    temperature,
+                    deadline,
+                    timing,
+                    rows,
+                    organization_id=request.organization_id,
+                    stream=stream,
+                )
+            except asyncio.CancelledError:  # says nothing of the provider's health: free a trial
+                self.breakers.release(config.id)
+                raise
+            finally:  # the attempts sent so far are accounted, even when cancelled
+                for row in rows:
+                    row.llm_config_id = config.id
+                outcome.usage.extend(rows)
             if isinstance(reply, _Live):  # what a stream uses is known at its end: keep the estimate
                 used = estimate
             else:
@@ -859,20 +930,24 @@ class Cascade:
             return None
         max_tokens = request.max_tokens or DEFAULT_MAX_TOKENS
         temperature = request.temperature if request.temperature is not None else DEFAULT_TEMPERATURE
-        reply, rows = await self._call(
-            target,
-            request.message,
-            max_tokens,
-            temperature,
-            deadline,
-            timing,
-            guarded=False,
-            organization_id=request.organization_id,
-            stream=stream,
-        )
-        for row in rows:
-            row.provider, row.is_fallback = FALLBACK_PROVIDER_NAME, True
-        outcome.usage.extend(rows)
+        rows: list[UsageRow] = []
+        try:
+            reply = await self._call(
+                target,
+                request.message,
+                max_tokens,
+                temperature,
+                deadline,
+                timing,
+                rows,
+                guarded=False,
+                organization_id=request.organization_id,
+                stream=stream,
+            )
+        finally:  # the attempts sent so far are accounted, even when cancelled
+            for row in rows:
+                row.provider, row.is_fallback = FALLBACK_PROVIDER_NAME, True
+            outcome.usage.extend(rows)
         if reply is None:
             return None
         if isinstance(reply, _Live):  # billed by ``_settle`` for what the stream carried
@@ -914,11 +989,13 @@ class Cascade:
         temperature: float,
         deadline: float,
         timing: Timing,
+        rows: list[UsageRow],
         guarded: bool = True,
         organization_id: uuid.UUID | None = None,
         stream: bool = False,
-    ) -> tuple[adapters.Reply | _Live | None, list[UsageRow]]:
-        """Up to ``retry_max_attempts`` attempts; ``guarded``: the egress policy applies (tenants).
+    ) -> adapters.Reply | _Live | None:
+        """Up to ``retry_max_attempts`` attempts, each appended to ``rows`` once sent; ``guarded``:
+        the egress policy applies (tenants).
 
         The attempts hold one of the organization's ``ACCUTE_ORG_MAX_CONCURRENCY`` slots (a
         bulkhead: one tenant's flood of requests to a hanging provider cannot take every
@@ -932,12 +1009,12 @@ class Cascade:
                     await slot.acquire()
             except TimeoutError:
                 log.info("skip provider=%s reason=organization_busy", target.provider)
-                return None, []
+                return None
         else:
             await slot.acquire()
         try:
-            reply, rows = await self._attempts(
-                target, message, max_tokens, temperature, deadline, timing, guarded, stream
+            reply = await self._attempts(
+                target, message, max_tokens, temperature, deadline, timing, rows, guarded, stream
             )
         except BaseException:
             slot.release()
@@ -946,7 +1023,7 @@ class Cascade:
             reply.release = slot.release
         else:
             slot.release()
-        return reply, rows
+        return reply
 
     def _org_slot(self, organization_id: uuid.UUID | None) -> asyncio.Semaphore:
         slot = self._org_slots.get(organization_id)
@@ -976,22 +1053,48 @@ class Cascade:
         temperature: float,
         deadline: float,
         timing: Timing,
+        rows: list[UsageRow],
         guarded: bool,
         stream: bool = False,
-    ) -> tuple[adapters.Reply | _Live | None, list[UsageRow]]:
-        rows: list[UsageRow] = []
+    ) -> adapters.Reply | _Live | None:
+        """The attempts at one provider, each appended to ``rows``.
+
+        An attempt of a streamed request that is cancelled (its client left before the first
+        piece) is the row ``partial`` / ``client_disconnected``, counted by the rule of
+        ``orchestrator.streaming`` from what the provider had sent.
+        """
         call = adapters.build(target, message, max_tokens, temperature)
-        send = self._open if stream and target.provider in streaming.STREAMING else self._send
+        streamed = stream and target.provider in streaming.STREAMING
         for attempt in range(self.settings.retry_max_attempts):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             started = time.perf_counter()
             sent_at = utcnow()
+            timeout = min(self.settings.provider_timeout_s, remaining)
+            reader = streaming.StreamReader(target.provider) if streamed else None
             try:
-                reply = await send(
-                    target.provider, call, min(self.settings.provider_timeout_s, remaining), guarded
-                )
+                if reader is None:
+                    reply: adapters.Reply | _Live = await self._send(target.provider, call, timeout, guarded)
+                else:
+                    reply = await self._open(target.provider, call, timeout, guarded, reader)
+            except asyncio.CancelledError:
+                if stream:
+                    words = count_tokens(message)
+                    input_tokens, output_tokens, _ = reader.usage(words) if reader else (words, 0, False)
+                    rows.append(
+                        UsageRow(
+                            target.provider,
+                            target.model_id,
+                            "partial",
+                            input_tokens,
+                            output_tokens,
+                            int((time.perf_counter() - started) * 1000),
+                            error_code=CLIENT_DISCONNECTED,
+                            created_at=sent_at,
+                        )
+                    )
+                raise
             except _Failed as failed:
                 timing.upstream_s += time.perf_counter() - started
                 latency = int((time.perf_counter() - started) * 1000)
@@ -1040,8 +1143,8 @@ class Cascade:
                 target.model_id,
                 latency,
             )
-            return reply, rows
-        return None, rows
+            return reply
+        return None
 
     async def _send(
         self, provider: str, call: adapters.HttpCall, timeout: float, guarded: bool
@@ -1065,9 +1168,15 @@ class Cascade:
             raise _Failed("bad_response", False) from None
 
     async def _open(
-        self, provider: str, call: adapters.HttpCall, timeout: float, guarded: bool
+        self,
+        provider: str,
+        call: adapters.HttpCall,
+        timeout: float,
+        guarded: bool,
+        reader: streaming.StreamReader,
     ) -> adapters.Reply | _Live:
-        """One streamed attempt, up to its first piece of text (or a whole reply, if that came)."""
+        """One streamed attempt, up to its first piece of text (or a whole reply, if that came);
+        ``reader`` reads the provider's events."""
         call = streaming.stream_call(provider, call)
         started = time.monotonic()
         with _transport_failures():
@@ -1082,7 +1191,6 @@ class Cascade:
                     reply = adapters.parse(provider, await _parse_json(body, timeout))
                     await stream.aclose()
                     return reply
-                reader = streaming.StreamReader(provider)
                 events = streaming.events(stream.chunks())
                 first = ""
                 async for data in events:

@@ -16,31 +16,34 @@ role, a chunk per piece of text, a last chunk with ``finish_reason`` (and ``usag
 ``stream_options.include_usage``), then ``data: [DONE]``. A tenant provider (or the fallback)
 that streams (OpenAI family, Anthropic) is passed through piece by piece as its deltas arrive
 (``Cascade.chat_stream``); other tiers and stored answers come as one piece. The usage is the
-provider's final usage, exactly; a client that disconnects mid-stream closes the provider's stream
-and is accounted (and, for the fallback, billed) for what was received, by the rule in
-``orchestrator.streaming``. Errors before the first piece answer with an HTTP error status; a
+provider's final usage, exactly; a client that disconnects, mid-stream or before the first piece,
+closes the provider's stream and is accounted (and, for the fallback, billed) for what was
+received, by the rule in ``orchestrator.streaming`` (``orchestrator.event_stream`` notices it). Errors before the first piece answer with an HTTP error status; a
 provider failing after it ends the stream early, accounted as ``partial``. Errors use OpenAI's shape,
 ``{"error": {"message", "type", "code"}}``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator import accounting
 from orchestrator.auth import Principal
 from orchestrator.cascade import ChatRequest, Timing, caller_key
+from orchestrator.event_stream import ClientWatch, EventStream, client_closed
 from schema.errors import AccuteError, AuthenticationError, InvalidInputError, NotFoundError
 
 MODEL_PREFIX = "agent/"
+COMPLETIONS = "/v1/chat/completions"
 CHAT_ROLES = ("org_admin", "org_user")
 
 
@@ -131,7 +134,7 @@ def install(
         ]
         return JSONResponse({"object": "list", "data": data})
 
-    @app.post("/v1/chat/completions", tags=["openai"], summary="OpenAI chat completions over the cascade")
+    @app.post(COMPLETIONS, tags=["openai"], summary="OpenAI chat completions over the cascade")
     async def completions(http: Request) -> Response:
         try:
             who = await principal(http)
@@ -161,8 +164,19 @@ def install(
                 user_id=who.user_id,
             )
             if body.stream:
+                # From here the client's departure cancels the request (the cascade then closes
+                # the provider's stream and accounts for what was generated).
+                watch = ClientWatch(http.receive)
                 pieces = services.cascade.chat_stream(request, Timing())
-                opening = await anext(pieces)  # errors before the first piece answer as errors
+                try:
+                    opening = await anext(pieces)  # errors before the first piece answer as errors
+                except asyncio.CancelledError:
+                    if watch.client_left():
+                        return client_closed()
+                    raise
+                except BaseException:
+                    watch.stop()
+                    raise
             else:
                 answer = await services.cascade.chat(request, Timing())
         except AccuteError as exc:
@@ -171,9 +185,9 @@ def install(
         created = int(time.time())
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
-            return StreamingResponse(
+            return EventStream(
                 _sse(completion_id, created, body.model, opening, pieces, include_usage),
-                media_type="text/event-stream",
+                watch,
                 headers={"cache-control": "no-cache"},
             )
         usage = _usage(answer)
@@ -232,7 +246,7 @@ async def _sse(
     first: str | dict[str, Any],
     pieces: AsyncGenerator[str | dict[str, Any], None],
     include_usage: bool,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The cascade's pieces as OpenAI chunks, each sent as it comes; closing this closes ``pieces``."""
     try:
         # The role chunk leaves with the first piece: one write (one trip through the ASGI server)

@@ -515,10 +515,17 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         if services.cascade is not None:
             services.cascade.invalidate(org)
 
-    # The router tries routes in order (the docs routes come first): the hot route goes first.
+    # The router tries routes in order (the docs routes come first): the hot routes go first (the
+    # chat route, then the OpenAI door's completions).
     routes = app.router.routes
     routes.insert(
         0, routes.pop(next(i for i, r in enumerate(routes) if getattr(r, "endpoint", None) is chat))
+    )
+    routes.insert(
+        1,
+        routes.pop(
+            next(i for i, r in enumerate(routes) if getattr(r, "path", None) == openai_compat.COMPLETIONS)
+        ),
     )
     return app
 

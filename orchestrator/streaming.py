@@ -14,6 +14,10 @@ Usage of a stream (``StreamReader.usage``), the rule billing follows:
   received from the provider (OpenAI-style and Anthropic streams carry about one token per
   delta), or the provider's running figure if that is higher.
 
+A client that leaves before the first piece cuts the attempt under way short the same way (no
+delta received: output is 0 unless the provider reported more); the request id's outcome is then
+``client_disconnected`` with no answer (``Cascade._cut_short``).
+
 The attempt's ``llm_usage_log`` row says which: ``success`` (exact), ``success`` with error code
 ``usage_counted`` (complete, but the provider sent no usage), or ``partial`` with the reason
 (``client_disconnected``, ``stream_broken``, ``timeout``, ``bad_response``, ``response_too_large``).

@@ -327,6 +327,8 @@ class StreamingProvider:
 
     pieces: list[str]
     gap_s: float = 0.0
+    first_delay_s: float = 0.0
+    """How long the provider thinks before its first content event (a slow first token)."""
     style: str = "openai"
     input_tokens: int = 17
     output_tokens: int = 0
@@ -403,6 +405,8 @@ def running_streaming(provider: StreamingProvider) -> Iterator[StreamingProvider
                     for event, content in provider.events(body):
                         if content and provider.gap_s and provider.sent:
                             time.sleep(provider.gap_s)
+                        if content and provider.first_delay_s and not provider.sent:
+                            time.sleep(provider.first_delay_s)
                         conn.sendall(b"%x\r\n%s\r\n" % (len(event), event))
                         if content:
                             provider.sent += 1

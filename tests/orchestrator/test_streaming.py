@@ -21,7 +21,7 @@ from orchestrator import accounting
 from orchestrator.service import create_app
 from schema import directory
 from schema.db import transaction
-from schema.models import FallbackBilling, LlmUsageLog
+from schema.models import FallbackBilling, LlmInflight, LlmRequest, LlmUsageLog
 from tests.orchestrator.conftest import make_settings
 from tests.orchestrator.fakes import StreamingProvider, running_app, running_streaming
 
@@ -338,3 +338,67 @@ def test_a_stream_holds_its_organization_slot_until_it_ends(make_door: Callable[
     assert len(provider.arrivals) == 2
     assert provider.arrivals[1] >= provider.ended_at[0]
     assert second.status_code == 200 and second_text == "a b c d"
+
+
+def _send_and_hang_up(door: Door, message: str, arrived: Callable[[], bool], **headers: str) -> None:
+    """A raw client on loopback: sends a streamed chat, waits until ``arrived()``, then closes."""
+    import socket
+    from urllib.parse import urlsplit
+
+    body = json.dumps(
+        {"model": "agent/luca", "messages": [{"role": "user", "content": message}], "stream": True}
+    ).encode()
+    url = urlsplit(door.base)
+    lines = [
+        "POST /v1/chat/completions HTTP/1.1",
+        f"Host: {url.netloc}",
+        f"Authorization: Bearer {door.user}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        *(f"{name}: {value}" for name, value in headers.items()),
+    ]
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        _wait_for(arrived)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_client_that_hangs_up_before_the_first_piece_is_accounted_and_released(
+    make_door: Callable[..., Door], client: str
+) -> None:
+    # Prepare: the billed fallback thinks 2 s before its first piece; one provider call at a time.
+    message = "a question that takes a while"
+    with running_streaming(StreamingProvider(["late ", "answer"], first_delay_s=2.0)) as provider:
+        door = make_door(provider.url, upstream_client=client, org_max_concurrency=1)
+
+        # Execute: the client sends the request, and hangs up once the provider has it.
+        started = time.monotonic()
+        _send_and_hang_up(door, message, lambda: provider.requests, **{"X-Request-Id": "gone-1"})
+        rows = _wait_for(door.usage_rows, seconds=10)
+        accounted_after = time.monotonic() - started
+        hung_up = provider.hung_up.wait(10)
+        with transaction(door.engine) as session:
+            claims = session.scalar(sa.select(sa.func.count()).select_from(LlmInflight))
+            stored = session.scalars(sa.select(LlmRequest)).one()
+            billing = session.scalars(sa.select(FallbackBilling)).one()
+            stored_status = stored.status
+            billed_cost, billed_tokens = billing.total_cost_exact_usd, billing.total_fallback_tokens
+        # The organization's only provider slot is free again: the next chat gets an answer.
+        with door.stream("and another one") as response:
+            after = "".join(_content(e) for _, e in _events(response))
+        with door.stream(message, **{"X-Request-Id": "gone-1"}) as again:
+            again.read()
+
+    # Assert: accounted at once as cut short by the client (nothing generated reached it), billed
+    # for the input the provider read; the provider's stream closed unfinished; no claim left.
+    [row] = rows
+    assert (row.status, row.error_code, row.is_fallback) == ("partial", "client_disconnected", True)
+    assert (row.input_tokens, row.output_tokens) == (len(message.split()), 0)
+    assert accounted_after < 2.0  # not when the provider's first piece came
+    assert hung_up and provider.ended_at == [provider.ended_at[0]]  # only the second chat finished
+    assert claims == 0 and stored_status == "client_disconnected"
+    assert billed_tokens == len(message.split())
+    assert billed_cost == accounting.price(door.settings, "fallback-model", len(message.split()), 0)
+    assert after == "late answer"
+    assert again.status_code == 409 and "disconnected" in again.json()["error"]["message"]
+    assert len(provider.requests) == 2  # the copy of the cut-short request was not sent again
