@@ -19,10 +19,9 @@ sub)`` (stable per subject); a platform admin's token without an organization un
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -84,13 +83,23 @@ def _row(entry: Entry) -> dict[str, Any]:
 
 
 class AccessLogWriter:
+    """Batches decisions into ``zero_trust_access_log`` off the request path.
+
+    ``record`` appends to a deque (atomic under the GIL) and wakes the writer thread only when a
+    batch is full; otherwise the thread drains on its own every ``flush_ms``. A ``queue.Queue``
+    put woke the waiting thread on every request (a lock release and a thread switch each),
+    about half of what the gate added to a streamed first token (BENCHMARKS.md, issue 15).
+    """
+
     def __init__(
         self, engine: Engine, flush_ms: int = 1000, batch: int = 500, capacity: int = 50_000
     ) -> None:
         self.engine = engine
         self.flush_s = flush_ms / 1000
         self.batch = batch
-        self._queue: queue.Queue[Entry | None] = queue.Queue(capacity)
+        self.capacity = capacity
+        self._entries: deque[Entry] = deque()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closed = False
@@ -100,15 +109,18 @@ class AccessLogWriter:
         self._connection: Connection | None = None
 
     def record(self, entry: Entry) -> None:
-        """Queue ``entry`` (never blocks; drops and counts when the queue is full)."""
+        """Queue ``entry`` (never blocks; drops and counts when ``capacity`` entries wait)."""
         if self._thread is None:
             self._start()
-        try:
-            self._queue.put_nowait(entry)
-        except queue.Full:
+        waiting = len(self._entries)
+        if waiting >= self.capacity:
             self.dropped += 1
             if self.dropped % 1000 == 1:
                 log.warning("zero-trust access log queue full: %d decisions dropped so far", self.dropped)
+            return
+        self._entries.append(entry)
+        if waiting + 1 == self.batch:
+            self._wake.set()
 
     def entry(self, **fields: Any) -> Entry:
         return Entry(at=utcnow(), **fields)
@@ -124,7 +136,7 @@ class AccessLogWriter:
         self._closed = True
         thread = self._thread
         if thread is not None:
-            self._queue.put(None)
+            self._wake.set()
             thread.join(timeout)
         self._drop_connection()
 
@@ -136,24 +148,24 @@ class AccessLogWriter:
             except Exception:  # a broken connection: the pool discards it
                 log.debug("closing the access-log connection failed", exc_info=True)
 
+    def _drain(self) -> list[Entry]:
+        taken: list[Entry] = []
+        while self._entries and len(taken) < self.batch:
+            taken.append(self._entries.popleft())
+        return taken
+
     def _run(self) -> None:
-        pending: list[Entry] = []
-        deadline = time.monotonic() + self.flush_s
-        stop = False
-        while not stop:
-            try:
-                item = self._queue.get(timeout=max(deadline - time.monotonic(), 0.001))
-                if item is None:
-                    stop = True
-                else:
-                    pending.append(item)
-            except queue.Empty:
-                pass
-            if pending and (stop or len(pending) >= self.batch or time.monotonic() >= deadline):
+        while True:
+            self._wake.wait(self.flush_s)
+            self._wake.clear()
+            stop = self._closed
+            while True:
+                pending = self._drain()
+                if not pending:
+                    break
                 self._write(pending)
-                pending = []
-            if time.monotonic() >= deadline:
-                deadline = time.monotonic() + self.flush_s
+            if stop:
+                return
 
     def _write(self, entries: list[Entry]) -> None:
         try:
