@@ -21,6 +21,7 @@ from typer.main import get_group
 from consent_gate import dsr, records
 from orchestrator.cli import main as cli_main
 from orchestrator.cli.lazy import LazyGroup, command_help
+from orchestrator.cli.output import RICH_ENVIRONMENT
 from privacy import ledger
 from privacy.events import DpSgdEvent
 from schema import directory, migrate
@@ -82,7 +83,9 @@ def tenant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenant]:
 def probe(tenant: Tenant, args: list[str], watch: tuple[str, ...] = HEAVY) -> Probe:
     out = tenant.folder / "probe.json"
     out.unlink(missing_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCUTE_")} | {
+    # Output goes to a pipe; no variable asks rich to style or size it (as a script's pipe).
+    kept = {k: v for k, v in os.environ.items() if not k.startswith("ACCUTE_") and k not in RICH_ENVIRONMENT}
+    env = kept | {
         "PYTHONPATH": str(ROOT),
         "ACCUTE_DATABASE_URL": tenant.url,
         "PROBE_OUT": str(out),
@@ -234,7 +237,8 @@ def test_row_commands_load_only_what_they_read(tenant: Tenant, name: str) -> Non
 
 
 #: The listings of issue 16's start-up target that read with Core: not the ORM (about a third of
-#: ``import sqlalchemy, typer`` by itself), no mapped class, not the consent gate or the cipher.
+#: ``import sqlalchemy, typer`` by itself), no mapped class, not the consent gate or the cipher, and
+#: (their tables go to a pipe here) not rich.
 CORE_LISTINGS = ("org list", "dsr list", "consent show org")
 ORM_AND_FRIENDS = (
     "sqlalchemy.orm",
@@ -244,6 +248,7 @@ ORM_AND_FRIENDS = (
     "consent_gate.gate",
     "consent_gate.records",
     "cryptography",
+    "rich",
 )
 
 
