@@ -59,10 +59,13 @@ def _enable_sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> Non
     cursor.close()
 
 
-def make_engine(settings: Settings | str) -> Engine:
-    """Build an engine for the configured URL; nothing connects until first use."""
+def make_engine(settings: Settings | str, connect_timeout_s: int = 5) -> Engine:
+    """Build an engine for the configured URL; nothing connects until first use.
+
+    A bare URL waits ``connect_timeout_s`` for a PostgreSQL connection; ``Settings`` carry their own.
+    """
     raw = settings if isinstance(settings, str) else settings.database_url
-    timeout = 5 if isinstance(settings, str) else settings.database_connect_timeout_s
+    timeout = connect_timeout_s if isinstance(settings, str) else settings.database_connect_timeout_s
     url = parse_database_url(raw)
     try:
         if url.get_backend_name() == "sqlite":
