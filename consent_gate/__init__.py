@@ -24,19 +24,56 @@ The federated-training server calls (each in its own session/transaction)::
     link_model_version(session, run_id, model_name, model_version) -> int
 """
 
-from consent_gate.gate import (
-    REJECTED_CONSENT_CHANGED,
-    Eligibility,
-    Snapshot,
-    batch_eligibility,
-    compute_snapshot,
-    eligibility,
-    recheck,
-    require_current,
-    take_snapshot,
-)
-from consent_gate.lineage import link_model_version, record_snapshot_use, user_lineage
-from consent_gate.policy import ConsentPolicy
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from consent_gate.gate import (
+        REJECTED_CONSENT_CHANGED,
+        Eligibility,
+        Snapshot,
+        batch_eligibility,
+        compute_snapshot,
+        eligibility,
+        recheck,
+        require_current,
+        take_snapshot,
+    )
+    from consent_gate.lineage import link_model_version, record_snapshot_use, user_lineage
+    from consent_gate.policy import ConsentPolicy
+
+#: Where each name above lives. A submodule is imported when one of its names is first used:
+#: ``accute-fl dsr list`` imports ``schema.listings`` only, not the gate (and the ORM) it never runs.
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "REJECTED_CONSENT_CHANGED",
+            "Eligibility",
+            "Snapshot",
+            "batch_eligibility",
+            "compute_snapshot",
+            "eligibility",
+            "recheck",
+            "require_current",
+            "take_snapshot",
+        ),
+        "gate",
+    ),
+    **dict.fromkeys(("link_model_version", "record_snapshot_use", "user_lineage"), "lineage"),
+    "ConsentPolicy": "policy",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'consent_gate' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"consent_gate.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "REJECTED_CONSENT_CHANGED",

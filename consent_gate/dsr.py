@@ -33,7 +33,7 @@ API (caller's transaction):
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -46,11 +46,14 @@ from consent_gate.policy import ConsentPolicy
 from schema import audit, events
 from schema.directory import user_as_dict
 from schema.errors import ConflictError, InvalidInputError, NotFoundError
+from schema.listings import is_overdue as is_overdue
+from schema.listings import request_as_dict as request_as_dict
+from schema.listings import requests_query
 from schema.models import DataSubjectRequest, User
 from schema.personal_data import PersonalDataVault
-from schema.timeutil import as_utc, iso, utcnow
+from schema.timeutil import iso, utcnow
 from schema.validation import clean_email, clean_name, one_of, parse_uuid
-from schema.vocab import DSR_REQUEST_TYPES, DSR_STATUSES
+from schema.vocab import DSR_REQUEST_TYPES
 
 DEADLINE = timedelta(days=30)
 EXPORT_FORMAT = "accute-data-export/1"
@@ -109,13 +112,9 @@ def list_requests(
     session: Session, organization_id: str | uuid.UUID | None = None, status: str | None = None
 ) -> list[DataSubjectRequest]:
     """Requests by deadline (soonest first), optionally of one organization and one status."""
-    query = select(DataSubjectRequest)
-    if organization_id is not None:
-        org_id = scope.organization(session, organization_id).id
-        query = query.where(DataSubjectRequest.organization_id == org_id)
-    if status is not None:
-        query = query.where(DataSubjectRequest.status == one_of(status, DSR_STATUSES, "status"))
-    return list(session.scalars(query.order_by(DataSubjectRequest.deadline, DataSubjectRequest.id)))
+    org_id = None if organization_id is None else scope.organization(session, organization_id).id
+    query = requests_query(org_id, status)
+    return list(session.scalars(select(DataSubjectRequest).from_statement(query)))
 
 
 def get_request(
@@ -266,29 +265,6 @@ def export_user_data(
         "training_lineage": user_lineage(session, org_id, user.id),
         "stores": erasure.describe(session, user),
     }
-
-
-def is_overdue(request: DataSubjectRequest, now: datetime | None = None) -> bool:
-    return request.status in OPEN_REQUEST_STATUSES and as_utc(request.deadline) < (now or utcnow())
-
-
-def request_as_dict(request: DataSubjectRequest, include_response: bool = True) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "id": str(request.id),
-        "organization_id": str(request.organization_id),
-        "user_id": str(request.user_id),
-        "request_type": request.request_type,
-        "status": request.status,
-        "deadline": iso(request.deadline),
-        "overdue": is_overdue(request),
-        "created_at": iso(request.created_at),
-        "completed_at": iso(request.completed_at),
-        "processed_by": None if request.processed_by is None else str(request.processed_by),
-        "request_details": request.request_details,
-    }
-    if include_response:
-        record["response_details"] = request.response_details
-    return record
 
 
 def _audit(session: Session, request: DataSubjectRequest, action: str, data: dict[str, Any]) -> None:

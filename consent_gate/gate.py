@@ -59,13 +59,14 @@ from schema.models import (
 )
 from schema.timeutil import iso, utcnow
 from schema.validation import parse_uuid
+from schema.vocab import DSR_OPEN_STATUSES
 
 #: The contribution status the FL server records when ``require_current`` refuses an update.
 REJECTED_CONSENT_CHANGED = ConsentChangedError.code
 
 #: Requests that exclude a user from every snapshot from the moment they are filed.
 RESTRICTING_REQUEST_TYPES: tuple[str, ...] = ("erasure", "restriction", "objection")
-OPEN_REQUEST_STATUSES: tuple[str, ...] = ("pending", "in_progress")
+OPEN_REQUEST_STATUSES = DSR_OPEN_STATUSES
 
 DIGEST_FORMAT = "accute-consent-snapshot/1"
 _SEPARATOR = "\x1f"  # never inside an id, a number or a consent version (versions refuse control characters)

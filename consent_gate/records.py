@@ -33,13 +33,15 @@ from sqlalchemy.orm import Session
 from consent_gate import scope
 from schema import audit, events
 from schema.errors import ConflictError, InvalidInputError, NotFoundError
+from schema.listings import consent_as_dict as consent_as_dict
+from schema.listings import consents_query
 from schema.models import ConsentEvent, User, UserConsent
 from schema.personal_data import PersonalDataVault
 from schema.timeutil import iso, utcnow
 from schema.validation import clean_name, one_of
 from schema.vocab import CONSENT_TYPES
+from schema.vocab import DEFAULT_CONSENT_VERSION as DEFAULT_CONSENT_VERSION
 
-DEFAULT_CONSENT_VERSION = "1.0"
 #: Reasons the product itself writes (a data subject request's id): no personal data in them.
 SYSTEM_REASON = re.compile(r"^dsr:[a-z]+:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -200,14 +202,11 @@ def current_consents(
 ) -> list[UserConsent]:
     """The organization's consents (or one of its users'), by user then consent type."""
     if user_id is None:
-        org_id = scope.organization(session, organization_id).id
-        query = select(UserConsent).where(UserConsent.organization_id == org_id)
+        query = consents_query(scope.organization(session, organization_id).id)
     else:
         user = scope.member(session, organization_id, user_id)
-        query = select(UserConsent).where(
-            UserConsent.organization_id == user.organization_id, UserConsent.user_id == user.id
-        )
-    return list(session.scalars(query.order_by(UserConsent.user_id, UserConsent.consent_type)))
+        query = consents_query(user.organization_id, user.id)
+    return list(session.scalars(select(UserConsent).from_statement(query)))
 
 
 def history(
@@ -221,21 +220,6 @@ def history(
         .order_by(ConsentEvent.occurred_at, ConsentEvent.consent_type)
     )
     return list(session.scalars(query))
-
-
-def consent_as_dict(consent: UserConsent) -> dict[str, Any]:
-    return {
-        "id": str(consent.id),
-        "organization_id": str(consent.organization_id),
-        "user_id": str(consent.user_id),
-        "consent_type": consent.consent_type,
-        "consent_given": consent.consent_given,
-        "consent_version": consent.consent_version,
-        "ip_address": None if consent.ip_address is None else str(consent.ip_address),
-        "user_agent": consent.user_agent,
-        "given_at": iso(consent.given_at),
-        "withdrawn_at": iso(consent.withdrawn_at),
-    }
 
 
 def event_as_dict(event: ConsentEvent) -> dict[str, Any]:

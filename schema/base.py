@@ -1,4 +1,5 @@
-"""Declarative base with a naming convention, so every constraint has a stable name on both backends."""
+"""Declarative base on ``schema.metadata.METADATA`` (its naming convention gives every constraint a
+stable name on both backends), and the ORM column builders of the spec's common columns."""
 
 from __future__ import annotations
 
@@ -6,23 +7,17 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Index, MetaData, func
+from sqlalchemy import Index, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from schema.metadata import METADATA, in_list
 from schema.types import TimestampTZ, UUIDType, gen_random_uuid
 
-# Names stay under PostgreSQL's 63-character limit for every table of the spec.
-NAMING_CONVENTION = {
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s",
-    "pk": "pk_%(table_name)s",
-}
+__all__ = ["Base", "created_at", "in_list", "ordered_index", "updated_at", "uuid_pk"]
 
 
 class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    metadata = METADATA
 
 
 def uuid_pk() -> Mapped[uuid.UUID]:
@@ -38,12 +33,6 @@ def created_at() -> Mapped[datetime | None]:
 def updated_at() -> Mapped[datetime | None]:
     """``updated_at TIMESTAMPTZ DEFAULT NOW()``, refreshed by the ORM on every update."""
     return mapped_column(TimestampTZ, server_default=func.now(), onupdate=func.now())
-
-
-def in_list(column: str, values: tuple[str, ...]) -> str:
-    """SQL text of ``column IN ('a', 'b', ...)`` for a CHECK constraint."""
-    quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
-    return f"{column} IN ({quoted})"
 
 
 def ordered_index(name: str, model: type[Base], *columns: str, **dialect_kw: Any) -> Index:

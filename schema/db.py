@@ -9,14 +9,16 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import URL, Engine, create_engine, event, make_url
+from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
 
 from schema.config import Settings
 from schema.errors import ConfigurationError, DatabaseUnavailableError
+
+if TYPE_CHECKING:  # the ORM is imported by the first session: read-only commands never need it
+    from sqlalchemy.orm import Session, sessionmaker
 
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 
@@ -57,10 +59,13 @@ def _enable_sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> Non
     cursor.close()
 
 
-def make_engine(settings: Settings | str) -> Engine:
-    """Build an engine for the configured URL; nothing connects until first use."""
+def make_engine(settings: Settings | str, connect_timeout_s: int = 5) -> Engine:
+    """Build an engine for the configured URL; nothing connects until first use.
+
+    A bare URL waits ``connect_timeout_s`` for a PostgreSQL connection; ``Settings`` carry their own.
+    """
     raw = settings if isinstance(settings, str) else settings.database_url
-    timeout = 5 if isinstance(settings, str) else settings.database_connect_timeout_s
+    timeout = connect_timeout_s if isinstance(settings, str) else settings.database_connect_timeout_s
     url = parse_database_url(raw)
     try:
         if url.get_backend_name() == "sqlite":
@@ -116,6 +121,8 @@ def sqlite_file_missing(engine: Engine) -> Path | None:
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
+    from sqlalchemy.orm import sessionmaker
+
     return sessionmaker(engine, expire_on_commit=False)
 
 
@@ -126,5 +133,18 @@ def transaction(engine: Engine) -> Iterator[Session]:
     try:
         with factory.begin() as session:
             yield session
+    except OperationalError as exc:
+        raise unavailable(engine, exc) from None
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A connection for Core reads (rolled back at the end), connection errors made readable.
+
+    What lists rows without writing uses this rather than ``transaction``: no ORM import.
+    """
+    try:
+        with engine.connect() as connection:
+            yield connection
     except OperationalError as exc:
         raise unavailable(engine, exc) from None

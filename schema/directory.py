@@ -11,9 +11,11 @@ from sqlalchemy.orm import Session
 
 from schema import audit
 from schema.errors import ConflictError, NotFoundError
+from schema.listings import missing_organization, organizations_query
+from schema.listings import organization_as_dict as organization_as_dict
+from schema.listings import user_as_dict as user_as_dict
 from schema.models import Organization, User
 from schema.personal_data import PersonalDataVault
-from schema.timeutil import iso
 from schema.validation import clean_email, clean_name, one_of, parse_uuid
 from schema.vocab import BILLING_MODELS
 
@@ -41,14 +43,14 @@ def create_organization(session: Session, name: str, billing_model: str = "pay_a
 
 
 def list_organizations(session: Session) -> list[Organization]:
-    return list(session.scalars(select(Organization).order_by(Organization.created_at, Organization.name)))
+    return list(session.scalars(select(Organization).from_statement(organizations_query())))
 
 
 def get_organization(session: Session, organization_id: str | uuid.UUID) -> Organization:
     org_id = parse_uuid(organization_id, "organization id")
     organization = session.get(Organization, org_id)
     if organization is None:
-        raise NotFoundError(f"organization {org_id} does not exist; see `accute-fl org list`")
+        raise missing_organization(org_id)
     return organization
 
 
@@ -122,21 +124,3 @@ def list_users(session: Session, organization_id: str | uuid.UUID) -> list[User]
 
 def count_rows(session: Session, model: type[Organization] | type[User]) -> int:
     return int(session.scalar(select(func.count()).select_from(model)) or 0)
-
-
-def organization_as_dict(organization: Organization) -> dict[str, Any]:
-    return {
-        "id": str(organization.id),
-        "name": organization.name,
-        "billing_model": organization.billing_model,
-        "created_at": iso(organization.created_at),
-    }
-
-
-def user_as_dict(user: User) -> dict[str, Any]:
-    return {
-        "id": str(user.id),
-        "organization_id": str(user.organization_id),
-        "email": user.email,
-        "created_at": iso(user.created_at),
-    }

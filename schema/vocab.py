@@ -88,6 +88,12 @@ DSR_REQUEST_TYPES: tuple[str, ...] = (
 
 DSR_STATUSES: tuple[str, ...] = ("pending", "in_progress", "completed", "rejected")
 
+#: The consent text version a grant records unless told otherwise.
+DEFAULT_CONSENT_VERSION = "1.0"
+
+#: Requests still to be carried out (a restricting one excludes its user from snapshots meanwhile).
+DSR_OPEN_STATUSES: tuple[str, ...] = ("pending", "in_progress")
+
 #: The 12 agents of the spec's seed: (agent_slug, primary_head, secondary_heads, routing_rules).
 AGENT_ROUTING_SEED: tuple[tuple[str, str, list[str] | None, dict[str, list[str]]], ...] = (
     ("luca", "quantitative", ["semantic"], {"use_cases": ["tax_calculation", "financial_analysis"]}),

@@ -1,4 +1,8 @@
-"""`accute-fl org ...` and `accute-fl user ...`: the minimal admin of tenants and their people."""
+"""`accute-fl org ...` and `accute-fl user ...`: the minimal admin of tenants and their people.
+
+`org list` reads with Core (``schema.listings``); the commands that write import the ORM's
+``schema.directory`` when they run, so listing stays free of ``sqlalchemy.orm``.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,8 @@ import typer
 from orchestrator.cli.context import load_settings, organization_id, ready_engine
 from orchestrator.cli.mfa_commands import mfa_app
 from orchestrator.cli.output import emit
-from schema import directory
-from schema.db import transaction
-from schema.validation import parse_uuid
+from schema import listings
+from schema.db import reading, transaction
 
 org_app = typer.Typer(help="Organizations (tenants).", no_args_is_help=True)
 user_app = typer.Typer(help="Users of an organization.", no_args_is_help=True)
@@ -29,16 +32,18 @@ def org_create(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Create an organization."""
+    from schema import directory
+
     with transaction(ready_engine()) as session:
-        record = directory.organization_as_dict(directory.create_organization(session, name, billing_model))
+        record = listings.organization_as_dict(directory.create_organization(session, name, billing_model))
     emit(record, as_json, "Organization created", ORG_COLUMNS)
 
 
 @org_app.command("list")
 def org_list(as_json: bool = JSON_OPTION) -> None:
     """List organizations."""
-    with transaction(ready_engine()) as session:
-        rows = [directory.organization_as_dict(o) for o in directory.list_organizations(session)]
+    with reading(ready_engine()) as connection:
+        rows = [listings.organization_as_dict(o) for o in listings.list_organizations(connection)]
     emit(rows, as_json, "Organizations", ORG_COLUMNS)
 
 
@@ -53,6 +58,8 @@ def user_create(
     intelligence is refused (exit 6)."""
     from orchestrator.keys import personal_data_vault
     from orchestrator.security.threat_intel import refuse_listed_email
+    from schema import directory
+    from schema.validation import parse_uuid
 
     vault = personal_data_vault(load_settings())
     engine = ready_engine()
@@ -68,6 +75,8 @@ def user_list(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """List the users of an organization."""
+    from schema import directory
+
     with transaction(ready_engine()) as session:
         rows = [directory.user_as_dict(u) for u in directory.list_users(session, org)]
     emit(rows, as_json, "Users", USER_COLUMNS)

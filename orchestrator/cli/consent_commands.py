@@ -1,6 +1,8 @@
 """`accute-fl consent ...` and `accute-fl dsr ...`: consents, snapshots and data subject requests.
 
 Every input is validated before anything is written; a refused command changes nothing.
+`consent show --org` and `dsr list` read with Core (``schema.listings``); the commands that write
+import the consent gate (and with it the ORM) when they run.
 """
 
 from __future__ import annotations
@@ -10,14 +12,11 @@ from typing import Any
 
 import typer
 
-from consent_gate import dsr, erasure, records, scope
-from consent_gate.gate import take_snapshot
-from consent_gate.policy import ConsentPolicy
-from consent_gate.records import DEFAULT_CONSENT_VERSION
 from orchestrator.cli.context import load_settings, organization_id, ready_engine
 from orchestrator.cli.output import emit, emit_json, emit_table
-from schema.db import transaction
-from schema.vocab import CONSENT_TYPES, DSR_REQUEST_TYPES, DSR_STATUSES
+from schema import listings
+from schema.db import reading, transaction
+from schema.vocab import CONSENT_TYPES, DEFAULT_CONSENT_VERSION, DSR_REQUEST_TYPES, DSR_STATUSES
 
 consent_app = typer.Typer(
     help="Users' consents and the consent snapshot a tenant node trains on.", no_args_is_help=True
@@ -41,6 +40,8 @@ def consent_grant(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Record that a user gives a consent (a no-op if already given in that version)."""
+    from consent_gate import records
+
     with transaction(ready_engine()) as session:
         change = records.grant(session, org, user, consent_type, version)
         record = {**records.consent_as_dict(change.consent), "changed": change.changed}
@@ -55,6 +56,8 @@ def consent_withdraw(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Withdraw a consent; the earlier grant stays in the history."""
+    from consent_gate import records
+
     with transaction(ready_engine()) as session:
         change = records.withdraw(session, org, user, consent_type)
         record = {**records.consent_as_dict(change.consent), "changed": change.changed}
@@ -73,11 +76,16 @@ def consent_show(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Show the organization's consents (or one user's, with their history)."""
-    with transaction(ready_engine()) as session:
-        consents = [records.consent_as_dict(c) for c in records.current_consents(session, org, user)]
-        payload: dict[str, Any] = {"organization_id": str(scope.organization(session, org).id)}
-        payload["consents"] = consents
-        if user is not None:
+    if user is None:  # the organization's consents: Core reads, no ORM
+        with reading(ready_engine()) as connection:
+            consents = [listings.consent_as_dict(c) for c in listings.current_consents(connection, org)]
+        payload: dict[str, Any] = {"organization_id": org, "consents": consents}
+    else:
+        from consent_gate import records, scope
+
+        with transaction(ready_engine()) as session:
+            consents = [records.consent_as_dict(c) for c in records.current_consents(session, org, user)]
+            payload = {"organization_id": str(scope.organization(session, org).id), "consents": consents}
             payload["user_id"] = str(scope.member(session, org, user).id)
             payload["history"] = [records.event_as_dict(e) for e in records.history(session, org, user)]
     if as_json:
@@ -98,6 +106,9 @@ def consent_snapshot(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Take (and store) the consent snapshot: the users whose records may train this model type."""
+    from consent_gate.gate import take_snapshot
+    from consent_gate.policy import ConsentPolicy
+
     policy = ConsentPolicy.from_toml(policy_file) if policy_file is not None else ConsentPolicy.default()
     with transaction(ready_engine()) as session:
         snapshot = take_snapshot(session, org, model_type, policy)
@@ -118,6 +129,8 @@ def dsr_file(
 ) -> None:
     """File a request; the deadline is 30 days from now. Erasure, restriction and objection
     exclude the user from consent snapshots at once."""
+    from consent_gate import dsr
+
     with transaction(ready_engine()) as session:
         record = dsr.request_as_dict(dsr.file_request(session, org, user, request_type))
     emit(record, as_json, "Data subject request filed", REQUEST_COLUMNS)
@@ -132,9 +145,10 @@ def dsr_list(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """List requests, soonest deadline first."""
-    with transaction(ready_engine()) as session:
+    with reading(ready_engine()) as connection:
         rows = [
-            dsr.request_as_dict(r, include_response=False) for r in dsr.list_requests(session, org, status)
+            listings.request_as_dict(r, include_response=False)
+            for r in listings.list_requests(connection, org, status)
         ]
     emit(rows, as_json, "Data subject requests", ("organization_id", *REQUEST_COLUMNS))
 
@@ -186,5 +200,7 @@ def dsr_process(
 def dsr_compact(as_json: bool = JSON_OPTION) -> None:
     """Rewrite the tables erasures touch again (SQLite: VACUUM; PostgreSQL: VACUUM FULL), e.g. when
     `dsr process` reported its compaction incomplete (a busy table, an older open transaction)."""
+    from consent_gate import erasure
+
     result = erasure.compact(ready_engine())
     emit(result, as_json, f"Compaction {result['status']}", ("status", "tables", "reason"))

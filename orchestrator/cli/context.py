@@ -29,8 +29,7 @@ def load_settings() -> Settings:
 
 @lru_cache(maxsize=1)
 def _engine_for(url: str, timeout: int) -> Engine:
-    settings = Settings(database_url=url, database_connect_timeout_s=timeout)
-    built = make_engine(settings)
+    built = make_engine(url, connect_timeout_s=timeout)  # not a second Settings(): ~10 ms of 166 fields
     _opened.append(built)
     return built
 

@@ -92,6 +92,31 @@ def test_grant_with_version_and_repeat(ready_cli: Runner) -> None:
     assert ready_cli(*args, "--json").json()["consent_version"] == "1.0"
 
 
+def test_organization_consents_are_every_users_consents(ready_cli: Runner) -> None:
+    """`consent show --org` (Core reads) lists what `--user` (the ORM) lists for each user, in
+    user then consent type order, and only this organization's."""
+    # Prepare
+    tenant = setup_tenant(ready_cli, "Listed", users=3)
+    setup_tenant(ready_cli, "Elsewhere", users=1)
+    ready_cli(
+        "consent", "withdraw", "--org", tenant["id"], "--user", tenant["users"][1], "--type", "ai_training"
+    )
+
+    # Execute
+    listed = ready_cli("consent", "show", "--org", tenant["id"], "--json").json()
+    per_user = [
+        ready_cli("consent", "show", "--org", tenant["id"], "--user", user, "--json").json()["consents"]
+        for user in tenant["users"]
+    ]
+
+    # Assert
+    expected = sorted(
+        (c for consents in per_user for c in consents), key=lambda c: (c["user_id"], c["consent_type"])
+    )
+    assert listed == {"organization_id": tenant["id"], "consents": expected}
+    assert len(expected) == 9 and sum(not c["consent_given"] for c in expected) == 1
+
+
 def test_dsr_file_list_and_process(ready_cli: Runner) -> None:
     # Prepare
     tenant = setup_tenant(ready_cli, "Requests")
@@ -239,6 +264,7 @@ BAD_INPUTS: list[tuple[str, tuple[str, ...], int, str]] = [
     ),
     ("unknown status", ("dsr", "list", "--status", "open"), 2, "use one of: pending"),
     ("list unknown organization", ("dsr", "list", "--org", "{nobody}"), 3, "does not exist"),
+    ("show unknown organization", ("consent", "show", "--org", "{nobody}"), 3, "does not exist"),
     ("process unknown request", ("dsr", "process", "{nobody}"), 3, "does not exist"),
     (
         "process another tenant's request",
