@@ -11,8 +11,10 @@ Scale (``--scale N``): per backend, two fresh processes on fresh databases run w
 simulate --tenants N --fraction S/N`` runs, the first with S tenants all sampled (``--fraction 1``),
 the second with N tenants of which S are sampled per round; each reports preparation time, the
 time of every round and its peak RSS (the ServerApp's process; Ray's workers are others). The
-ratio is the median round time (rounds 2..R: round 1 includes Ray start-up and binding every
-node) of the large run over the small one. Target: ≤ 1.5x.
+ratio is the median round time (rounds 2..R: round 1 includes Ray start-up) of the large run
+over the small one. Target: ≤ 1.5x. Each run also reports the identity queries the server sent
+(lazy identification: the sampled nodes and their replacements) and its time in identification
+and in ``Governor.admit``.
 
     .venv/bin/python bench/simulation_round.py --scale 10000 [--sampled 10] [--rounds 3] [--steps 20]
         [--backends sqlite,postgresql] [--task digits]
@@ -137,6 +139,27 @@ engine = make_engine(settings)
 upgrade(engine)
 engine.dispose()
 marks = {"rounds": []}
+# Instrumentation only (wrappers around the real methods): identity queries sent, and the
+# server's time in identification and admission per run.
+from fl_server.governance import Governor
+from fl_server.strategy import GovernedStrategy
+spent = {"identify_s": 0.0, "admit_s": [], "asked": 0}
+bind, admit = GovernedStrategy._bind, Governor.admit
+def timed_bind(self, grid, node_ids, timeout):
+    node_ids = list(node_ids)
+    before, started = self.identity_queries, time.perf_counter()
+    try:
+        return bind(self, grid, node_ids, timeout)
+    finally:
+        spent["identify_s"] += time.perf_counter() - started
+        spent["asked"] += self.identity_queries - before
+def timed_admit(self, *args, **kwargs):
+    started = time.perf_counter()
+    try:
+        return admit(self, *args, **kwargs)
+    finally:
+        spent["admit_s"].append(round(time.perf_counter() - started, 3))
+GovernedStrategy._bind, Governor.admit = timed_bind, timed_admit
 class Progress:
     def started(self, spec, config, label):
         marks["prepared"] = time.perf_counter()
@@ -154,6 +177,8 @@ print(json.dumps({
     "tenants": tenants, "fraction": sampled / tenants, "prepare_s": round(marks["prepared"] - started, 1),
     "round_s": [round(b - a, 2) for a, b in zip(stamps, stamps[1:])],
     "participants": [len(r["participants"]) for r in result.main.report["rounds"]],
+    "identity_queries": spent["asked"], "identify_s": round(spent["identify_s"], 2),
+    "admit_s": spent["admit_s"],
     "rss_after_prepare_mb": round(marks["rss_prepared_mb"]),
     "rss_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
 }))
@@ -172,7 +197,7 @@ def scale(args: argparse.Namespace) -> int:
         medians: dict[int, float] = {}
         for tenants in (args.sampled, args.scale):
             tail = [args.sampled, args.rounds, args.steps, args.task, "folder"]
-            result = run_scale_child(SCALE_CHILD, backend, tenants, tail)
+            result = run_scale_child(SCALE_CHILD, backend, tenants, tail, postgres=args.postgres)
             if result is None:
                 failed = True
                 break
@@ -201,6 +226,13 @@ def main() -> None:
     parser.add_argument("--sampled", type=int, default=10)
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--task", default="digits")
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get(
+            "ACCUTE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+        ),
+        help="PostgreSQL database the scale runs create their schemas in (default: ACCUTE_TEST_POSTGRES_URL).",
+    )
     args = parser.parse_args()
     if args.scale:
         raise SystemExit(scale(args))
