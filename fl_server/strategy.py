@@ -2,10 +2,11 @@
 
 The wrapped strategy keeps its own job — choosing which nodes train and evaluate
 (``configure_train`` / ``configure_evaluate``) and aggregating evaluation metrics. The wrapper owns
-what Flower does not: it binds nodes to organizations, samples first and then admits only the
-sampled tenants (``Governor.admit``: a round costs what it samples, not what is registered; a
-sampled tenant that fails the gate is replaced under local DP and dp=off, skipped under central
-DP), charges and instructs them in one
+what Flower does not: it binds nodes to organizations (lazily outside central DP: only the nodes a
+round samples, and their replacements, are asked who they are), samples first and then admits
+only the sampled tenants (``Governor.admit``: a round costs what it samples, not what is
+registered; a sampled tenant that fails the gate is replaced under local DP and dp=off, skipped
+under central DP), charges and instructs them in one
 transaction before any message leaves (``Governor.dispatch``), judges every reply as it arrives
 and folds accepted updates into a streaming aggregate (memory does not grow with the number of
 tenants), applies optional central DP, and commits each round so a killed server resumes at the
@@ -503,7 +504,8 @@ class GovernedStrategy(Strategy):
         sampled node that does not identify, and a sampled tenant that fails the gate
         (``Governor.admit``), is replaced by nodes drawn uniformly from those not yet tried
         (identified as they are drawn), so the round keeps its size; at most
-        ``MAX_REPLACEMENT_FACTOR`` x the sample size nodes are drawn for each kind of failure.
+        ``MAX_REPLACEMENT_FACTOR`` x the sample size nodes are drawn in all. ``fraction`` applies
+        to the connected nodes not skipped at binding (nodes not asked yet included).
 
         Central DP: Poisson sampling (q = ``fraction``, CSPRNG) over the bound, connected
         tenants, every connected node identified first (``_drive``). Identifying only a Poisson
@@ -549,7 +551,7 @@ class GovernedStrategy(Strategy):
         )
         drafted = {m.metadata.dst_node_id: m for m in drafts}
         bound = self._bind(grid, drafted, timeout)
-        sampled = [bound[n] for n in drafted if n in bound]
+        chosen = [bound[n] for n in drafted if n in bound]
         reserve = _LazyReserve(
             [n for n in sorted(candidates) if n not in drafted],
             self._replacement_rng(server_round),
@@ -557,8 +559,8 @@ class GovernedStrategy(Strategy):
             limit=MAX_REPLACEMENT_FACTOR * len(drafted),
         )
         # Sampled nodes that did not identify are replaced before the gate, as failing tenants are.
-        sampled += reserve.take(len(drafted) - len(sampled))
-        admission = self.governor.admit(server_round, sampled, reserve=reserve.take)
+        chosen += reserve.take(len(drafted) - len(chosen))
+        admission = self.governor.admit(server_round, chosen, reserve=reserve.take)
         messages = [m for n, m in drafted.items() if n in admission.admitted]
         if drafts:
             template = drafts[0]
