@@ -11,11 +11,16 @@ Scale (``--scale N``): per backend, two fresh processes on fresh databases run w
 simulate --tenants N --fraction S/N`` runs, the first with S tenants all sampled (``--fraction 1``),
 the second with N tenants of which S are sampled per round; each reports preparation time, the
 time of every round and its peak RSS (the ServerApp's process; Ray's workers are others). The
-ratio is the median round time (rounds 2..R: round 1 includes Ray start-up and binding every
-node) of the large run over the small one. Target: ≤ 1.5x.
+ratio is the median round time (rounds 2..R: round 1 includes Ray start-up) of the large run
+over the small one. Target: ≤ 1.5x. Each run also reports the identity queries the server sent
+(lazy identification: the sampled nodes and their replacements) and its time in identification
+and in ``Governor.admit``.
 
     .venv/bin/python bench/simulation_round.py --scale 10000 [--sampled 10] [--rounds 3] [--steps 20]
-        [--backends sqlite,postgresql] [--task digits]
+        [--backends sqlite,postgresql] [--task digits] [--postgres URL] [--plain]
+
+``--plain`` also runs plain Flower FedAvg (the same DP-SGD on the same records, no database, no
+governance) at both sizes: the simulation engine's own cost of registered nodes.
 """
 
 from __future__ import annotations
@@ -107,9 +112,10 @@ def plain(spec: SimulationSpec) -> list[float]:
             stamps.append(time.perf_counter())
             return MetricRecord({})
 
-        FedAvg(fraction_train=1.0, fraction_evaluate=1.0).start(
-            grid=grid, initial_arrays=initial, num_rounds=config.rounds, evaluate_fn=evaluate_fn
-        )
+        # ``min_available_nodes``: round 1 samples once every simulated node has registered.
+        FedAvg(
+            fraction_train=spec.fraction, fraction_evaluate=spec.fraction, min_available_nodes=spec.tenants
+        ).start(grid=grid, initial_arrays=initial, num_rounds=config.rounds, evaluate_fn=evaluate_fn)
 
     run_simulation(
         server_app=server,
@@ -137,6 +143,27 @@ engine = make_engine(settings)
 upgrade(engine)
 engine.dispose()
 marks = {"rounds": []}
+# Instrumentation only (wrappers around the real methods): identity queries sent, and the
+# server's time in identification and admission per run.
+from fl_server.governance import Governor
+from fl_server.strategy import GovernedStrategy
+spent = {"identify_s": [0.0] * rounds, "admit_s": [], "asked": 0}
+bind, admit = GovernedStrategy._bind, Governor.admit
+def timed_bind(self, grid, node_ids, timeout):
+    node_ids = list(node_ids)
+    before, started = self.identity_queries, time.perf_counter()
+    try:
+        return bind(self, grid, node_ids, timeout)
+    finally:
+        spent["identify_s"][len(marks["rounds"])] += time.perf_counter() - started
+        spent["asked"] += self.identity_queries - before
+def timed_admit(self, *args, **kwargs):
+    started = time.perf_counter()
+    try:
+        return admit(self, *args, **kwargs)
+    finally:
+        spent["admit_s"].append(round(time.perf_counter() - started, 3))
+GovernedStrategy._bind, Governor.admit = timed_bind, timed_admit
 class Progress:
     def started(self, spec, config, label):
         marks["prepared"] = time.perf_counter()
@@ -154,9 +181,30 @@ print(json.dumps({
     "tenants": tenants, "fraction": sampled / tenants, "prepare_s": round(marks["prepared"] - started, 1),
     "round_s": [round(b - a, 2) for a, b in zip(stamps, stamps[1:])],
     "participants": [len(r["participants"]) for r in result.main.report["rounds"]],
+    "identity_queries": spent["asked"], "identify_s": [round(x, 2) for x in spent["identify_s"]],
+    "admit_s": spent["admit_s"],
     "rss_after_prepare_mb": round(marks["rss_prepared_mb"]),
     "rss_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
 }))
+"""
+
+
+PLAIN_CHILD = r"""
+import json, logging, os, resource, sys
+from pathlib import Path
+url, tenants, sampled, rounds, steps, task, folder = (sys.argv[1], int(sys.argv[2]), int(sys.argv[3]),
+    int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], Path(sys.argv[7]))
+sys.path.insert(0, "bench")
+logging.getLogger("flwr").setLevel(logging.ERROR)
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+from simulation_round import plain
+from simulations.scenario import SimulationSpec
+spec = SimulationSpec(task=task, tenants=tenants, fraction=sampled / tenants, rounds=rounds, steps=steps,
+                      out=str(folder / "out"), run_name="plain", dp="local", epsilon_cap=1000.0)
+rounds_s = plain(spec)
+print(json.dumps({"plain_flower": True, "tenants": tenants, "fraction": sampled / tenants,
+    "round_s": [round(r, 2) for r in rounds_s],
+    "rss_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
 """
 
 
@@ -168,11 +216,27 @@ def scale(args: argparse.Namespace) -> int:
     from tenant_preparation import run_scale_child
 
     failed = False
+    if args.plain:
+        # Flower alone (FedAvg, the same DP-SGD, no database): what the engine's round costs at both sizes.
+        plain_medians: dict[int, float] = {}
+        for tenants in (args.sampled, args.scale):
+            tail = [args.sampled, args.rounds, args.steps, args.task, "folder"]
+            result = run_scale_child(PLAIN_CHILD, "sqlite", tenants, tail)
+            if result is None:
+                return 1
+            plain_medians[tenants] = float(np.median(result["round_s"]))  # rounds 2..R already
+        print(
+            json.dumps(
+                {"plain_flower_ratio": round(plain_medians[args.scale] / plain_medians[args.sampled], 3)}
+            )
+        )
     for backend in args.backends.split(","):
+        if not backend:
+            continue
         medians: dict[int, float] = {}
         for tenants in (args.sampled, args.scale):
             tail = [args.sampled, args.rounds, args.steps, args.task, "folder"]
-            result = run_scale_child(SCALE_CHILD, backend, tenants, tail)
+            result = run_scale_child(SCALE_CHILD, backend, tenants, tail, postgres=args.postgres)
             if result is None:
                 failed = True
                 break
@@ -201,6 +265,18 @@ def main() -> None:
     parser.add_argument("--sampled", type=int, default=10)
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--task", default="digits")
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="With --scale: also plain Flower FedAvg at both sizes (no database).",
+    )
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get(
+            "ACCUTE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+        ),
+        help="PostgreSQL database the scale runs create their schemas in (default: ACCUTE_TEST_POSTGRES_URL).",
+    )
     args = parser.parse_args()
     if args.scale:
         raise SystemExit(scale(args))

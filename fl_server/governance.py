@@ -43,14 +43,13 @@ run (or an unknown organization, or an invalid id) is skipped with a logged, aud
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -520,20 +519,22 @@ class Governor:
         server_round: int,
         sampled: Iterable[Tenant],
         *,
-        reserve: Iterator[Tenant] | None = None,
+        reserve: Callable[[int], list[Tenant]] | None = None,
         population: Iterable[Tenant] | None = None,
     ) -> Admission:
         """Gate the round's sampled tenants (consent, delta rule, budget); a round costs what it samples.
 
-        Only ``sampled`` is gated, in one transaction with set-based consent queries: bound tenants
-        the round did not sample are not looked at, so a round of 10 among 10,000 costs what a round
-        of 10 among 10 does. A sampled tenant that fails is recorded (outcome row, reason) and:
+        Only ``sampled`` is gated, with set-based consent queries: bound tenants the round did not
+        sample are not looked at, so a round of 10 among 10,000 costs what a round of 10 among 10
+        does. A sampled tenant that fails is recorded (outcome row, reason) and:
 
         - with a ``reserve`` (local DP and dp=off, where each tenant's ledger accounts only its own
-          releases), replaced by the next tenants the reserve draws (in batches as large as the
-          shortfall), until the round has as many admitted as it sampled, the reserve runs out, or
-          ``MAX_REPLACEMENT_FACTOR`` x the sample size were drawn (a federation that is mostly
-          ineligible cannot make a round gate everyone);
+          releases), replaced by the tenants ``reserve(n)`` draws next (up to ``n``, as many as
+          the shortfall; empty when none is left), until the round has as many admitted as it
+          sampled, the reserve runs out, or ``MAX_REPLACEMENT_FACTOR`` x the sample size were
+          drawn (a federation that is mostly ineligible cannot make a round gate everyone). Each
+          batch is its own transaction, so the reserve may bind the nodes it draws (lazy
+          identification, ``GovernedStrategy``) between two;
         - without one (central DP), simply skipped: each tenant's inclusion stays at most the
           accountant's q, and replacing it would raise everyone else's above q.
 
@@ -542,23 +543,26 @@ class Governor:
         tenants the round's central event is charged to (their caps are checked by that charge).
         """
         admission = Admission()
-        # One transaction: a commit (an fsync on SQLite) per tenant dominated large rounds. Reads
-        # only, unless a tenant is skipped.
+        batch = list(sampled)
+        wanted = len(batch)
+        allowance = MAX_REPLACEMENT_FACTOR * wanted if reserve is not None else 0
+        # One transaction per batch: a commit (an fsync on SQLite) per tenant dominated large
+        # rounds. Reads only, unless a tenant is skipped.
         with transaction(self.engine) as session:
             if population is not None:
                 admission.population = self._eligible_population(session, population)
-            batch = list(sampled)
-            wanted = len(batch)
-            allowance = MAX_REPLACEMENT_FACTOR * wanted if reserve is not None else 0
-            while batch:
+            if batch:
                 self._gate(session, server_round, batch, admission)
-                if population is not None:
-                    self._outside_population(session, server_round, admission)
-                missing = min(wanted - len(admission.admitted), allowance - len(admission.replacements))
-                if reserve is None or missing <= 0:
-                    break
-                batch = list(itertools.islice(reserve, missing))
-                admission.replacements.extend(batch)
+            if population is not None:
+                self._outside_population(session, server_round, admission)
+        while reserve is not None:
+            missing = min(wanted - len(admission.admitted), allowance - len(admission.replacements))
+            batch = reserve(missing) if missing > 0 else []
+            if not batch:
+                break
+            admission.replacements.extend(batch)
+            with transaction(self.engine) as session:
+                self._gate(session, server_round, batch, admission)
         return admission
 
     def unseen_bindings(self) -> list[Tenant]:

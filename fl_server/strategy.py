@@ -2,10 +2,11 @@
 
 The wrapped strategy keeps its own job — choosing which nodes train and evaluate
 (``configure_train`` / ``configure_evaluate``) and aggregating evaluation metrics. The wrapper owns
-what Flower does not: it binds nodes to organizations, samples first and then admits only the
-sampled tenants (``Governor.admit``: a round costs what it samples, not what is registered; a
-sampled tenant that fails the gate is replaced under local DP and dp=off, skipped under central
-DP), charges and instructs them in one
+what Flower does not: it binds nodes to organizations (lazily outside central DP: only the nodes a
+round samples, and their replacements, are asked who they are), samples first and then admits
+only the sampled tenants (``Governor.admit``: a round costs what it samples, not what is
+registered; a sampled tenant that fails the gate is replaced under local DP and dp=off, skipped
+under central DP), charges and instructs them in one
 transaction before any message leaves (``Governor.dispatch``), judges every reply as it arrives
 and folds accepted updates into a streaming aggregate (memory does not grow with the number of
 tenants), applies optional central DP, and commits each round so a killed server resumes at the
@@ -32,13 +33,14 @@ the round's metric is None (no server-side test set yet) rather than a number no
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -52,13 +54,24 @@ from aggregation.weights_store import WeightsStore
 from fl_client import protocol
 from fl_client.protocol import EvalInstruction, NodeIdentity, TrainReport
 from fl_server.config import DpMode
-from fl_server.governance import ACCEPTED, FAILED, Admission, Dispatch, Governor, Tenant, Verdict, finite
+from fl_server.governance import (
+    ACCEPTED,
+    FAILED,
+    MAX_REPLACEMENT_FACTOR,
+    Admission,
+    Dispatch,
+    Governor,
+    Tenant,
+    Verdict,
+    finite,
+)
 from privacy import secure_noise
 from privacy.events import DpEvent, NonPrivateEvent
 
 log = logging.getLogger("accute.fl_server")
 
 Arrays = dict[str, np.ndarray]
+_T = TypeVar("_T")
 
 #: The global model's held-out metric on a server-side test set (None when it cannot be computed).
 ServerEvaluate = Callable[[dict[str, np.ndarray]], float | None]
@@ -172,6 +185,10 @@ class GovernedStrategy(Strategy):
         self.tenants: dict[int, Tenant] = {}
         #: Nodes skipped at binding (unknown organization, one already bound…), with why.
         self.skipped_nodes: dict[int, str] = {}
+        #: Identity queries sent so far (lazy identification asks only sampled nodes, once).
+        self.identity_queries = 0
+        #: Nodes asked to identify this round that did not (error, malformed, no reply).
+        self._unanswered: set[int] = set()
         self._participants: dict[int, Dispatch] = {}
         #: Norms of the updates the last round accepted (the default norm bound's reference).
         self._last_round_norms: list[float] = []
@@ -243,13 +260,14 @@ class GovernedStrategy(Strategy):
         for server_round in range(state.last_completed_round + 1, rounds + 1):
             # ``min_nodes`` gates the first round this server runs; later rounds go on with the
             # nodes that are online (bound tenants that are not: failed, reason offline).
-            online = self._identify(grid, timeout, wait=first)
+            online = self._online(grid, timeout, wait=first)
             first = False
+            self._unanswered = set()
+            if self.config.dp.central:
+                # Central DP identifies every connected node before it samples (bound nodes are
+                # not asked again): see ``_sample_and_admit`` for why it cannot identify lazily.
+                self._bind(grid, online, timeout)
             record = RoundRecord(server_round)
-            offline = [t for n, t in self.tenants.items() if n not in online]
-            offline += self.governor.unseen_bindings()
-            self.governor.mark_offline(server_round, offline)
-            record.statuses.update({t.name: FAILED for t in offline})
             arrays = self._train_round(
                 grid, server_round, arrays, spec, state.seen, record, timeout, online=online
             )
@@ -267,24 +285,30 @@ class GovernedStrategy(Strategy):
         self.publication = self.governor.complete_run(self.publish)
         return GovernedResult(arrays, history, rounds)
 
-    def _identify(self, grid: Grid, timeout: float, *, wait: bool = True) -> set[int]:
-        """Ask unknown nodes which organization they speak for; return the nodes online now.
-
-        With ``wait`` (the first round), wait until ``min_nodes`` are connected first.
-        """
+    def _online(self, grid: Grid, timeout: float, *, wait: bool) -> set[int]:
+        """The nodes connected now; with ``wait`` (the first round), once ``min_nodes`` are."""
         deadline = time.monotonic() + timeout
         while len(node_ids := list(grid.get_node_ids())) < self.config.min_nodes and wait:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {len(node_ids)} of {self.config.min_nodes} nodes connected")
             time.sleep(0.2)
-        online = set(node_ids)
+        return set(node_ids)
+
+    def _bind(self, grid: Grid, node_ids: Iterable[int], timeout: float) -> dict[int, Tenant]:
+        """Ask the nodes of ``node_ids`` not bound or skipped yet which organization they speak
+        for, and bind them; returns the tenants of ``node_ids`` that are bound now.
+
+        A node that does not answer (an error, a malformed identity, no reply within
+        ``timeout``) stays unknown: asked again the next time it is drawn, and in
+        ``_unanswered`` for this round."""
+        node_ids = list(node_ids)
         unknown = [n for n in node_ids if n not in self.tenants and n not in self.skipped_nodes]
-        if not unknown:
-            return online
         messages = [
             Message(RecordDict({}), dst_node_id=node_id, message_type="query.identify", group_id="identify")
             for node_id in unknown
         ]
+        self.identity_queries += len(messages)
+        self._unanswered.update(unknown)
         for node_id, reply in _collect(grid, messages, timeout):
             if reply.has_error():
                 log.warning("node %s did not identify: %s", node_id, reply.error.reason)
@@ -294,12 +318,27 @@ class GovernedStrategy(Strategy):
             except (KeyError, ValueError, TypeError) as exc:
                 log.warning("node %s sent a malformed identity: %s", node_id, exc)
                 continue
+            self._unanswered.discard(node_id)
             tenant, reason = self.governor.bind(node_id, identity)
             if tenant is None:
                 self.skipped_nodes[node_id] = reason or "skipped"
             else:
                 self.tenants[node_id] = tenant
-        return online
+        return {n: self.tenants[n] for n in node_ids if n in self.tenants}
+
+    def _mark_offline(self, server_round: int, online: set[int], record: RoundRecord) -> None:
+        """Bound tenants whose node is not connected (or, bound by an earlier attempt, was asked
+        this round and did not answer): ``failed``, reason ``offline``. Identification is lazy
+        outside central DP, so an earlier attempt's binding whose node is connected and was not
+        drawn is simply not sampled this round, like any other tenant."""
+        offline = [t for n, t in self.tenants.items() if n not in online]
+        offline += [
+            t
+            for t in self.governor.unseen_bindings()
+            if t.node_id not in online or t.node_id in self._unanswered or self.config.dp.central
+        ]
+        self.governor.mark_offline(server_round, offline)
+        record.statuses.update({t.name: FAILED for t in offline})
 
     def _train_round(
         self,
@@ -312,10 +351,10 @@ class GovernedStrategy(Strategy):
         timeout: float,
         online: set[int] | None = None,
     ) -> Arrays:
-        # In node order: the draws do not depend on the order nodes answered the identity query.
-        present = {n: self.tenants[n] for n in sorted(self.tenants) if online is None or n in online}
+        online = set(self.tenants) if online is None else online
         global_record = record_from_arrays(arrays, spec)
-        messages, admission = self._sample_and_admit(server_round, present, global_record, grid)
+        messages, admission = self._sample_and_admit(server_round, online, global_record, grid, timeout)
+        self._mark_offline(server_round, online, record)
         record.skipped.update(admission.skipped)
         central_dp = self.config.dp.central
         chosen = [admission.admitted[m.metadata.dst_node_id] for m in messages]
@@ -454,20 +493,36 @@ class GovernedStrategy(Strategy):
         return new_arrays
 
     def _sample_and_admit(
-        self, server_round: int, present: dict[int, Tenant], global_record: ArrayRecord, grid: Grid
+        self, server_round: int, online: set[int], global_record: ArrayRecord, grid: Grid, timeout: float
     ) -> tuple[list[Message], Admission]:
-        """Sample among the bound, connected tenants first, then gate only the sampled ones.
+        """Sample first, then identify and gate only the sampled nodes.
 
-        Central DP: Poisson sampling (q = ``fraction``, CSPRNG) here; a sampled tenant that fails
-        the gate is skipped, never replaced (inclusion stays at most q); the central event is
-        charged to the population the governor finds eligible now. Local DP and dp=off: the
-        wrapped strategy samples as it would (Flower's fixed-size sample), and a sampled tenant
-        that fails the gate is replaced by one drawn uniformly from those not yet tried
-        (``Governor.admit``), so the round keeps its size.
+        Local DP and dp=off (lazy identification): the wrapped strategy samples among the
+        connected nodes not skipped at binding, bound or not (Flower's fixed-size sample); only
+        the sampled nodes not bound yet are asked who they are (``_bind``), so a round among
+        10,000 nodes asks at most its sample and replacements, and a node is asked once. A
+        sampled node that does not identify, and a sampled tenant that fails the gate
+        (``Governor.admit``), is replaced by nodes drawn uniformly from those not yet tried
+        (identified as they are drawn), so the round keeps its size; at most
+        ``MAX_REPLACEMENT_FACTOR`` x the sample size nodes are drawn in all. ``fraction`` applies
+        to the connected nodes not skipped at binding (nodes not asked yet included).
+
+        Central DP: Poisson sampling (q = ``fraction``, CSPRNG) over the bound, connected
+        tenants, every connected node identified first (``_drive``). Identifying only a Poisson
+        sample of node ids would not be the sampling the accountant assumes: an organization
+        that several nodes name (twins, or a node re-registered under a new id) would be drawn
+        once per node until one is bound (inclusion up to 1 - (1 - q)^k > q), and the
+        population charged the central event, whose size is the public denominator, must be
+        every tenant that could have been sampled, which only the identities of all connected
+        nodes tell. A sampled tenant that fails the gate is skipped, never replaced (inclusion
+        stays at most q); the central event is charged to the population the governor finds
+        eligible now.
         """
-        if not present:
-            return [], Admission()
         if self.config.dp.central:
+            # In node order: the draws do not depend on the order nodes answered the identity query.
+            present = {n: self.tenants[n] for n in sorted(self.tenants) if n in online}
+            if not present:
+                return [], Admission()
             sampled = self._poisson_sample(present)
             admission = self.governor.admit(server_round, sampled.values(), population=present.values())
             shown = admission.admitted
@@ -486,25 +541,33 @@ class GovernedStrategy(Strategy):
                     "train every node it is shown; build it with fraction_train=1.0"
                 )
             return messages, admission
+        candidates = [n for n in online if n not in self.skipped_nodes]
+        if not candidates:
+            return [], Admission()
         drafts = list(
             self.inner.configure_train(
-                server_round, global_record, ConfigRecord(), AdmittedGrid(grid, present)
+                server_round, global_record, ConfigRecord(), AdmittedGrid(grid, candidates)
             )
         )
         drafted = {m.metadata.dst_node_id: m for m in drafts}
-        untried = [t for n, t in present.items() if n not in drafted]
-        admission = self.governor.admit(
-            server_round,
-            [present[n] for n in drafted],
-            reserve=_draws(untried, self._replacement_rng(server_round)),
+        bound = self._bind(grid, drafted, timeout)
+        chosen = [bound[n] for n in drafted if n in bound]
+        reserve = _LazyReserve(
+            [n for n in sorted(candidates) if n not in drafted],
+            self._replacement_rng(server_round),
+            lambda nodes: self._bind(grid, nodes, timeout),
+            limit=MAX_REPLACEMENT_FACTOR * len(drafted),
         )
+        # Sampled nodes that did not identify are replaced before the gate, as failing tenants are.
+        chosen += reserve.take(len(drafted) - len(chosen))
+        admission = self.governor.admit(server_round, chosen, reserve=reserve.take)
         messages = [m for n, m in drafted.items() if n in admission.admitted]
         if drafts:
             template = drafts[0]
             messages += [
-                Message(template.content, dst_node_id=t.node_id, message_type=template.metadata.message_type)
-                for t in admission.replacements
-                if t.node_id in admission.admitted
+                Message(template.content, dst_node_id=n, message_type=template.metadata.message_type)
+                for n in admission.admitted
+                if n not in drafted
             ]
         return messages, admission
 
@@ -603,7 +666,38 @@ class GovernedStrategy(Strategy):
         return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)  # type: ignore[arg-type]
 
 
-def _draws(pool: list[Tenant], rng: random.Random) -> Iterator[Tenant]:
+class _LazyReserve:
+    """Replacement candidates: untried nodes in a uniformly random order, identified only when drawn.
+
+    ``take(n)`` returns up to ``n`` bound tenants, drawing (and identifying, ``bind``) as many
+    nodes as it takes to find them, at most ``limit`` nodes in all; empty when none is left.
+    """
+
+    def __init__(
+        self,
+        nodes: list[int],
+        rng: random.Random,
+        bind: Callable[[list[int]], dict[int, Tenant]],
+        *,
+        limit: int,
+    ) -> None:
+        self._order = _draws(nodes, rng)
+        self._bind = bind
+        self._left = limit
+
+    def take(self, count: int) -> list[Tenant]:
+        found: list[Tenant] = []
+        while len(found) < count and self._left > 0:
+            nodes = list(itertools.islice(self._order, min(count - len(found), self._left)))
+            if not nodes:
+                break
+            self._left -= len(nodes)
+            bound = self._bind(nodes)
+            found += [bound[n] for n in nodes if n in bound]
+        return found
+
+
+def _draws(pool: list[_T], rng: random.Random) -> Iterator[_T]:
     """``pool`` in a uniformly random order, drawn lazily (a partial Fisher-Yates shuffle): a few
     replacements cost a few draws, not a shuffle of the whole federation."""
     for end in range(len(pool), 0, -1):

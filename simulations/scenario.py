@@ -262,6 +262,10 @@ class SimulationSpec(BaseModel):
             "delta": self.delta,
             "seed": self.seed,
             "round_timeout_s": 600.0,
+            # Every simulated SuperNode before round 1: Flower's engine registers 10,000 nodes while
+            # the ServerApp starts, and a round sampling a fraction of the nodes registered so far
+            # drew 2 instead of 10.
+            "min_nodes": self.tenants,
             "expected_batch_size": self.expected_batch_size(
                 self.sample_rate if self.sample_rate is not None else defaults.sample_rate
             ),

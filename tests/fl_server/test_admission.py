@@ -144,7 +144,14 @@ def test_local_admission_replaces_from_the_reserve_until_the_round_is_full(
     governor.start_run()
 
     # Execute: sampled [0, 2]; the reserve would draw 1, then 3, then 4.
-    admission = governor.admit(1, [t[0], t[2]], reserve=iter([t[1], t[3], t[4]]))
+    queue = [t[1], t[3], t[4]]
+
+    def reserve(count: int) -> list[Tenant]:
+        drawn = queue[:count]
+        del queue[:count]
+        return drawn
+
+    admission = governor.admit(1, [t[0], t[2]], reserve=reserve)
 
     # Assert: 0 replaced by 1 (fails too), then by 3; tenant 4 is never looked at.
     assert set(admission.admitted) == {t[2].node_id, t[3].node_id}

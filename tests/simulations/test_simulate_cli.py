@@ -141,6 +141,18 @@ def test_central_flags_reach_the_run_config_and_the_local_ones_stay_apart() -> N
     assert (config.noise_multiplier, config.clip_norm) == (0.9, 1.5)
 
 
+def test_round_1_waits_for_every_simulated_node() -> None:
+    # Flower's engine registers the simulated SuperNodes while the ServerApp starts: a first round
+    # sampling a fraction of the nodes registered so far drew 2 of 10,000 x 0.001.
+    from simulations.scenario import SimulationSpec
+
+    # Execute
+    config = SimulationSpec(tenants=37, fraction=0.1).run_config()
+
+    # Assert
+    assert config.min_nodes == 37
+
+
 def test_help_shows_defaults_and_choices(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
