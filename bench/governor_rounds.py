@@ -7,8 +7,8 @@ database each), it prepares ``--tenants`` digits tenants, runs ``GovernedStrateg
 ``--rounds`` rounds on the in-process grid double (``tests/fl_server/grid_double.LocalGrid``: the
 real ClientApp, no transport), with timers and a statement counter (SQLAlchemy
 ``before_cursor_execute``) around the ``Governor`` methods a round calls. It prints, per tree, the
-median over rounds 2..R (round 1 binds the nodes) of each method's milliseconds and statements per
-round, and the median over the ``--repeats`` processes; trees alternate so load hits both alike.
+median over rounds 2..R (round 1 binds the nodes) of each method's wall and CPU milliseconds (CPU
+is what load does not inflate; wall includes the commits' fsyncs) and statements per round, and the median over the ``--repeats`` processes; trees alternate so load hits both alike.
 
     .venv/bin/python bench/governor_rounds.py --tree /tmp/base --tree . [--tenants 4] [--rounds 6]
         [--repeats 3] [--postgres [URL]]
@@ -73,6 +73,7 @@ try:
                        min_nodes=tenants, max_update_norm=1000.0)
     current = {"round": 0}
     ms = {m: {} for m in methods}
+    cpu = {m: {} for m in methods}
     stmts = {m: {} for m in methods}
     active = []
     event.listen(engine, "before_cursor_execute",
@@ -83,12 +84,13 @@ try:
         def wrapper(self, server_round, *args, **kwargs):
             current["round"] = server_round
             active.append(name)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             try:
                 return fn(self, server_round, *args, **kwargs)
             finally:
                 active.pop()
                 ms[name][server_round] = ms[name].get(server_round, 0.0) + (time.perf_counter() - start) * 1000
+                cpu[name][server_round] = cpu[name].get(server_round, 0.0) + (time.process_time() - start_cpu) * 1000
         return wrapper
 
     for m in methods:
@@ -102,6 +104,7 @@ try:
     out = {"total_s": total}
     for m in methods:
         out[m] = {"ms": [ms[m].get(r, 0.0) for r in range(2, rounds + 1)],
+                  "cpu": [cpu[m].get(r, 0.0) for r in range(2, rounds + 1)],
                   "statements": [stmts[m].get(r, 0) for r in range(2, rounds + 1)]}
     print(json.dumps(out))
 finally:
@@ -160,7 +163,7 @@ def main() -> int:
     print(f"{'tree':<28}{header}")
     for tree, results in runs.items():
         cells = []
-        for kind in ("ms", "statements"):
+        for kind in ("ms", "cpu", "statements"):
             per_method = []
             for m in METHODS:
                 per_method.append(statistics.median(statistics.median(r[m][kind]) for r in results))  # type: ignore[index]
@@ -175,7 +178,8 @@ def main() -> int:
             )
             cells.append(per_method)
         print(f"{Path(tree).name[-27:]:<28}" + "".join(f"{v:>13.1f} ms" for v in cells[0]))
-        print(f"{'':<28}" + "".join(f"{v:>12.0f} stmt" for v in cells[1]))
+        print(f"{'':<28}" + "".join(f"{v:>9.1f} cpu ms" for v in cells[1]))
+        print(f"{'':<28}" + "".join(f"{v:>12.0f} stmt" for v in cells[2]))
     return 0
 
 
