@@ -43,6 +43,7 @@ run (or an unknown organization, or an invalid id) is skipped with a logged, aud
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -56,7 +57,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Table, bindparam, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 import consent_gate
@@ -229,6 +230,51 @@ def _owner_alive(owner: str) -> bool:
         return True
 
 
+def hold_organizations(session: Any, organization_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Organization]:
+    """The organizations, loaded in one statement; keep the result for the transaction's length.
+
+    The session's identity map holds objects weakly: unreferenced, an organization loaded by one
+    validation (``get_organization`` in the ledger, the consent gate, the lineage) was gone by the
+    next, so each loaded it again, about five statements per tenant per round. Held here, those
+    validations find it in the identity map; an organization missing here is still reported by
+    them (they look it up and raise ``NotFoundError``).
+    """
+    wanted = sorted(set(organization_ids))
+    if not wanted:
+        return {}
+    rows = session.scalars(_ORGANIZATIONS, {"ids": wanted})
+    return {organization.id: organization for organization in rows}
+
+
+# Statements of the hot path, built once (building one cost about as much as running it on SQLite).
+_ORGANIZATIONS = select(Organization).where(Organization.id.in_(bindparam("ids", expanding=True)))
+_RUNS: Table = FlRun.__table__  # type: ignore[assignment]
+_LEASE = (
+    select(_RUNS.c.name, _RUNS.c.lease_owner, _RUNS.c.heartbeat_at)
+    .where(_RUNS.c.id == bindparam("run"))
+    .with_for_update()
+)
+_RENEW = (
+    update(_RUNS)
+    .where(_RUNS.c.id == bindparam("run"))
+    .values(
+        lease_owner=bindparam("new_owner"),
+        heartbeat_at=bindparam("new_heartbeat"),
+        lease_expires_at=bindparam("new_expiry"),
+    )
+)
+
+
+@functools.cache
+def _update_by_id(table: Table, columns: tuple[str, ...]) -> Any:
+    """``UPDATE table SET columns WHERE id = :row_id``, built once per table and column set."""
+    return (
+        update(table)
+        .where(table.c.id == bindparam("row_id"))
+        .values({name: bindparam(f"new_{name}") for name in columns})
+    )
+
+
 def lease_refusal(run: FlRun, now: datetime | None = None) -> str | None:
     """Why another server may not drive ``run`` now (a live lease, naming its owner), or None."""
     now = now or datetime.now(UTC)
@@ -298,6 +344,24 @@ class Governor:
         if last is None or (now - last).total_seconds() >= LEASE_RENEW_S:
             self._renew(run, now)  # at most one write every few seconds on the hot path
         return run
+
+    def _check_lease(self, session: Any) -> None:
+        """``_hold_lease`` for the judgements and dispatches, which need the lock and the check but
+        not the run itself: three columns read under the lock, not the whole row (its checksums
+        list grows every round), and the heartbeat written by one statement when it is due."""
+        row = session.execute(_LEASE, {"run": self.run_id}).one()
+        if row.lease_owner != self.owner:
+            raise ConflictError(
+                f"run '{row.name}' was taken over by server {row.lease_owner}; this server stops"
+            )
+        now = datetime.now(UTC)
+        last = _utc(row.heartbeat_at)
+        if last is None or (now - last).total_seconds() >= LEASE_RENEW_S:
+            expiry = now + timedelta(seconds=self.lease_seconds())
+            session.execute(
+                _RENEW,
+                {"run": self.run_id, "new_owner": self.owner, "new_heartbeat": now, "new_expiry": expiry},
+            )
 
     def release_lease(self) -> None:
         """Give the lease up (a server stopping on an error), so a restart need not wait for it."""
@@ -552,6 +616,7 @@ class Governor:
             if population is not None:
                 admission.population = self._eligible_population(session, population)
             if batch:
+                _held = hold_organizations(session, (t.organization_id for t in batch))  # kept alive
                 self._gate(session, server_round, batch, admission)
             if population is not None:
                 self._outside_population(session, server_round, admission)
@@ -562,6 +627,7 @@ class Governor:
                 break
             admission.replacements.extend(batch)
             with transaction(self.engine) as session:
+                _held = hold_organizations(session, (t.organization_id for t in batch))  # kept alive
                 self._gate(session, server_round, batch, admission)
         return admission
 
@@ -608,6 +674,14 @@ class Governor:
                 self._skip(session, server_round, tenant, REJECTED_POLICY, refused[tenant.organization_id])
                 admission.skipped[tenant.name] = REJECTED_POLICY
             tenants = [t for t in tenants if t.organization_id not in refused]
+        candidates = [
+            t.organization_id
+            for t in tenants
+            if t.organization_id not in paused
+            and t.organization_id not in blocked
+            and eligible[t.organization_id].eligible
+        ]
+        refusals = self._budget_refusals(session, candidates)
         for tenant in sorted(tenants, key=lambda t: t.name):
             if tenant.organization_id in paused:  # the dead man's switch paused its training
                 self._skip(session, server_round, tenant, REJECTED_PAUSED, restrictions.PAUSED_REASON)
@@ -622,7 +696,7 @@ class Governor:
                 self._skip(session, server_round, tenant, REJECTED_CONSENT, verdict.reason or verdict.code)
                 admission.skipped[tenant.name] = REJECTED_CONSENT
                 continue
-            reason = self._budget_refusal(session, tenant)
+            reason = refusals.get(tenant.organization_id)
             if reason is not None:
                 self._skip(session, server_round, tenant, REJECTED_BUDGET, reason)
                 admission.skipped[tenant.name] = REJECTED_BUDGET
@@ -664,7 +738,7 @@ class Governor:
 
     def _budget_deltas(self, session: Any, unit: str) -> dict[uuid.UUID, float]:
         """Every organization's own ``unit``-level budget delta for the task, in one query (a tenant
-        without one is at the platform default): the delta rule of ``_budget_refusal`` for everyone."""
+        without one is at the platform default): the delta rule of ``_budget_refusals`` for everyone."""
         rows = session.execute(
             select(PrivacyBudget.organization_id, PrivacyBudget.delta).where(
                 PrivacyBudget.model_type == self.config.task,
@@ -702,8 +776,9 @@ class Governor:
             log.warning("run %s completed but was never published; publishing it now", run.name)
             return publish(session, run)
 
-    def _budget_refusal(self, session: Any, tenant: Tenant) -> str | None:
-        """Why the tenant may not take part: a run delta above its budget's, or a cap the round would pass.
+    def _budget_refusals(self, session: Any, organization_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """Why each tenant that may not take part may not: a run delta above its budget's, or a cap
+        the round would pass (tenants absent from the result may). One budget query per unit.
 
         Delta belongs to the budget: a run whose delta is larger than a tenant's budget delta (or
         the platform default without a budget) would claim a weaker guarantee than the tenant
@@ -712,23 +787,26 @@ class Governor:
         by_unit: dict[str, list[DpEvent]] = {}
         for event in self.planned_events(0):
             by_unit.setdefault(event.unit, []).append(event)
+        refusals: dict[uuid.UUID, str] = {}
         for unit, events in sorted(by_unit.items()):
             # All of a unit's events at once, with the ledger's accountant; units never mix.
-            projection = ledger.project(
-                session, tenant.organization_id, self.config.task, events, policy=self.policy
-            )
-            if self.config.delta > projection.delta:
-                return (
-                    f"the run's delta {self.config.delta:g} is larger than this tenant's {unit}-level budget "
-                    f"delta {projection.delta:g}; lower the run's delta or set the budget's"
-                )
-            if projection.exceeds:
-                return (
-                    f"{unit}-level epsilon would reach {projection.epsilon_after:.4f} after this round, over "
-                    f"the cap {projection.epsilon_cap:g} (spent {projection.epsilon_before:.4f}, "
-                    f"delta {projection.delta:g})"
-                )
-        return None
+            pending = [org for org in organization_ids if org not in refusals]
+            if not pending:
+                break
+            projections = ledger.project_many(session, pending, self.config.task, events, policy=self.policy)
+            for org, projection in projections.items():
+                if self.config.delta > projection.delta:
+                    refusals[org] = (
+                        f"the run's delta {self.config.delta:g} is larger than this tenant's {unit}-level budget "
+                        f"delta {projection.delta:g}; lower the run's delta or set the budget's"
+                    )
+                elif projection.exceeds:
+                    refusals[org] = (
+                        f"{unit}-level epsilon would reach {projection.epsilon_after:.4f} after this round, over "
+                        f"the cap {projection.epsilon_cap:g} (spent {projection.epsilon_before:.4f}, "
+                        f"delta {projection.delta:g})"
+                    )
+        return refusals
 
     # --- dispatch: charge before release --------------------------------------------------------
 
@@ -760,7 +838,8 @@ class Governor:
         everyone = {t.node_id: t for t in [*population, *chosen]}
         population_ids = {t.node_id for t in population}
         with transaction(self.engine) as session:
-            self._hold_lease(session)
+            self._check_lease(session)
+            held = hold_organizations(session, (t.organization_id for t in everyone.values()))
             # A fixed lock order (organization, then unit) so concurrent runs cannot deadlock.
             for tenant in sorted(everyone.values(), key=lambda t: t.organization_id):
                 central_refusal: str | None = None
@@ -789,6 +868,7 @@ class Governor:
                     batch.dispatched[tenant.node_id] = dispatched
                 else:
                     batch.refused[tenant.name] = REJECTED_BUDGET
+            del held  # referenced until here: every validation above found its organization in memory
         return batch
 
     def _dispatch_one(self, session: Any, server_round: int, tenant: Tenant) -> Dispatch | str:
@@ -943,20 +1023,23 @@ class Governor:
         """
         tenant, instruction = dispatch.tenant, dispatch.instruction
         with transaction(self.engine) as session:
-            self._hold_lease(session)
+            self._check_lease(session)
+            held = hold_organizations(session, [tenant.organization_id])
             verdict = self._decide(session, tenant, instruction, report, update, error, validator, reference)
-            contribution = session.get(FederatedLearningContribution, dispatch.contribution_id)
-            assert contribution is not None
-            contribution.status = verdict.status
+            # Written by primary key, without loading the rows first (two statements a reply fewer).
+            written: dict[str, Any] = {"status": verdict.status}
             if report is not None and report.update_checksum:
-                contribution.gradient_checksum = report.update_checksum[:64]
-            outcome = session.get(FlRoundOutcome, dispatch.outcome_id)
-            assert outcome is not None
-            outcome.status = verdict.status
-            outcome.reason = verdict.reason
+                written["gradient_checksum"] = report.update_checksum[:64]
+            self._update_row(session, FederatedLearningContribution, dispatch.contribution_id, written)
             # An update too large, or a weight larger than the tenant can hold: flagged as an attacker would be.
-            outcome.outlier = verdict.status == REJECTED_INVALID and (verdict.reason or "").startswith(
+            outlier = verdict.status == REJECTED_INVALID and (verdict.reason or "").startswith(
                 ("norm_exceeded", "invalid_weight")
+            )
+            self._update_row(
+                session,
+                FlRoundOutcome,
+                dispatch.outcome_id,
+                {"status": verdict.status, "reason": verdict.reason, "outlier": outlier},
             )
             if self.watch is not None:
                 self.watch.judged(
@@ -965,7 +1048,7 @@ class Governor:
                     self.config.run_name,
                     server_round,
                     rejected_invalid=verdict.status == REJECTED_INVALID,
-                    outlier=bool(outcome.outlier),
+                    outlier=outlier,
                     reason=verdict.reason,
                 )
             if verdict.status == ACCEPTED:
@@ -979,7 +1062,18 @@ class Governor:
             self._audit(
                 session, server_round, tenant, dispatch.contribution_id, verdict.status, verdict.reason
             )
+            del held  # referenced until here: the validations above found the organization in memory
         return Verdict(verdict.status, verdict.reason, dispatch.epsilon_after)
+
+    @staticmethod
+    def _update_row(session: Any, model: type[Any], row_id: uuid.UUID, values: Mapping[str, Any]) -> None:
+        """``UPDATE`` one row by id; a row that is not there (it always is: dispatch wrote it in
+        this run) is an error, not a silent no-op."""
+        table = model.__table__
+        statement = _update_by_id(table, tuple(values))
+        done = session.execute(statement, {"row_id": row_id} | {f"new_{k}": v for k, v in values.items()})
+        if done.rowcount != 1:
+            raise ConflictError(f"{table.name} row {row_id} is missing; the round cannot be judged")
 
     def _decide(
         self,
@@ -1204,11 +1298,16 @@ class Governor:
                     FlRoundOutcome.status == ACCEPTED,
                 )
             )
+            shares: list[dict[str, Any]] = []
             for outcome in outcomes:
                 share = weights.get(outcome.organization_id, 0.0) / total if total > 0 else 0.0
-                contribution = session.get(FederatedLearningContribution, outcome.contribution_id)
-                if contribution is not None:
-                    contribution.contribution_weight = Decimal(f"{share:.6f}")
+                if outcome.contribution_id is not None:
+                    shares.append(
+                        {
+                            "row_id": outcome.contribution_id,
+                            "new_contribution_weight": Decimal(f"{share:.6f}"),
+                        }
+                    )
                 if outlier is not None and outcome.organization_id in outlier:
                     outcome.outlier = True
                     outcome.reason = outlier[outcome.organization_id]
@@ -1223,6 +1322,9 @@ class Governor:
                             reason=outcome.reason,
                             by_aggregator=True,
                         )
+            if shares:  # one executemany by primary key, not a load and an update per contribution
+                table = FederatedLearningContribution.__table__
+                session.execute(_update_by_id(table, ("contribution_weight",)), shares)
             run.last_completed_round = server_round
             run.weights_checksum = weights_checksum
             run.seen_checksums = sorted(seen)

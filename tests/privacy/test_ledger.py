@@ -219,6 +219,37 @@ def test_the_filter_answers_before_the_event_and_changes_nothing(
     assert counts(engine) == before
 
 
+def test_projecting_many_tenants_equals_projecting_each_in_one_budget_query(
+    engine: Engine, org: uuid.UUID, policy: LedgerPolicy
+) -> None:
+    # Prepare: one tenant with a cap and spent budget, one never charged, one that does not exist.
+    fresh, missing = make_org(engine), uuid.uuid4()
+    with transaction(engine) as session:
+        ledger.set_budget(session, org, MODEL, 3.0, 1e-6, policy=policy)
+        ledger.charge(session, org, MODEL, DpSgdEvent(5.0, 0.01, 100), policy=policy)
+    planned = [DpSgdEvent(5.0, 0.01, 100)] * 2
+    reads: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        reads.append(statement)
+
+    # Execute
+    with transaction(engine) as session:
+        each = {o: ledger.project(session, o, MODEL, planned, policy=policy) for o in (org, fresh)}
+        sa.event.listen(engine, "before_cursor_execute", count)
+        try:
+            many = ledger.project_many(session, [fresh, str(org)], MODEL, planned, policy=policy)
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", count)
+        with pytest.raises(NotFoundError, match="does not exist"):
+            ledger.project_many(session, [org, missing], MODEL, planned, policy=policy)
+
+    # Assert
+    assert many == each
+    assert many[org].epsilon_cap == 3.0 and many[org].delta == 1e-6 and many[org].epsilon_before > 0
+    assert sum("FROM privacy_budgets" in s for s in reads) == 1
+
+
 def test_the_contribution_holds_the_increment_and_is_charged_once(
     engine: Engine, org: uuid.UUID, policy: LedgerPolicy
 ) -> None:
