@@ -98,6 +98,7 @@ def test_downgrade_removes_the_guard_and_upgrade_restores_it(pg_engine: Engine) 
         changed = connection.exec_driver_sql(STATEMENTS["update"](ids)).rowcount
         functions = connection.exec_driver_sql(
             "SELECT count(*) FROM pg_proc WHERE proname = 'accute_audit_append_only'"
+            " AND pronamespace = current_schema()::regnamespace"  # this test's schema only
         ).scalar_one()
     migrate.upgrade(pg_engine)
 
