@@ -55,8 +55,11 @@ def _indicator_rows(count: int) -> list[dict[str, Any]]:
     """``count`` active indicators: 70% addresses, 10% ranges (none covers loopback), 15% domains, 5% agents."""
     rng = random.Random(7)
     now = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-    rows = []
-    for i in range(count):
+    rows: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()  # (type, value, source) is unique in the table (migration 0019)
+    i = -1
+    while len(rows) < count:
+        i += 1
         kind = i % 20
         if kind < 14:
             value, itype = (
@@ -69,6 +72,9 @@ def _indicator_rows(count: int) -> list[dict[str, Any]]:
             value, itype = f"h{i}.bad{rng.randint(0, 10**6)}.example", "domain"
         else:
             value, itype = f"BadAgent/{i}", "user_agent"
+        if (itype, value) in seen:
+            continue
+        seen.add((itype, value))
         rows.append(
             {
                 "id": uuid.uuid4(),
