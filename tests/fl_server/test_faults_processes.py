@@ -70,6 +70,26 @@ def serverapp_pids(dep: LocalDeployment) -> list[int]:
     return pids
 
 
+def wait_for_dispatch(dep: LocalDeployment, run_name: str, round_: int, timeout_s: float = 400) -> None:
+    """Until ``round_`` was dispatched (its nodes train; no reply judged yet, polled fast)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with transaction(dep.engine) as session:
+            run = session.scalar(select(FlRun).where(FlRun.name == run_name))
+            if run is not None:
+                statuses = session.scalars(
+                    select(FlRoundOutcome.status).where(
+                        FlRoundOutcome.run_id == run.id, FlRoundOutcome.aggregation_round == round_
+                    )
+                ).all()
+                if statuses and set(statuses) == {"dispatched"}:
+                    return
+                if statuses:
+                    raise AssertionError(f"round {round_} judged a reply before its dispatch was seen")
+        time.sleep(0.05)
+    raise AssertionError(f"round {round_} of {run_name} was not dispatched within {timeout_s}s")
+
+
 def wait_for_judged_reply(dep: LocalDeployment, run_name: str, round_: int, timeout_s: float = 400) -> None:
     """Until a reply of ``round_`` is judged while the round is not committed yet (polled fast:
     the second reply and the commit follow within seconds)."""
@@ -249,11 +269,18 @@ def test_a_postgresql_outage_mid_round_is_ridden_out(tmp_path: Path, own_postgre
         dep.start()
         overrides = run_overrides(name, "digits", rounds, DpMode.LOCAL, 2, 2, round_timeout_s=60, **TRAIN)
         run_id = dep.submit(overrides)
-        wait_for_judged_reply(dep, name, 2)
+        wait_for_dispatch(dep, name, 1)
 
-        # Execute: PostgreSQL stops (every session ends) for 4 s, then comes back.
+        # Execute: PostgreSQL stops (every session ends) while round 1's nodes train — judging
+        # their replies needs the database — and stays down until the server has met it (it logs
+        # its retry; at most 25 s, inside its 30 s retry budget), then comes back.
         pg.stop()
-        time.sleep(4)
+        time.sleep(2)
+        deadline = time.monotonic() + 25
+        while time.monotonic() < deadline and "retrying in" not in dep.save_serverapp_log(run_id).read_text(
+            errors="replace"
+        ):
+            time.sleep(0.5)
         pg.start()
         status = dep.wait(run_id, name)
 
@@ -262,8 +289,7 @@ def test_a_postgresql_outage_mid_round_is_ridden_out(tmp_path: Path, own_postgre
         facts = assert_counted_once(dep, name, rounds)
         assert facts.attempt == 1 and facts.events == 2 * rounds
         assert set(facts.outcomes.values()) == {"accepted"}
-        serverapp_log = (dep.logs / f"serverapp-{run_id}.log").read_text()
-        assert "retrying in" in serverapp_log  # it did meet the outage
+        assert "retrying in" in (dep.logs / f"serverapp-{run_id}.log").read_text()  # it met the outage
 
 
 def test_a_failed_run_names_the_serverapps_error_and_leaves_a_partial_report(tmp_path: Path) -> None:
