@@ -62,7 +62,7 @@ def prepare_federation(
     plans: list[TenantPlan] = []
     for index in range(tenants):
         name = tenant_name(index)
-        user_ids = firm_user_ids(seed, index)
+        user_ids = firm_user_ids(seed, index, namespace=name_prefix)
         consenting = round(len(user_ids) * consent_share)
         rng = random.Random(f"{seed}:{index}:consent")
         chosen = tuple(rng.sample(user_ids, consenting))
@@ -90,6 +90,7 @@ def prepare_federation(
                 "partition": partition,
                 "alpha": alpha,
             }
+            | ({"user-namespace": name_prefix} if name_prefix else {})
         )
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     manifest_path.write_text(json.dumps({"task": task, "tenants": nodes}, indent=2))

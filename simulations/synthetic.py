@@ -213,11 +213,17 @@ def firm_profile(seed: int, tenant_index: int) -> FirmProfile:
     )
 
 
-def firm_user_ids(seed: int, tenant_index: int, count: int | None = None) -> list[str]:
-    """Deterministic UUIDs for the firm's users (`count` defaults to the profile's staff size)."""
+def firm_user_ids(seed: int, tenant_index: int, count: int | None = None, namespace: str = "") -> list[str]:
+    """Deterministic UUIDs for the firm's users (`count` defaults to the profile's staff size).
+
+    A ``namespace`` (the organizations' name prefix of a ``--fresh-tenants`` run) renames them
+    (UUIDv5 of each id and the namespace): the same firm, same staff and records, under user ids
+    of its own — user ids are global keys, so a second set of fresh tenants cannot reuse them.
+    """
     rng = _rng(seed, tenant_index, "users")
     n = firm_profile(seed, tenant_index).n_users if count is None else count
-    return [str(uuid.UUID(bytes=rng.bytes(16), version=4)) for _ in range(n)]
+    ids = [uuid.UUID(bytes=rng.bytes(16), version=4) for _ in range(n)]
+    return [str(uuid.uuid5(i, namespace)) if namespace else str(i) for i in ids]
 
 
 @dataclass(frozen=True)
@@ -381,6 +387,7 @@ def tenant_records(
     seed: int,
     tenant_index: int,
     user_ids: Sequence[str] | None = None,
+    user_namespace: str = "",
     n_records: int | None = None,
     num_tenants: int = 1,
     partition_scheme: str = "iid",
@@ -396,7 +403,11 @@ def tenant_records(
         raise InvalidInputError(f"no synthetic data for {task!r}; known: {', '.join(SYNTHETIC_TASKS)}")
     profile = firm_profile(seed, tenant_index)
     rng = _rng(seed, tenant_index, task)
-    ids = list(user_ids) if user_ids is not None else firm_user_ids(seed, tenant_index)
+    ids = (
+        list(user_ids)
+        if user_ids is not None
+        else firm_user_ids(seed, tenant_index, namespace=user_namespace)
+    )
     staff = _staff(profile, ids, rng)
     if task == "digits":
         if tenant_index >= num_tenants:

@@ -158,6 +158,8 @@ class SyntheticSource(DataSource):
     seed: int
     tenant_index: int
     user_ids: Sequence[str] | None = None
+    #: Renames the firm's user ids (``simulations.synthetic.firm_user_ids``): fresh-tenant runs.
+    user_namespace: str = ""
     n_records: int | None = None
     num_tenants: int = 1
     partition_scheme: str = "iid"
@@ -171,6 +173,7 @@ class SyntheticSource(DataSource):
             seed=self.seed,
             tenant_index=self.tenant_index,
             user_ids=self.user_ids,
+            user_namespace=self.user_namespace,
             n_records=self.n_records,
             num_tenants=self.num_tenants,
             partition_scheme=self.partition_scheme,
@@ -193,8 +196,8 @@ def source_from_config(config: Mapping[str, Any], task: str) -> DataSource:
     """A source from a Flower node config, e.g. `data-source="csv" data-path="/srv/hours.csv"`.
 
     Keys: `data-source` (csv | parquet | sql | synthetic); csv/parquet: `data-path`; sql:
-    `data-url` (SQLAlchemy URL) and `data-query`; synthetic: `data-seed`, `tenant-index`, and for
-    digits `num-tenants`, `partition`, `alpha`.
+    `data-url` (SQLAlchemy URL) and `data-query`; synthetic: `data-seed`, `tenant-index`, optional
+    `user-namespace` (fresh-tenant runs), and for digits `num-tenants`, `partition`, `alpha`.
     """
     kind = str(config.get("data-source", ""))
     if kind in ("csv", "parquet"):
@@ -208,6 +211,7 @@ def source_from_config(config: Mapping[str, Any], task: str) -> DataSource:
             task=task,
             seed=int(config.get("data-seed", 0)),
             tenant_index=int(_required(config, "tenant-index", kind)),
+            user_namespace=str(config.get("user-namespace", ""))[:200],
             num_tenants=int(config.get("num-tenants", 1)),
             partition_scheme=str(config.get("partition", "iid")),
             alpha=float(config.get("alpha", 0.5)),
