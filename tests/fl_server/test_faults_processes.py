@@ -109,7 +109,7 @@ def wait_for_judged_reply(dep: LocalDeployment, run_name: str, round_: int, time
                     return
                 if run.last_completed_round >= round_:
                     raise AssertionError(f"round {round_} committed before a judged reply was seen")
-        time.sleep(0.05)
+        time.sleep(0.01)  # the two replies' judging and the commit take tens of ms
     raise AssertionError(f"no judged reply in round {round_} of {run_name} within {timeout_s}s")
 
 

@@ -324,7 +324,9 @@ def test_a_listed_provider_domain_is_refused_at_config_creation(served: Served, 
     with served.client() as client:
         fine = client.post(
             f"/v1/orgs/{served.org}/llm-configs",
-            json={**body, "api_endpoint": "https://api.goodllm.example/v1"},
+            # Its own name: an attempt above made before the index refresh saw the feed may have
+            # created "x" (the feed takes effect within the refresh interval, not at once).
+            json={**body, "display_name": "y", "api_endpoint": "https://api.goodllm.example/v1"},
             headers=headers,
         )
 
