@@ -324,9 +324,9 @@ def test_a_listed_provider_domain_is_refused_at_config_creation(served: Served, 
     with served.client() as client:
         fine = client.post(
             f"/v1/orgs/{served.org}/llm-configs",
-            # Its own name: an attempt above made before the index refresh saw the feed may have
-            # created "x" (the feed takes effect within the refresh interval, not at once).
-            json={**body, "display_name": "y", "api_endpoint": "https://api.goodllm.example/v1"},
+            # Its own model: an attempt above made before the index refresh saw the feed may have
+            # created the first config (the feed takes effect within the refresh interval).
+            json={**body, "model_id": "gpt-good", "api_endpoint": "https://api.goodllm.example/v1"},
             headers=headers,
         )
 
