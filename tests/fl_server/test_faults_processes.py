@@ -15,7 +15,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -70,8 +70,16 @@ def serverapp_pids(dep: LocalDeployment) -> list[int]:
     return pids
 
 
-def wait_for_dispatch(dep: LocalDeployment, run_name: str, round_: int, timeout_s: float = 400) -> None:
-    """Until ``round_`` was dispatched (its nodes train; no reply judged yet, polled fast)."""
+def _wait_for_round(
+    dep: LocalDeployment,
+    run_name: str,
+    round_: int,
+    reached: Callable[[list[str], int], bool],
+    what: str,
+    timeout_s: float,
+) -> None:
+    """Poll every 10 ms (a round's judging and commit take tens of ms) until ``reached(statuses of
+    round_'s outcomes, the run's last completed round)``; ``reached`` raises when it was missed."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with transaction(dep.engine) as session:
@@ -82,35 +90,32 @@ def wait_for_dispatch(dep: LocalDeployment, run_name: str, round_: int, timeout_
                         FlRoundOutcome.run_id == run.id, FlRoundOutcome.aggregation_round == round_
                     )
                 ).all()
-                if statuses and set(statuses) == {"dispatched"}:
+                if reached(list(statuses), run.last_completed_round):
                     return
-                if statuses:
-                    raise AssertionError(f"round {round_} judged a reply before its dispatch was seen")
-        time.sleep(0.05)
-    raise AssertionError(f"round {round_} of {run_name} was not dispatched within {timeout_s}s")
+        time.sleep(0.01)
+    raise AssertionError(f"no {what} in round {round_} of {run_name} within {timeout_s}s")
+
+
+def wait_for_dispatch(dep: LocalDeployment, run_name: str, round_: int, timeout_s: float = 400) -> None:
+    """Until ``round_`` was dispatched (its nodes train; no reply judged yet)."""
+
+    def reached(statuses: list[str], _: int) -> bool:
+        if statuses and set(statuses) != {"dispatched"}:
+            raise AssertionError(f"round {round_} judged a reply before its dispatch was seen")
+        return bool(statuses)
+
+    _wait_for_round(dep, run_name, round_, reached, "dispatch", timeout_s)
 
 
 def wait_for_judged_reply(dep: LocalDeployment, run_name: str, round_: int, timeout_s: float = 400) -> None:
-    """Until a reply of ``round_`` is judged while the round is not committed yet (polled fast:
-    the second reply and the commit follow within seconds)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with transaction(dep.engine) as session:
-            run = session.scalar(select(FlRun).where(FlRun.name == run_name))
-            if run is not None:
-                judged = session.scalars(
-                    select(FlRoundOutcome.status).where(
-                        FlRoundOutcome.run_id == run.id,
-                        FlRoundOutcome.aggregation_round == round_,
-                        FlRoundOutcome.status != "dispatched",
-                    )
-                ).all()
-                if judged and run.last_completed_round == round_ - 1:
-                    return
-                if run.last_completed_round >= round_:
-                    raise AssertionError(f"round {round_} committed before a judged reply was seen")
-        time.sleep(0.01)  # the two replies' judging and the commit take tens of ms
-    raise AssertionError(f"no judged reply in round {round_} of {run_name} within {timeout_s}s")
+    """Until a reply of ``round_`` is judged while the round is not committed yet."""
+
+    def reached(statuses: list[str], last_completed: int) -> bool:
+        if last_completed >= round_:
+            raise AssertionError(f"round {round_} committed before a judged reply was seen")
+        return last_completed == round_ - 1 and any(s != "dispatched" for s in statuses)
+
+    _wait_for_round(dep, run_name, round_, reached, "judged reply", timeout_s)
 
 
 @dataclass(frozen=True)
