@@ -13,7 +13,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import click
 import typer
@@ -135,6 +136,34 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+def _redeliver_swallowed_signals(previous: Callable[[Any], object]) -> Callable[[Any], object]:
+    """An unraisable-exception hook that delivers a swallowed Ctrl-C or SIGTERM again.
+
+    Python runs a signal's handler at the next bytecode boundary, and that may be inside a weakref
+    callback or ``__del__`` run by the garbage collector; an exception raised there is only printed
+    ("Exception ignored in ...") and the command would run on as if never interrupted (seen in CI:
+    ``run-local`` ignored Ctrl-C inside SQLAlchemy's ``_collection_gced``). The signal is sent to
+    the main thread again from a helper thread, so that its handler runs outside the callback (and
+    outside this hook, where an exception would be swallowed too).
+    """
+
+    def redeliver(signum: int) -> None:
+        timer = threading.Timer(0.01, signal.pthread_kill, (threading.main_thread().ident, signum))
+        timer.daemon = True
+        timer.start()
+
+    def hook(unraisable: Any) -> object:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            redeliver(signal.SIGINT)
+            return None
+        if isinstance(unraisable.exc_value, Terminated):
+            redeliver(signal.SIGTERM)
+            return None
+        return previous(unraisable)
+
+    return hook
+
+
 def _fail(message: str, code: int) -> int:
     sys.stderr.write(f"error: {message}\n")
     return code
@@ -143,9 +172,13 @@ def _fail(message: str, code: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+    previous_hook = sys.unraisablehook
+    if in_main_thread:
+        sys.unraisablehook = _redeliver_swallowed_signals(previous_hook)
     try:
         return _run(argv)
     finally:
+        sys.unraisablehook = previous_hook
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
