@@ -43,7 +43,9 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize(("name", "code", "word"), [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+@pytest.mark.parametrize(
+    ("name", "code", "word"), [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")]
+)
 def test_a_signal_swallowed_in_a_gc_callback_is_delivered_again(name: str, code: int, word: str) -> None:
     # Execute
     done = subprocess.run(
