@@ -36,6 +36,9 @@ class Rejected:
 
     reason: RejectReason
     message: str
+    #: How far over its bound the update was: norm / bound (``norm_exceeded``) or weight / maximum
+    #: (``invalid_weight`` above the maximum); None for the other reasons.
+    excess: float | None = None
 
     ok = False
 
@@ -131,7 +134,11 @@ class UpdateValidator:
         if weight is not None:
             why = weight_problem(weight)
             if why is None and weight_cap is not None and float(weight) > weight_cap:
-                why = f"weight {weight} exceeds the maximum {weight_cap:g}"
+                return Rejected(
+                    RejectReason.INVALID_WEIGHT,
+                    f"weight {weight} exceeds the maximum {weight_cap:g}",
+                    float(weight) / weight_cap if weight_cap > 0 else math.inf,
+                )
             if why is not None:
                 return Rejected(RejectReason.INVALID_WEIGHT, why)
 
@@ -147,6 +154,7 @@ class UpdateValidator:
             return Rejected(
                 RejectReason.NORM_EXCEEDED,
                 f"L2 norm of {what} is {norm:.6g}, above the bound {self.max_norm:.6g}",
+                norm / self.max_norm if math.isfinite(norm) else math.inf,
             )
 
         checksum = update_checksum(ordered, self.spec.names)

@@ -7,15 +7,22 @@ commits or rolls back with the verdict that caused it. Rules (``schema.anomaly_p
 
 - ``fl_repeated_rejections`` (``access_pattern``): a node whose updates were rejected as invalid
   in ``threshold`` of the last ``window_s`` rounds (``window_s`` counts rounds here).
-- ``fl_update_outlier`` (``behavioral_mismatch``, blocks by default): an update the validator
-  rejected as an outlier (norm above the bound, a weight the tenant cannot hold), and
+- ``fl_update_outlier`` (``behavioral_mismatch``): an update the validator rejected as an
+  outlier (norm above the bound, a weight the tenant cannot hold) is always recorded; it blocks
+  (by default) only when it is far beyond its bound (norm or weight >= ``ratio`` x the bound) or
+  when it is the ``threshold``-th outlier of the tenant within the last ``window_s`` rounds
+  (``window_s`` counts rounds here; ``threshold`` <= 1 blocks on every outlier). One honest
+  outlier (a DP node's noise in its 10^-6 tail, unusual non-IID data) is not locked out for a
+  day; a boosted update is far beyond the bound at once, and a tenant that stays just above it
+  is blocked at its second outlier (and by ``fl_repeated_rejections`` at its third rejection); and
   ``fl_aggregator_outlier`` (recorded only by default): an accepted update the robust aggregator
   found far from the round's coordinate-wise median; both are the existing
   ``fl_round_outcomes.outlier`` flag.
 - ``fl_budget_burn`` (``volume_spike``): a round's epsilon increment above ``threshold`` x the
   median of the tenant's earlier increments in this run (``min_history`` of them at least).
 
-With ``auto_block`` (the default for repeated rejections and validator outliers) the row blocks ``org:<id>`` for ``block_s``;
+With ``auto_block`` (the default for repeated rejections and validator outliers, within their
+triggers above) the row blocks ``org:<id>`` for ``block_s``;
 ``blocked`` is read at admission, and a blocked tenant sits the round out (``rejected_invalid``,
 the reason names the anomaly) until the block ends or an admin resolves the row
 (``accute-fl security resolve``).
@@ -23,6 +30,7 @@ the reason names the anomaly) until the block ends or an admin resolves the row
 
 from __future__ import annotations
 
+import math
 import statistics
 import uuid
 from collections import deque
@@ -58,6 +66,7 @@ class FederationWatch:
         self.policy = policy
         self.dedup_window_s = dedup_window_s
         self._rejections: dict[uuid.UUID, deque[int]] = {}
+        self._outliers: dict[uuid.UUID, deque[int]] = {}
         self._increments: dict[uuid.UUID, list[float]] = {}
 
     def blocking_types(self) -> tuple[str, ...]:
@@ -85,7 +94,10 @@ class FederationWatch:
         organization_id: uuid.UUID,
         evidence: dict[str, Any],
         at: datetime | None = None,
+        *,
+        block: bool = True,
     ) -> None:
+        """Write the finding; it blocks when the rule auto-blocks and ``block`` (the trigger fired)."""
         rule = self.policy.rule(detector)
         security_anomalies.record(
             session,
@@ -97,7 +109,7 @@ class FederationWatch:
                 organization_id=organization_id,
                 evidence=evidence,
                 confidence=1.0,
-                block_s=rule.block_s if rule.auto_block else None,
+                block_s=rule.block_s if rule.auto_block and block else None,
                 at=at or utcnow(),
                 window_s=self.dedup_window_s,
             ),
@@ -114,12 +126,16 @@ class FederationWatch:
         outlier: bool,
         reason: str | None,
         by_aggregator: bool = False,
+        excess: float | None = None,
     ) -> None:
-        """One verdict of the governor (or, ``by_aggregator``, the robust aggregator's flag at commit)."""
+        """One verdict of the governor (or, ``by_aggregator``, the robust aggregator's flag at commit).
+
+        ``excess``: a validator outlier's norm / bound (or weight / maximum), when known."""
         evidence = {"run": run_name, "round": server_round, "reason": (reason or "")[:300]}
-        if outlier:
-            detector = "fl_aggregator_outlier" if by_aggregator else "fl_update_outlier"
-            self._record(session, detector, organization_id, evidence)
+        if outlier and by_aggregator:
+            self._record(session, "fl_aggregator_outlier", organization_id, evidence)
+        elif outlier:
+            self._update_outlier(session, organization_id, server_round, evidence, excess)
         if not rejected_invalid:
             return
         rule = self.policy.rule("fl_repeated_rejections")
@@ -135,6 +151,33 @@ class FederationWatch:
                 organization_id,
                 {**evidence, "rejected_rounds": list(rounds), "window_rounds": window},
             )
+
+    def _update_outlier(
+        self,
+        session: Session,
+        organization_id: uuid.UUID,
+        server_round: int,
+        evidence: dict[str, Any],
+        excess: float | None,
+    ) -> None:
+        """Record a validator outlier; block only if far beyond its bound or repeated in the window."""
+        rule = self.policy.rule("fl_update_outlier")
+        window = max(int(rule.window_s), 1)
+        rounds = self._outliers.setdefault(organization_id, deque(maxlen=window))
+        if not rounds or rounds[-1] != server_round:
+            rounds.append(server_round)
+        count = repeated(rounds, server_round, window)
+        far = excess is not None and excess >= rule.ratio
+        details = {**evidence, "outlier_rounds": list(rounds), "window_rounds": window}
+        if excess is not None:
+            details["excess"] = round(excess, 3) if math.isfinite(excess) else "inf"
+        self._record(
+            session,
+            "fl_update_outlier",
+            organization_id,
+            details,
+            block=far or count >= max(rule.threshold, 1),
+        )
 
     def charged(
         self, session: Session, organization_id: uuid.UUID, run_name: str, server_round: int, increment: float

@@ -188,6 +188,8 @@ class Verdict:
     status: str
     reason: str | None
     epsilon_after: float | None = None
+    #: A rejected outlier: how far over its bound (norm / bound, or weight / maximum).
+    excess: float | None = None
 
 
 @dataclass
@@ -1050,6 +1052,7 @@ class Governor:
                     rejected_invalid=verdict.status == REJECTED_INVALID,
                     outlier=outlier,
                     reason=verdict.reason,
+                    excess=verdict.excess if outlier else None,
                 )
             if verdict.status == ACCEPTED:
                 consent_gate.record_snapshot_use(
@@ -1115,7 +1118,7 @@ class Governor:
             max_weight=max(1, len(instruction.user_ids)) * MAX_RECORDS_PER_USER,
         )
         if not isinstance(checked, Accepted):
-            return Verdict(REJECTED_INVALID, f"{checked.reason}: {checked.message}")
+            return Verdict(REJECTED_INVALID, f"{checked.reason}: {checked.message}", excess=checked.excess)
         return Verdict(ACCEPTED, None)
 
     def _outcome(

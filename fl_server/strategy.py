@@ -52,7 +52,7 @@ from aggregation.flwr_adapter import arrays_from_record, record_from_arrays
 from aggregation.ops import global_norm
 from aggregation.weights_store import WeightsStore
 from fl_client import protocol
-from fl_client.protocol import EvalInstruction, NodeIdentity, TrainReport
+from fl_client.protocol import UNIT_USER, EvalInstruction, NodeIdentity, TrainInstruction, TrainReport
 from fl_server.config import DpMode
 from fl_server.governance import (
     ACCEPTED,
@@ -65,6 +65,7 @@ from fl_server.governance import (
     Verdict,
     finite,
 )
+from fl_server.norm_bound import dp_update_bound
 from privacy import secure_noise
 from privacy.events import DpEvent, NonPrivateEvent
 
@@ -113,7 +114,9 @@ class AdmittedGrid(Grid):
 
 
 #: The default update-norm bound (no ``max_update_norm``, no central clipping): this many times the
-#: median norm of accepted updates, once at least ``MIN_NORMS_FOR_BOUND`` norms are known.
+#: median norm of accepted updates, once at least ``MIN_NORMS_FOR_BOUND`` norms are known, and under
+#: local DP never below what the reply's own instruction lets an honest node produce
+#: (``_dp_bound``).
 NORM_BOUND_FACTOR = 5.0
 MIN_NORMS_FOR_BOUND = 3
 
@@ -124,6 +127,35 @@ def _norm_bound(norms: list[Any]) -> float | None:
         return None
     median = float(np.median(known))
     return NORM_BOUND_FACTOR * median if median > 0 else None
+
+
+def _dp_bound(instruction: TrainInstruction, spec: ModelSpec) -> float | None:
+    """Under local DP, the norm an honest node following ``instruction`` exceeds with probability
+    at most ``norm_bound.FAILURE_PROBABILITY`` (``norm_bound.dp_update_bound``); None without DP.
+
+    Public inputs only: the instruction's parameters and its consent snapshot's size, never the
+    node's private record count. The node's units: at user level at most the snapshot's users (a
+    true bound); at record level the public estimate its step size was derived from,
+    ``expected_batch_size / sample_rate`` (``RunConfig.records_per_user`` x the snapshot's users
+    unless configured). A node holding more records than that can exceed the clipped term: the
+    median rule, kept alongside, covers it as it did before.
+    """
+    if not instruction.dp:
+        return None
+    if instruction.unit == UNIT_USER:
+        units = float(max(len(instruction.user_ids), 1))
+    else:
+        units = instruction.expected_batch_size / instruction.sample_rate
+    return dp_update_bound(
+        noise_multiplier=instruction.noise_multiplier,
+        clip_norm=instruction.clip_norm,
+        steps=instruction.steps,
+        lr=instruction.lr,
+        sample_rate=instruction.sample_rate,
+        expected_batch_size=instruction.expected_batch_size,
+        max_units=units,
+        dimension=spec.num_parameters,
+    )
 
 
 @dataclass(frozen=True)
@@ -394,6 +426,9 @@ class GovernedStrategy(Strategy):
 
         def settle(dispatch: Dispatch, parsed: Parsed, bound: float | None) -> None:
             if bound is not None:
+                # Never below what this node's own instruction lets an honest node produce: a
+                # small tenant's DP noise, divided by its small public batch, is far above the median.
+                bound = max(bound, _dp_bound(dispatch.instruction, spec) or 0.0)
                 validator.max_norm = bound if configured is None else min(configured, bound)
             verdict = self._judge(server_round, dispatch, parsed, validator, arrays)
             validator.max_norm = configured
@@ -417,7 +452,8 @@ class GovernedStrategy(Strategy):
         # Without a configured bound and without central clipping, the server bounds update norms
         # itself: NORM_BOUND_FACTOR x the median norm of the updates accepted (this round and the
         # last), decided once MIN_NORMS_FOR_BOUND norms are known (earlier replies wait, at most
-        # that many models in memory). A boosted update (x50) is rejected and flagged.
+        # that many models in memory); under local DP, for each reply, at least the DP-aware bound
+        # of its instruction (``_dp_bound``). A boosted update (x50) is rejected and flagged.
         guard = configured is None and central is None
         held: list[tuple[Dispatch, Parsed]] = []
         pending = {m.metadata.dst_node_id for m in messages}

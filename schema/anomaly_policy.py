@@ -79,9 +79,13 @@ DEFAULT_RULES: dict[str, AnomalyRule] = {
         "access_pattern", "high", threshold=3, window_s=5, auto_block=True, block_s=86_400
     ),
     # An update the validator rejected as an outlier (norm above the bound, a weight the tenant
-    # cannot hold): the node sits out the next round(s) until an admin resolves it.
+    # cannot hold) is always recorded. It blocks the tenant (24 h, until an admin resolves it) when
+    # the norm or weight is at least `ratio` = 4 x its bound (a x50 boost is ~10x the default
+    # bound; an honest local-DP node exceeds its DP-aware bound with probability 1e-6 per reply,
+    # and 4x it essentially never), or at the tenant's `threshold` = 2nd outlier within the last
+    # `window_s` = 5 rounds (rounds here). `threshold = 1` blocks on every outlier.
     "fl_update_outlier": AnomalyRule(
-        "behavioral_mismatch", "high", threshold=0, window_s=86_400, auto_block=True, block_s=86_400
+        "behavioral_mismatch", "high", threshold=2, window_s=5, auto_block=True, block_s=86_400, ratio=4.0
     ),
     # An accepted update the robust aggregator found far from the round's others (norm far outside
     # the round's distribution): recorded, not blocked by default (an honest tenant with unusual,

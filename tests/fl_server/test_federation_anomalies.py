@@ -150,3 +150,72 @@ def test_an_aggregator_outlier_is_recorded_and_not_blocked_by_default(make_feder
     (anomaly,) = _anomalies(fed, org)
     assert anomaly.details["detector"] == "fl_aggregator_outlier" and anomaly.severity == "medium"
     assert not anomaly.auto_blocked and anomaly.details["count"] == 2
+
+
+def _outlier_rows(engine) -> dict[uuid.UUID, SecurityAnomaly]:  # type: ignore[no-untyped-def]
+    with transaction(engine) as session:
+        rows = {r.organization_id: r for r in session.scalars(select(SecurityAnomaly))}
+        for row in rows.values():
+            session.expunge(row)
+    return rows
+
+
+def test_an_outlier_blocks_only_far_beyond_its_bound_or_when_repeated_within_the_window(engine) -> None:  # type: ignore[no-untyped-def]
+    # Prepare: the watch alone with the default policy, four organizations.
+    from schema import directory
+
+    with transaction(engine) as session:
+        once, repeated, spread, far = (directory.create_organization(session, n).id for n in "abcd")
+    watch = FederationWatch(load_policy())
+
+    def outlier(session, org, server_round: int, excess: float) -> None:  # type: ignore[no-untyped-def]
+        watch.judged(
+            session,
+            org,
+            "r",
+            server_round,
+            rejected_invalid=True,
+            outlier=True,
+            reason="norm_exceeded",
+            excess=excess,
+        )
+
+    # Execute: one outlier 1.5x its bound; two within 5 rounds; two 6 rounds apart; one 10x.
+    with transaction(engine) as session:
+        outlier(session, once, 1, 1.5)
+        outlier(session, repeated, 1, 1.2)
+        outlier(session, repeated, 3, 1.1)
+        outlier(session, spread, 1, 1.2)
+        outlier(session, spread, 7, 1.2)
+        outlier(session, far, 1, 10.0)
+
+    # Assert: each recorded; blocked only the repeat within the window and the far one.
+    rows = _outlier_rows(engine)
+    assert {org: row.auto_blocked for org, row in rows.items()} == {
+        once: False,
+        repeated: True,
+        spread: False,
+        far: True,
+    }
+    assert rows[once].details["excess"] == 1.5 and rows[once].details["detector"] == "fl_update_outlier"
+    assert rows[repeated].details["outlier_rounds"] == [1, 3] and rows[repeated].details["count"] == 2
+    with transaction(engine) as session:
+        assert set(watch.blocked(session, {once, repeated, spread, far})) == {repeated, far}
+
+
+def test_a_policy_with_threshold_one_blocks_on_every_outlier(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Prepare: the former rule, as data.
+    from schema import directory
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[fl_update_outlier]\nthreshold = 1\n")
+    with transaction(engine) as session:
+        org = directory.create_organization(session, "strict").id
+    watch = FederationWatch(load_policy(policy))
+
+    # Execute: one outlier just above its bound.
+    with transaction(engine) as session:
+        watch.judged(session, org, "r", 1, rejected_invalid=True, outlier=True, reason="x", excess=1.01)
+
+    # Assert
+    assert _outlier_rows(engine)[org].auto_blocked
