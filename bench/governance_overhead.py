@@ -10,7 +10,9 @@ Both run in Flower's simulation engine (``run_simulation``) with the same Client
 - plain: Flower's ``FedAvg.start`` with the same instruction attached to each node's train message
   (computed once, before round 1: no consent or budget checks, no validation, no database), its
   grid polling for replies every ``PULL_INTERVAL_S`` like the governed strategy (Flower's default
-  0.1 s would quantize the baseline's rounds and hide or inflate the difference).
+  0.1 s would quantize the baseline's rounds and hide or inflate the difference); ``--pull-interval``
+  sets both sides' interval (the governed strategy's ``fl_server.strategy.PULL_INTERVAL_S``: the
+  ServerApp runs in a thread of this process).
 
 A round's time is from the end of the previous round (its evaluation) to the end of this one; the
 reported value is the median over rounds 2..R (round 1 includes worker start-up), per repeat, and
@@ -42,6 +44,7 @@ from fl_client import protocol
 from fl_client.app import MANIFEST_ENV, make_client_app
 from fl_client.protocol import EvalInstruction, NodeIdentity, TrainInstruction
 from fl_client.tasks import get_task
+from fl_server import strategy as governed_strategy
 from fl_server.app import make_server_app
 from fl_server.config import RunConfig
 from fl_server.strategy import PULL_INTERVAL_S, RoundRecord
@@ -51,13 +54,20 @@ from schema.migrate import upgrade
 from simulations.federation import prepare_federation
 from simulations.synthetic import firm_user_ids
 
+Mark = tuple[float, float]
+
+
+def mark() -> Mark:
+    return time.perf_counter(), time.process_time()
+
+
 BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}}
 
 
 class InstructedFedAvg(FedAvg):
     """Plain FedAvg; each train/evaluate message carries the node's fixed instruction."""
 
-    def __init__(self, instructions: dict[int, TrainInstruction], task: str, marks: list[float]) -> None:
+    def __init__(self, instructions: dict[int, TrainInstruction], task: str, marks: list[Mark]) -> None:
         super().__init__(
             fraction_train=1.0,
             fraction_evaluate=1.0,
@@ -115,18 +125,18 @@ class InstructedFedAvg(FedAvg):
         # DP nodes keep their metric (they reply with 0 examples): nothing to aggregate, as in the
         # governed strategy's DP runs.
         list(replies)
-        self.marks.append(time.perf_counter())
+        self.marks.append(mark())
         return None
 
 
-def plain_server_app(config: RunConfig, seed: int, marks: list[float]) -> ServerApp:
+def plain_server_app(config: RunConfig, seed: int, marks: list[Mark], pull_interval: float) -> ServerApp:
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         # Poll as often as the governed strategy does, so only governance differs between the two.
         if hasattr(grid, "pull_interval"):
-            grid.pull_interval = PULL_INTERVAL_S
+            grid.pull_interval = pull_interval
         while len(node_ids := list(grid.get_node_ids())) < config.min_nodes:
             time.sleep(0.2)
         asks = [Message(RecordDict({}), dst_node_id=n, message_type="query.identify") for n in node_ids]
@@ -156,7 +166,7 @@ def plain_server_app(config: RunConfig, seed: int, marks: list[float]) -> Server
             )
         initial = {k: v.numpy() for k, v in get_task(config.task).initial_state(config.seed).items()}
         strategy = InstructedFedAvg(instructions, config.task, marks)
-        marks.append(time.perf_counter())
+        marks.append(mark())
         strategy.start(
             grid, record_from_arrays(initial), num_rounds=config.rounds, timeout=config.round_timeout_s
         )
@@ -164,11 +174,16 @@ def plain_server_app(config: RunConfig, seed: int, marks: list[float]) -> Server
     return app
 
 
-def per_round(marks: list[float]) -> list[float]:
-    return [b - a for a, b in itertools.pairwise(marks)]
+def per_round(marks: list[Mark]) -> tuple[list[float], list[float]]:
+    """Wall seconds and this process's CPU seconds (the ServerApp thread, the simulation engine's
+    threads; not the Ray workers that train) of each round."""
+    pairs = list(itertools.pairwise(marks))
+    return [b[0] - a[0] for a, b in pairs], [b[1] - a[1] for a, b in pairs]
 
 
-def run_once(kind: str, args: argparse.Namespace, repeat: int, workdir: Path) -> list[float]:
+def run_once(
+    kind: str, args: argparse.Namespace, repeat: int, workdir: Path
+) -> tuple[list[float], list[float]]:
     folder = workdir / f"{kind}-{repeat}"
     folder.mkdir()
     # A cap no run here reaches: both strategies train every tenant every round.
@@ -196,16 +211,16 @@ def run_once(kind: str, args: argparse.Namespace, repeat: int, workdir: Path) ->
         round_timeout_s=600,
     )
     os.environ[MANIFEST_ENV] = str(manifest)
-    marks: list[float] = []
+    marks: list[Mark] = []
     if kind == "governed":
 
         def on_round(_: RoundRecord) -> None:
-            marks.append(time.perf_counter())
+            marks.append(mark())
 
         server = make_server_app(config, settings, on_round)
-        marks.append(time.perf_counter())
+        marks.append(mark())
     else:
-        server = plain_server_app(config, args.seed, marks)
+        server = plain_server_app(config, args.seed, marks, args.pull_interval)
     run_simulation(
         server_app=server,
         client_app=make_client_app(),
@@ -226,32 +241,49 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--epsilon-cap", type=float, default=1000.0)
+    parser.add_argument(
+        "--pull-interval",
+        type=float,
+        default=PULL_INTERVAL_S,
+        help="seconds between reply polls, both sides (default: fl_server.strategy.PULL_INTERVAL_S)",
+    )
     args = parser.parse_args()
+    governed_strategy.PULL_INTERVAL_S = args.pull_interval
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     logging.getLogger("flwr").setLevel(logging.WARNING)
     results: dict[str, list[float]] = {"plain": [], "governed": []}
+    cpu_results: dict[str, list[float]] = {"plain": [], "governed": []}
     rounds_seen: dict[str, list[list[float]]] = {"plain": [], "governed": []}
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             for kind in ("plain", "governed") if repeat % 2 == 0 else ("governed", "plain"):
-                times = run_once(kind, args, repeat, Path(tmp))
+                times, cpu = run_once(kind, args, repeat, Path(tmp))
                 rounds_seen[kind].append(times)
                 results[kind].append(statistics.median(times[1:] or times))
+                cpu_results[kind].append(statistics.median(cpu[1:] or cpu))
     plain, governed = statistics.median(results["plain"]), statistics.median(results["governed"])
     print(
         f"task={args.task} tenants={args.tenants} rounds={args.rounds} steps={args.steps} dp=local "
-        f"repeats={args.repeats} cpus={os.cpu_count()} python={platform.python_version()}"
+        f"repeats={args.repeats} pull_interval={args.pull_interval:g}s cpus={os.cpu_count()} "
+        f"python={platform.python_version()} load_average={load_before:.2f}->{os.getloadavg()[0]:.2f}"
     )
     for kind in ("plain", "governed"):
         print(
             f"{kind} per-round seconds by repeat: {[[round(t, 2) for t in ts] for ts in rounds_seen[kind]]}"
         )
     print()
-    print("| strategy | median s/round (rounds 2..R) |")
-    print("|---|---|")
-    print(f"| plain FedAvg (Flower) | {plain:.2f} |")
-    print(f"| governed (consent, budget, validation, ledger, commit) | {governed:.2f} |")
-    print(f"| ratio governed / plain | {governed / plain:.3f}x (target <= 1.15x) |")
+    plain_cpu, governed_cpu = (
+        statistics.median(cpu_results["plain"]),
+        statistics.median(cpu_results["governed"]),
+    )
+    print("| strategy | median s/round (rounds 2..R) | server process CPU s/round |")
+    print("|---|---|---|")
+    print(f"| plain FedAvg (Flower) | {plain:.3f} | {plain_cpu:.3f} |")
+    print(f"| governed (consent, budget, validation, ledger, commit) | {governed:.3f} | {governed_cpu:.3f} |")
+    print(
+        f"| ratio governed / plain | {governed / plain:.3f}x (target <= 1.15x) | {governed_cpu / plain_cpu:.2f}x |"
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_FILE = "accute.db"
 
+#: ``wal``: commits append to ``FILE-wal`` (one fsync each; readers do not block the writer);
+#: ``delete``: the rollback journal (several fsyncs a commit). Both commit durably (``synchronous=FULL``).
+SqliteJournalMode = Literal["wal", "delete"]
+
 
 class Settings(BaseSettings):
     """Read once per process entry point (CLI command, server start) and passed down.
@@ -28,6 +32,14 @@ class Settings(BaseSettings):
     )
     database_connect_timeout_s: int = Field(
         default=5, ge=1, le=120, description="Seconds to wait for a PostgreSQL connection before failing."
+    )
+    sqlite_journal_mode: SqliteJournalMode = Field(
+        default="wal",
+        description=(
+            "Journal mode an SQLite database file is put in (it persists in the file): 'wal' "
+            "(one fsync a commit; needs a local filesystem, all processes on one host) or "
+            "'delete' (the rollback journal). Every commit is durable in both. Ignored for PostgreSQL."
+        ),
     )
     weights_dir: Path = Field(
         default=Path("weights"),

@@ -5,8 +5,9 @@ Connection problems become one-line ``DatabaseUnavailableError``s that never sho
 
 from __future__ import annotations
 
+import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,11 +15,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
-from schema.config import Settings
+from schema.config import Settings, SqliteJournalMode
 from schema.errors import ConfigurationError, DatabaseUnavailableError
 
 if TYPE_CHECKING:  # the ORM is imported by the first session: read-only commands never need it
     from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger("accute.schema")
 
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 
@@ -51,21 +54,58 @@ def describe_url(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
-def _enable_sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
-    # SQLite enforces foreign keys only when asked, per connection.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()
+#: SQLite's side files next to a database file: the WAL and its shared-memory index (WAL mode),
+#: the rollback journal (the other modes). A crash leaves them behind; they belong to that file.
+SQLITE_SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
 
 
-def make_engine(settings: Settings | str, connect_timeout_s: int = 5) -> Engine:
+def _sqlite_pragmas(journal_mode: SqliteJournalMode) -> Callable[[Any, Any], None]:
+    """The connect hook: per-connection settings, and the file's journal mode.
+
+    ``synchronous=FULL`` on every connection: a commit returns once it is on disk, in either mode
+    (in WAL mode with one fsync of the WAL; ``NORMAL`` would let a power cut undo a commit).
+    """
+
+    def on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        # SQLite enforces foreign keys only when asked, per connection.
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        # The journal mode is the file's (it persists); switching takes the file's write lock for
+        # a moment, so it is asked only when the file is in another mode.
+        current = cursor.execute("PRAGMA journal_mode").fetchone()[0]
+        if current in ("delete", "wal") and current != journal_mode:
+            try:
+                cursor.execute(f"PRAGMA journal_mode={journal_mode}")
+            except sqlite3.OperationalError as exc:  # another connection held the file: next time
+                log.warning("SQLite journal mode stays %s for now (%s)", current, exc)
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    return on_connect
+
+
+def remove_sqlite_database(database: Path) -> None:
+    """Delete an SQLite database file with its side files.
+
+    A WAL or hot journal left next to a new file of the same name would be replayed into it."""
+    for path in (database, *(database.with_name(database.name + s) for s in SQLITE_SIDE_SUFFIXES)):
+        path.unlink(missing_ok=True)
+
+
+def make_engine(
+    settings: Settings | str,
+    connect_timeout_s: int = 5,
+    sqlite_journal_mode: SqliteJournalMode = "wal",
+) -> Engine:
     """Build an engine for the configured URL; nothing connects until first use.
 
-    A bare URL waits ``connect_timeout_s`` for a PostgreSQL connection; ``Settings`` carry their own.
+    A bare URL waits ``connect_timeout_s`` for a PostgreSQL connection and puts an SQLite file in
+    ``sqlite_journal_mode``; ``Settings`` carry their own.
     """
     raw = settings if isinstance(settings, str) else settings.database_url
     timeout = connect_timeout_s if isinstance(settings, str) else settings.database_connect_timeout_s
+    journal_mode = sqlite_journal_mode if isinstance(settings, str) else settings.sqlite_journal_mode
     url = parse_database_url(raw)
     try:
         if url.get_backend_name() == "sqlite":
@@ -78,7 +118,7 @@ def make_engine(settings: Settings | str, connect_timeout_s: int = 5) -> Engine:
                         "ACCUTE_DATABASE_URL"
                     )
             engine = create_engine(url, connect_args={"timeout": 10})
-            event.listen(engine, "connect", _enable_sqlite_pragmas)
+            event.listen(engine, "connect", _sqlite_pragmas(journal_mode))
         else:
             engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": timeout})
     except NoSuchModuleError:

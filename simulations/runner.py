@@ -37,7 +37,7 @@ from fl_server.round_epsilon import RoundEpsilon, round_epsilon
 from fl_server.strategy import RoundRecord
 from privacy import ledger
 from schema.config import Settings
-from schema.db import make_engine, transaction
+from schema.db import make_engine, remove_sqlite_database, transaction
 from schema.errors import ConflictError
 from schema.migrate import require_current_schema
 from schema.models import FlRun, Organization
@@ -292,7 +292,7 @@ def sweep_point(
     directory = Path(spec.out) / "sweep" / f"eps-{label}"
     directory.mkdir(parents=True, exist_ok=True)
     database = directory / "sweep.sqlite"
-    database.unlink(missing_ok=True)
+    remove_sqlite_database(database)  # with a WAL or journal a crashed earlier point left
     point_settings = settings.model_copy(
         update={"database_url": f"sqlite:///{database.resolve()}", "weights_dir": directory / "weights"}
     )

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pydantic import ValidationError
 from sqlalchemy import Engine
 
-from schema.config import Settings
+from schema.config import Settings, SqliteJournalMode
 from schema.db import make_engine, sqlite_file_missing
 from schema.errors import ConfigurationError, SchemaNotReadyError
 from schema.migrate import require_current_schema
@@ -28,8 +28,9 @@ def load_settings() -> Settings:
 
 
 @lru_cache(maxsize=1)
-def _engine_for(url: str, timeout: int) -> Engine:
-    built = make_engine(url, connect_timeout_s=timeout)  # not a second Settings(): ~10 ms of 166 fields
+def _engine_for(url: str, timeout: int, journal_mode: SqliteJournalMode) -> Engine:
+    # not a second Settings(): ~10 ms of 166 fields
+    built = make_engine(url, connect_timeout_s=timeout, sqlite_journal_mode=journal_mode)
     _opened.append(built)
     return built
 
@@ -41,7 +42,9 @@ def engine(create: bool = False) -> Engine:
     command refuses a missing file rather than leave an empty one behind.
     """
     settings = load_settings()
-    bound = _engine_for(settings.database_url, settings.database_connect_timeout_s)
+    bound = _engine_for(
+        settings.database_url, settings.database_connect_timeout_s, settings.sqlite_journal_mode
+    )
     missing = sqlite_file_missing(bound)
     if missing is not None and not create:
         raise SchemaNotReadyError(f"there is no database file at {missing}; run `accute-fl db upgrade` first")

@@ -288,12 +288,16 @@ def test_after_erasure_no_personal_byte_is_left_and_the_chain_verifies(
         assert world.vault.matches(session, world.other, "email", OTHER_EMAIL, other_fingerprint) is True
 
 
-@pytest.fixture
-def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
-    """SQLite as most builds ship it: secure_delete off (Debian's is compiled with it on)."""
-    engine = make_engine(f"sqlite:///{tmp_path / 'free-pages.db'}")
+@pytest.fixture(params=["wal", "delete"])
+def sqlite_engine(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """SQLite as most builds ship it: secure_delete off (Debian's is compiled with it on); in
+    each journal mode ``ACCUTE_SQLITE_JOURNAL_MODE`` offers (WAL, the default, and the rollback
+    journal)."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'free-pages.db'}", sqlite_journal_mode=request.param)
     sa.event.listen(engine, "connect", lambda connection, _: connection.execute("PRAGMA secure_delete=OFF"))
     migrate.upgrade(engine)
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == request.param
     yield engine
     engine.dispose()
 
