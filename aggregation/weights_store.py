@@ -38,6 +38,15 @@ def checksum_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _fsync_directory(folder: Path) -> None:
+    """Make a rename in ``folder`` durable: the round that names the file commits after this."""
+    descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 class WeightsStore:
     """A folder of ``<sha256>.safetensors`` files."""
 
@@ -67,6 +76,7 @@ class WeightsStore:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+        _fsync_directory(self.root)
         return checksum
 
     def get(self, checksum: str) -> dict[str, np.ndarray]:

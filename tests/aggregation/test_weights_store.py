@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +55,24 @@ def test_missing_or_malformed_checksum_is_refused(tmp_path: Path) -> None:
         store.get("0" * 64)
     with pytest.raises(WeightsIntegrityError):
         store.get("../../etc/passwd")
+
+
+def test_put_syncs_the_file_and_then_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: note what each fsync is of (the OS call is observed, not replaced).
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def observed_fsync(descriptor: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", observed_fsync)
+    store = WeightsStore(tmp_path / "weights")
+
+    # Execute
+    store.put(_arrays())
+
+    # Assert: the data first (under its temporary name), then the folder holding the rename.
+    assert len(synced) == 2
+    assert Path(synced[0]).name.startswith(".incoming-")
+    assert synced[1] == str(tmp_path / "weights")
