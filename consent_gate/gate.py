@@ -16,7 +16,7 @@ request all change it.
 API for the federated-training server (all in the caller's session/transaction):
     eligibility(session, organization_id, model_type, settings, policy=None) -> Eligibility
     batch_eligibility(session, organization_ids, model_type, settings, policy=None)
-        -> {organization_id: Eligibility}   # one grouped query for the whole batch
+        -> {organization_id: Eligibility}   # one set-based query for the whole batch
     compute_snapshot(session, organization_id, model_type, policy=None) -> Snapshot   # not stored
     take_snapshot(session, organization_id, model_type, policy=None) -> Snapshot      # stored, audited
     current_digest(session, organization_id, model_type, policy=None) -> str
@@ -321,7 +321,7 @@ def eligibility(
     return _eligibility_of(org_id, count, model_type, required, settings)
 
 
-#: The bound (expanding) parameter of the grouped count: the batch's organizations.
+#: The bound (expanding) parameter of the batch count: the batch's organizations.
 ORGANIZATIONS_PARAM = "consent_gate_organization_ids"
 #: A batch larger than this is counted for every organization at once and filtered in Python (an
 #: ``IN`` list of thousands of ids is slower to bind and plan than a full grouped scan, and SQLite
@@ -330,10 +330,10 @@ BATCH_IN_LIMIT = 500
 
 
 @functools.lru_cache(maxsize=64)
-def grouped_count_statement(required: tuple[str, ...], *, filtered: bool) -> Select[uuid.UUID, int]:
+def grouped_count_statement(required: tuple[str, ...]) -> Select[uuid.UUID, int]:
     """``(organization_id, consenting users)`` for every organization with at least one, in one
-    grouped query: the join of ``consenting_users_statement`` with the organization as a join
-    column instead of a bound value; ``filtered`` restricts it to ``ORGANIZATIONS_PARAM``."""
+    grouped scan: the join of ``consenting_users_statement`` with the organization as a join
+    column instead of a bound value (a whole federation: central DP's population)."""
     aliases = [aliased(UserConsent, name=f"c{i}") for i in range(len(required))]
     first = aliases[0]
     query = select(first.organization_id, func.count()).select_from(first)
@@ -346,10 +346,36 @@ def grouped_count_statement(required: tuple[str, ...], *, filtered: bool) -> Sel
                 alias,
                 and_(granted, alias.organization_id == first.organization_id, alias.user_id == first.user_id),
             )
-    if filtered:
-        query = query.where(first.organization_id.in_(bindparam(ORGANIZATIONS_PARAM, expanding=True)))
     query = query.where(~restricted_by_request(first.organization_id, first.user_id))
     return query.group_by(first.organization_id)
+
+
+@functools.lru_cache(maxsize=64)
+def batch_count_statement(required: tuple[str, ...]) -> Select[uuid.UUID, int]:
+    """``(organization_id, consenting users)`` for each existing organization of the bound list
+    ``ORGANIZATIONS_PARAM``, zero included: the organizations by primary key, each counted by a
+    correlated subquery in which the organization is an equality on every alias, like the
+    snapshot's bound organization. (A grouped join filtered by ``organization_id IN (...)`` let
+    SQLite, without table statistics, drive the join from ``idx_consents_type`` — every granted
+    consent of the type in the database, 0.1-0.4 s at 10,000 tenants for a batch of 10 — where
+    this plan is an index range scan of ``idx_consents_granted`` per organization, ~1 ms.)"""
+    aliases = [aliased(UserConsent, name=f"c{i}") for i in range(len(required))]
+    first = aliases[0]
+    count = select(func.count()).select_from(first)
+    for alias, name in zip(aliases, required, strict=True):
+        granted = and_(
+            alias.organization_id == Organization.id,
+            alias.consent_type == name,
+            alias.consent_given == true(),  # "= true" so the planner matches the partial index
+        )
+        if alias is first:
+            count = count.where(granted)
+        else:
+            count = count.join(alias, and_(granted, alias.user_id == first.user_id))
+    count = count.where(~restricted_by_request(first.organization_id, first.user_id))
+    return select(Organization.id, count.correlate(Organization).scalar_subquery()).where(
+        Organization.id.in_(bindparam(ORGANIZATIONS_PARAM, expanding=True))
+    )
 
 
 def batch_eligibility(
@@ -359,22 +385,23 @@ def batch_eligibility(
     settings: Settings,
     policy: ConsentPolicy | None = None,
 ) -> dict[uuid.UUID, Eligibility]:
-    """``eligibility`` for many tenants in two set-based queries (which of them exist, and how many
-    users each may train on), whatever their number: a round gates its sampled tenants, or central
-    DP its whole population, without a query per tenant. Same answers and reasons as ``eligibility``."""
+    """``eligibility`` for many tenants in one set-based query (which of them exist, and how many
+    users each may train on; two for a batch over ``BATCH_IN_LIMIT``), whatever their number: a
+    round gates its sampled tenants, or central DP its whole population, without a query per
+    tenant. Same answers and reasons as ``eligibility``."""
     policy = policy or ConsentPolicy.default()
     required = tuple(policy.required_consents(model_type))
     wanted = set(organization_ids)
     if not wanted:
         return {}
     if len(wanted) <= BATCH_IN_LIMIT:
-        ids = list(wanted)
-        existing = set(session.scalars(select(Organization.id).where(Organization.id.in_(ids))))
-        rows = session.execute(grouped_count_statement(required, filtered=True), {ORGANIZATIONS_PARAM: ids})
+        rows = session.execute(batch_count_statement(required), {ORGANIZATIONS_PARAM: list(wanted)})
+        counts = {org: int(count or 0) for org, count in rows}
+        existing = set(counts)
     else:
         existing = set(session.scalars(select(Organization.id))) & wanted
-        rows = session.execute(grouped_count_statement(required, filtered=False))
-    counts = {org: int(count) for org, count in rows if org in wanted}
+        rows = session.execute(grouped_count_statement(required))
+        counts = {org: int(count) for org, count in rows if org in wanted}
     result: dict[uuid.UUID, Eligibility] = {}
     for org in wanted:
         if org not in existing:

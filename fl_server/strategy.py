@@ -79,6 +79,8 @@ ServerEvaluate = Callable[[dict[str, np.ndarray]], float | None]
 
 #: How often ``_collect`` asks the grid for replies (Flower's own grids default to 0.1 s).
 PULL_INTERVAL_S = 0.05
+#: Most identified nodes bound in one transaction (central DP identifies every node in round 1).
+BIND_BATCH = 500
 
 
 class AdmittedGrid(Grid):
@@ -341,6 +343,7 @@ class GovernedStrategy(Strategy):
         ]
         self.identity_queries += len(messages)
         self._unanswered.update(unknown)
+        answered: list[tuple[int, NodeIdentity]] = []
         for node_id, reply in _collect(grid, messages, timeout):
             if reply.has_error():
                 log.warning("node %s did not identify: %s", node_id, reply.error.reason)
@@ -351,12 +354,20 @@ class GovernedStrategy(Strategy):
                 log.warning("node %s sent a malformed identity: %s", node_id, exc)
                 continue
             self._unanswered.discard(node_id)
-            tenant, reason = self.governor.bind(node_id, identity)
+            answered.append((node_id, identity))
+            if len(answered) >= BIND_BATCH:  # central DP's first round: thousands of nodes
+                self._bind_answered(answered)
+                answered = []
+        self._bind_answered(answered)
+        return {n: self.tenants[n] for n in node_ids if n in self.tenants}
+
+    def _bind_answered(self, answered: list[tuple[int, NodeIdentity]]) -> None:
+        """Bind nodes that identified, in one transaction (``Governor.bind_many``), in reply order."""
+        for (node_id, _), (tenant, reason) in zip(answered, self.governor.bind_many(answered), strict=True):
             if tenant is None:
                 self.skipped_nodes[node_id] = reason or "skipped"
             else:
                 self.tenants[node_id] = tenant
-        return {n: self.tenants[n] for n in node_ids if n in self.tenants}
 
     def _mark_offline(self, server_round: int, online: set[int], record: RoundRecord) -> None:
         """Bound tenants whose node is not connected (or, bound by an earlier attempt, was asked

@@ -30,7 +30,7 @@ from fl_client.tasks.accounting import (
     SERVICES,
     STAFF_LEVELS,
 )
-from fl_client.tasks.digits import digits_labels, digits_records
+from fl_client.tasks.digits import digits_labels, digits_record, digits_records
 from schema.errors import InvalidInputError
 from simulations.partitions import partition
 
@@ -412,9 +412,8 @@ def tenant_records(
     if task == "digits":
         if tenant_index >= num_tenants:
             raise InvalidInputError(f"tenant index {tenant_index} is out of range for {num_tenants} tenants")
-        all_digits = digits_records()
         share = _digits_partition(num_tenants, partition_scheme, alpha, seed)[tenant_index]
-        return [{**all_digits[int(i)], "user_id": staff.draw(rng)[0]} for i in share]
+        return [{**digits_record(int(i)), "user_id": staff.draw(rng)[0]} for i in share]
     make = _ACCOUNTING[task]
     count = profile.n_records if n_records is None else n_records
     return [make(rng, profile, staff) for _ in range(count)]

@@ -54,12 +54,16 @@ def _digits_rows() -> tuple[tuple[tuple[int, ...], int], ...]:
 
 def digits_records() -> list[dict[str, int | str]]:
     """All 1,797 digits as flat records (no `user_id`: the simulation assigns users per tenant)."""
-    records: list[dict[str, int | str]] = []
-    for pixels, target in _digits_rows():
-        record: dict[str, int | str] = dict(zip(PIXEL_COLUMNS, pixels, strict=True))
-        record["label"] = str(target)
-        records.append(record)
-    return records
+    return [digits_record(index) for index in range(len(_digits_rows()))]
+
+
+def digits_record(index: int) -> dict[str, int | str]:
+    """Digit ``index`` of ``digits_records()``, built alone: a tenant holding 10 digits builds 10
+    records, not all 1,797 (~20 ms) each time its node trains or evaluates."""
+    pixels, target = _digits_rows()[index]
+    record: dict[str, int | str] = dict(zip(PIXEL_COLUMNS, pixels, strict=True))
+    record["label"] = str(target)
+    return record
 
 
 def digits_labels() -> list[int]:

@@ -168,3 +168,57 @@ def test_central_dp_identifies_every_connected_node_once_per_run(make_federation
     # bound tenant), round 2 none; each round charged all 20 the central event.
     assert sorted(rounds[0]) == sorted(fed.node_of(i) for i in range(20)) and rounds[1] == []
     assert bindings(fed) == 20 and populations == [20, 20]
+
+
+def test_a_rounds_new_nodes_are_bound_in_one_transaction_with_reads_for_the_batch(
+    make_federation: MakeFederation,
+) -> None:
+    # Prepare: 60 nodes, 20 sampled in round 1 (none bound yet); count the statements and commits
+    # of the identification (``_bind``) of that round.
+    from sqlalchemy import event
+
+    fed = make_federation(tenants=60)
+    strategy = fed.strategy(fed.config(rounds=1, fraction=1 / 3, steps=2))
+    statements: list[str] = []
+    commits: list[int] = []
+    binding = [False]
+    original = strategy._bind
+
+    def counted_bind(*args, **kwargs):  # type: ignore[no-untyped-def]
+        binding[0] = True
+        try:
+            return original(*args, **kwargs)
+        finally:
+            binding[0] = False
+
+    def record(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+        if binding[0]:
+            statements.append(statement)
+
+    def committed(conn):  # type: ignore[no-untyped-def]
+        if binding[0]:
+            commits.append(1)
+
+    strategy._bind = counted_bind  # type: ignore[method-assign]
+    event.listen(fed.engine, "before_cursor_execute", record)
+    event.listen(fed.engine, "commit", committed)
+    from aggregation.flwr_adapter import record_from_arrays
+    from fl_client.tasks import get_task
+
+    initial = {k: v.numpy() for k, v in get_task("digits").initial_state(1).items()}
+
+    # Execute
+    try:
+        strategy.start(fed.grid, record_from_arrays(initial))
+    finally:
+        event.remove(fed.engine, "before_cursor_execute", record)
+        event.remove(fed.engine, "commit", committed)
+
+    # Assert: 20 nodes bound with one commit; the reads are three for the batch (its nodes'
+    # bindings, its organizations, their bindings), not three per node; the 20 rows inserted.
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    inserts = [s for s in statements if s.lstrip().upper().startswith("INSERT INTO FL_NODE_BINDINGS")]
+    assert len(asked(fed)) == 20 and bindings(fed) == 20
+    assert len(commits) == 1
+    assert len(reads) <= 4, reads
+    assert 1 <= len(inserts) <= 20
