@@ -23,19 +23,40 @@ from schema.validation import one_of, parse_uuid
 from schema.vocab import DSR_OPEN_STATUSES, DSR_STATUSES
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from sqlalchemy.orm import Session
+
     from schema.models import DataSubjectRequest, Organization, User, UserConsent
+
+    #: A Core connection (``schema.db.reading``), or a session where the caller already has one.
+    Reader: TypeAlias = Connection | Session
 
 
 def missing_organization(org_id: uuid.UUID) -> NotFoundError:
     return NotFoundError(f"organization {org_id} does not exist; see `accute-fl org list`")
 
 
-def require_organization(connection: Connection, organization_id: str | uuid.UUID) -> uuid.UUID:
+def require_organization(connection: Reader, organization_id: str | uuid.UUID) -> uuid.UUID:
     """The organization's id, else NotFoundError (as ``directory.get_organization``)."""
     org_id = parse_uuid(organization_id, "organization id")
     if connection.scalar(select(organizations.c.id).where(organizations.c.id == org_id)) is None:
         raise missing_organization(org_id)
     return org_id
+
+
+def organization_names(connection: Reader, ids: set[str]) -> dict[str, str]:
+    """Organization id (text) -> name, for the ids given."""
+    if not ids:
+        return {}
+    wanted = [uuid.UUID(i) for i in ids]
+    names: dict[str, str] = {}
+    for start in range(0, len(wanted), 900):  # SQLite's bound-parameter limit
+        query = select(organizations.c.id, organizations.c.name).where(
+            organizations.c.id.in_(wanted[start : start + 900])
+        )
+        names.update((str(org_id), name) for org_id, name in connection.execute(query))
+    return names
 
 
 def organizations_query() -> Select[Any]:
