@@ -87,9 +87,7 @@ def _json_safe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A non-private release's epsilon (+inf) as the string "inf": JSON has no infinity."""
     from privacy.budget_status import finite_or_inf
 
-    return [
-        {k: finite_or_inf(v) if isinstance(v, float) else v for k, v in row.items()} for row in rows
-    ]
+    return [{k: finite_or_inf(v) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
 
 
 def _show(
