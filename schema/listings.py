@@ -2,7 +2,8 @@
 
 Core statements on ``schema.tables`` run on a ``Connection``, so ``accute-fl org list``,
 ``dsr list`` and ``consent show --org`` never import ``sqlalchemy.orm`` (a third of the start-up
-budget). The ORM functions (``directory.list_organizations``, ``records.current_consents``,
+budget); the consent tables are built by the queries that read them, not by ``org list`` or
+``budget show``. The ORM functions (``directory.list_organizations``, ``records.current_consents``,
 ``dsr.list_requests``) load their objects from the same statements, and the ``*_as_dict`` functions
 take an ORM object or a row alike: one query and one output shape for the CLI, the API and the core.
 """
@@ -16,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Row, Select, select
 
 from schema.errors import NotFoundError
-from schema.tables.consent import data_subject_requests, user_consents
 from schema.tables.organization import organizations
 from schema.timeutil import as_utc, iso, utcnow
 from schema.validation import one_of, parse_uuid
@@ -70,6 +70,8 @@ def list_organizations(connection: Connection) -> list[Row[Any]]:
 
 def consents_query(org_id: uuid.UUID, user_id: uuid.UUID | None = None) -> Select[Any]:
     """An organization's consents (or one of its users'), by user then consent type."""
+    from schema.tables.consent import user_consents  # `org list` and `budget show` build no consent table
+
     query = select(user_consents).where(user_consents.c.organization_id == org_id)
     if user_id is not None:
         query = query.where(user_consents.c.user_id == user_id)
@@ -83,6 +85,8 @@ def current_consents(connection: Connection, organization_id: str | uuid.UUID) -
 
 def requests_query(org_id: uuid.UUID | None = None, status: str | None = None) -> Select[Any]:
     """Requests by deadline (soonest first), optionally of one organization and one status."""
+    from schema.tables.consent import data_subject_requests
+
     query = select(data_subject_requests)
     if org_id is not None:
         query = query.where(data_subject_requests.c.organization_id == org_id)

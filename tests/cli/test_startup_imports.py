@@ -434,3 +434,17 @@ def test_hub_operator_commands_leave_the_broker_client_alone(tenant: Tenant, nam
     # Assert
     assert result.code == 0, result.stderr
     assert result.loaded == []
+
+
+@pytest.mark.parametrize("name", ["org list", "budget show"])
+def test_listings_build_only_the_tables_they_read(tenant: Tenant, name: str) -> None:
+    """`org list` and `budget show` read no consent or DSR row: they build neither Core table."""
+    # Prepare
+    args = light_commands(tenant)[name]
+
+    # Execute
+    result = probe(tenant, args, watch=("schema.tables.consent", "schema.tables.organization"))
+
+    # Assert
+    assert result.code == 0, result.stderr
+    assert result.loaded == ["schema.tables.organization"]
