@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from privacy import alerts, ledger
 from privacy.ledger import LedgerPolicy, finite_or_inf
+from schema import listings
 from schema.directory import get_organization
 from schema.errors import InvalidInputError
 from schema.models import PrivacyBudgetAlert
@@ -75,19 +76,8 @@ class BudgetDetail(BaseModel):
 
 
 def organization_names(session: Session, ids: set[str]) -> dict[str, str]:
-    """Organization id (text) -> name, for the ids given."""
-    from schema.models import Organization
-
-    if not ids:
-        return {}
-    wanted = [uuid.UUID(i) for i in ids]
-    names: dict[str, str] = {}
-    for start in range(0, len(wanted), 900):  # SQLite's bound-parameter limit
-        query = select(Organization.id, Organization.name).where(
-            Organization.id.in_(wanted[start : start + 900])
-        )
-        names.update((str(org_id), name) for org_id, name in session.execute(query))
-    return names
+    """Organization id (text) -> name, for the ids given (``budget show`` reads the same function)."""
+    return listings.organization_names(session, ids)
 
 
 def _view(status: ledger.BudgetStatus, name: str | None) -> BudgetView:

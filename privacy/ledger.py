@@ -42,13 +42,33 @@ from decimal import ROUND_UP, Decimal
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from sqlalchemy import String, Table, bindparam, delete, exists, func, select, type_coerce, update
+from sqlalchemy import bindparam, delete, exists, func, select, update
 from sqlalchemy import insert as insert_into
 from sqlalchemy.orm import Session
 
 from privacy import accounting, alerts, timing
 from privacy.accounting import FloatArray
+from privacy.budget_status import (
+    _BUDGET_COLUMNS,
+    _BUDGETS,
+    _EVENTS,
+    NEAR_CAP_SHARE,
+    BudgetStatus,
+    LedgerPolicy,
+    _as_event,
+    _Budget,
+    _cap,
+    _curve,
+    _epsilon,
+    _events,
+    _status,
+    budget_rows,
+    clean_model_type,
+    count_budgets,
+    finite_or_inf,
+    replay_curve,
+    status_of,
+)
 from privacy.events import (
     UNIT_RECORD,
     UNITS,
@@ -60,44 +80,43 @@ from privacy.events import (
     check_epsilon,
     check_steps,
     check_unit,
-    event_from_row,
 )
 from schema import audit
-from schema.config import Settings
 from schema.directory import get_organization
 from schema.errors import BudgetExceededError, ConflictError, InvalidInputError, NotFoundError
 from schema.models import Organization, PrivacyBudget, PrivacyLedgerEvent
 from schema.timeutil import iso
-from schema.validation import clean_name, parse_uuid
+from schema.validation import parse_uuid
 
 if TYPE_CHECKING:
     from schema.models import FederatedLearningContribution
 
-#: A ledger whose epsilon reaches this share of its cap is reported ``near_cap``.
-NEAR_CAP_SHARE = 0.8
+__all__ = [
+    "NEAR_CAP_SHARE",
+    "BudgetStatus",
+    "ChargeResult",
+    "HistoryEntry",
+    "LedgerPolicy",
+    "Projection",
+    "budget_rows",
+    "cap_of",
+    "charge",
+    "clean_model_type",
+    "count_budgets",
+    "finite_or_inf",
+    "history",
+    "project",
+    "project_many",
+    "replay_curve",
+    "set_budget",
+    "spent",
+    "status_of",
+    "would_exceed",
+]
 
 #: ``federated_learning_contributions.privacy_budget_consumed`` is NUMERIC(10, 6).
 _CONSUMED_MAX = Decimal("9999.999999")
 _CONSUMED_STEP = Decimal("0.000001")
-
-
-@dataclass(frozen=True)
-class LedgerPolicy:
-    """The platform defaults a ledger falls back on: the cap and delta without a budget row's own,
-    and the accountant that enforces caps."""
-
-    default_epsilon_cap: float = 8.0
-    default_delta: float = 1e-5
-    accountant: str = "rdp"
-
-    def __post_init__(self) -> None:
-        check_epsilon(self.default_epsilon_cap, "default epsilon cap")
-        check_delta(self.default_delta)
-        accounting.check_accountant(self.accountant)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> LedgerPolicy:
-        return cls(settings.default_epsilon_cap, settings.default_delta, settings.accountant)
 
 
 @dataclass(frozen=True)
@@ -144,25 +163,6 @@ class ChargeResult:
 
 
 @dataclass(frozen=True)
-class BudgetStatus:
-    """One row of ``budget show``."""
-
-    organization_id: str
-    model_type: str
-    unit: str
-    epsilon_cap: float
-    delta: float
-    epsilon_spent: float
-    epsilon_remaining: float
-    events: int
-    last_round: int | None
-    status: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
 class HistoryEntry:
     """One event of ``budget history`` with the ledger's epsilon right after it."""
 
@@ -185,10 +185,6 @@ class HistoryEntry:
 # --- edge validation -------------------------------------------------------------------------
 
 
-def clean_model_type(value: str) -> str:
-    return clean_name(value, "model type", max_length=100)
-
-
 def _check_event(event: object) -> DpEvent:
     if not isinstance(event, DpSgdEvent | CentralDpEvent | NonPrivateEvent):
         raise InvalidInputError(
@@ -206,11 +202,6 @@ def _one_unit(events: Sequence[DpEvent]) -> str:
     return units.pop()
 
 
-def finite_or_inf(value: float) -> float | str:
-    """A JSON-safe epsilon: +inf (a non-private release) is written as the string "inf"."""
-    return value if math.isfinite(value) else "inf"
-
-
 def _check_round(value: int | None) -> int | None:
     return None if value is None else check_steps(value, "aggregation round")
 
@@ -218,32 +209,8 @@ def _check_round(value: int | None) -> int | None:
 # --- reading a ledger ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Budget:
-    """A budget row's state, read with plain columns (the ledger holds no ORM budget objects)."""
-
-    id: uuid.UUID
-    organization_id: uuid.UUID
-    model_type: str
-    unit: str
-    epsilon_cap: float | None
-    delta: float | None
-    rdp_curve: bytes | None
-    rdp_orders_key: str | None
-    event_count: int
-    last_round: int | None
-
-    @property
-    def blank(self) -> bool:
-        """No events and no cap of its own: the row holds nothing."""
-        return not self.event_count and self.epsilon_cap is None and self.delta is None
-
-
 #: Organizations per ``IN`` list (SQLite allows 32,766 parameters; PostgreSQL 65,535).
 _IN_CHUNK = 1000
-_BUDGETS: Table = PrivacyBudget.__table__  # type: ignore[assignment]
-_EVENTS: Table = PrivacyLedgerEvent.__table__  # type: ignore[assignment]
-_BUDGET_COLUMNS = tuple(_BUDGETS.c[name] for name in _Budget.__dataclass_fields__)
 _EVENT_COLUMNS = (
     "organization_id",
     "model_type",
@@ -266,78 +233,6 @@ def _budget(session: Session, organization_id: uuid.UUID, model_type: str, unit:
     )
     row = session.execute(query).one_or_none()
     return None if row is None else _Budget(*row)
-
-
-def _events(
-    session: Session, organization_id: uuid.UUID, model_type: str, unit: str | None
-) -> list[PrivacyLedgerEvent]:
-    """The events of one unit's ledger (or, with ``unit`` None, of every unit), in ledger order."""
-    query = (
-        select(PrivacyLedgerEvent)
-        .where(
-            PrivacyLedgerEvent.organization_id == organization_id, PrivacyLedgerEvent.model_type == model_type
-        )
-        .order_by(PrivacyLedgerEvent.id)
-    )
-    if unit is not None:
-        query = query.where(PrivacyLedgerEvent.unit == unit)
-    return list(session.scalars(query))
-
-
-def _as_event(row: PrivacyLedgerEvent) -> DpEvent:
-    return event_from_row(
-        row.mechanism, row.noise_multiplier, row.sample_rate, row.steps, row.clip_norm, row.unit
-    )
-
-
-def replay_curve(
-    session: Session, organization_id: uuid.UUID, model_type: str, unit: str = UNIT_RECORD
-) -> FloatArray:
-    """The cumulative RDP curve of one unit's ledger rebuilt from every committed event, in order."""
-    query = (
-        select(_EVENTS.c.noise_multiplier, _EVENTS.c.sample_rate, _EVENTS.c.steps)
-        .where(
-            _EVENTS.c.organization_id == organization_id,
-            _EVENTS.c.model_type == model_type,
-            _EVENTS.c.unit == unit,
-        )
-        .order_by(_EVENTS.c.id)
-    )
-    return accounting.compose(session.execute(query))
-
-
-def _curve(session: Session, budget: _Budget | None) -> FloatArray:
-    """The budget row's stored curve when it is on the current order grid, else a replay."""
-    if budget is None:
-        return accounting.empty_curve()
-    if budget.rdp_curve is not None and budget.rdp_orders_key == accounting.ORDERS_KEY:
-        return np.frombuffer(budget.rdp_curve, dtype=np.float64).copy()
-    return replay_curve(session, budget.organization_id, budget.model_type, budget.unit)
-
-
-def _cap(budget: _Budget | None, policy: LedgerPolicy) -> tuple[float, float]:
-    cap = budget.epsilon_cap if budget is not None and budget.epsilon_cap is not None else None
-    delta = budget.delta if budget is not None and budget.delta is not None else None
-    return (
-        policy.default_epsilon_cap if cap is None else cap,
-        policy.default_delta if delta is None else delta,
-    )
-
-
-def _epsilon(
-    session: Session,
-    organization_id: uuid.UUID,
-    model_type: str,
-    unit: str,
-    curve: FloatArray,
-    delta: float,
-    policy: LedgerPolicy,
-    extra: Sequence[DpEvent] = (),
-) -> float:
-    if policy.accountant == "rdp":
-        return accounting.epsilon_from_rdp(curve, delta)
-    events = [_as_event(row) for row in _events(session, organization_id, model_type, unit)]
-    return accounting.prv_epsilon([*events, *extra], delta)
 
 
 def project(
@@ -804,173 +699,6 @@ def set_budget(
 
 
 # --- review ----------------------------------------------------------------------------------
-
-
-def status_of(spent_eps: float, cap: float) -> str:
-    """``ok``, ``near_cap`` (at least ``NEAR_CAP_SHARE`` of the cap) or ``exhausted`` (at the cap)."""
-    if spent_eps >= cap:
-        return "exhausted"
-    if spent_eps >= NEAR_CAP_SHARE * cap:
-        return "near_cap"
-    return "ok"
-
-
-def _status_row(budget: _Budget, cap: float, delta: float, spent_eps: float) -> BudgetStatus:
-    return BudgetStatus(
-        organization_id=_uuid(budget.organization_id)[1],
-        model_type=budget.model_type,
-        unit=budget.unit,
-        epsilon_cap=cap,
-        delta=delta,
-        epsilon_spent=spent_eps,
-        epsilon_remaining=max(0.0, cap - spent_eps),
-        events=budget.event_count,
-        last_round=budget.last_round,
-        status=status_of(spent_eps, cap),
-    )
-
-
-def _status(session: Session, budget: _Budget, policy: LedgerPolicy) -> BudgetStatus:
-    cap, delta = _cap(budget, policy)
-    spent_eps = _epsilon(
-        session,
-        budget.organization_id,
-        budget.model_type,
-        budget.unit,
-        _curve(session, budget),
-        delta,
-        policy,
-    )
-    return _status_row(budget, cap, delta, spent_eps)
-
-
-def _statuses(session: Session, budgets: Sequence[_Budget], policy: LedgerPolicy) -> list[BudgetStatus]:
-    """``_status`` of many budgets; with ``rdp`` every epsilon comes from one numpy pass over the
-    stored curves (bit-identical to one at a time), so thousands of budgets take milliseconds."""
-    if policy.accountant != "rdp" or not budgets:
-        return [_status(session, budget, policy) for budget in budgets]
-    caps = [_cap(budget, policy) for budget in budgets]
-    curves = np.stack([_curve(session, budget) for budget in budgets])
-    spent_all = accounting.epsilons_from_rdp(curves, np.array([delta for _, delta in caps]))
-    return [
-        _status_row(budget, cap, delta, float(spent_eps))
-        for budget, (cap, delta), spent_eps in zip(budgets, caps, spent_all, strict=True)
-    ]
-
-
-#: Epsilon of a ledger state, per process: (budget id, event count, orders key, delta, accountant)
-#: -> epsilon spent. A ledger is append-only and every charge bumps the row's ``event_count`` in
-#: the statement that extends its curve, so equal keys are equal histories and the memo is exactly
-#: what a recomputation would give (it saves reading and evaluating 1.3 KB curves of unchanged
-#: ledgers on every overview and scrape). Cleared when it grows past ``_MEMO_MAX``.
-_SPENT_MEMO: dict[tuple[uuid.UUID, int, str | None, float, str], float] = {}
-_MEMO_MAX = 200_000
-#: The budget columns without the curve: what an overview reads for every row.
-#: The two UUID columns come raw (text on SQLite, ``uuid.UUID`` from psycopg) and are converted
-#: through ``_UUIDS``: SQLAlchemy's per-value UUID conversion was the largest cost of an overview.
-_LIGHT_COLUMNS = tuple(
-    type_coerce(c, String).label(c.name) if c.name in ("id", "organization_id") else c
-    for c in _BUDGET_COLUMNS
-    if c.name != "rdp_curve"
-)
-_UUIDS: dict[Any, tuple[uuid.UUID, str]] = {}
-
-
-def _uuid(raw: Any) -> tuple[uuid.UUID, str]:
-    """(UUID, its text) of a raw id, remembered (organizations and budgets repeat every read)."""
-    known = _UUIDS.get(raw)
-    if known is None:
-        value = raw if isinstance(raw, uuid.UUID) else uuid.UUID(raw)
-        if len(_UUIDS) > _MEMO_MAX:
-            _UUIDS.clear()
-        known = _UUIDS[raw] = (value, str(value))
-    return known
-
-
-def _memo_key(
-    budget: _Budget, delta: float, policy: LedgerPolicy
-) -> tuple[uuid.UUID, int, str | None, float, str]:
-    return (budget.id, budget.event_count, budget.rdp_orders_key, delta, policy.accountant)
-
-
-_CURVE_AT = [c.name for c in _BUDGET_COLUMNS].index("rdp_curve")
-
-
-def _light(row: Any) -> _Budget:
-    """A ``_LIGHT_COLUMNS`` row as a ``_Budget`` without its curve."""
-    return _Budget(_uuid(row[0])[0], _uuid(row[1])[0], *row[2:_CURVE_AT], None, *row[_CURVE_AT:])  # type: ignore[call-arg]
-
-
-def _statuses_memo(session: Session, budgets: Sequence[_Budget], policy: LedgerPolicy) -> list[BudgetStatus]:
-    """``_statuses`` of budgets read without their curves: memoized epsilons where the ledger has
-    not changed, the curves of the others read in one query per 900 and evaluated in one pass."""
-    caps = [_cap(budget, policy) for budget in budgets]
-    keys = [_memo_key(budget, delta, policy) for budget, (_, delta) in zip(budgets, caps, strict=True)]
-    missing = [budget for budget, key in zip(budgets, keys, strict=True) if key not in _SPENT_MEMO]
-    if missing:
-        curves: dict[uuid.UUID, bytes | None] = {}
-        ids = [budget.id for budget in missing]
-        for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
-            query = select(_BUDGETS.c.id, _BUDGETS.c.rdp_curve).where(
-                _BUDGETS.c.id.in_(ids[start : start + 900])
-            )
-            curves.update((budget_id, curve) for budget_id, curve in session.execute(query))
-        full = [replace(budget, rdp_curve=curves.get(budget.id)) for budget in missing]
-        if len(_SPENT_MEMO) + len(full) > _MEMO_MAX:
-            _SPENT_MEMO.clear()
-        for budget, status in zip(full, _statuses(session, full, policy), strict=True):
-            _SPENT_MEMO[_memo_key(budget, status.delta, policy)] = status.epsilon_spent
-    return [
-        _status_row(budget, cap, delta, _SPENT_MEMO[key])
-        for budget, (cap, delta), key in zip(budgets, caps, keys, strict=True)
-    ]
-
-
-def _budget_query(
-    session: Session, organization_id: str | uuid.UUID | None, model_type: str | None, unit: str | None
-) -> Any:
-    query = select(*_LIGHT_COLUMNS)
-    if organization_id is not None:
-        query = query.where(PrivacyBudget.organization_id == get_organization(session, organization_id).id)
-    if model_type is not None:
-        query = query.where(PrivacyBudget.model_type == clean_model_type(model_type))
-    if unit is not None:
-        query = query.where(PrivacyBudget.unit == check_unit(unit))
-    return query
-
-
-def budget_rows(
-    session: Session,
-    organization_id: str | uuid.UUID | None = None,
-    *,
-    policy: LedgerPolicy,
-    model_type: str | None = None,
-    unit: str | None = None,
-    limit: int | None = None,
-    offset: int = 0,
-) -> list[BudgetStatus]:
-    """Every budget (or one organization's, one model type's, one unit's), one row per unit, with
-    epsilon spent and remaining (+inf after a non-private release), sorted by organization id,
-    model type and unit (``limit``/``offset``: one window of that order); [] on a fresh database.
-    ``budget show``, the admin API and ``/metrics`` all read this."""
-    query = _budget_query(session, organization_id, model_type, unit).order_by(
-        PrivacyBudget.organization_id, PrivacyBudget.model_type, PrivacyBudget.unit
-    )
-    if limit is not None:
-        query = query.limit(limit).offset(offset)
-    return _statuses_memo(session, [_light(row) for row in session.execute(query)], policy)
-
-
-def count_budgets(
-    session: Session,
-    organization_id: str | uuid.UUID | None = None,
-    *,
-    model_type: str | None = None,
-    unit: str | None = None,
-) -> int:
-    """How many rows ``budget_rows`` would list with the same filters."""
-    query = _budget_query(session, organization_id, model_type, unit)
-    return int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
 
 
 def history(

@@ -2,7 +2,8 @@
 
 Core statements on ``schema.tables`` run on a ``Connection``, so ``accute-fl org list``,
 ``dsr list`` and ``consent show --org`` never import ``sqlalchemy.orm`` (a third of the start-up
-budget). The ORM functions (``directory.list_organizations``, ``records.current_consents``,
+budget); the consent tables are built by the queries that read them, not by ``org list`` or
+``budget show``. The ORM functions (``directory.list_organizations``, ``records.current_consents``,
 ``dsr.list_requests``) load their objects from the same statements, and the ``*_as_dict`` functions
 take an ORM object or a row alike: one query and one output shape for the CLI, the API and the core.
 """
@@ -16,26 +17,46 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Row, Select, select
 
 from schema.errors import NotFoundError
-from schema.tables.consent import data_subject_requests, user_consents
 from schema.tables.organization import organizations
 from schema.timeutil import as_utc, iso, utcnow
 from schema.validation import one_of, parse_uuid
 from schema.vocab import DSR_OPEN_STATUSES, DSR_STATUSES
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from sqlalchemy.orm import Session
+
     from schema.models import DataSubjectRequest, Organization, User, UserConsent
+
+    #: A Core connection (``schema.db.reading``), or a session where the caller already has one.
+    Reader: TypeAlias = Connection | Session
 
 
 def missing_organization(org_id: uuid.UUID) -> NotFoundError:
     return NotFoundError(f"organization {org_id} does not exist; see `accute-fl org list`")
 
 
-def require_organization(connection: Connection, organization_id: str | uuid.UUID) -> uuid.UUID:
+def require_organization(connection: Reader, organization_id: str | uuid.UUID) -> uuid.UUID:
     """The organization's id, else NotFoundError (as ``directory.get_organization``)."""
     org_id = parse_uuid(organization_id, "organization id")
     if connection.scalar(select(organizations.c.id).where(organizations.c.id == org_id)) is None:
         raise missing_organization(org_id)
     return org_id
+
+
+def organization_names(connection: Reader, ids: set[str]) -> dict[str, str]:
+    """Organization id (text) -> name, for the ids given."""
+    if not ids:
+        return {}
+    wanted = [uuid.UUID(i) for i in ids]
+    names: dict[str, str] = {}
+    for start in range(0, len(wanted), 900):  # SQLite's bound-parameter limit
+        query = select(organizations.c.id, organizations.c.name).where(
+            organizations.c.id.in_(wanted[start : start + 900])
+        )
+        names.update((str(org_id), name) for org_id, name in connection.execute(query))
+    return names
 
 
 def organizations_query() -> Select[Any]:
@@ -49,6 +70,8 @@ def list_organizations(connection: Connection) -> list[Row[Any]]:
 
 def consents_query(org_id: uuid.UUID, user_id: uuid.UUID | None = None) -> Select[Any]:
     """An organization's consents (or one of its users'), by user then consent type."""
+    from schema.tables.consent import user_consents  # `org list` and `budget show` build no consent table
+
     query = select(user_consents).where(user_consents.c.organization_id == org_id)
     if user_id is not None:
         query = query.where(user_consents.c.user_id == user_id)
@@ -62,6 +85,8 @@ def current_consents(connection: Connection, organization_id: str | uuid.UUID) -
 
 def requests_query(org_id: uuid.UUID | None = None, status: str | None = None) -> Select[Any]:
     """Requests by deadline (soonest first), optionally of one organization and one status."""
+    from schema.tables.consent import data_subject_requests
+
     query = select(data_subject_requests)
     if org_id is not None:
         query = query.where(data_subject_requests.c.organization_id == org_id)

@@ -11,11 +11,11 @@ from orchestrator.cli.context import load_settings, organization_id, ready_engin
 from orchestrator.cli.lazy import LazyCommand, lazy_group
 from orchestrator.cli.output import emit
 from privacy import accounting
-from schema.db import transaction
+from schema.db import reading, transaction
 from schema.errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from privacy import ledger
+    from privacy import budget_status
 
 # `privacy audit` lives in its own module, imported only when it runs (its mechanisms and
 # statistics pull scipy, and torch for DP-SGD).
@@ -72,10 +72,10 @@ def _accountant(name: str | None) -> str:
     return accounting.check_accountant(name if name is not None else load_settings().accountant)
 
 
-def _policy() -> ledger.LedgerPolicy:
-    from privacy import ledger  # the ORM models: only budget commands need them
+def _policy() -> budget_status.LedgerPolicy:
+    from privacy import budget_status  # Core reads and the accountant: only budget commands need them
 
-    return ledger.LedgerPolicy.from_settings(load_settings())
+    return budget_status.LedgerPolicy.from_settings(load_settings())
 
 
 def _readable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -85,11 +85,9 @@ def _readable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _json_safe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A non-private release's epsilon (+inf) as the string "inf": JSON has no infinity."""
-    from privacy import ledger
+    from privacy.budget_status import finite_or_inf
 
-    return [
-        {k: ledger.finite_or_inf(v) if isinstance(v, float) else v for k, v in row.items()} for row in rows
-    ]
+    return [{k: finite_or_inf(v) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
 
 
 def _show(
@@ -180,12 +178,15 @@ def budget_show(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Every budget with epsilon spent and remaining; status ok, near_cap (>= 80 %) or exhausted."""
-    from privacy import budget_views, ledger
+    # The ledger's own reads (``budget_rows``: epsilon from the accountant), with Core on a
+    # connection: no ORM, no mapped class.
+    from privacy import budget_status
+    from schema import listings
 
     policy = _policy()
-    with transaction(ready_engine()) as session:
-        rows = [s.as_dict() for s in ledger.budget_rows(session, org, policy=policy)]
-        names = budget_views.organization_names(session, {str(r["organization_id"]) for r in rows})
+    with reading(ready_engine()) as connection:
+        rows = [s.as_dict() for s in budget_status.budget_rows(connection, org, policy=policy)]
+        names = listings.organization_names(connection, {str(r["organization_id"]) for r in rows})
     rows = [{"organization": names.get(str(r["organization_id"])), **r} for r in rows]
     _show(rows, as_json, "Privacy budgets", BUDGET_COLUMNS)
 

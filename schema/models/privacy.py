@@ -5,7 +5,8 @@ tenant-level guarantee are different statements and never compose into one numbe
 
 The events are the only truth about epsilon (invariant 2): a budget row caches the cumulative RDP
 curve of its events so a charge costs O(orders), and the curve is rebuilt by replay whenever it
-is missing or on another order grid. ``privacy/ledger.py`` is the only writer.
+is missing or on another order grid. ``privacy/ledger.py`` is the only writer. The two tables are
+``schema.tables.privacy``'s (Core, so ``budget show`` reads budgets without the ORM).
 """
 
 from __future__ import annotations
@@ -20,22 +21,24 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     String,
     UniqueConstraint,
-    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from schema.base import Base, created_at, in_list, updated_at, uuid_pk
+from schema.base import Base, created_at, in_list, uuid_pk
 from schema.models.audit_log import ImmutableAuditLog
+from schema.tables.privacy import PRIVACY_MECHANISMS, PRIVACY_UNITS, privacy_budgets, privacy_ledger_events
 from schema.types import UUIDType
 
-#: The mechanisms a ledger event may record (privacy/events.py builds the events).
-PRIVACY_MECHANISMS: tuple[str, ...] = ("dp_sgd", "central_gaussian", "non_private")
-
-#: Units of privacy (privacy/events.py): what two neighbouring data sets differ in.
-PRIVACY_UNITS: tuple[str, ...] = ("record", "user", "tenant")
+__all__ = [
+    "ALERT_THRESHOLDS",
+    "PRIVACY_MECHANISMS",
+    "PRIVACY_UNITS",
+    "PrivacyBudget",
+    "PrivacyBudgetAlert",
+    "PrivacyLedgerEvent",
+]
 
 
 class PrivacyBudget(Base):
@@ -45,70 +48,41 @@ class PrivacyBudget(Base):
     that serializes charges to the ledger (locked by an upsert, see ``privacy/ledger.py``).
     """
 
-    __tablename__ = "privacy_budgets"
-    __table_args__ = (
-        UniqueConstraint("organization_id", "model_type", "unit"),
-        CheckConstraint(in_list("unit", PRIVACY_UNITS), name="unit"),
-        CheckConstraint("epsilon_cap IS NULL OR epsilon_cap > 0", name="epsilon_cap"),
-        CheckConstraint("delta IS NULL OR (delta > 0 AND delta < 1)", name="delta"),
-        CheckConstraint("event_count >= 0", name="event_count"),
-    )
+    __table__ = privacy_budgets
 
-    id: Mapped[uuid.UUID] = uuid_pk()
-    organization_id: Mapped[uuid.UUID] = mapped_column(UUIDType, ForeignKey("organizations.id"))
-    model_type: Mapped[str] = mapped_column(String(100))
-    unit: Mapped[str] = mapped_column(String(10))
-    epsilon_cap: Mapped[float | None] = mapped_column(Double)
-    delta: Mapped[float | None] = mapped_column(Double)
+    id: Mapped[uuid.UUID]
+    organization_id: Mapped[uuid.UUID]
+    model_type: Mapped[str]
+    unit: Mapped[str]
+    epsilon_cap: Mapped[float | None]
+    delta: Mapped[float | None]
     #: Cumulative RDP of the ledger's events at each order of ``rdp_orders_key``'s grid (float64 bytes).
-    rdp_curve: Mapped[bytes | None] = mapped_column(LargeBinary)
-    rdp_orders_key: Mapped[str | None] = mapped_column(String(32))
-    event_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
-    last_round: Mapped[int | None] = mapped_column(Integer)
-    created_at: Mapped[datetime | None] = created_at()
-    updated_at: Mapped[datetime | None] = updated_at()
+    rdp_curve: Mapped[bytes | None]
+    rdp_orders_key: Mapped[str | None]
+    event_count: Mapped[int]
+    last_round: Mapped[int | None]
+    created_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime | None]
 
 
 class PrivacyLedgerEvent(Base):
     """One DP event charged to a tenant's ledger: never updated, never deleted."""
 
-    __tablename__ = "privacy_ledger_events"
-    __table_args__ = (
-        CheckConstraint(in_list("mechanism", PRIVACY_MECHANISMS), name="mechanism"),
-        CheckConstraint(in_list("unit", PRIVACY_UNITS), name="unit"),
-        CheckConstraint("mechanism <> 'central_gaussian' OR unit = 'tenant'", name="central_unit"),
-        CheckConstraint("mechanism <> 'dp_sgd' OR unit <> 'tenant'", name="local_unit"),
-        CheckConstraint(
-            "(mechanism = 'non_private' AND noise_multiplier = 0) OR (mechanism <> 'non_private' AND noise_multiplier > 0)",
-            name="noise_multiplier",
-        ),
-        CheckConstraint("sample_rate > 0 AND sample_rate <= 1", name="sample_rate"),
-        CheckConstraint("steps >= 0", name="steps"),
-        CheckConstraint(
-            "(mechanism = 'central_gaussian') = (clip_norm IS NOT NULL) AND (clip_norm IS NULL OR clip_norm > 0)",
-            name="clip_norm",
-        ),
-        CheckConstraint("aggregation_round IS NULL OR aggregation_round >= 0", name="aggregation_round"),
-        Index("idx_privacy_ledger_tenant", "organization_id", "model_type", "unit", "id"),
-    )
+    __table__ = privacy_ledger_events
 
-    id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
-    )
-    organization_id: Mapped[uuid.UUID] = mapped_column(UUIDType, ForeignKey("organizations.id"))
-    model_type: Mapped[str] = mapped_column(String(100))
-    mechanism: Mapped[str] = mapped_column(String(50))
-    unit: Mapped[str] = mapped_column(String(10))
-    noise_multiplier: Mapped[float] = mapped_column(Double)
-    sample_rate: Mapped[float] = mapped_column(Double)
-    steps: Mapped[int] = mapped_column(Integer)
-    clip_norm: Mapped[float | None] = mapped_column(Double)
+    id: Mapped[int]
+    organization_id: Mapped[uuid.UUID]
+    model_type: Mapped[str]
+    mechanism: Mapped[str]
+    unit: Mapped[str]
+    noise_multiplier: Mapped[float]
+    sample_rate: Mapped[float]
+    steps: Mapped[int]
+    clip_norm: Mapped[float | None]
     #: The contribution this event paid for; one event per contribution at most.
-    contribution_id: Mapped[uuid.UUID | None] = mapped_column(
-        UUIDType, ForeignKey("federated_learning_contributions.id"), unique=True
-    )
-    aggregation_round: Mapped[int | None] = mapped_column(Integer)
-    created_at: Mapped[datetime | None] = created_at()
+    contribution_id: Mapped[uuid.UUID | None]
+    aggregation_round: Mapped[int | None]
+    created_at: Mapped[datetime | None]
 
 
 # Every charge appends an audit record, and ``schema/audit.py`` finds a chain's tail as the newest

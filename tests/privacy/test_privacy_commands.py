@@ -308,3 +308,117 @@ def test_budget_commands_refuse_an_unmigrated_database(cli: Runner) -> None:
     result = cli("budget", "show", "--json")
     assert result.code == 5
     assert one_line_error(result) and "accute-fl db upgrade" in result.err
+
+
+def test_budget_show_prints_the_ledgers_epsilon_to_the_last_bit(
+    ready_cli: Runner, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`budget show` reads budgets with Core; its table and JSON are what the ORM's rows and an
+    accountant's replay of each ledger's events give, byte for byte: a replayed curve (stored one
+    missing), a non-private release (+inf, "inf" in JSON), several tenants, units and model types."""
+    # Prepare: charges through the ledger, then one budget's stored curve dropped (replayed on read).
+    from sqlalchemy import select, update
+
+    from orchestrator.cli.output import emit_json, emit_table
+    from orchestrator.cli.privacy_commands import BUDGET_COLUMNS
+    from privacy import ledger
+    from privacy.events import CentralDpEvent, DpSgdEvent, NonPrivateEvent, event_from_row
+    from schema.db import make_engine, transaction
+    from schema.models import Organization, PrivacyBudget, PrivacyLedgerEvent
+
+    first, second = make_org(ready_cli), make_org(ready_cli)
+    policy = ledger.LedgerPolicy()
+    engine = make_engine(database_url)
+    try:
+        with transaction(engine) as session:
+            ledger.set_budget(session, second, "digits", 1.9, 1e-6, policy=policy, unit="user")
+            for round_ in (1, 2, 3):
+                ledger.charge(
+                    session,
+                    first,
+                    "digits",
+                    DpSgdEvent(1.1, 0.01, 50),
+                    aggregation_round=round_,
+                    policy=policy,
+                )
+            ledger.charge(session, first, "digits", CentralDpEvent(2.0, 0.2, 5, 1.0), policy=policy)
+            ledger.charge(session, first, "vision", DpSgdEvent(1.0, 0.02, 200, "user"), policy=policy)
+            ledger.charge(session, second, "digits", DpSgdEvent(1.2, 0.02, 150, "user"), policy=policy)
+            ledger.charge(session, second, "vision", NonPrivateEvent("record"), policy=policy)
+            session.execute(
+                update(PrivacyBudget)
+                .where(
+                    PrivacyBudget.organization_id == uuid.UUID(first), PrivacyBudget.model_type == "vision"
+                )
+                .values(rdp_curve=None, rdp_orders_key=None)
+            )
+        with transaction(engine) as session:  # expected: ORM rows, epsilon replayed from the events
+            names = {str(o.id): o.name for o in session.scalars(select(Organization))}
+            expected = []
+            budgets = session.scalars(
+                select(PrivacyBudget).order_by(
+                    PrivacyBudget.organization_id, PrivacyBudget.model_type, PrivacyBudget.unit
+                )
+            )
+            for budget in budgets:
+                events = [
+                    event_from_row(
+                        e.mechanism, e.noise_multiplier, e.sample_rate, e.steps, e.clip_norm, e.unit
+                    )
+                    for e in session.scalars(
+                        select(PrivacyLedgerEvent)
+                        .where(
+                            PrivacyLedgerEvent.organization_id == budget.organization_id,
+                            PrivacyLedgerEvent.model_type == budget.model_type,
+                            PrivacyLedgerEvent.unit == budget.unit,
+                        )
+                        .order_by(PrivacyLedgerEvent.id)
+                    )
+                ]
+                cap = budget.epsilon_cap or policy.default_epsilon_cap
+                delta = budget.delta or policy.default_delta
+                spent = accounting.epsilon(events, delta)
+                expected.append(
+                    {
+                        "organization": names[str(budget.organization_id)],
+                        "organization_id": str(budget.organization_id),
+                        "model_type": budget.model_type,
+                        "unit": budget.unit,
+                        "epsilon_cap": cap,
+                        "delta": delta,
+                        "epsilon_spent": spent,
+                        "epsilon_remaining": max(0.0, cap - spent),
+                        "events": len(events),
+                        "last_round": budget.last_round,
+                        "status": ledger.status_of(spent, cap),
+                    }
+                )
+    finally:
+        engine.dispose()
+    capsys.readouterr()
+    emit_json(
+        [{k: ledger.finite_or_inf(v) if isinstance(v, float) else v for k, v in r.items()} for r in expected]
+    )
+    emit_table(
+        "Privacy budgets",
+        [{k: f"{v:.4g}" if isinstance(v, float) else v for k, v in r.items()} for r in expected],
+        BUDGET_COLUMNS,
+    )
+    expected_json, expected_table = capsys.readouterr().out.split("\n]\n")
+
+    # Execute
+    shown_json = ready_cli("budget", "show", "--json")
+    shown_table = ready_cli("budget", "show")
+    one_org = ready_cli("budget", "show", "--org", second, "--json")
+
+    # Assert
+    assert shown_json.code == 0 and shown_table.code == 0, shown_json.err + shown_table.err
+    assert shown_json.out == expected_json + "\n]\n"
+    assert shown_table.out == expected_table
+    statuses = {(r["organization_id"], r["model_type"], r["unit"]): r for r in shown_json.json()}
+    assert statuses[(second, "vision", "record")]["epsilon_spent"] == "inf"
+    assert statuses[(second, "vision", "record")]["status"] == "exhausted"
+    assert statuses[(first, "vision", "user")]["events"] == 1  # its curve was replayed
+    assert 0 < statuses[(first, "vision", "user")]["epsilon_spent"] < 8
+    assert statuses[(second, "digits", "user")]["status"] == "near_cap"
+    assert one_org.json() == [r for r in shown_json.json() if r["organization_id"] == second]
