@@ -39,4 +39,7 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-.venv/bin/pytest "$@"
+# Two workers (pytest-xdist): much of the suite waits on real processes (Flower, uvicorn, Chromium), and
+# on a busy machine two workers get twice the CPU share. ACCUTE_TEST_WORKERS=0 runs in one process.
+# The slowest tests are listed at the end, to keep the suite's time in view.
+.venv/bin/pytest -n "${ACCUTE_TEST_WORKERS:-2}" --durations=25 "$@"

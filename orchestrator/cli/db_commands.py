@@ -25,7 +25,7 @@ def upgrade(
     after = migrate.current_revision(bound)
     from rich.console import Console  # only upgrade and downgrade print through rich
 
-    Console(stderr=True).print(
+    Console(stderr=True, soft_wrap=True).print(
         f"database {describe_url(bound.url)}: {before or 'empty'} -> {after} "
         f"({'up to date' if after == migrate.head_revision() else 'behind head'})"
     )
@@ -68,7 +68,7 @@ def downgrade(
     after = migrate.current_revision(bound)
     from rich.console import Console
 
-    Console(stderr=True).print(f"database {describe_url(bound.url)}: {before} -> {after or 'base (empty)'}")
+    Console(stderr=True, soft_wrap=True).print(f"database {describe_url(bound.url)}: {before} -> {after or 'base (empty)'}")
 
 
 @app.command()
