@@ -139,11 +139,7 @@ class FederationWatch:
         if not rejected_invalid:
             return
         rule = self.policy.rule("fl_repeated_rejections")
-        window = max(int(rule.window_s), 1)
-        rounds = self._rejections.setdefault(organization_id, deque(maxlen=window))
-        if not rounds or rounds[-1] != server_round:
-            rounds.append(server_round)
-        count = repeated(rounds, server_round, window)
+        rounds, window, count = _note_round(self._rejections, organization_id, server_round, rule.window_s)
         if count >= rule.threshold:
             self._record(
                 session,
@@ -162,11 +158,7 @@ class FederationWatch:
     ) -> None:
         """Record a validator outlier; block only if far beyond its bound or repeated in the window."""
         rule = self.policy.rule("fl_update_outlier")
-        window = max(int(rule.window_s), 1)
-        rounds = self._outliers.setdefault(organization_id, deque(maxlen=window))
-        if not rounds or rounds[-1] != server_round:
-            rounds.append(server_round)
-        count = repeated(rounds, server_round, window)
+        rounds, window, count = _note_round(self._outliers, organization_id, server_round, rule.window_s)
         far = excess is not None and excess >= rule.ratio
         details = {**evidence, "outlier_rounds": list(rounds), "window_rounds": window}
         if excess is not None:
@@ -202,3 +194,14 @@ class FederationWatch:
                     "ratio": round(ratio, 3),
                 },
             )
+
+
+def _note_round(
+    history: dict[uuid.UUID, deque[int]], organization_id: uuid.UUID, server_round: int, window_s: float
+) -> tuple[deque[int], int, int]:
+    """Note a tenant's event in ``server_round``; its rounds, the window (rounds) and the count in it."""
+    window = max(int(window_s), 1)
+    rounds = history.setdefault(organization_id, deque(maxlen=window))
+    if not rounds or rounds[-1] != server_round:
+        rounds.append(server_round)
+    return rounds, window, repeated(rounds, server_round, window)
