@@ -68,7 +68,9 @@ def downgrade(
     after = migrate.current_revision(bound)
     from rich.console import Console
 
-    Console(stderr=True, soft_wrap=True).print(f"database {describe_url(bound.url)}: {before} -> {after or 'base (empty)'}")
+    Console(stderr=True, soft_wrap=True).print(
+        f"database {describe_url(bound.url)}: {before} -> {after or 'base (empty)'}"
+    )
 
 
 @app.command()
