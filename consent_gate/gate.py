@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, String, and_, bindparam, exists, func, or_, select, true
 from sqlalchemy.exc import IntegrityError
@@ -139,17 +139,7 @@ def consenting_users_statement(required: tuple[str, ...], *, ordered: bool = Tru
     first = aliases[0]
     columns: list[Any] = [first.user_id, *(alias.consent_version for alias in aliases)]
     columns.append(latest_grant(*(alias.given_at for alias in aliases)))
-    query = select(*columns).select_from(first)
-    for alias, name in zip(aliases, required, strict=True):
-        granted = and_(
-            alias.organization_id == organization_id,
-            alias.consent_type == name,
-            alias.consent_given == true(),  # "= true" so the planner matches the partial index
-        )
-        if alias is first:
-            query = query.where(granted)
-        else:
-            query = query.join(alias, and_(granted, alias.user_id == first.user_id))
+    query = _granted_by_all(select(*columns).select_from(first), aliases, required, organization_id)
     query = query.where(~restricted_by_request(organization_id, first.user_id))
     return query.order_by(first.user_id) if ordered else query
 
@@ -329,6 +319,29 @@ ORGANIZATIONS_PARAM = "consent_gate_organization_ids"
 BATCH_IN_LIMIT = 500
 
 
+_Query = TypeVar("_Query", bound="Select[Any]")
+
+
+def _granted_by_all(
+    query: _Query, aliases: list[Any], required: tuple[str, ...], organization: Any
+) -> _Query:
+    """``query`` over ``aliases[0]`` restricted to users of ``organization`` (a bound value or a
+    correlated column: an equality on every alias, so each is an index range scan of
+    ``idx_consents_granted``) who granted every ``required`` consent, one alias per type."""
+    first = aliases[0]
+    for alias, name in zip(aliases, required, strict=True):
+        granted = and_(
+            alias.organization_id == organization,
+            alias.consent_type == name,
+            alias.consent_given == true(),  # "= true" so the planner matches the partial index
+        )
+        if alias is first:
+            query = query.where(granted)
+        else:
+            query = query.join(alias, and_(granted, alias.user_id == first.user_id))
+    return query
+
+
 @functools.lru_cache(maxsize=64)
 def grouped_count_statement(required: tuple[str, ...]) -> Select[uuid.UUID, int]:
     """``(organization_id, consenting users)`` for every organization with at least one, in one
@@ -361,17 +374,7 @@ def batch_count_statement(required: tuple[str, ...]) -> Select[uuid.UUID, int]:
     this plan is an index range scan of ``idx_consents_granted`` per organization, ~1 ms.)"""
     aliases = [aliased(UserConsent, name=f"c{i}") for i in range(len(required))]
     first = aliases[0]
-    count = select(func.count()).select_from(first)
-    for alias, name in zip(aliases, required, strict=True):
-        granted = and_(
-            alias.organization_id == Organization.id,
-            alias.consent_type == name,
-            alias.consent_given == true(),  # "= true" so the planner matches the partial index
-        )
-        if alias is first:
-            count = count.where(granted)
-        else:
-            count = count.join(alias, and_(granted, alias.user_id == first.user_id))
+    count = _granted_by_all(select(func.count()).select_from(first), aliases, required, Organization.id)
     count = count.where(~restricted_by_request(first.organization_id, first.user_id))
     return select(Organization.id, count.correlate(Organization).scalar_subquery()).where(
         Organization.id.in_(bindparam(ORGANIZATIONS_PARAM, expanding=True))
