@@ -19,13 +19,14 @@ from tests.schema.rows import VALID_ROWS, insert, make_refs, table
 load_all()
 
 # The spec's CHECK lists (tables added beyond the spec test their own CHECKs with their features).
-CHECKED_COLUMNS = [
+# Sorted: `Table.constraints` is a set, and pytest-xdist workers must collect in one order.
+CHECKED_COLUMNS = sorted(
     (t.name, constraint.name.removeprefix(f"ck_{t.name}_"))
     for t in Base.metadata.sorted_tables
     if t.name in SPEC_TABLES or t.name == "organizations"
     for constraint in t.constraints
     if isinstance(constraint, sa.CheckConstraint)
-]
+)
 
 
 def allowed_values(table_name: str, column: str) -> list[str]:
