@@ -52,6 +52,7 @@ from schema.config import Settings
 from schema.db import make_engine
 from schema.migrate import upgrade
 from simulations.federation import prepare_federation
+from simulations.flower_delivery import narrow_delivery_sweep
 from simulations.synthetic import firm_user_ids
 
 Mark = tuple[float, float]
@@ -221,12 +222,13 @@ def run_once(
         marks.append(mark())
     else:
         server = plain_server_app(config, args.seed, marks, args.pull_interval)
-    run_simulation(
-        server_app=server,
-        client_app=make_client_app(),
-        num_supernodes=args.tenants,
-        backend_config=BACKEND,  # type: ignore[arg-type]
-    )
+    with narrow_delivery_sweep(settings.simulation_narrow_sweep):  # both kinds: what `simulate` runs
+        run_simulation(
+            server_app=server,
+            client_app=make_client_app(),
+            num_supernodes=args.tenants,
+            backend_config=BACKEND,  # type: ignore[arg-type]
+        )
     return per_round(marks)
 
 

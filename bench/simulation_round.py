@@ -20,7 +20,9 @@ and in ``Governor.admit``.
         [--backends sqlite,postgresql] [--task digits] [--postgres URL] [--plain]
 
 ``--plain`` also runs plain Flower FedAvg (the same DP-SGD on the same records, no database, no
-governance) at both sizes: the simulation engine's own cost of registered nodes.
+governance) at both sizes: the simulation engine's own cost of registered nodes. Every run uses the
+delivery sweep the settings choose (``simulations/flower_delivery.py``); set
+``ACCUTE_SIMULATION_NARROW_SWEEP=false`` to measure Flower 1.42's sweep over every node.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from fl_client.tasks import get_task
 from schema.config import Settings
 from schema.db import make_engine
 from schema.migrate import upgrade
+from simulations.flower_delivery import narrow_delivery_sweep
 from simulations.runner import simulate
 from simulations.scenario import SimulationSpec
 from simulations.synthetic import tenant_records
@@ -117,12 +120,17 @@ def plain(spec: SimulationSpec) -> list[float]:
             fraction_train=spec.fraction, fraction_evaluate=spec.fraction, min_available_nodes=spec.tenants
         ).start(grid=grid, initial_arrays=initial, num_rounds=config.rounds, evaluate_fn=evaluate_fn)
 
-    run_simulation(
-        server_app=server,
-        client_app=client,
-        num_supernodes=spec.tenants,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}},
-    )
+    # The same delivery sweep as the governed run (ACCUTE_SIMULATION_NARROW_SWEEP decides for both).
+    with narrow_delivery_sweep(Settings().simulation_narrow_sweep):
+        run_simulation(
+            server_app=server,
+            client_app=client,
+            num_supernodes=spec.tenants,
+            backend_config={
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {"num_cpus": 2},
+            },
+        )
     return [b - a for a, b in itertools.pairwise(stamps[1:])]  # stamps[0]: round 0 (initial)
 
 

@@ -60,6 +60,13 @@ class Settings(BaseSettings):
         description="Content-addressed store of published model weights (files named by SHA-256).",
     )
     debug: bool = Field(default=False, description="Show full tracebacks for unexpected errors.")
+    simulation_narrow_sweep: bool = Field(
+        default=True,
+        description=(
+            "In simulations, Flower's engine looks for messages only for nodes that have one waiting "
+            "(simulations/flower_delivery.py); false runs Flower 1.42's sweep over every node."
+        ),
+    )
 
     # Privacy (privacy/): the platform default cap for a tenant and model type without its own.
     default_epsilon_cap: float = Field(

@@ -26,6 +26,7 @@ from fl_server.app import make_server_app
 from fl_server.config import RunConfig
 from fl_server.strategy import RoundRecord, ServerEvaluate
 from schema.config import Settings
+from simulations.flower_delivery import narrow_delivery_sweep
 from simulations.synthetic import firm_user_ids
 from simulations.tenants import TenantPlan, prepare_tenants
 
@@ -116,9 +117,13 @@ def run_federation(
     # to WARNING here printed that notice again.
     if flwr_log.level < logging.WARNING:
         flwr_log.setLevel(logging.WARNING)
-    run_simulation(
-        server_app=make_server_app(config, settings, on_round, server_evaluate),
-        client_app=make_client_app(),
-        num_supernodes=tenants,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}},
-    )
+    with narrow_delivery_sweep(settings.simulation_narrow_sweep):
+        run_simulation(
+            server_app=make_server_app(config, settings, on_round, server_evaluate),
+            client_app=make_client_app(),
+            num_supernodes=tenants,
+            backend_config={
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {"num_cpus": 2},
+            },
+        )
