@@ -3,6 +3,7 @@ the command (CI saw `run-local` ignore Ctrl-C raised inside SQLAlchemy's `_colle
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -49,7 +50,14 @@ SCRIPT = textwrap.dedent(
 def test_a_signal_swallowed_in_a_gc_callback_is_delivered_again(name: str, code: int, word: str) -> None:
     # Execute
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, name], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-c", SCRIPT, name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        # A shell's background job ignores SIGINT (CI ran this suite as one; Python then installs no
+        # Ctrl-C handler and the signal did nothing); give the child a terminal's default disposition.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
     # Assert
