@@ -37,7 +37,6 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
-from flwr.simulation import run_simulation
 
 from aggregation.flwr_adapter import record_from_arrays
 from fl_client import protocol
@@ -51,8 +50,7 @@ from fl_server.strategy import PULL_INTERVAL_S, RoundRecord
 from schema.config import Settings
 from schema.db import make_engine
 from schema.migrate import upgrade
-from simulations.federation import prepare_federation
-from simulations.flower_delivery import narrow_delivery_sweep
+from simulations.federation import prepare_federation, run_on_engine
 from simulations.synthetic import firm_user_ids
 
 Mark = tuple[float, float]
@@ -60,9 +58,6 @@ Mark = tuple[float, float]
 
 def mark() -> Mark:
     return time.perf_counter(), time.process_time()
-
-
-BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}}
 
 
 class InstructedFedAvg(FedAvg):
@@ -222,13 +217,8 @@ def run_once(
         marks.append(mark())
     else:
         server = plain_server_app(config, args.seed, marks, args.pull_interval)
-    with narrow_delivery_sweep(settings.simulation_narrow_sweep):  # both kinds: what `simulate` runs
-        run_simulation(
-            server_app=server,
-            client_app=make_client_app(),
-            num_supernodes=args.tenants,
-            backend_config=BACKEND,  # type: ignore[arg-type]
-        )
+    # Both kinds on what `simulate` runs: the same engine, backend and delivery sweep.
+    run_on_engine(server, make_client_app(), args.tenants, narrow_sweep=settings.simulation_narrow_sweep)
     return per_round(marks)
 
 

@@ -42,7 +42,6 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
-from flwr.simulation import run_simulation
 
 from aggregation.flwr_adapter import arrays_from_record, record_from_arrays
 from fl_client.dp_training import evaluate, train
@@ -50,7 +49,7 @@ from fl_client.tasks import get_task
 from schema.config import Settings
 from schema.db import make_engine
 from schema.migrate import upgrade
-from simulations.flower_delivery import narrow_delivery_sweep
+from simulations.federation import run_on_engine
 from simulations.runner import simulate
 from simulations.scenario import SimulationSpec
 from simulations.synthetic import tenant_records
@@ -120,17 +119,8 @@ def plain(spec: SimulationSpec) -> list[float]:
             fraction_train=spec.fraction, fraction_evaluate=spec.fraction, min_available_nodes=spec.tenants
         ).start(grid=grid, initial_arrays=initial, num_rounds=config.rounds, evaluate_fn=evaluate_fn)
 
-    # The same delivery sweep as the governed run (ACCUTE_SIMULATION_NARROW_SWEEP decides for both).
-    with narrow_delivery_sweep(Settings().simulation_narrow_sweep):
-        run_simulation(
-            server_app=server,
-            client_app=client,
-            num_supernodes=spec.tenants,
-            backend_config={
-                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                "init_args": {"num_cpus": 2},
-            },
-        )
+    # The governed run's engine and delivery sweep (ACCUTE_SIMULATION_NARROW_SWEEP decides for both).
+    run_on_engine(server, client, spec.tenants, narrow_sweep=Settings().simulation_narrow_sweep)
     return [b - a for a, b in itertools.pairwise(stamps[1:])]  # stamps[0]: round 0 (initial)
 
 

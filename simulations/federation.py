@@ -15,7 +15,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
@@ -29,6 +29,10 @@ from schema.config import Settings
 from simulations.flower_delivery import narrow_delivery_sweep
 from simulations.synthetic import firm_user_ids
 from simulations.tenants import TenantPlan, prepare_tenants
+
+if TYPE_CHECKING:
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,9 @@ def prepare_federation(
     return setups
 
 
+ENGINE_BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}}
+
+
 def run_federation(
     config: RunConfig,
     settings: Settings,
@@ -108,8 +115,6 @@ def run_federation(
 ) -> None:
     """Run the governed ServerApp and the tenant ClientApp on Flower's simulation engine;
     ``server_evaluate`` (the server's test set) gives each round's headline metric."""
-    from flwr.simulation import run_simulation
-
     os.environ[MANIFEST_ENV] = str(manifest_path.resolve())
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     flwr_log = logging.getLogger("flwr")
@@ -117,13 +122,23 @@ def run_federation(
     # to WARNING here printed that notice again.
     if flwr_log.level < logging.WARNING:
         flwr_log.setLevel(logging.WARNING)
-    with narrow_delivery_sweep(settings.simulation_narrow_sweep):
+    run_on_engine(
+        make_server_app(config, settings, on_round, server_evaluate),
+        make_client_app(),
+        tenants,
+        narrow_sweep=settings.simulation_narrow_sweep,
+    )
+
+
+def run_on_engine(server_app: ServerApp, client_app: ClientApp, nodes: int, *, narrow_sweep: bool) -> None:
+    """Flower's simulation engine (Ray, one CPU per ClientApp, two workers) with the delivery sweep
+    the settings choose; the benches run their plain-Flower arms through it too."""
+    from flwr.simulation import run_simulation
+
+    with narrow_delivery_sweep(narrow_sweep):
         run_simulation(
-            server_app=make_server_app(config, settings, on_round, server_evaluate),
-            client_app=make_client_app(),
-            num_supernodes=tenants,
-            backend_config={
-                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                "init_args": {"num_cpus": 2},
-            },
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=nodes,
+            backend_config=ENGINE_BACKEND,  # type: ignore[arg-type]
         )

@@ -65,10 +65,6 @@ def deliver_waiting_messages(
         f_stop.wait(SWEEP_INTERVAL_S)
 
 
-def shim_applies(flower_release: str) -> bool:
-    return flower_release.startswith(SHIMMED_FLOWER_RELEASE)
-
-
 def narrowed(flower_sweep: Sweep) -> Sweep:
     """Flower's sweep for any state but the in-memory one the narrowed sweep was written against."""
     from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
@@ -92,7 +88,7 @@ def narrow_delivery_sweep(enabled: bool = True) -> Iterator[bool]:
     """Install the narrowed sweep for simulations started inside; yields whether it is installed."""
     from flwr.server.superlink.fleet.vce import vce_api
 
-    if not enabled or not shim_applies(version("flwr")):
+    if not enabled or not version("flwr").startswith(SHIMMED_FLOWER_RELEASE):
         yield False
         return
     flower_sweep = vce_api.add_messages_to_queue
