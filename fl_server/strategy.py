@@ -60,6 +60,7 @@ from fl_server.governance import (
     MAX_REPLACEMENT_FACTOR,
     Admission,
     Dispatch,
+    DispatchBatch,
     Governor,
     Tenant,
     Verdict,
@@ -187,6 +188,24 @@ class RoundRecord:
 
 
 @dataclass
+class _Selection:
+    """A round sampled and admitted; nothing charged, nothing sent yet."""
+
+    record: RoundRecord
+    messages: list[Message]
+    admission: Admission
+
+
+@dataclass
+class _PreparedRound:
+    """A round sampled, admitted, charged and instructed, whose messages have not left yet."""
+
+    record: RoundRecord
+    messages: list[Message]
+    batch: DispatchBatch
+
+
+@dataclass
 class GovernedResult:
     arrays: Arrays
     rounds: list[RoundRecord]
@@ -290,22 +309,24 @@ class GovernedStrategy(Strategy):
             return GovernedResult(arrays, [], state.last_completed_round)
         spec = ModelSpec.from_arrays(arrays)
         history: list[RoundRecord] = []
-        first = True
+        selected: _Selection | None = None
         for server_round in range(state.last_completed_round + 1, rounds + 1):
-            # ``min_nodes`` gates the first round this server runs; later rounds go on with the
-            # nodes that are online (bound tenants that are not: failed, reason offline).
-            online = self._online(grid, timeout, wait=first)
-            first = False
-            self._unanswered = set()
-            if self.config.dp.central:
-                # Central DP identifies every connected node before it samples (bound nodes are
-                # not asked again): see ``_sample_and_admit`` for why it cannot identify lazily.
-                self._bind(grid, online, timeout)
-            record = RoundRecord(server_round)
-            arrays = self._train_round(
-                grid, server_round, arrays, spec, state.seen, record, timeout, online=online
+            if selected is None:
+                # ``min_nodes`` gates the first round this server runs; later rounds go on with
+                # the nodes that are online (bound tenants that are not: failed, reason offline).
+                selected = self._select_round(grid, server_round, arrays, spec, timeout, wait=True)
+            record = selected.record
+            prepared = self._dispatch_round(grid, selected)
+            arrays = self._train_round(grid, server_round, arrays, spec, state.seen, prepared, timeout)
+            node_metric, selected = self._evaluate_round(
+                grid,
+                server_round,
+                arrays,
+                timeout,
+                self._selector(grid, server_round + 1, arrays, spec, timeout)
+                if server_round < rounds
+                else None,
             )
-            node_metric = self._evaluate_round(grid, server_round, arrays, timeout)
             # A server-side test set (public data no tenant holds) gives the headline metric, in
             # DP runs too: evaluating public data spends no one's privacy.
             # A diverged model's inf/NaN becomes None: stored as NULL, reported as null.
@@ -318,6 +339,75 @@ class GovernedStrategy(Strategy):
                 self.on_round(record)
         self.publication = self.governor.complete_run(self.publish)
         return GovernedResult(arrays, history, rounds)
+
+    def _selector(
+        self, grid: Grid, server_round: int, arrays: Arrays, spec: ModelSpec, timeout: float
+    ) -> Callable[[], _Selection]:
+        """``_select_round`` of the next round, for ``_evaluate_round`` to run while it waits."""
+        return lambda: self._select_round(grid, server_round, arrays, spec, timeout, wait=False)
+
+    def _select_round(
+        self, grid: Grid, server_round: int, arrays: Arrays, spec: ModelSpec, timeout: float, *, wait: bool
+    ) -> _Selection:
+        """Sample the round, identify the sampled nodes not bound yet, and admit (consent, budget).
+
+        After round 1 this runs while the previous round's evaluation replies are awaited
+        (``_evaluate_round``), so admission and the identity queries of newly sampled nodes (a
+        message round trip each round among thousands of tenants) overlap that wait instead of
+        adding to every round. It charges nothing and sends no train message:
+        ``_dispatch_round`` charges once the evaluation is back.
+        """
+        online = self._online(grid, timeout, wait=wait)
+        self._unanswered = set()
+        if self.config.dp.central:
+            # Central DP identifies every connected node before it samples (bound nodes are
+            # not asked again): see ``_sample_and_admit`` for why it cannot identify lazily.
+            self._bind(grid, online, timeout)
+        record = RoundRecord(server_round)
+        global_record = record_from_arrays(arrays, spec)
+        messages, admission = self._sample_and_admit(server_round, online, global_record, grid, timeout)
+        self._mark_offline(server_round, online, record)
+        record.skipped.update(admission.skipped)
+        return _Selection(record, messages, admission)
+
+    def _dispatch_round(self, grid: Grid, selected: _Selection) -> _PreparedRound:
+        """Charge and instruct the admitted tenants whose node is still connected, in one
+        transaction (``Governor.dispatch``), before any train message leaves.
+
+        A node that left since it was sampled (during the previous round's evaluation) is failed,
+        reason ``offline``, and not charged: budget is spent only on nodes that can still train.
+        """
+        record, admission = selected.record, selected.admission
+        server_round = record.server_round
+        connected = set(grid.get_node_ids())
+        lost = [m.metadata.dst_node_id for m in selected.messages if m.metadata.dst_node_id not in connected]
+        if lost:
+            gone = [admission.admitted[n] for n in lost]
+            self.governor.mark_offline(server_round, gone)
+            record.statuses.update({t.name: FAILED for t in gone})
+        messages = [m for m in selected.messages if m.metadata.dst_node_id in connected]
+        chosen = [admission.admitted[m.metadata.dst_node_id] for m in messages]
+        # Central DP: the population charged is the eligible tenants still connected, as when a
+        # round's selection and dispatch were one step (an offline node is charged nothing).
+        population = (
+            [t for t in admission.population if t.node_id in connected] if self.config.dp.central else []
+        )
+        # Charge, then release: nothing is sent before the dispatch transaction committed.
+        batch = self.governor.dispatch(server_round, chosen, population)
+        record.statuses.update(batch.refused)
+        record.admitted = sorted(t.name for t in admission.admitted.values())
+        for tenant in batch.central_charged:
+            record.charged.setdefault(tenant.name, []).append(self.governor.central_event())
+        for dispatched in batch.dispatched.values():
+            record.charged.setdefault(dispatched.tenant.name, []).extend(self._local_charges())
+        messages = [m for m in messages if m.metadata.dst_node_id in batch.dispatched]
+        for message in messages:
+            _attach(
+                message,
+                protocol.INSTRUCTION,
+                batch.dispatched[message.metadata.dst_node_id].instruction.to_record(),
+            )
+        return _PreparedRound(record, messages, batch)
 
     def _online(self, grid: Grid, timeout: float, *, wait: bool) -> set[int]:
         """The nodes connected now; with ``wait`` (the first round), once ``min_nodes`` are."""
@@ -390,33 +480,12 @@ class GovernedStrategy(Strategy):
         arrays: Arrays,
         spec: ModelSpec,
         seen: Any,
-        record: RoundRecord,
+        prepared: _PreparedRound,
         timeout: float,
-        online: set[int] | None = None,
     ) -> Arrays:
-        online = set(self.tenants) if online is None else online
-        global_record = record_from_arrays(arrays, spec)
-        messages, admission = self._sample_and_admit(server_round, online, global_record, grid, timeout)
-        self._mark_offline(server_round, online, record)
-        record.skipped.update(admission.skipped)
+        """Send the prepared round's train messages, judge and fold each reply, commit the round."""
+        record, messages, batch = prepared.record, prepared.messages, prepared.batch
         central_dp = self.config.dp.central
-        chosen = [admission.admitted[m.metadata.dst_node_id] for m in messages]
-        population = admission.population if central_dp else []
-        # Charge, then release: nothing is sent before the dispatch transaction committed.
-        batch = self.governor.dispatch(server_round, chosen, population)
-        record.statuses.update(batch.refused)
-        record.admitted = sorted(t.name for t in admission.admitted.values())
-        for tenant in batch.central_charged:
-            record.charged.setdefault(tenant.name, []).append(self.governor.central_event())
-        for dispatched in batch.dispatched.values():
-            record.charged.setdefault(dispatched.tenant.name, []).extend(self._local_charges())
-        messages = [m for m in messages if m.metadata.dst_node_id in batch.dispatched]
-        for message in messages:
-            _attach(
-                message,
-                protocol.INSTRUCTION,
-                batch.dispatched[message.metadata.dst_node_id].instruction.to_record(),
-            )
         self._participants = dict(batch.dispatched)
 
         validator = UpdateValidator(spec, max_norm=self.config.max_update_norm, seen=seen)
@@ -676,11 +745,20 @@ class GovernedStrategy(Strategy):
             reference=reference,
         )
 
-    def _evaluate_round(self, grid: Grid, server_round: int, arrays: Arrays, timeout: float) -> float | None:
+    def _evaluate_round(
+        self,
+        grid: Grid,
+        server_round: int,
+        arrays: Arrays,
+        timeout: float,
+        meanwhile: Callable[[], _Selection] | None = None,
+    ) -> tuple[float | None, _Selection | None]:
+        """The round's node metric, and what ``meanwhile`` (the next round's selection) returned,
+        run after the evaluate messages left and before their replies are collected."""
         # The round's participants evaluate the new global model on their held-out consented users:
         # with a thousand tenants, asking every one (most never trained) dominated the round.
         if not self._participants:
-            return None
+            return None, meanwhile() if meanwhile is not None else None
         view = AdmittedGrid(grid, self._participants)
         messages = list(
             self.inner.configure_evaluate(server_round, record_from_arrays(arrays), ConfigRecord(), view)
@@ -698,7 +776,15 @@ class GovernedStrategy(Strategy):
                 holdout_fraction=self.config.holdout_fraction,
             )
             _attach(message, protocol.INSTRUCTION, instruction.to_record())
-        replies = [r for _, r in _collect(grid, messages, timeout) if not r.has_error()]
+        sent = _Sent(grid, messages, timeout)
+        try:
+            selected = meanwhile() if meanwhile is not None else None
+        finally:
+            # The evaluation is collected even when the next round could not be selected.
+            replies = [r for _, r in sent.replies() if not r.has_error()]
+        return self._node_metric(server_round, replies, private), selected
+
+    def _node_metric(self, server_round: int, replies: list[Message], private: bool) -> float | None:
         if private:
             # Nodes release no metric in DP runs; whatever a node sends anyway is neither stored
             # nor charged. Without a server-side test set the round has no metric.
@@ -769,24 +855,34 @@ def _attach(message: Message, key: str, record: ConfigRecord) -> None:
 
 
 def _collect(grid: Grid, messages: list[Message], timeout: float) -> Iterable[tuple[int, Message]]:
-    """Yield ``(destination node, reply)`` as replies arrive, until all came back or ``timeout`` passed.
+    """Yield ``(destination node, reply)`` as replies arrive, until all came back or ``timeout`` passed."""
+    if messages:
+        yield from _Sent(grid, messages, timeout).replies()
 
-    The node comes from the message the reply answers, not from the reply's source: the SuperLink
-    answers for a node that went offline with an error reply from its own node id.
-    """
-    if not messages:
-        return
-    ids = list(grid.push_messages(messages))
-    # A message the SuperLink did not take has id None: it is never answered, so it times out.
-    node_of = {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages, strict=True) if mid is not None}
-    pending = set(node_of)
-    deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        for reply in grid.pull_messages(list(pending)):
-            answered = reply.metadata.reply_to_message_id
-            if answered not in pending:
-                continue
-            pending.discard(answered)
-            yield node_of[answered], reply
-        if pending:
-            time.sleep(PULL_INTERVAL_S)
+
+class _Sent:
+    """Messages pushed now, whose replies ``replies()`` collects later (the server may work meanwhile)."""
+
+    def __init__(self, grid: Grid, messages: list[Message], timeout: float) -> None:
+        self.grid = grid
+        ids = list(grid.push_messages(messages)) if messages else []
+        # A message the SuperLink did not take has id None: it is never answered, so it times out.
+        # The node comes from the message the reply answers, not from the reply's source: the
+        # SuperLink answers for a node that went offline with an error reply from its own node id.
+        self.node_of = {
+            mid: m.metadata.dst_node_id for mid, m in zip(ids, messages, strict=True) if mid is not None
+        }
+        self.deadline = time.monotonic() + timeout
+
+    def replies(self) -> Iterator[tuple[int, Message]]:
+        """``(destination node, reply)`` as replies arrive, until all came back or the deadline passed."""
+        pending = set(self.node_of)
+        while pending and time.monotonic() < self.deadline:
+            for reply in self.grid.pull_messages(list(pending)):
+                answered = reply.metadata.reply_to_message_id
+                if answered not in pending:
+                    continue
+                pending.discard(answered)
+                yield self.node_of[answered], reply
+            if pending:
+                time.sleep(PULL_INTERVAL_S)

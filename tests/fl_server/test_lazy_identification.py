@@ -33,11 +33,23 @@ def asked(fed: Federation) -> list[int]:
 
 
 def asked_per_round(fed: Federation) -> tuple[list[list[int]], Callable[[RoundRecord], None]]:
-    """An ``on_round`` callback that records the identity queries each round sent."""
+    """An ``on_round`` callback that records the identity queries each round sent.
+
+    A round's queries are those sent after the previous round's train messages and before its
+    own: round r+1 is sampled (and its new nodes asked) while round r's evaluation is awaited,
+    before ``on_round`` reports round r.
+    """
     rounds: list[list[int]] = []
 
     def on_round(record: RoundRecord) -> None:
-        rounds.append(asked(fed)[sum(len(r) for r in rounds) :])
+        current, queries = 1, []
+        for message in fed.grid.sent:
+            if message.metadata.message_type == "train":
+                instruction = protocol.TrainInstruction.from_record(message.content[protocol.INSTRUCTION])
+                current = instruction.server_round + 1
+            elif message.metadata.message_type == "query.identify" and current == record.server_round:
+                queries.append(message.metadata.dst_node_id)
+        rounds.append(queries)
 
     return rounds, on_round
 

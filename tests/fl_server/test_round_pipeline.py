@@ -1,0 +1,99 @@
+"""Round r+1 is selected (sampled, its new nodes identified, admitted) while round r's evaluation
+replies are awaited; it is charged and sent only after they came back, to nodes still connected."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import pytest
+from flwr.app import Message
+
+from fl_client import protocol
+from tests.fl_server.conftest import Federation
+from tests.fl_server.test_charge_before_release import events_of, statuses
+
+MakeFederation = Callable[..., Federation]
+
+
+def round_of(message: Message) -> int:
+    return int(message.content[protocol.INSTRUCTION]["server_round"])  # type: ignore[call-overload]
+
+
+def log_traffic(fed: Federation) -> list[tuple[str, str, int]]:
+    """``(push|pull, message type, round)`` in the order the server pushed messages and pulled replies
+    (round 0: an identity query, which names none)."""
+    log: list[tuple[str, str, int]] = []
+    grid = fed.grid
+    push, pull = grid.push_messages, grid.pull_messages
+    types: dict[str, tuple[str, int]] = {}
+
+    def pushed(messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        ids = list(push(messages))
+        for message_id, message in zip(ids, messages, strict=True):
+            kind = message.metadata.message_type
+            types[message_id] = (kind, 0 if kind == "query.identify" else round_of(message))
+            log.append(("push", *types[message_id]))
+        return ids
+
+    def pulled(message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = list(pull(message_ids))
+        log.extend(("pull", *types[r.metadata.reply_to_message_id]) for r in replies)
+        return replies
+
+    grid.push_messages, grid.pull_messages = pushed, pulled  # type: ignore[method-assign]
+    return log
+
+
+def test_the_next_round_is_selected_while_the_evaluation_is_awaited(make_federation: MakeFederation) -> None:
+    # Prepare: 200 nodes, 10 sampled per round: round 2 asks the nodes it samples that round 1 did not bind.
+    fed = make_federation(tenants=200)
+    log = log_traffic(fed)
+
+    # Execute
+    fed.run(fed.config(rounds=2, fraction=0.05, steps=2))
+
+    # Assert: after round 1's evaluate messages left, round 2's identity queries went out before
+    # round 1's evaluation replies were collected; round 2's train messages left only after them.
+    def first(entry: tuple[str, str, int]) -> int:
+        return log.index(entry)
+
+    def last(entry: tuple[str, str, int]) -> int:
+        return len(log) - 1 - log[::-1].index(entry)
+
+    eval_sent, eval_pulled = last(("push", "evaluate", 1)), first(("pull", "evaluate", 1))
+    round_2_queries = [i for i, e in enumerate(log) if e == ("push", "query.identify", 0) and i > eval_sent]
+    assert round_2_queries, "round 2 asked no new node (the sample fell on round 1's nodes)"
+    assert eval_sent < min(round_2_queries) and max(round_2_queries) < eval_pulled
+    assert last(("pull", "evaluate", 1)) < first(("push", "train", 2))
+
+
+@pytest.mark.parametrize("dp", ["local", "central"])
+def test_a_node_lost_while_the_last_round_is_evaluated_is_failed_offline_and_not_charged(
+    make_federation: MakeFederation, dp: str
+) -> None:
+    # Prepare: tenant-1's node leaves once round 1's evaluation replies are being collected,
+    # i.e. after round 2 was selected with it (every tenant trains every round).
+    fed = make_federation()
+    lost = fed.node_of(1)
+    pull = fed.grid.pull_messages
+
+    def pulled(message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = list(pull(message_ids))
+        if any(r.metadata.message_type == "evaluate" for r in replies):
+            fed.grid.offline.add(lost)
+        return replies
+
+    fed.grid.pull_messages = pulled  # type: ignore[method-assign]
+    overrides = {"fraction": 1.0, "central_noise_multiplier": 5.0} if dp == "central" else {}
+
+    # Execute
+    result = fed.run(fed.config(rounds=2, dp=dp, round_timeout_s=1.0, **overrides))
+
+    # Assert: round 2 failed it (offline) and charged it nothing; the others trained.
+    assert result.last_round == 2
+    found = statuses(fed)
+    assert found[(2, "tenant-1")] == "failed"
+    assert found[(2, "tenant-0")] == found[(2, "tenant-2")] == "accepted"
+    assert {e.aggregation_round for e in events_of(fed, 1)} == {1}
+    assert {e.aggregation_round for e in events_of(fed, 0)} == {1, 2}
