@@ -448,3 +448,34 @@ def test_listings_build_only_the_tables_they_read(tenant: Tenant, name: str) -> 
     # Assert
     assert result.code == 0, result.stderr
     assert result.loaded == ["schema.tables.organization"]
+
+
+def test_the_console_script_loads_a_command_with_the_collector_paused_then_frozen() -> None:
+    """``entrypoint`` imports the command with the collector off, freezes what the import made and
+    turns collection back on before the command runs; ``main()`` itself leaves the collector alone."""
+    import gc
+
+    from typer.main import get_group
+
+    from orchestrator.cli import main as cli_main
+
+    assert gc.isenabled()
+    frozen_before = gc.get_freeze_count()
+    seen: list[bool] = []
+    group = get_group(cli_main.app)
+    original = type(group).load
+
+    def load(self: object, name: str) -> None:
+        seen.append(gc.isenabled())
+        original(self, name)  # type: ignore[arg-type]
+
+    try:
+        type(group).load = load  # type: ignore[method-assign]
+        cli_main._load_uncollected(group, "org")
+        assert seen == [False]
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > frozen_before
+    finally:
+        type(group).load = original  # type: ignore[method-assign]
+        gc.unfreeze()
+        gc.enable()
