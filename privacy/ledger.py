@@ -9,7 +9,10 @@ Epsilon is always evaluated at the budget's delta (or the platform default, ``Se
 without one) — never at a run's delta: a run cannot buy itself a weaker guarantee. Epsilon is always recomputed from the events with an
 accountant (invariant 2): the stored curve is the ``rdp`` accountant's composition of the same
 events in the same order, bit-identical to a replay, and it is rebuilt by replay whenever it is
-missing or was computed on another order grid. ``prv`` replays the events every time.
+missing or was computed on another order grid. ``prv`` replays the events every time. Under
+``rdp`` a charge (and a cap change) also stores the epsilon it computed for the row's new curve,
+with its key (``_stored_epsilon``, revision 0021): ``budget_rows`` shows it where the key matches,
+so listing budgets needs no numpy; the cap check never reads it.
 
 The API the federated server calls, each inside the caller's transaction
 (``schema.db.transaction``):
