@@ -12,7 +12,13 @@ each command's median wall to the baseline's. ``--tree PATH`` (repeatable) times
 commands with ``PYTHONPATH=PATH``, e.g. ``--tree /work/main --tree .`` for before/after in one
 run. Exits 1 if ``--target`` is given and a command of the last tree exceeds it.
 
-    .venv/bin/python bench/cli_startup.py [--repeats 9] [--tree PATH ...] [--target 1.5] [--floor]
+Every process reads compiled bytecode, as an installed console script does: the children write
+and read their ``.pyc`` files under a cache folder of the run (``PYTHONPYCACHEPREFIX``; the trees
+stay clean), even where ``PYTHONDONTWRITEBYTECODE`` is set, which would otherwise make every
+process compile the trees' modules from source again (~15 ms a command). ``--no-pyc`` keeps that
+behaviour, to compare with runs made before 2026-11-30 (session 9).
+
+    .venv/bin/python bench/cli_startup.py [--repeats 9] [--tree PATH ...] [--target 1.5] [--floor] [--no-pyc]
 """
 
 from __future__ import annotations
@@ -108,6 +114,9 @@ def main() -> int:
     parser.add_argument("--target", type=float, default=None, help="Fail above this ratio (last tree).")
     parser.add_argument("--floor", action="store_true", help="Also time the required stack's bare imports.")
     parser.add_argument("--json", type=Path, default=None, help="Also write the medians here.")
+    parser.add_argument(
+        "--no-pyc", action="store_true", help="Compile the trees' modules from source in every process."
+    )
     args = parser.parse_args()
     trees = [str(Path(t).resolve()) for t in (args.tree or [str(ROOT)])]
 
@@ -118,6 +127,11 @@ def main() -> int:
         for tree in trees:
             env = {**os.environ, "PYTHONPATH": tree, "ACCUTE_DATABASE_URL": url}
             env.pop("ACCUTE_DEBUG", None)
+            if args.no_pyc:
+                env["PYTHONDONTWRITEBYTECODE"] = "1"
+            else:
+                env.pop("PYTHONDONTWRITEBYTECODE", None)
+                env["PYTHONPYCACHEPREFIX"] = f"{folder}/pycache"
             cases.append(("baseline", tree, [sys.executable, "-c", BASELINE], env))
             if args.floor:
                 cases += [(label, tree, [sys.executable, "-c", code], env) for label, code in FLOORS.items()]
@@ -137,7 +151,7 @@ def main() -> int:
 
     print(
         f"python {sys.version.split()[0]}, {args.repeats} interleaved repetitions, "
-        f"load {load_before:.1f} -> {load_after:.1f}"
+        f"load {load_before:.1f} -> {load_after:.1f}, {'no .pyc' if args.no_pyc else '.pyc cached'}"
     )
     results: list[dict[str, object]] = []
     worst = 0.0

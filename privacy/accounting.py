@@ -32,6 +32,9 @@ from functools import cache, lru_cache
 import numpy as np
 import numpy.typing as npt
 
+from privacy.accountants import ACCOUNTANTS as ACCOUNTANTS
+from privacy.accountants import RDP_ORDERS_KEY
+from privacy.accountants import check_accountant as check_accountant
 from privacy.events import (
     DpSgdEvent,
     SubsampledGaussian,
@@ -45,8 +48,6 @@ from schema.errors import InvalidInputError
 
 FloatArray = npt.NDArray[np.float64]
 
-ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
-
 #: RDP orders: dp-accounting's default grid (Opacus' plus 11 and 128..1024 for tiny sample rates).
 ORDERS: FloatArray = np.array(
     [1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512, 1024], dtype=np.float64
@@ -55,16 +56,12 @@ ORDERS.flags.writeable = False
 
 #: Identifies the grid a stored curve is on; a stored curve on another grid is rebuilt by replay.
 ORDERS_KEY: str = hashlib.sha256(ORDERS.tobytes()).hexdigest()[:16]
+if ORDERS_KEY != RDP_ORDERS_KEY:  # pragma: no cover - a changed grid must change the written-out key
+    raise RuntimeError(f"privacy.accountants.RDP_ORDERS_KEY must be {ORDERS_KEY!r} for this order grid")
 
 #: Noise multipliers searched by ``noise_multiplier_for``.
 MIN_NOISE_MULTIPLIER = 1e-3
 MAX_NOISE_MULTIPLIER = 1e4
-
-
-def check_accountant(name: str) -> str:
-    if name not in ACCOUNTANTS:
-        raise InvalidInputError(f"accountant '{name}' is unknown; use one of: {', '.join(ACCOUNTANTS)}")
-    return name
 
 
 _LOG_2 = math.log(2.0)

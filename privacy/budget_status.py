@@ -6,9 +6,12 @@ accountant on the budget row's stored RDP curve (``rdp``, rebuilt by replay when
 another order grid) or from replaying the events (``prv``), never from adding per-round epsilons.
 Every function takes a ``Connection`` or a ``Session``: the statements are Core statements on
 ``schema.tables.privacy``, so a read-only command that lists budgets never imports ``sqlalchemy.orm``
-or the mapped classes. numpy stays (``privacy.accounting``): the ledger's epsilon is numpy's
-evaluation of the RDP conversion, whose ``log``/``log1p`` differ from ``math``'s in the last bit
-on some CPUs, and ``budget show`` must print the ledger's number to the last bit.
+or the mapped classes. The epsilon is numpy's evaluation of the RDP conversion (``privacy.accounting``),
+whose ``log``/``log1p`` differ from ``math``'s in the last bit on some CPUs, so it is never redone
+without numpy: a budget row stores the epsilon its last charge (or cap change) computed, keyed by
+what it depends on (``privacy.accountants.STORED_EPSILON_KEY``, the event count, the delta), and
+``budget_rows`` uses it where the key matches; only the other rows import numpy and evaluate
+their curves.
 """
 
 from __future__ import annotations
@@ -19,11 +22,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from sqlalchemy import Connection, Row, String, Table, func, select, type_coerce
 
-from privacy import accounting
-from privacy.accounting import FloatArray
+from privacy.accountants import STORED_EPSILON_KEY, check_accountant
 from privacy.events import UNIT_RECORD, DpEvent, check_delta, check_epsilon, check_unit, event_from_row
 from schema.listings import require_organization
 from schema.tables.privacy import privacy_budgets, privacy_ledger_events
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.orm import Session
 
+    from privacy.accounting import FloatArray
     from schema.config import Settings
 
     #: Where budgets are read from: a Core connection (``schema.db.reading``) or the ledger's session.
@@ -55,7 +57,7 @@ class LedgerPolicy:
     def __post_init__(self) -> None:
         check_epsilon(self.default_epsilon_cap, "default epsilon cap")
         check_delta(self.default_delta)
-        accounting.check_accountant(self.accountant)
+        check_accountant(self.accountant)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LedgerPolicy:
@@ -142,6 +144,8 @@ def replay_curve(
     reader: Reader, organization_id: uuid.UUID, model_type: str, unit: str = UNIT_RECORD
 ) -> FloatArray:
     """The cumulative RDP curve of one unit's ledger rebuilt from every committed event, in order."""
+    from privacy import accounting
+
     query = (
         select(_EVENTS.c.noise_multiplier, _EVENTS.c.sample_rate, _EVENTS.c.steps)
         .where(
@@ -156,6 +160,10 @@ def replay_curve(
 
 def _curve(reader: Reader, budget: _Budget | None) -> FloatArray:
     """The budget row's stored curve when it is on the current order grid, else a replay."""
+    import numpy as np
+
+    from privacy import accounting
+
     if budget is None:
         return accounting.empty_curve()
     if budget.rdp_curve is not None and budget.rdp_orders_key == accounting.ORDERS_KEY:
@@ -182,6 +190,8 @@ def _epsilon(
     policy: LedgerPolicy,
     extra: Sequence[DpEvent] = (),
 ) -> float:
+    from privacy import accounting
+
     if policy.accountant == "rdp":
         return accounting.epsilon_from_rdp(curve, delta)
     events = [_as_event(row) for row in _events(reader, organization_id, model_type, unit)]
@@ -234,6 +244,10 @@ def _statuses(reader: Reader, budgets: Sequence[_Budget], policy: LedgerPolicy) 
     stored curves (bit-identical to one at a time), so thousands of budgets take milliseconds."""
     if policy.accountant != "rdp" or not budgets:
         return [_status(reader, budget, policy) for budget in budgets]
+    import numpy as np
+
+    from privacy import accounting
+
     caps = [_cap(budget, policy) for budget in budgets]
     curves = np.stack([_curve(reader, budget) for budget in budgets])
     spent_all = accounting.epsilons_from_rdp(curves, np.array([delta for _, delta in caps]))
@@ -259,6 +273,10 @@ _LIGHT_COLUMNS = tuple(
     if c.name != "rdp_curve"
 )
 _UUIDS: dict[Any, tuple[uuid.UUID, str]] = {}
+#: The stored epsilon and its key (revision 0021), read after ``_LIGHT_COLUMNS``.
+_STORED_COLUMNS = tuple(
+    _BUDGETS.c[name] for name in ("epsilon_spent", "epsilon_delta", "epsilon_key", "epsilon_event_count")
+)
 
 
 def _uuid(raw: Any) -> tuple[uuid.UUID, str]:
@@ -281,17 +299,56 @@ def _memo_key(
 _CURVE_AT = [c.name for c in _BUDGET_COLUMNS].index("rdp_curve")
 
 
+_LIGHT_END = len(_LIGHT_COLUMNS)
+
+#: (epsilon_spent, epsilon_delta, epsilon_key, epsilon_event_count) of a budget row.
+Stored = tuple[float | None, float | None, str | None, int | None]
+
+
 def _light(row: Any) -> _Budget:
-    """A ``_LIGHT_COLUMNS`` row as a ``_Budget`` without its curve."""
-    return _Budget(_uuid(row[0])[0], _uuid(row[1])[0], *row[2:_CURVE_AT], None, *row[_CURVE_AT:])  # type: ignore[call-arg]
+    """A ``_LIGHT_COLUMNS`` row (or its first columns) as a ``_Budget`` without its curve."""
+    return _Budget(_uuid(row[0])[0], _uuid(row[1])[0], *row[2:_CURVE_AT], None, *row[_CURVE_AT:_LIGHT_END])  # type: ignore[call-arg]
 
 
-def _statuses_memo(reader: Reader, budgets: Sequence[_Budget], policy: LedgerPolicy) -> list[BudgetStatus]:
-    """``_statuses`` of budgets read without their curves: memoized epsilons where the ledger has
-    not changed, the curves of the others read in one query per 900 and evaluated in one pass."""
+def stored_epsilon(budget: _Budget, stored: Stored, delta: float, policy: LedgerPolicy) -> float | None:
+    """The row's stored epsilon if it is what the accountant would compute now, else None.
+
+    It is the ``rdp`` accountant's value for the row's curve, so it counts only under ``rdp``, for
+    the same conversion and grid (the key), the same history (the ledger is append-only and every
+    charge bumps ``event_count`` in the statement that stores the epsilon) and the same delta."""
+    spent, at_delta, key, event_count = stored
+    if (
+        spent is None
+        or policy.accountant != "rdp"
+        or key != STORED_EPSILON_KEY
+        or event_count != budget.event_count
+        or at_delta != delta
+    ):
+        return None
+    return float(spent)
+
+
+def _statuses_memo(
+    reader: Reader, budgets: Sequence[_Budget], policy: LedgerPolicy, stored: Sequence[Stored] | None = None
+) -> list[BudgetStatus]:
+    """``_statuses`` of budgets read without their curves: the stored epsilon where its key matches
+    (``stored_epsilon``; no numpy), memoized epsilons where the ledger has not changed, the curves
+    of the others read in one query per 900 and evaluated in one pass."""
     caps = [_cap(budget, policy) for budget in budgets]
     keys = [_memo_key(budget, delta, policy) for budget, (_, delta) in zip(budgets, caps, strict=True)]
-    missing = [budget for budget, key in zip(budgets, keys, strict=True) if key not in _SPENT_MEMO]
+    found: list[float | None] = (
+        [None] * len(budgets)
+        if stored is None
+        else [
+            stored_epsilon(budget, values, delta, policy)
+            for budget, (_, delta), values in zip(budgets, caps, stored, strict=True)
+        ]
+    )
+    missing = [
+        budget
+        for budget, key, spent_eps in zip(budgets, keys, found, strict=True)
+        if spent_eps is None and key not in _SPENT_MEMO
+    ]
     if missing:
         curves: dict[uuid.UUID, bytes | None] = {}
         ids = [budget.id for budget in missing]
@@ -306,15 +363,15 @@ def _statuses_memo(reader: Reader, budgets: Sequence[_Budget], policy: LedgerPol
         for budget, status in zip(full, _statuses(reader, full, policy), strict=True):
             _SPENT_MEMO[_memo_key(budget, status.delta, policy)] = status.epsilon_spent
     return [
-        _status_row(budget, cap, delta, _SPENT_MEMO[key])
-        for budget, (cap, delta), key in zip(budgets, caps, keys, strict=True)
+        _status_row(budget, cap, delta, _SPENT_MEMO[key] if spent_eps is None else spent_eps)
+        for budget, (cap, delta), key, spent_eps in zip(budgets, caps, keys, found, strict=True)
     ]
 
 
 def _budget_query(
     reader: Reader, organization_id: str | uuid.UUID | None, model_type: str | None, unit: str | None
 ) -> Any:
-    query = select(*_LIGHT_COLUMNS)
+    query = select(*_LIGHT_COLUMNS, *_STORED_COLUMNS)
     if organization_id is not None:
         query = query.where(_BUDGETS.c.organization_id == require_organization(reader, organization_id))
     if model_type is not None:
@@ -343,7 +400,9 @@ def budget_rows(
     )
     if limit is not None:
         query = query.limit(limit).offset(offset)
-    return _statuses_memo(reader, [_light(row) for row in reader.execute(query)], policy)
+    rows = list(reader.execute(query))
+    stored: list[Stored] = [tuple(row[_LIGHT_END:]) for row in rows]
+    return _statuses_memo(reader, [_light(row) for row in rows], policy, stored)
 
 
 def count_budgets(

@@ -9,7 +9,10 @@ Epsilon is always evaluated at the budget's delta (or the platform default, ``Se
 without one) — never at a run's delta: a run cannot buy itself a weaker guarantee. Epsilon is always recomputed from the events with an
 accountant (invariant 2): the stored curve is the ``rdp`` accountant's composition of the same
 events in the same order, bit-identical to a replay, and it is rebuilt by replay whenever it is
-missing or was computed on another order grid. ``prv`` replays the events every time.
+missing or was computed on another order grid. ``prv`` replays the events every time. Under
+``rdp`` a charge (and a cap change) also stores the epsilon it computed for the row's new curve,
+with its key (``_stored_epsilon``, revision 0021): ``budget_rows`` shows it where the key matches,
+so listing budgets needs no numpy; the cap check never reads it.
 
 The API the federated server calls, each inside the caller's transaction
 (``schema.db.transaction``):
@@ -47,6 +50,7 @@ from sqlalchemy import insert as insert_into
 from sqlalchemy.orm import Session
 
 from privacy import accounting, alerts, timing
+from privacy.accountants import STORED_EPSILON_KEY
 from privacy.accounting import FloatArray
 from privacy.budget_status import (
     _BUDGET_COLUMNS,
@@ -362,8 +366,39 @@ _UPDATE_CURVE = (
         event_count=bindparam("event_count"),
         last_round=bindparam("last_round"),
         updated_at=func.now(),
+        **{
+            name: bindparam(name)
+            for name in ("epsilon_spent", "epsilon_delta", "epsilon_key", "epsilon_event_count")
+        },
     )
 )
+
+
+def _stored_epsilon(epsilon: float, delta: float, event_count: int, policy: LedgerPolicy) -> dict[str, Any]:
+    """The budget row's stored-epsilon columns for a curve whose epsilon at ``delta`` is ``epsilon``
+    (``budget_status.stored_epsilon`` reads them back). Only the ``rdp`` accountant's value of the
+    curve is stored; under ``prv`` the columns are cleared, so a stale value never outlives its curve."""
+    if policy.accountant != "rdp":
+        return {
+            "epsilon_spent": None,
+            "epsilon_delta": None,
+            "epsilon_key": None,
+            "epsilon_event_count": None,
+        }
+    return {
+        "epsilon_spent": epsilon,
+        "epsilon_delta": delta,
+        "epsilon_key": STORED_EPSILON_KEY,
+        "epsilon_event_count": event_count,
+    }
+
+
+def _store_status(session: Session, budget_id: uuid.UUID, status: BudgetStatus, policy: LedgerPolicy) -> None:
+    """Store a recomputed status's epsilon in its budget row (a cap change: the delta may be new).
+    Nothing under ``prv``: the row keeps the ``rdp`` value of its curve, keyed by its own delta."""
+    if policy.accountant == "rdp":
+        values = _stored_epsilon(status.epsilon_spent, status.delta, status.events, policy)
+        session.execute(update(_BUDGETS).where(_BUDGETS.c.id == budget_id).values(values))
 
 
 @cache
@@ -574,6 +609,7 @@ def _charge(
         "rdp_orders_key": accounting.ORDERS_KEY,
         "event_count": budget.event_count + 1,
         "last_round": last_round,
+        **_stored_epsilon(after, delta, budget.event_count + 1, policy),
     }
     together = _record_charge(session.get_bind().dialect.name)
     if together is not None:
@@ -681,6 +717,7 @@ def set_budget(
             },
         )
         status = _status(session, budget, policy)
+        _store_status(session, budget.id, status, policy)
         # Thresholds are per cap: under this cap, record any not recorded yet (a lowered cap can
         # make a budget near_cap or exhausted without a charge).
         alerts.record_crossings(

@@ -10,7 +10,7 @@ import typer
 from orchestrator.cli.context import load_settings, organization_id, ready_engine
 from orchestrator.cli.lazy import LazyCommand, lazy_group
 from orchestrator.cli.output import emit
-from privacy import accounting
+from privacy.accountants import check_accountant
 from schema.db import reading, transaction
 from schema.errors import InvalidInputError
 
@@ -69,7 +69,7 @@ HISTORY_COLUMNS = (
 
 
 def _accountant(name: str | None) -> str:
-    return accounting.check_accountant(name if name is not None else load_settings().accountant)
+    return check_accountant(name if name is not None else load_settings().accountant)
 
 
 def _policy() -> budget_status.LedgerPolicy:
@@ -114,6 +114,8 @@ def epsilon(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Epsilon of T steps of the Poisson-subsampled Gaussian (DP-SGD) at delta."""
+    from privacy import accounting  # numpy: only the commands that compute
+
     name = _accountant(accountant)
     eps = accounting.mechanism_epsilon(noise_multiplier, sample_rate, steps, delta, name)
     if not math.isfinite(eps):
@@ -136,6 +138,8 @@ def noise(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """The smallest noise multiplier whose epsilon after T steps is at most the target."""
+    from privacy import accounting
+
     name = _accountant(accountant)
     z = accounting.noise_multiplier_for(target_epsilon, sample_rate, steps, delta, name)
     record = {

@@ -63,6 +63,11 @@ class PrivacyBudget(Base):
     last_round: Mapped[int | None]
     created_at: Mapped[datetime | None]
     updated_at: Mapped[datetime | None]
+    #: The epsilon a charge computed for ``rdp_curve``, valid for its key, delta and event count.
+    epsilon_spent: Mapped[float | None]
+    epsilon_delta: Mapped[float | None]
+    epsilon_key: Mapped[str | None]
+    epsilon_event_count: Mapped[int | None]
 
 
 class PrivacyLedgerEvent(Base):

@@ -46,6 +46,13 @@ privacy_budgets = Table(
     Column("last_round", Integer),
     created_at_column(),
     updated_at_column(),
+    # The epsilon a charge computed for ``rdp_curve`` (revision 0021), stored with what it depends
+    # on: the accountant and grid (``privacy.accountants.STORED_EPSILON_KEY``), the delta it was
+    # evaluated at and the event count of the curve. A reader uses it only when all three match.
+    Column("epsilon_spent", Double),
+    Column("epsilon_delta", Double),
+    Column("epsilon_key", String(64)),
+    Column("epsilon_event_count", Integer),
     UniqueConstraint("organization_id", "model_type", "unit"),
     CheckConstraint(in_list("unit", PRIVACY_UNITS), name="unit"),
     CheckConstraint("epsilon_cap IS NULL OR epsilon_cap > 0", name="epsilon_cap"),

@@ -320,14 +320,18 @@ def test_directory_commands_skip_the_other_platform_tables(
     assert result.loaded == models
 
 
-def test_only_budget_commands_load_numpy(tenant: Tenant) -> None:
-    org_list = probe(tenant, light_commands(tenant)["org list"], watch=("numpy",))
-    budgets = probe(tenant, light_commands(tenant)["budget show"], watch=("numpy",))
+def test_budget_show_loads_numpy_only_for_a_row_without_a_current_stored_epsilon(tenant: Tenant) -> None:
+    """Every row's epsilon was stored by its charge or cap change under the current key, so
+    ``budget show`` prints it without the accountant; ``budget history`` replays the events."""
+    watch = ("numpy", "privacy.accounting", "scipy")
+    org_list = probe(tenant, light_commands(tenant)["org list"], watch=watch)
+    budgets = probe(tenant, light_commands(tenant)["budget show"], watch=watch)
+    table = probe(tenant, light_commands(tenant)["budget show table"], watch=watch)
+    history = probe(tenant, light_commands(tenant)["budget history"], watch=watch)
 
     assert org_list.loaded == []
-    # Epsilon from the stored RDP curve: the accountant's numpy evaluation, whose log/log1p differ
-    # from math's in the last bit on some CPUs, so a numpy-free copy could print another number.
-    assert budgets.loaded == ["numpy"]
+    assert budgets.loaded == [] and table.loaded == []
+    assert history.loaded == ["numpy", "privacy.accounting", "scipy"]  # it composes per-step curves
 
 
 def test_budget_show_prints_the_ledgers_rows(tenant: Tenant) -> None:
@@ -448,3 +452,30 @@ def test_listings_build_only_the_tables_they_read(tenant: Tenant, name: str) -> 
     # Assert
     assert result.code == 0, result.stderr
     assert result.loaded == ["schema.tables.organization"]
+
+
+def test_the_console_script_loads_a_command_with_the_collector_paused_then_frozen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``entrypoint`` imports the command with the collector off, freezes what the import made and
+    turns collection back on before the command runs; ``main()`` itself leaves the collector alone."""
+    import gc
+
+    assert gc.isenabled()
+    frozen_before = gc.get_freeze_count()
+    seen: list[bool] = []
+    original = LazyGroup.load
+
+    def load(self: LazyGroup, name: str) -> None:
+        seen.append(gc.isenabled())
+        original(self, name)
+
+    monkeypatch.setattr(LazyGroup, "load", load)
+    try:
+        cli_main._load_uncollected(get_group(cli_main.app), "org")
+        assert seen == [False]
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > frozen_before
+    finally:
+        gc.unfreeze()
+        gc.enable()

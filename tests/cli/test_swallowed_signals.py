@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent(
             time.sleep(0.05)
         print("ran on")
 
-    def run_command(argv: object) -> int:  # stands in for the click dispatch inside main()
+    def run_command(argv: object, *options: object) -> int:  # stands in for the click dispatch in main()
         try:
             command()
         except KeyboardInterrupt:

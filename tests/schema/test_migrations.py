@@ -136,3 +136,11 @@ def test_require_current_schema_refuses_an_unmigrated_database(empty_engine: Eng
         migrate.require_current_schema(empty_engine)
     migrate.upgrade(empty_engine)
     migrate.require_current_schema(empty_engine)
+
+
+def test_the_scanned_head_is_alembics_head() -> None:
+    """Commands read the head from the revision files' assignment lines, without Alembic; it must be
+    the head Alembic itself would upgrade to."""
+    from alembic.script import ScriptDirectory
+
+    assert migrate.scanned_head() == ScriptDirectory.from_config(migrate.alembic_config()).get_current_head()
