@@ -255,3 +255,25 @@ def test_budget_show_reads_the_stored_value_without_numpy(database_url: str) -> 
     assert stored_modules == "[]"
     assert curve_modules == "['numpy', 'privacy.accounting']"
     assert stored_out == curve_out
+
+
+#: ``epsilon_from_rdp`` of fixed curves under the conversion ``STORED_EPSILON_KEY`` names
+#: ("balle2020.1"): (events, delta) -> epsilon, to 10 significant digits (libm and numpy's SIMD
+#: differ in the last bits between CPUs, not in these).
+CONVERSION_FINGERPRINT = (
+    (((1.1, 0.01, 50), (0.9, 0.05, 20)), 1e-5, 3.176686673),
+    (((1.1, 0.01, 50), (0.9, 0.05, 20)), 1e-6, 3.788586087),
+    (((2.0, 0.2, 500),), 1e-5, 13.69232405),
+)
+
+
+@pytest.mark.parametrize(("events", "delta", "expected"), CONVERSION_FINGERPRINT)
+def test_the_conversion_is_the_one_the_stored_key_names(
+    events: tuple[tuple[float, float, int], ...], delta: float, expected: float
+) -> None:
+    curve = accounting.compose(DpSgdEvent(*event) for event in events)
+    assert accounting.epsilon_from_rdp(curve, delta) == pytest.approx(expected, rel=1e-9), (
+        "the RDP-to-epsilon conversion changed: bump the version in privacy.accountants.STORED_EPSILON_KEY "
+        "(stored epsilons of the old conversion must be recomputed, not shown), then update this fingerprint"
+    )
+    assert "/balle2020.1/" in accountants.STORED_EPSILON_KEY
