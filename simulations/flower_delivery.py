@@ -8,7 +8,7 @@ second in the ServerApp's process, holding the GIL the server thread needs: a go
 so the round time was set by the registered tenants, not the sampled ones (issue 16).
 
 The sweep here makes the same call (``get_message_ins(node_id, limit=1)``, one message per node per
-tick, 0.1 s apart) only for the nodes an undelivered message names, so what is delivered, in which
+tick) only for the nodes an undelivered message names, every ``SWEEP_INTERVAL_S``, so what is delivered, in which
 order per node, and Flower's TTL expiry and federation check are Flower's own. Finding those nodes
 reads ``InMemoryLinkState.message_ins_store`` under the state's lock, a private field: the sweep is
 installed only for the Flower release it was written against and used only on that state class;
@@ -30,7 +30,12 @@ if TYPE_CHECKING:
     from flwr.server.superlink.linkstate import LinkState
 
 SHIMMED_FLOWER_RELEASE = "1.42."
-SWEEP_INTERVAL_S = 0.1  # Flower's own tick
+#: Seconds between two sweeps. Flower's is 0.1 s: a message pushed just after a sweep waited up to
+#: that long before a node got it, twice a round (train, evaluate), which set the length of a
+#: short simulated round. A narrowed sweep asks only for the nodes with a message waiting, so it
+#: can look every 10 ms for little: rounds of the 4-tenant benchmark went from 0.2-0.3 s to
+#: 0.15-0.2 s (BENCHMARKS.md, "Governance overhead", session 9).
+SWEEP_INTERVAL_S = 0.01
 
 Sweep = Callable[["LinkState", "Queue[Message]", dict[int, int], threading.Event], None]
 

@@ -102,7 +102,7 @@ def test_it_delivers_what_flowers_sweep_delivers_asking_only_for_the_waiting_nod
     assert to_first == ["train", "evaluate"]
     assert set(targets) <= set(counting.asked)
     assert set(counting.asked) - set(targets) <= {node_ids[0]}
-    assert len(counting.asked) < 20
+    assert len(counting.asked) < REGISTERED  # the whole sweep asks less than one tick of Flower's
     assert all(m.metadata.delivered_at != "" for m in engine.state.message_ins_store.values())
 
 
