@@ -146,14 +146,20 @@ marks = {"rounds": []}
 from fl_server.governance import Governor
 from fl_server.strategy import GovernedStrategy
 spent = {"identify_s": [0.0] * rounds, "admit_s": [], "asked": 0}
-bind, admit = GovernedStrategy._bind, Governor.admit
+bind, admit, select = GovernedStrategy._bind, Governor.admit, GovernedStrategy._select_round
+# Identification is counted for the round being selected (round r's runs during round r-1's
+# evaluation, so it is not part of round r's own time).
+selecting = {"round": 1}
+def timed_select(self, grid, server_round, *args, **kwargs):
+    selecting["round"] = server_round
+    return select(self, grid, server_round, *args, **kwargs)
 def timed_bind(self, grid, node_ids, timeout):
     node_ids = list(node_ids)
     before, started = self.identity_queries, time.perf_counter()
     try:
         return bind(self, grid, node_ids, timeout)
     finally:
-        spent["identify_s"][len(marks["rounds"])] += time.perf_counter() - started
+        spent["identify_s"][selecting["round"] - 1] += time.perf_counter() - started
         spent["asked"] += self.identity_queries - before
 def timed_admit(self, *args, **kwargs):
     started = time.perf_counter()
@@ -161,7 +167,7 @@ def timed_admit(self, *args, **kwargs):
         return admit(self, *args, **kwargs)
     finally:
         spent["admit_s"].append(round(time.perf_counter() - started, 3))
-GovernedStrategy._bind, Governor.admit = timed_bind, timed_admit
+GovernedStrategy._bind, Governor.admit, GovernedStrategy._select_round = timed_bind, timed_admit, timed_select
 class Progress:
     def started(self, spec, config, label):
         marks["prepared"] = time.perf_counter()
