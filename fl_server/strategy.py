@@ -188,12 +188,24 @@ class RoundRecord:
 
 
 @dataclass
+class _Draw:
+    """A round's sample with its nodes identified; not admitted, nothing charged or sent yet."""
+
+    online: set[int]
+    global_record: ArrayRecord
+    #: Local DP and dp=off: the nodes sampling could draw, and the inner strategy's drafts for its sample.
+    candidates: list[int] = field(default_factory=list)
+    drafts: list[Message] = field(default_factory=list)
+    #: The drafted nodes bound to a tenant.
+    bound: dict[int, Tenant] = field(default_factory=dict)
+
+
+@dataclass
 class _Selection:
-    """A round sampled and admitted; nothing charged, nothing sent yet."""
+    """A round sampled, its nodes identified (``_select_round``)."""
 
     record: RoundRecord
-    messages: list[Message]
-    admission: Admission
+    draw: _Draw
 
 
 @dataclass
@@ -316,7 +328,7 @@ class GovernedStrategy(Strategy):
                 # the nodes that are online (bound tenants that are not: failed, reason offline).
                 selected = self._select_round(grid, server_round, arrays, spec, timeout, wait=True)
             record = selected.record
-            prepared = self._dispatch_round(grid, selected)
+            prepared = self._dispatch_round(grid, selected, timeout)
             arrays = self._train_round(grid, server_round, arrays, spec, state.seen, prepared, timeout)
             node_metric, selected = self._evaluate_round(
                 grid,
@@ -349,43 +361,42 @@ class GovernedStrategy(Strategy):
     def _select_round(
         self, grid: Grid, server_round: int, arrays: Arrays, spec: ModelSpec, timeout: float, *, wait: bool
     ) -> _Selection:
-        """Sample the round, identify the sampled nodes not bound yet, and admit (consent, budget).
+        """Sample the round and identify the sampled nodes not bound yet (``_draw``).
 
         After round 1 this runs while the previous round's evaluation replies are awaited
-        (``_evaluate_round``), so admission and the identity queries of newly sampled nodes (a
-        message round trip each round among thousands of tenants) overlap that wait instead of
-        adding to every round. It charges nothing and sends no train message:
-        ``_dispatch_round`` charges once the evaluation is back.
+        (``_evaluate_round``), so the identity queries of newly sampled nodes (a message round
+        trip each round among thousands of tenants) overlap that wait instead of adding to every
+        round. It reads no consent or budget and charges nothing: ``_dispatch_round`` admits,
+        charges and sends once the evaluation is back, so a withdrawal, pause or block that lands
+        during the evaluation still applies to the next round.
         """
         online = self._online(grid, timeout, wait=wait)
         self._unanswered = set()
-        if self.config.dp.central:
-            # Central DP identifies every connected node before it samples (bound nodes are
-            # not asked again): see ``_sample_and_admit`` for why it cannot identify lazily.
-            self._bind(grid, online, timeout)
         record = RoundRecord(server_round)
-        global_record = record_from_arrays(arrays, spec)
-        messages, admission = self._sample_and_admit(server_round, online, global_record, grid, timeout)
-        self._mark_offline(server_round, online, record)
-        record.skipped.update(admission.skipped)
-        return _Selection(record, messages, admission)
+        return _Selection(
+            record, self._draw(server_round, online, record_from_arrays(arrays, spec), grid, timeout)
+        )
 
-    def _dispatch_round(self, grid: Grid, selected: _Selection) -> _PreparedRound:
-        """Charge and instruct the admitted tenants whose node is still connected, in one
-        transaction (``Governor.dispatch``), before any train message leaves.
+    def _dispatch_round(self, grid: Grid, selected: _Selection, timeout: float) -> _PreparedRound:
+        """Admit the selected round (``_admit``: consent, policy, budget), then charge and instruct
+        the admitted tenants whose node is still connected, in one transaction
+        (``Governor.dispatch``), before any train message leaves.
 
         A node that left since it was sampled (during the previous round's evaluation) is failed,
         reason ``offline``, and not charged: budget is spent only on nodes that can still train.
         """
-        record, admission = selected.record, selected.admission
+        record, draw = selected.record, selected.draw
         server_round = record.server_round
+        selected_messages, admission = self._admit(server_round, draw, grid, timeout)
+        self._mark_offline(server_round, draw.online, record)
+        record.skipped.update(admission.skipped)
         connected = set(grid.get_node_ids())
-        lost = [m.metadata.dst_node_id for m in selected.messages if m.metadata.dst_node_id not in connected]
+        lost = [m.metadata.dst_node_id for m in selected_messages if m.metadata.dst_node_id not in connected]
         if lost:
             gone = [admission.admitted[n] for n in lost]
             self.governor.mark_offline(server_round, gone)
             record.statuses.update({t.name: FAILED for t in gone})
-        messages = [m for m in selected.messages if m.metadata.dst_node_id in connected]
+        messages = [m for m in selected_messages if m.metadata.dst_node_id in connected]
         chosen = [admission.admitted[m.metadata.dst_node_id] for m in messages]
         # Central DP: the population charged is the eligible tenants still connected, as when a
         # round's selection and dispatch were one step (an offline node is charged nothing).
@@ -608,32 +619,55 @@ class GovernedStrategy(Strategy):
         )
         return new_arrays
 
-    def _sample_and_admit(
+    def _draw(
         self, server_round: int, online: set[int], global_record: ArrayRecord, grid: Grid, timeout: float
-    ) -> tuple[list[Message], Admission]:
-        """Sample first, then identify and gate only the sampled nodes.
+    ) -> _Draw:
+        """Sample first, then identify only the sampled nodes (``_admit`` gates them).
 
         Local DP and dp=off (lazy identification): the wrapped strategy samples among the
         connected nodes not skipped at binding, bound or not (Flower's fixed-size sample); only
         the sampled nodes not bound yet are asked who they are (``_bind``), so a round among
-        10,000 nodes asks at most its sample and replacements, and a node is asked once. A
-        sampled node that does not identify, and a sampled tenant that fails the gate
-        (``Governor.admit``), is replaced by nodes drawn uniformly from those not yet tried
-        (identified as they are drawn), so the round keeps its size; at most
-        ``MAX_REPLACEMENT_FACTOR`` x the sample size nodes are drawn in all. ``fraction`` applies
-        to the connected nodes not skipped at binding (nodes not asked yet included).
+        10,000 nodes asks at most its sample and replacements, and a node is asked once.
+        ``fraction`` applies to the connected nodes not skipped at binding (nodes not asked yet
+        included).
 
-        Central DP: Poisson sampling (q = ``fraction``, CSPRNG) over the bound, connected
-        tenants, every connected node identified first (``_drive``). Identifying only a Poisson
-        sample of node ids would not be the sampling the accountant assumes: an organization
-        that several nodes name (twins, or a node re-registered under a new id) would be drawn
-        once per node until one is bound (inclusion up to 1 - (1 - q)^k > q), and the
-        population charged the central event, whose size is the public denominator, must be
-        every tenant that could have been sampled, which only the identities of all connected
-        nodes tell. A sampled tenant that fails the gate is skipped, never replaced (inclusion
-        stays at most q); the central event is charged to the population the governor finds
-        eligible now.
+        Central DP: every connected node is identified (bound nodes are not asked again); its
+        tenants are Poisson-sampled in ``_admit``. Identifying only a Poisson sample of node ids
+        would not be the sampling the accountant assumes: an organization that several nodes
+        name (twins, or a node re-registered under a new id) would be drawn once per node until
+        one is bound (inclusion up to 1 - (1 - q)^k > q), and the population charged the central
+        event, whose size is the public denominator, must be every tenant that could have been
+        sampled, which only the identities of all connected nodes tell.
         """
+        if self.config.dp.central:
+            self._bind(grid, online, timeout)
+            return _Draw(online, global_record)
+        candidates = [n for n in online if n not in self.skipped_nodes]
+        if not candidates:
+            return _Draw(online, global_record)
+        drafts = list(
+            self.inner.configure_train(
+                server_round, global_record, ConfigRecord(), AdmittedGrid(grid, candidates)
+            )
+        )
+        bound = self._bind(grid, [m.metadata.dst_node_id for m in drafts], timeout)
+        return _Draw(online, global_record, candidates, drafts, bound)
+
+    def _admit(
+        self, server_round: int, draw: _Draw, grid: Grid, timeout: float
+    ) -> tuple[list[Message], Admission]:
+        """Gate the drawn tenants (``Governor.admit``): the round's train messages and admission.
+
+        Local DP and dp=off: a sampled node that did not identify, and a sampled tenant that fails
+        the gate, is replaced by nodes drawn uniformly from those not yet tried (identified as
+        they are drawn), so the round keeps its size; at most ``MAX_REPLACEMENT_FACTOR`` x the
+        sample size nodes are drawn in all.
+
+        Central DP: Poisson sampling (q = ``fraction``, CSPRNG) over the bound, connected tenants.
+        A sampled tenant that fails the gate is skipped, never replaced (inclusion stays at most
+        q); the central event is charged to the population the governor finds eligible now.
+        """
+        online, global_record = draw.online, draw.global_record
         if self.config.dp.central:
             # In node order: the draws do not depend on the order nodes answered the identity query.
             present = {n: self.tenants[n] for n in sorted(self.tenants) if n in online}
@@ -657,16 +691,10 @@ class GovernedStrategy(Strategy):
                     "train every node it is shown; build it with fraction_train=1.0"
                 )
             return messages, admission
-        candidates = [n for n in online if n not in self.skipped_nodes]
+        candidates, drafts, bound = draw.candidates, draw.drafts, draw.bound
         if not candidates:
             return [], Admission()
-        drafts = list(
-            self.inner.configure_train(
-                server_round, global_record, ConfigRecord(), AdmittedGrid(grid, candidates)
-            )
-        )
         drafted = {m.metadata.dst_node_id: m for m in drafts}
-        bound = self._bind(grid, drafted, timeout)
         chosen = [bound[n] for n in drafted if n in bound]
         reserve = _LazyReserve(
             [n for n in sorted(candidates) if n not in drafted],

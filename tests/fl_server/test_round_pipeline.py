@@ -1,5 +1,5 @@
-"""Round r+1 is selected (sampled, its new nodes identified, admitted) while round r's evaluation
-replies are awaited; it is charged and sent only after they came back, to nodes still connected."""
+"""Round r+1 is sampled and its new nodes identified while round r's evaluation replies are
+awaited; it is admitted, charged and sent only after they came back, to nodes still connected."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 from flwr.app import Message
 
 from fl_client import protocol
+from fl_server.governance import REJECTED_CONSENT
 from tests.fl_server.conftest import Federation
+from tests.fl_server.test_admission import withdraw_all
 from tests.fl_server.test_charge_before_release import events_of, statuses
 
 MakeFederation = Callable[..., Federation]
@@ -97,3 +99,32 @@ def test_a_node_lost_while_the_last_round_is_evaluated_is_failed_offline_and_not
     assert found[(2, "tenant-0")] == found[(2, "tenant-2")] == "accepted"
     assert {e.aggregation_round for e in events_of(fed, 1)} == {1}
     assert {e.aggregation_round for e in events_of(fed, 0)} == {1, 2}
+
+
+def test_a_withdrawal_during_the_last_rounds_evaluation_keeps_the_tenant_out_of_the_next(
+    make_federation: MakeFederation,
+) -> None:
+    # Prepare: tenant-1's users withdraw while round 1's evaluation replies are being collected,
+    # i.e. after round 2 was sampled (and its nodes identified) with tenant-1 in it.
+    fed = make_federation()
+    pull = fed.grid.pull_messages
+    withdrawn: list[bool] = []
+
+    def pulled(message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = list(pull(message_ids))
+        if not withdrawn and any(r.metadata.message_type == "evaluate" for r in replies):
+            withdraw_all(fed, 1)
+            withdrawn.append(True)
+        return replies
+
+    fed.grid.pull_messages = pulled  # type: ignore[method-assign]
+
+    # Execute
+    fed.run(fed.config(rounds=2))
+
+    # Assert: round 2's gate saw the withdrawal (admission runs after the evaluation, not with the
+    # sample): tenant-1 was refused for consent and charged nothing for round 2.
+    found = statuses(fed)
+    assert withdrawn and found[(1, "tenant-1")] == "accepted"
+    assert found[(2, "tenant-1")] == REJECTED_CONSENT
+    assert {e.aggregation_round for e in events_of(fed, 1)} == {1}
