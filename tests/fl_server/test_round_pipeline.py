@@ -128,3 +128,51 @@ def test_a_withdrawal_during_the_last_rounds_evaluation_keeps_the_tenant_out_of_
     assert withdrawn and found[(1, "tenant-1")] == "accepted"
     assert found[(2, "tenant-1")] == REJECTED_CONSENT
     assert {e.aggregation_round for e in events_of(fed, 1)} == {1}
+
+
+def test_the_evaluation_is_collected_when_the_next_rounds_identification_outlasts_its_timeout(
+    make_federation: MakeFederation,
+) -> None:
+    # Prepare: 20 nodes, 5 sampled a round (seeded dp=off: nodes report a metric); identity queries
+    # sent while round 1's evaluation is out are never answered, so round 2's selection waits the
+    # whole round timeout, past the evaluation's deadline.
+    fed = make_federation(tenants=20)
+    push, pull = fed.grid.push_messages, fed.grid.pull_messages
+    evaluating: list[bool] = []
+    muted: list[str] = []
+
+    def pushed(messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        ids = list(push(messages))
+        if any(m.metadata.message_type == "evaluate" for m in messages):
+            evaluating.append(True)
+        for message_id, message in zip(ids, messages, strict=True):
+            if evaluating and message.metadata.message_type == "query.identify":
+                fed.grid._replies.pop(message_id, None)  # a node that never answers
+                muted.append(message_id)
+        return ids
+
+    def pulled(message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = list(pull(message_ids))
+        if any(r.metadata.message_type == "evaluate" for r in replies):
+            evaluating.clear()
+        return replies
+
+    fed.grid.push_messages, fed.grid.pull_messages = pushed, pulled  # type: ignore[method-assign]
+
+    # Execute
+    result = fed.run(fed.config(rounds=2, fraction=0.25, steps=2, dp="off", seed=11, round_timeout_s=0.5))
+
+    # Assert: round 2 asked unanswering nodes during round 1's evaluation, and round 1's metric
+    # (the nodes' evaluation replies, already there) was still collected; round 2 trained 5.
+    assert muted, "round 2 sampled no new node"
+    assert result.rounds[0].metric is not None
+    assert len(trained_in(fed, 2)) == 5
+
+
+def trained_in(fed: Federation, server_round: int) -> list[int]:
+    return [
+        m.metadata.dst_node_id
+        for m in fed.grid.sent
+        if m.metadata.message_type == "train" and round_of(m) == server_round
+    ]
