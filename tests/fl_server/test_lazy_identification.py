@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import pytest
 from flwr.app import Context, Message, RecordDict
@@ -116,11 +116,19 @@ def test_a_sampled_node_that_does_not_identify_is_replaced_and_not_asked_again(
         )
     genuine = {fed.node_of(i) for i in range(6)}
     rounds, on_round = asked_per_round(fed)
+    strategy = fed.strategy(fed.config(rounds=2, fraction=0.5, steps=2), on_round=on_round)
+    # The nodes skipped by each round's end of training: round r+1's identification starts once
+    # round r's evaluate messages are out.
     skipped_after: list[set[int]] = []
-    strategy = fed.strategy(
-        fed.config(rounds=2, fraction=0.5, steps=2),
-        on_round=lambda record: (on_round(record), skipped_after.append(set(strategy.skipped_nodes))),
-    )
+    push = fed.grid.push_messages
+
+    def pushed(messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        if any(m.metadata.message_type == "evaluate" for m in messages):
+            skipped_after.append(set(strategy.skipped_nodes))
+        return push(messages)
+
+    fed.grid.push_messages = pushed  # type: ignore[method-assign]
     from aggregation.flwr_adapter import record_from_arrays
     from fl_client.tasks import get_task
 
