@@ -659,25 +659,37 @@ class Governor:
         batch = list(sampled)
         wanted = len(batch)
         allowance = MAX_REPLACEMENT_FACTOR * wanted if reserve is not None else 0
-        # One transaction per batch: a commit (an fsync on SQLite) per tenant dominated large
-        # rounds. Reads only, unless a tenant is skipped.
-        with transaction(self.engine) as session:
-            if population is not None:
-                admission.population = self._eligible_population(session, population)
-            if batch:
-                _held = hold_organizations(session, (t.organization_id for t in batch))  # kept alive
-                self._gate(session, server_round, batch, admission)
-            if population is not None:
-                self._outside_population(session, server_round, admission)
+
+        def gate(batch: list[Tenant], population: Iterable[Tenant] | None) -> None:
+            # One transaction per batch: a commit (an fsync on SQLite) per tenant dominated large
+            # rounds. Reads only, unless a tenant is skipped. Retried on a transient error (a
+            # deadlock, a lost connection): a failed try wrote nothing, and its decisions are undone.
+            admitted, skipped = dict(admission.admitted), dict(admission.skipped)
+
+            def once() -> None:
+                with transaction(self.engine) as session:
+                    if population is not None:
+                        admission.population = self._eligible_population(session, population)
+                    if batch:
+                        _held = hold_organizations(session, (t.organization_id for t in batch))  # kept alive
+                        self._gate(session, server_round, batch, admission)
+                    if population is not None:
+                        self._outside_population(session, server_round, admission)
+
+            def undo() -> None:
+                admission.admitted, admission.skipped = dict(admitted), dict(skipped)
+
+            retry_transient(once, f"admitting round {server_round}", undo)
+
+        population = list(population) if population is not None else None
+        gate(batch, population)
         while reserve is not None:
             missing = min(wanted - len(admission.admitted), allowance - len(admission.replacements))
             batch = reserve(missing) if missing > 0 else []
             if not batch:
                 break
             admission.replacements.extend(batch)
-            with transaction(self.engine) as session:
-                _held = hold_organizations(session, (t.organization_id for t in batch))  # kept alive
-                self._gate(session, server_round, batch, admission)
+            gate(batch, None)
         return admission
 
     def unseen_bindings(self) -> list[Tenant]:

@@ -4,12 +4,15 @@ awaited; it is admitted, charged and sent only after they came back, to nodes st
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import pytest
 from flwr.app import Message
+from sqlalchemy.exc import OperationalError
 
 from fl_client import protocol
-from fl_server.governance import REJECTED_CONSENT
+from fl_server import governance
+from fl_server.governance import REJECTED_CONSENT, Governor
 from tests.fl_server.conftest import Federation
 from tests.fl_server.test_admission import withdraw_all
 from tests.fl_server.test_charge_before_release import events_of, statuses
@@ -176,3 +179,30 @@ def trained_in(fed: Federation, server_round: int) -> list[int]:
         for m in fed.grid.sent
         if m.metadata.message_type == "train" and round_of(m) == server_round
     ]
+
+
+def test_admission_is_retried_after_a_transient_database_error(
+    make_federation: MakeFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: the first admission transaction fails after gating (as a deadlock would).
+    fed = make_federation()
+    gate = Governor._gate
+    failures: list[bool] = []
+
+    def flaky(self: Governor, session: Any, server_round: int, tenants: list[Any], admission: Any) -> None:
+        gate(self, session, server_round, tenants, admission)
+        if not failures:
+            failures.append(True)
+            raise OperationalError("SELECT 1", {}, Exception("deadlock detected"))
+
+    monkeypatch.setattr(Governor, "_gate", flaky)
+    monkeypatch.setattr(governance, "RETRY_DELAYS_S", (0.0,))
+
+    # Execute
+    fed.run(fed.config(rounds=1))
+
+    # Assert: retried once; every tenant admitted and trained, one outcome row each.
+    found = statuses(fed)
+    assert failures
+    assert sorted(found) == [(1, t.name) for t in sorted(fed.tenants, key=lambda t: t.name)]
+    assert set(found.values()) == {"accepted"}
