@@ -14,7 +14,7 @@ from fl_client import protocol
 from fl_server import governance
 from fl_server.governance import REJECTED_CONSENT, Governor
 from tests.fl_server.conftest import Federation
-from tests.fl_server.test_admission import withdraw_all
+from tests.fl_server.test_admission import trained, withdraw_all
 from tests.fl_server.test_charge_before_release import events_of, statuses
 
 MakeFederation = Callable[..., Federation]
@@ -170,15 +170,7 @@ def test_the_evaluation_is_collected_when_the_next_rounds_identification_outlast
     # (the nodes' evaluation replies, already there) was still collected; round 2 trained 5.
     assert muted, "round 2 sampled no new node"
     assert result.rounds[0].metric is not None
-    assert len(trained_in(fed, 2)) == 5
-
-
-def trained_in(fed: Federation, server_round: int) -> list[int]:
-    return [
-        m.metadata.dst_node_id
-        for m in fed.grid.sent
-        if m.metadata.message_type == "train" and round_of(m) == server_round
-    ]
+    assert len(trained(fed, 2)) == 5
 
 
 def test_admission_is_retried_after_a_transient_database_error(
