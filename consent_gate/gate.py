@@ -33,11 +33,11 @@ import hashlib
 import json
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, String, and_, bindparam, exists, func, or_, select, true
+from sqlalchemy import Select, String, Table, and_, bindparam, exists, func, or_, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, aliased
@@ -222,54 +222,54 @@ def take_snapshot(
     Snapshots are content-addressed: an unchanged population returns the stored one (same id).
     """
     computed = compute_snapshot(session, organization_id, model_type, policy)
-    stored = session.scalar(select(ConsentSnapshot).where(ConsentSnapshot.digest == computed.digest))
-    if stored is None:
-        stored = ConsentSnapshot(
-            organization_id=computed.organization_id,
-            model_type=model_type,
-            digest=computed.digest,
-            required_consents=list(computed.required_consents),
-            user_count=len(computed.user_ids),
-            created_at=utcnow(),
-        )
-        try:
-            with session.begin_nested():
-                session.add(stored)
-                session.flush()
-        except IntegrityError:  # a concurrent caller stored the same snapshot first
-            stored = session.scalars(
-                select(ConsentSnapshot).where(ConsentSnapshot.digest == computed.digest)
-            ).one()
-        else:
-            snapshot_id = stored.id
-            insert_rows(
-                session,
-                ConsentSnapshotMember.__table__,  # type: ignore[arg-type]
-                ("snapshot_id", "user_id"),
-                ((snapshot_id, user_id) for user_id in computed.user_ids),
-            )
-            audit.append(
-                session,
-                organization_id=computed.organization_id,
-                action="consent.snapshot_taken",
-                resource_type="consent_snapshot",
-                resource_id=snapshot_id,
-                data={
-                    "model_type": model_type,
-                    "digest": computed.digest,
-                    "user_count": len(computed.user_ids),
-                    "required_consents": list(computed.required_consents),
-                },
-            )
-    return Snapshot(
-        computed.organization_id,
-        model_type,
-        computed.required_consents,
-        computed.user_ids,
-        computed.digest,
-        id=stored.id,
-        taken_at=stored.created_at,
+    # Id and time only, on the connection (an unchanged population, every round, needs no object).
+    row = session.connection().execute(_STORED_SNAPSHOT, {"digest": computed.digest}).one_or_none()
+    if row is not None:
+        return replace(computed, id=row.id, taken_at=row.created_at)
+    stored = ConsentSnapshot(
+        organization_id=computed.organization_id,
+        model_type=model_type,
+        digest=computed.digest,
+        required_consents=list(computed.required_consents),
+        user_count=len(computed.user_ids),
+        created_at=utcnow(),
     )
+    try:
+        with session.begin_nested():
+            session.add(stored)
+            session.flush()
+    except IntegrityError:  # a concurrent caller stored the same snapshot first
+        stored = session.scalars(
+            select(ConsentSnapshot).where(ConsentSnapshot.digest == computed.digest)
+        ).one()
+    else:
+        snapshot_id = stored.id
+        insert_rows(
+            session,
+            ConsentSnapshotMember.__table__,  # type: ignore[arg-type]
+            ("snapshot_id", "user_id"),
+            ((snapshot_id, user_id) for user_id in computed.user_ids),
+        )
+        audit.append(
+            session,
+            organization_id=computed.organization_id,
+            action="consent.snapshot_taken",
+            resource_type="consent_snapshot",
+            resource_id=snapshot_id,
+            data={
+                "model_type": model_type,
+                "digest": computed.digest,
+                "user_count": len(computed.user_ids),
+                "required_consents": list(computed.required_consents),
+            },
+        )
+    return replace(computed, id=stored.id, taken_at=stored.created_at)
+
+
+_SNAPSHOTS: Table = ConsentSnapshot.__table__  # type: ignore[assignment]
+_STORED_SNAPSHOT = select(_SNAPSHOTS.c.id, _SNAPSHOTS.c.created_at).where(
+    _SNAPSHOTS.c.digest == bindparam("digest")
+)
 
 
 def count_consenting_users(

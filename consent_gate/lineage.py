@@ -30,6 +30,17 @@ from schema.timeutil import iso, utcnow
 from schema.validation import clean_name
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_USE_COLUMNS = (
+    "id",
+    "snapshot_id",
+    "organization_id",
+    "aggregation_round",
+    "run_id",
+    "model_name",
+    "model_version",
+    "created_at",
+)
+_INSERT_USE = ConsentSnapshotUse.__table__.insert()  # type: ignore[attr-defined]
 
 
 def _find_snapshot(session: Session, snapshot: str | uuid.UUID) -> ConsentSnapshot | None:
@@ -73,6 +84,7 @@ def record_snapshot_use(
     if stored is None:
         raise NotFoundError(f"consent snapshot {snapshot} does not exist; take one with take_snapshot")
     use = ConsentSnapshotUse(
+        id=uuid.uuid4(),
         snapshot_id=stored.id,
         organization_id=stored.organization_id,
         aggregation_round=aggregation_round,
@@ -81,8 +93,8 @@ def record_snapshot_use(
         model_version=version,
         created_at=utcnow(),
     )
-    session.add(use)
-    session.flush()
+    # A Core insert (the snapshot it names is stored already); the returned use is not in the session.
+    session.connection().execute(_INSERT_USE, {column: getattr(use, column) for column in _USE_COLUMNS})
     audit.append(
         session,
         organization_id=stored.organization_id,

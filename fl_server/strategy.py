@@ -329,15 +329,20 @@ class GovernedStrategy(Strategy):
                 selected = self._select_round(grid, server_round, arrays, spec, timeout, wait=True)
             record = selected.record
             prepared = self._dispatch_round(grid, selected, timeout)
-            arrays = self._train_round(grid, server_round, arrays, spec, state.seen, prepared, timeout)
+            arrays, commit = self._train_round(
+                grid, server_round, arrays, spec, state.seen, prepared, timeout
+            )
+            # The round is committed while its evaluation runs (then the next round is selected):
+            # the evaluation releases nothing the dispatch did not charge, and a round whose commit
+            # fails is neither reported nor followed by another.
             node_metric, selected = self._evaluate_round(
                 grid,
                 server_round,
                 arrays,
                 timeout,
-                self._selector(grid, server_round + 1, arrays, spec, timeout)
-                if server_round < rounds
-                else None,
+                self._meanwhile(
+                    commit, grid, server_round + 1, arrays, spec, timeout, last=server_round >= rounds
+                ),
             )
             # A server-side test set (public data no tenant holds) gives the headline metric, in
             # DP runs too: evaluating public data spends no one's privacy.
@@ -352,11 +357,25 @@ class GovernedStrategy(Strategy):
         self.publication = self.governor.complete_run(self.publish)
         return GovernedResult(arrays, history, rounds)
 
-    def _selector(
-        self, grid: Grid, server_round: int, arrays: Arrays, spec: ModelSpec, timeout: float
-    ) -> Callable[[], _Selection]:
-        """``_select_round`` of the next round, for ``_evaluate_round`` to run while it waits."""
-        return lambda: self._select_round(grid, server_round, arrays, spec, timeout, wait=False)
+    def _meanwhile(
+        self,
+        commit: Callable[[], None],
+        grid: Grid,
+        server_round: int,
+        arrays: Arrays,
+        spec: ModelSpec,
+        timeout: float,
+        *,
+        last: bool,
+    ) -> Callable[[], _Selection | None]:
+        """What ``_evaluate_round`` runs while it waits: the evaluated round's commit, then (unless
+        it was the last) ``_select_round`` of ``server_round``."""
+
+        def work() -> _Selection | None:
+            commit()
+            return None if last else self._select_round(grid, server_round, arrays, spec, timeout, wait=False)
+
+        return work
 
     def _select_round(
         self, grid: Grid, server_round: int, arrays: Arrays, spec: ModelSpec, timeout: float, *, wait: bool
@@ -493,8 +512,9 @@ class GovernedStrategy(Strategy):
         seen: Any,
         prepared: _PreparedRound,
         timeout: float,
-    ) -> Arrays:
-        """Send the prepared round's train messages, judge and fold each reply, commit the round."""
+    ) -> tuple[Arrays, Callable[[], None]]:
+        """Send the prepared round's train messages, judge and fold each reply; returns the new
+        weights (already in the weights store) and the round's commit, for the caller to run."""
         record, messages, batch = prepared.record, prepared.messages, prepared.batch
         central_dp = self.config.dp.central
         self._participants = dict(batch.dispatched)
@@ -609,15 +629,18 @@ class GovernedStrategy(Strategy):
                 self.config.min_accepted,
             )
         checksum = self.weights.put(new_arrays, {"run": self.config.run_name, "round": str(server_round)})
-        self.governor.commit_round(
-            server_round,
-            weights_checksum=checksum,
-            weights=weights,
-            seen=validator.seen,
-            metric=None,
-            outlier=outlier,
-        )
-        return new_arrays
+
+        def commit() -> None:
+            self.governor.commit_round(
+                server_round,
+                weights_checksum=checksum,
+                weights=weights,
+                seen=validator.seen,
+                metric=None,
+                outlier=outlier,
+            )
+
+        return new_arrays, commit
 
     def _draw(
         self, server_round: int, online: set[int], global_record: ArrayRecord, grid: Grid, timeout: float
@@ -779,10 +802,11 @@ class GovernedStrategy(Strategy):
         server_round: int,
         arrays: Arrays,
         timeout: float,
-        meanwhile: Callable[[], _Selection] | None = None,
+        meanwhile: Callable[[], _Selection | None] | None = None,
     ) -> tuple[float | None, _Selection | None]:
-        """The round's node metric, and what ``meanwhile`` (the next round's selection) returned,
-        run after the evaluate messages left and before their replies are collected."""
+        """The round's node metric, and what ``meanwhile`` (the round's commit and the next round's
+        selection) returned, run after the evaluate messages left and before their replies are
+        collected."""
         # The round's participants evaluate the new global model on their held-out consented users:
         # with a thousand tenants, asking every one (most never trained) dominated the round.
         if not self._participants:

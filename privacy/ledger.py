@@ -43,11 +43,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from decimal import ROUND_UP, Decimal
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import bindparam, delete, exists, func, select, update
+from sqlalchemy import Table, bindparam, delete, exists, func, select, update
 from sqlalchemy import insert as insert_into
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from privacy import accounting, alerts, timing
 from privacy.accountants import STORED_EPSILON_KEY
@@ -88,12 +90,9 @@ from privacy.events import (
 from schema import audit
 from schema.directory import get_organization
 from schema.errors import BudgetExceededError, ConflictError, InvalidInputError, NotFoundError
-from schema.models import Organization, PrivacyBudget, PrivacyLedgerEvent
+from schema.models import Organization, PrivacyBudget
 from schema.timeutil import iso
 from schema.validation import parse_uuid
-
-if TYPE_CHECKING:
-    from schema.models import FederatedLearningContribution
 
 __all__ = [
     "NEAR_CAP_SHARE",
@@ -459,21 +458,53 @@ def _record_charge(dialect: str) -> Any:
 
 def _contribution(
     session: Session, contribution_id: str | uuid.UUID, organization_id: uuid.UUID, model_type: str
-) -> FederatedLearningContribution:
-    from schema.models import FederatedLearningContribution  # the vamn models: only charges with one
+) -> uuid.UUID:
+    """The id of a contribution of the organization and model type that no event names yet.
 
+    One statement reads the row and whether an event is charged to it (the unique constraint on
+    ``contribution_id`` would refuse a second event anyway; this names the problem first)."""
     cid = parse_uuid(contribution_id, "contribution id")
-    contribution = session.get(FederatedLearningContribution, cid)
-    if contribution is None or contribution.organization_id != organization_id:
+    row = session.execute(_contribution_statements()[0], {"contribution_id": cid}).one_or_none()
+    if row is None or row.organization_id != organization_id:
         raise NotFoundError(f"contribution {cid} does not exist in organization {organization_id}")
-    if contribution.model_type != model_type:
+    if row.model_type != model_type:
         raise InvalidInputError(
-            f"contribution {cid} is for model type '{contribution.model_type}', not '{model_type}'"
+            f"contribution {cid} is for model type '{row.model_type}', not '{model_type}'"
         )
-    charged = select(PrivacyLedgerEvent.id).where(PrivacyLedgerEvent.contribution_id == cid)
-    if session.scalar(charged) is not None:
+    if row.charged:
         raise ConflictError(f"contribution {cid} is already charged to the privacy ledger; charge it once")
-    return contribution
+    return cid
+
+
+def _set_consumed(session: Session, contribution_id: uuid.UUID, consumed: Decimal) -> None:
+    """Write a contribution's ``privacy_budget_consumed`` by id; a copy the session holds as an
+    object shows the new value too (without being marked changed)."""
+    from schema.models import FederatedLearningContribution
+
+    session.execute(_contribution_statements()[1], {"row_id": contribution_id, "consumed": consumed})
+    held = session.identity_map.get(identity_key(FederatedLearningContribution, contribution_id))
+    if held is not None:
+        set_committed_value(held, "privacy_budget_consumed", consumed)
+
+
+@cache
+def _contribution_statements() -> tuple[Any, Any]:
+    """(a contribution's organization, model type and whether an event is charged to it; the
+    update of its ``privacy_budget_consumed``), built on first use: the vamn models load only
+    for charges that have a contribution."""
+    from schema.models import FederatedLearningContribution
+
+    contributions: Table = FederatedLearningContribution.__table__  # type: ignore[assignment]
+    charged = exists().where(_EVENTS.c.contribution_id == contributions.c.id)
+    state = select(
+        contributions.c.organization_id, contributions.c.model_type, charged.label("charged")
+    ).where(contributions.c.id == bindparam("contribution_id"))
+    consumed = (
+        update(contributions)
+        .where(contributions.c.id == bindparam("row_id"))
+        .values(privacy_budget_consumed=bindparam("consumed"))
+    )
+    return state, consumed
 
 
 def _consumed(increment: float) -> Decimal:
@@ -574,7 +605,7 @@ def _charge(
             cap, delta, before, after, after_curve = _before_after(
                 session, org_id, model_type, budget, event, policy
             )
-    contribution = (
+    contribution_ref = (
         _contribution(session, contribution_id, org_id, model_type) if contribution_id is not None else None
     )
     uncapped = isinstance(event, NonPrivateEvent)
@@ -587,7 +618,6 @@ def _charge(
             "was charged. Use more noise or fewer steps, or raise the cap with `accute-fl budget set`"
         )
 
-    contribution_ref = contribution.id if contribution is not None else None
     last_round = budget.last_round
     if aggregation_round is not None:
         last_round = max(aggregation_round, last_round or 0)
@@ -618,8 +648,8 @@ def _charge(
     else:
         event_id = session.execute(_INSERT_EVENT, event_params).scalar_one()
         session.execute(_UPDATE_CURVE, curve_params)
-    if contribution is not None:
-        contribution.privacy_budget_consumed = _consumed(after - before)
+    if contribution_ref is not None:
+        _set_consumed(session, contribution_ref, _consumed(after - before))
     result = ChargeResult(
         event_id=event_id,
         organization_id=org_id,

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from functools import cache
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection, bindparam, insert
 from sqlalchemy.orm import Session
 
 from schema.errors import InvalidInputError
@@ -56,17 +57,20 @@ def append(
     payload: Mapping[str, Any] | EventPayload,
     correlation_id: str | None = None,
 ) -> uuid.UUID:
-    """Add one event to the outbox in the caller's transaction (flushed, not committed); its event_id.
+    """Add one event to the outbox in the caller's transaction (written, not committed); its event_id.
 
     ``organization_id`` is the tenant (``tenant_id``); None for a platform event. A tenant event
     without one, or a platform event with one, is a programming error (ValueError). Without a
     ``correlation_id`` the event correlates with itself (its event_id), as the spec's client does.
+    Written with ``append_on`` on the session's connection: the ORM's flush cost about 1 ms an event.
     """
-    values = row_values(event_type, organization_id, payload, correlation_id)
-    session.add(HubOutbox(**values))
-    session.flush()
-    event_id: uuid.UUID = values["event_id"]
-    return event_id
+    return append_on(
+        session.connection(),
+        event_type=event_type,
+        organization_id=organization_id,
+        payload=payload,
+        correlation_id=correlation_id,
+    )
 
 
 def append_on(
@@ -79,9 +83,16 @@ def append_on(
 ) -> uuid.UUID:
     """``append`` for code that writes through a Core connection (the accounting group commit)."""
     values = row_values(event_type, organization_id, payload, correlation_id)
-    connection.execute(insert(HubOutbox).values(**values))
+    connection.execute(_insert_row(tuple(values)), values)
     event_id: uuid.UUID = values["event_id"]
     return event_id
+
+
+@cache
+def _insert_row(columns: tuple[str, ...]) -> Any:
+    """The outbox insert with a parameter per column of ``row_values``, built once (a statement
+    built per event cost more than running it)."""
+    return insert(HubOutbox).values({name: bindparam(name) for name in columns})
 
 
 def row_values(
