@@ -18,6 +18,8 @@ The federated-training server calls (each in its own session/transaction)::
         -> Snapshot(organization_id, model_type, required_consents, user_ids, digest, id, taken_at)
     record_snapshot_use(session, snapshot_id_or_digest, aggregation_round, run_id=None,
                         model_name=None, model_version=None, organization_id=None)
+    record_snapshot_uses(session, [(organization_id, snapshot_id), ...], aggregation_round,
+                         run_id=..., then={organization_id: [AuditEntry, ...]}) -> int
     recheck(session, organization_id, model_type, digest, policy=None) -> bool
     require_current(session, organization_id, model_type, digest, policy=None)
         # raises ConsentChangedError; its code, REJECTED_CONSENT_CHANGED, is the contribution status
@@ -41,7 +43,12 @@ if TYPE_CHECKING:
         require_current,
         take_snapshot,
     )
-    from consent_gate.lineage import link_model_version, record_snapshot_use, user_lineage
+    from consent_gate.lineage import (
+        link_model_version,
+        record_snapshot_use,
+        record_snapshot_uses,
+        user_lineage,
+    )
     from consent_gate.policy import ConsentPolicy
 
 #: Where each name above lives. A submodule is imported when one of its names is first used:
@@ -61,7 +68,9 @@ _EXPORTS: dict[str, str] = {
         ),
         "gate",
     ),
-    **dict.fromkeys(("link_model_version", "record_snapshot_use", "user_lineage"), "lineage"),
+    **dict.fromkeys(
+        ("link_model_version", "record_snapshot_use", "record_snapshot_uses", "user_lineage"), "lineage"
+    ),
     "ConsentPolicy": "policy",
 }
 
@@ -86,6 +95,7 @@ __all__ = [
     "link_model_version",
     "recheck",
     "record_snapshot_use",
+    "record_snapshot_uses",
     "require_current",
     "take_snapshot",
     "user_lineage",

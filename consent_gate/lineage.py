@@ -17,13 +17,15 @@ from __future__ import annotations
 import re
 import uuid
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from consent_gate import scope
 from schema import audit
+from schema.bulk import insert_rows
 from schema.errors import InvalidInputError, NotFoundError
 from schema.models import ConsentSnapshot, ConsentSnapshotMember, ConsentSnapshotUse
 from schema.timeutil import iso, utcnow
@@ -41,6 +43,10 @@ _USE_COLUMNS = (
     "created_at",
 )
 _INSERT_USE = ConsentSnapshotUse.__table__.insert()  # type: ignore[attr-defined]
+_SNAPSHOT_TABLE: Table = ConsentSnapshot.__table__  # type: ignore[assignment]
+_SNAPSHOTS_BY_ID = select(
+    _SNAPSHOT_TABLE.c.id, _SNAPSHOT_TABLE.c.organization_id, _SNAPSHOT_TABLE.c.digest
+).where(_SNAPSHOT_TABLE.c.id.in_(bindparam("ids", expanding=True)))
 
 
 def _find_snapshot(session: Session, snapshot: str | uuid.UUID) -> ConsentSnapshot | None:
@@ -110,6 +116,63 @@ def record_snapshot_use(
         },
     )
     return use
+
+
+def record_snapshot_uses(
+    session: Session,
+    uses: Sequence[tuple[uuid.UUID, uuid.UUID]],
+    aggregation_round: int,
+    *,
+    run_id: str,
+    then: Mapping[uuid.UUID, Sequence[audit.AuditEntry]] | None = None,
+) -> int:
+    """``record_snapshot_use`` for many (organization id, snapshot id) pairs at once, as a round's
+    commit records them: the snapshots checked in one query (each must be stored and belong to its
+    organization, else ``NotFoundError``), the uses inserted in one statement, and each
+    organization's audit records followed by its entries of ``then`` (the caller's records about
+    the same round), every chain written by one ``audit.append_chains``. Returns the number of
+    uses recorded."""
+    if isinstance(aggregation_round, bool) or not isinstance(aggregation_round, int) or aggregation_round < 0:
+        raise InvalidInputError(f"aggregation round {aggregation_round!r} must be a non-negative integer")
+    run = clean_name(run_id, "run id", 100)
+    if not uses:
+        return 0
+    found = {
+        row.id: row
+        for row in session.connection().execute(_SNAPSHOTS_BY_ID, {"ids": sorted({s for _, s in uses})})
+    }
+    created = utcnow()
+    rows: list[tuple[Any, ...]] = []
+    chains: dict[uuid.UUID, list[audit.AuditEntry]] = defaultdict(list)
+    for organization_id, snapshot_id in sorted(uses):
+        snapshot = found.get(snapshot_id)
+        if snapshot is None or snapshot.organization_id != organization_id:
+            raise NotFoundError(f"consent snapshot {snapshot_id} does not exist; take one with take_snapshot")
+        rows.append((uuid.uuid4(), snapshot.id, organization_id, aggregation_round, run, created))
+        chains[organization_id].append(
+            audit.AuditEntry(
+                action="consent.snapshot_used",
+                resource_type="consent_snapshot",
+                resource_id=snapshot.id,
+                data={
+                    "aggregation_round": aggregation_round,
+                    "run_id": run,
+                    "model_name": None,
+                    "model_version": None,
+                    "digest": snapshot.digest,
+                },
+            )
+        )
+    for organization_id, entries in (then or {}).items():
+        chains[organization_id].extend(entries)
+    insert_rows(
+        session,
+        ConsentSnapshotUse.__table__,  # type: ignore[arg-type]
+        ("id", "snapshot_id", "organization_id", "aggregation_round", "run_id", "created_at"),
+        rows,
+    )
+    audit.append_chains(session, dict(sorted(chains.items())))
+    return len(rows)
 
 
 def link_model_version(session: Session, run_id: str, model_name: str, model_version: str) -> int:

@@ -192,6 +192,14 @@ class Verdict:
     excess: float | None = None
 
 
+@dataclass(frozen=True)
+class _Acceptance:
+    """An accepted reply, written with its round's commit (``commit_round``), not on its own."""
+
+    dispatch: Dispatch
+    checksum: str | None
+
+
 @dataclass
 class RunState:
     run_id: uuid.UUID
@@ -313,6 +321,8 @@ class Governor:
         self.attempt = 0
         #: Nodes bound (or found bound) by this server: a binding outside it is an earlier attempt's.
         self._bound_here: set[str] = set()
+        #: Accepted replies by round, written by the round's commit.
+        self._accepted: dict[int, list[_Acceptance]] = {}
         #: Anomaly rules of the federation (fl_server/anomalies.py); None when detection is off.
         self.watch: FederationWatch | None = (
             FederationWatch(load_policy(settings.anomaly_policy_file), settings.anomaly_dedup_window_s)
@@ -1085,55 +1095,67 @@ class Governor:
         validator: UpdateValidator,
         reference: Arrays,
     ) -> Verdict:
-        """Decide one reply's status and update its contribution and outcome in one transaction.
+        """Decide one reply's status; a refusal is written at once, an acceptance with the round.
 
         Nothing is charged here: the instructed events were charged at dispatch, and stay charged
         whatever the reply (a less private report than instructed is rejected, not re-charged).
+
+        A rejection or failure updates the contribution and outcome rows (and flags an outlier)
+        in its own transaction, so the evidence stays even if the round never commits. An
+        acceptance only reads (the consent re-check): its rows, snapshot use, audit record and
+        hub event are written by ``commit_round`` in the transaction that commits the round, since
+        an accepted update counts only in a committed round (a round that never commits is
+        aborted on resume). The last reply of a round no longer waits for a commit of its own.
         """
         tenant, instruction = dispatch.tenant, dispatch.instruction
         with transaction(self.engine) as session:
-            self._check_lease(session)
             held = hold_organizations(session, [tenant.organization_id])
             verdict = self._decide(session, tenant, instruction, report, update, error, validator, reference)
-            # Written by primary key, without loading the rows first (two statements a reply fewer).
-            written: dict[str, Any] = {"status": verdict.status}
-            if report is not None and report.update_checksum:
-                written["gradient_checksum"] = report.update_checksum[:64]
-            self._update_row(session, FederatedLearningContribution, dispatch.contribution_id, written)
-            # An update too large, or a weight larger than the tenant can hold: flagged as an attacker would be.
-            outlier = verdict.status == REJECTED_INVALID and (verdict.reason or "").startswith(
-                ("norm_exceeded", "invalid_weight")
-            )
-            self._update_row(
-                session,
-                FlRoundOutcome,
-                dispatch.outcome_id,
-                {"status": verdict.status, "reason": verdict.reason, "outlier": outlier},
-            )
-            if self.watch is not None:
-                self.watch.judged(
-                    session,
-                    tenant.organization_id,
-                    self.config.run_name,
-                    server_round,
-                    rejected_invalid=verdict.status == REJECTED_INVALID,
-                    outlier=outlier,
-                    reason=verdict.reason,
-                    excess=verdict.excess if outlier else None,
-                )
-            if verdict.status == ACCEPTED:
-                consent_gate.record_snapshot_use(
-                    session,
-                    dispatch.snapshot_id,
-                    server_round,
-                    run_id=self.config.run_name,
-                    organization_id=tenant.organization_id,
-                )
-            self._audit(
-                session, server_round, tenant, dispatch.contribution_id, verdict.status, verdict.reason
-            )
+            if verdict.status != ACCEPTED:
+                self._check_lease(session)
+                self._write_refusal(session, server_round, dispatch, report, verdict)
             del held  # referenced until here: the validations above found the organization in memory
+        if verdict.status == ACCEPTED:
+            checksum = report.update_checksum[:64] if report is not None and report.update_checksum else None
+            self._accepted.setdefault(server_round, []).append(_Acceptance(dispatch, checksum))
         return Verdict(verdict.status, verdict.reason, dispatch.epsilon_after)
+
+    def _write_refusal(
+        self,
+        session: Any,
+        server_round: int,
+        dispatch: Dispatch,
+        report: TrainReport | None,
+        verdict: Verdict,
+    ) -> None:
+        tenant = dispatch.tenant
+        # Written by primary key, without loading the rows first (two statements a reply fewer).
+        written: dict[str, Any] = {"status": verdict.status}
+        if report is not None and report.update_checksum:
+            written["gradient_checksum"] = report.update_checksum[:64]
+        self._update_row(session, FederatedLearningContribution, dispatch.contribution_id, written)
+        # An update too large, or a weight larger than the tenant can hold: flagged as an attacker would be.
+        outlier = verdict.status == REJECTED_INVALID and (verdict.reason or "").startswith(
+            ("norm_exceeded", "invalid_weight")
+        )
+        self._update_row(
+            session,
+            FlRoundOutcome,
+            dispatch.outcome_id,
+            {"status": verdict.status, "reason": verdict.reason, "outlier": outlier},
+        )
+        if self.watch is not None:
+            self.watch.judged(
+                session,
+                tenant.organization_id,
+                self.config.run_name,
+                server_round,
+                rejected_invalid=verdict.status == REJECTED_INVALID,
+                outlier=outlier,
+                reason=verdict.reason,
+                excess=verdict.excess if outlier else None,
+            )
+        self._audit(session, server_round, tenant, dispatch.contribution_id, verdict.status, verdict.reason)
 
     @staticmethod
     def _update_row(session: Any, model: type[Any], row_id: uuid.UUID, values: Mapping[str, Any]) -> None:
@@ -1270,9 +1292,22 @@ class Governor:
         status: str,
         reason: str | None,
     ) -> None:
+        entry = self._audit_entry(server_round, tenant, contribution_id, status, reason)
         audit.append(
             session,
             organization_id=tenant.organization_id,
+            action=entry.action,
+            resource_type=entry.resource_type,
+            resource_id=entry.resource_id,
+            data=entry.data,
+        )
+        self._contribution_event(session, server_round, tenant, contribution_id, status)
+
+    def _audit_entry(
+        self, server_round: int, tenant: Tenant, contribution_id: uuid.UUID, status: str, reason: str | None
+    ) -> audit.AuditEntry:
+        """The audit record of a contribution's decision (the tenant's chain)."""
+        return audit.AuditEntry(
             action=f"fl.contribution_{status}",
             resource_type="federated_learning_contribution",
             resource_id=contribution_id,
@@ -1283,7 +1318,6 @@ class Governor:
                 "reason": reason,
             },
         )
-        self._contribution_event(session, server_round, tenant, contribution_id, status)
 
     def _contribution_event(
         self, session: Any, server_round: int, tenant: Tenant, contribution_id: uuid.UUID, status: str
@@ -1343,6 +1377,7 @@ class Governor:
             ),
             f"committing round {server_round}",
         )
+        self._accepted.pop(server_round, None)
 
     def _commit_round_once(
         self,
@@ -1369,42 +1404,7 @@ class Governor:
                     f"run '{run.name}' is at round {run.last_completed_round}; round {server_round} "
                     "cannot be committed twice or out of order"
                 )
-            total = sum(weights.values())
-            outcomes = session.scalars(
-                select(FlRoundOutcome).where(
-                    FlRoundOutcome.run_id == self.run_id,
-                    FlRoundOutcome.aggregation_round == server_round,
-                    FlRoundOutcome.attempt == self.attempt,
-                    FlRoundOutcome.status == ACCEPTED,
-                )
-            )
-            shares: list[dict[str, Any]] = []
-            for outcome in outcomes:
-                share = weights.get(outcome.organization_id, 0.0) / total if total > 0 else 0.0
-                if outcome.contribution_id is not None:
-                    shares.append(
-                        {
-                            "row_id": outcome.contribution_id,
-                            "new_contribution_weight": Decimal(f"{share:.6f}"),
-                        }
-                    )
-                if outlier is not None and outcome.organization_id in outlier:
-                    outcome.outlier = True
-                    outcome.reason = outlier[outcome.organization_id]
-                    if self.watch is not None:
-                        self.watch.judged(
-                            session,
-                            outcome.organization_id,
-                            self.config.run_name,
-                            server_round,
-                            rejected_invalid=False,
-                            outlier=True,
-                            reason=outcome.reason,
-                            by_aggregator=True,
-                        )
-            if shares:  # one executemany by primary key, not a load and an update per contribution
-                table = FederatedLearningContribution.__table__
-                session.execute(_update_by_id(table, ("contribution_weight",)), shares)
+            self._write_acceptances(session, server_round, weights, outlier or {})
             run.last_completed_round = server_round
             run.weights_checksum = weights_checksum
             run.seen_checksums = sorted(seen)
@@ -1443,6 +1443,78 @@ class Governor:
                 },
                 correlation_id=str(self.run_id),
             )
+
+    def _write_acceptances(
+        self,
+        session: Any,
+        server_round: int,
+        weights: Mapping[uuid.UUID, float],
+        outlier: Mapping[uuid.UUID, str],
+    ) -> None:
+        """The round's accepted replies (``_judge_once``), written in the round's commit: status,
+        checksum and share of each contribution and outcome (two executemany by id), an aggregator
+        outlier's flag, each snapshot's use, and the audit record and hub event of each acceptance."""
+        accepted = self._accepted.get(server_round, [])
+        if not accepted:
+            return
+        total = sum(weights.values())
+        contributions: list[dict[str, Any]] = []
+        outcomes: list[dict[str, Any]] = []
+        for acceptance in accepted:
+            dispatch = acceptance.dispatch
+            organization_id = dispatch.tenant.organization_id
+            share = weights.get(organization_id, 0.0) / total if total > 0 else 0.0
+            contributions.append(
+                {
+                    "row_id": dispatch.contribution_id,
+                    "new_status": ACCEPTED,
+                    "new_gradient_checksum": acceptance.checksum or NO_UPDATE,
+                    "new_contribution_weight": Decimal(f"{share:.6f}"),
+                }
+            )
+            flagged = outlier.get(organization_id)
+            outcomes.append(
+                {
+                    "row_id": dispatch.outcome_id,
+                    "new_status": ACCEPTED,
+                    "new_reason": flagged,
+                    "new_outlier": flagged is not None,
+                }
+            )
+        session.execute(
+            _update_by_id(_CONTRIBUTIONS, ("status", "gradient_checksum", "contribution_weight")),
+            contributions,
+        )
+        session.execute(_update_by_id(_OUTCOMES, ("status", "reason", "outlier")), outcomes)
+        # The snapshot uses and the acceptances' audit records: every chain in one write.
+        then: dict[uuid.UUID, list[audit.AuditEntry]] = {}
+        for a in accepted:
+            entry = self._audit_entry(
+                server_round, a.dispatch.tenant, a.dispatch.contribution_id, ACCEPTED, None
+            )
+            then.setdefault(a.dispatch.tenant.organization_id, []).append(entry)
+        consent_gate.record_snapshot_uses(
+            session,
+            [(a.dispatch.tenant.organization_id, a.dispatch.snapshot_id) for a in accepted],
+            server_round,
+            run_id=self.config.run_name,
+            then=then,
+        )
+        for acceptance in accepted:
+            dispatch = acceptance.dispatch
+            tenant = dispatch.tenant
+            if self.watch is not None and tenant.organization_id in outlier:
+                self.watch.judged(
+                    session,
+                    tenant.organization_id,
+                    self.config.run_name,
+                    server_round,
+                    rejected_invalid=False,
+                    outlier=True,
+                    reason=outlier[tenant.organization_id],
+                    by_aggregator=True,
+                )
+            self._contribution_event(session, server_round, tenant, dispatch.contribution_id, ACCEPTED)
 
     def record_metric(self, server_round: int, metric: float | None) -> None:
         """Store the round's metric in its summary. No metric writes nothing: the round's commit
