@@ -6,6 +6,13 @@ and the budget filter, **charges and then instructs** them (``dispatch``), judge
 commits a round atomically with the state a restarted server resumes from. The strategy
 (fl_server/strategy.py) only moves messages.
 
+Verdicts. A refusal (failed, rejected: evidence about a tenant or its node) is committed when it is
+decided. An acceptance is only read (the consent re-check) when its reply arrives and is written
+by the round's commit, in the same transaction as the weights: an accepted update counts only in a
+committed round, so its contribution and outcome rows, snapshot use, audit record and hub event
+appear with the round or not at all (a round that never commits is aborted on resume). A dispatch
+writes its tenants' rows, and charges them, in a few statements (``ledger.charge_many``).
+
 Charge before release (invariant 3, 9). The ledger holds what the server *instructed*, charged
 in the transaction that creates the contribution row, before the message leaves. A timeout, a
 refusal, a malformed reply, a crash or a resume can then only over-charge (a dispatch whose reply
@@ -31,11 +38,11 @@ that never committed become ``aborted`` (their ledger events stay: the releases 
 round's accepted contributions and weights come from one attempt only.
 
 The run lease. One server drives a run: the server that starts it holds a lease (owner, heartbeat,
-expiry) renewed at every admission, dispatch, judgement and commit under a row lock on the run
-(``SELECT … FOR UPDATE`` on PostgreSQL), and a commit also requires the run to be exactly one round
-behind. A second server on a live lease is refused (``ConflictError`` naming the owner); a lease
-whose owner process is gone (same host) or that lapsed may be taken over, and the old owner's next
-judgement or commit then fails instead of double counting.
+expiry) renewed at every dispatch, written judgement (a refusal) and commit under a row lock on
+the run (``SELECT … FOR UPDATE`` on PostgreSQL), and a commit also requires the run to be exactly
+one round behind. A second server on a live lease is refused (``ConflictError`` naming the owner);
+a lease whose owner process is gone (same host) or that lapsed may be taken over, and the old
+owner's next dispatch, refusal or commit then fails instead of double counting.
 
 One organization, one node: a node naming an organization another node already speaks for in the
 run (or an unknown organization, or an invalid id) is skipped with a logged, audited reason.
