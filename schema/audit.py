@@ -135,6 +135,13 @@ _TAIL = (
 _TAILS = "accute_audit_tails"
 
 
+def flush_pending(session: Session) -> None:
+    """Flush the session if it holds unwritten changes (a no-op check otherwise): writers that
+    insert through the session's connection keep the order the ORM would have given them."""
+    if session.new or session.dirty or session.deleted:
+        session.flush()
+
+
 def _known_tails(session: Session) -> dict[uuid.UUID, str] | None:
     """Chain tails this transaction appended, while it holds their locks (None inside a savepoint).
 
@@ -192,9 +199,10 @@ def append(
     )
     record.record_hash = compute_hash(record)
     # A Core insert on the session's connection (in its transaction and savepoint): the ORM's
-    # unit of work cost about 1 ms a record on the server's hot path. The returned record is
-    # detached from the session, with its id; the log has no foreign keys, so the order against
-    # rows the session has not flushed yet does not matter.
+    # unit of work cost about 1 ms a record on the server's hot path. Pending ORM changes are
+    # flushed first, as the ORM insert did (callers may rely on it). The returned record is
+    # detached from the session, with its id.
+    flush_pending(session)
     values = {name: getattr(record, name) for name in _AUDIT_COLUMNS}
     record.id = session.connection().execute(_INSERT_RECORD, values).scalar_one()
     if tails is not None:

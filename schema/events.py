@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, bindparam, insert
 from sqlalchemy.orm import Session
 
+from schema import audit
 from schema.errors import InvalidInputError
 from schema.hub_events import EventPayload, EventType, event_type
 from schema.models import HubOutbox
@@ -64,6 +65,7 @@ def append(
     ``correlation_id`` the event correlates with itself (its event_id), as the spec's client does.
     Written with ``append_on`` on the session's connection: the ORM's flush cost about 1 ms an event.
     """
+    audit.flush_pending(session)
     return append_on(
         session.connection(),
         event_type=event_type,
