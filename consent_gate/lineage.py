@@ -101,19 +101,14 @@ def record_snapshot_use(
     )
     # A Core insert (the snapshot it names is stored already); the returned use is not in the session.
     session.connection().execute(_INSERT_USE, {column: getattr(use, column) for column in _USE_COLUMNS})
+    entry = _use_entry(stored.id, stored.digest, aggregation_round, run, name, version)
     audit.append(
         session,
         organization_id=stored.organization_id,
-        action="consent.snapshot_used",
-        resource_type="consent_snapshot",
-        resource_id=stored.id,
-        data={
-            "aggregation_round": aggregation_round,
-            "run_id": run,
-            "model_name": name,
-            "model_version": version,
-            "digest": stored.digest,
-        },
+        action=entry.action,
+        resource_type=entry.resource_type,
+        resource_id=entry.resource_id,
+        data=entry.data,
     )
     return use
 
@@ -150,18 +145,7 @@ def record_snapshot_uses(
             raise NotFoundError(f"consent snapshot {snapshot_id} does not exist; take one with take_snapshot")
         rows.append((uuid.uuid4(), snapshot.id, organization_id, aggregation_round, run, created))
         chains[organization_id].append(
-            audit.AuditEntry(
-                action="consent.snapshot_used",
-                resource_type="consent_snapshot",
-                resource_id=snapshot.id,
-                data={
-                    "aggregation_round": aggregation_round,
-                    "run_id": run,
-                    "model_name": None,
-                    "model_version": None,
-                    "digest": snapshot.digest,
-                },
-            )
+            _use_entry(snapshot.id, snapshot.digest, aggregation_round, run, None, None)
         )
     for organization_id, entries in (then or {}).items():
         chains[organization_id].extend(entries)
@@ -173,6 +157,29 @@ def record_snapshot_uses(
     )
     audit.append_chains(session, dict(sorted(chains.items())))
     return len(rows)
+
+
+def _use_entry(
+    snapshot_id: uuid.UUID,
+    digest: str,
+    aggregation_round: int,
+    run: str | None,
+    model_name: str | None,
+    model_version: str | None,
+) -> audit.AuditEntry:
+    """The audit record of a snapshot's use (the organization's chain)."""
+    return audit.AuditEntry(
+        action="consent.snapshot_used",
+        resource_type="consent_snapshot",
+        resource_id=snapshot_id,
+        data={
+            "aggregation_round": aggregation_round,
+            "run_id": run,
+            "model_name": model_name,
+            "model_version": model_version,
+            "digest": digest,
+        },
+    )
 
 
 def link_model_version(session: Session, run_id: str, model_name: str, model_version: str) -> int:

@@ -1254,27 +1254,6 @@ class Governor:
             return Verdict(REJECTED_INVALID, f"{checked.reason}: {checked.message}", excess=checked.excess)
         return Verdict(ACCEPTED, None)
 
-    def _outcome(
-        self,
-        session: Any,
-        server_round: int,
-        tenant: Tenant,
-        status: str,
-        reason: str | None,
-        contribution_id: uuid.UUID,
-        dp_event: dict[str, Any] | None,
-        epsilon_after: float | None,
-        *,
-        sampled: bool = True,
-    ) -> uuid.UUID:
-        """Insert the tenant's outcome row of the round; returns its id (a Core insert, as above)."""
-        row = self._outcome_row(
-            server_round, tenant, status, reason, contribution_id, dp_event, epsilon_after, sampled=sampled
-        )
-        session.connection().execute(_INSERT_OUTCOME, row)
-        outcome_id: uuid.UUID = row["id"]
-        return outcome_id
-
     def _outcome_row(
         self,
         server_round: int,
@@ -1314,9 +1293,10 @@ class Governor:
         sampled: bool = False,
     ) -> None:
         contribution_id = self._new_contribution(session, server_round, tenant, NO_UPDATE, status)
-        self._outcome(
-            session, server_round, tenant, status, reason, contribution_id, None, None, sampled=sampled
+        row = self._outcome_row(
+            server_round, tenant, status, reason, contribution_id, None, None, sampled=sampled
         )
+        session.connection().execute(_INSERT_OUTCOME, row)
         self._audit(session, server_round, tenant, contribution_id, status, reason)
 
     def _new_contribution(

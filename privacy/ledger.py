@@ -473,6 +473,13 @@ def _contribution(
     ``contribution_id`` would refuse a second event anyway; this names the problem first)."""
     cid = parse_uuid(contribution_id, "contribution id")
     row = session.execute(_contribution_statements()[0], {"contribution_id": cid}).one_or_none()
+    _check_contribution(row, cid, organization_id, model_type)
+    return cid
+
+
+def _check_contribution(row: Any, cid: uuid.UUID, organization_id: uuid.UUID, model_type: str) -> None:
+    """Refuse a contribution (``row``: organization_id, model_type, charged; or None) that is not
+    the organization's, is for another model type, or is charged already."""
     if row is None or row.organization_id != organization_id:
         raise NotFoundError(f"contribution {cid} does not exist in organization {organization_id}")
     if row.model_type != model_type:
@@ -481,7 +488,6 @@ def _contribution(
         )
     if row.charged:
         raise ConflictError(f"contribution {cid} is already charged to the privacy ledger; charge it once")
-    return cid
 
 
 def _set_consumed(session: Session, contribution_id: uuid.UUID, consumed: Decimal) -> None:
@@ -914,18 +920,7 @@ def _contributions(session: Session, items: list[Charge], model_type: str) -> di
         for row in session.execute(_contribution_statements()[2], {"ids": sorted(set(wanted.values()))})
     }
     for i, cid in wanted.items():
-        row = rows.get(cid)
-        organization_id = items[i].organization_id
-        if row is None or row.organization_id != organization_id:
-            raise NotFoundError(f"contribution {cid} does not exist in organization {organization_id}")
-        if row.model_type != model_type:
-            raise InvalidInputError(
-                f"contribution {cid} is for model type '{row.model_type}', not '{model_type}'"
-            )
-        if row.charged:
-            raise ConflictError(
-                f"contribution {cid} is already charged to the privacy ledger; charge it once"
-            )
+        _check_contribution(rows.get(cid), cid, items[i].organization_id, model_type)
     if len(set(wanted.values())) != len(wanted):
         raise ConflictError("a contribution is named by two charges; charge it once")
     return wanted
