@@ -1292,19 +1292,12 @@ class Governor:
         *,
         sampled: bool = False,
     ) -> None:
-        contribution_id = self._new_contribution(session, server_round, tenant, NO_UPDATE, status)
+        [contribution_id] = self._new_contributions(session, server_round, [tenant], status=status)
         row = self._outcome_row(
             server_round, tenant, status, reason, contribution_id, None, None, sampled=sampled
         )
         session.connection().execute(_INSERT_OUTCOME, row)
         self._audit(session, server_round, tenant, contribution_id, status, reason)
-
-    def _new_contribution(
-        self, session: Any, server_round: int, tenant: Tenant, checksum: str, status: str
-    ) -> uuid.UUID:
-        """Insert a contribution row; returns its id."""
-        [contribution_id] = self._new_contributions(session, server_round, [tenant], checksum, status)
-        return contribution_id
 
     def _new_contributions(
         self,
